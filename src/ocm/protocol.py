@@ -1,0 +1,582 @@
+"""Pure encode/decode of the OCM wire protocol, version 1 (docs/protocol.md).
+
+This module owns the bytes: TCRP messages on TCP (section 1) and relay datagrams on
+UDP (section 2), in both directions. It imports no socket and no asyncio and knows
+nothing about rooms beyond the field rules; the registry and the network adapters
+build on it.
+
+Two levels for TCRP:
+
+* frames: :class:`TcrpHeader` and :class:`TcrpMessage` (operation, state, room, JSON
+  payload), read and written by :func:`decode_header`, :func:`decode_tcrp_body`,
+  :func:`decode_tcrp` and :func:`encode_tcrp`;
+* typed messages: the requests (:class:`CreateRoom`, :class:`JoinRoom`,
+  :class:`ListRooms`, :class:`LeaveRoom`) and replies (:class:`Ack`,
+  :class:`Admission`, :class:`RoomList`, :class:`Left`), converted with
+  :func:`parse_request` / :func:`encode_request` and :func:`parse_reply` /
+  :func:`encode_reply`. Field rules are checked here.
+
+Every malformed input raises :class:`ocm.errors.ProtocolError` carrying the wire
+error code; nothing else escapes a decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from ocm.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "MAX_NAME_BYTES",
+    "MAX_TCRP_PAYLOAD",
+    "MAX_TOKEN_BYTES",
+    "PAYLOAD_SIZE_BYTES",
+    "SERVER_HEADER_SIZE",
+    "TCRP_HEADER_SIZE",
+    "Ack",
+    "Admission",
+    "ClientDatagram",
+    "CreateRoom",
+    "JoinRoom",
+    "Kind",
+    "LeaveRoom",
+    "Left",
+    "ListRooms",
+    "Operation",
+    "Reply",
+    "Request",
+    "RoomInfo",
+    "RoomList",
+    "ServerDatagram",
+    "State",
+    "TcrpHeader",
+    "TcrpMessage",
+    "decode_client_datagram",
+    "decode_header",
+    "decode_server_datagram",
+    "decode_tcrp",
+    "decode_tcrp_body",
+    "encode_client_datagram",
+    "encode_error_ack",
+    "encode_header",
+    "encode_reply",
+    "encode_request",
+    "encode_server_datagram",
+    "encode_tcrp",
+    "parse_reply",
+    "parse_request",
+    "reply_message",
+    "request_message",
+    "server_datagram_prefix",
+    "split_client_datagram",
+    "validate_name",
+]
+
+TCRP_HEADER_SIZE = 32
+# Header bytes 3-31: a 29-byte big-endian size, so a peer may announce up to 2**232 - 1.
+PAYLOAD_SIZE_BYTES = 29
+# Default cap on a TCRP payload. Real requests are a few hundred bytes; the cap bounds
+# what one connection can make the server buffer.
+MAX_TCRP_PAYLOAD = 64 * 1024
+# Section 2: at most 4096 bytes per datagram in either direction (fits one loopback or
+# jumbo-free path MTU after fragmentation; bounds every buffer).
+MAX_DATAGRAM = 4096
+MAX_NAME_BYTES = 255
+MAX_TOKEN_BYTES = 255
+# Server-to-client relay header: Kind (1) + Seq (4) + SenderSize (1).
+SERVER_HEADER_SIZE = 6
+
+_SERVER_HEADER = struct.Struct("!BIB")
+
+
+class Operation(IntEnum):
+    CREATE_ROOM = 1
+    JOIN_ROOM = 2
+    LIST_ROOMS = 3
+    LEAVE_ROOM = 4
+
+
+class State(IntEnum):
+    REQUEST = 0
+    ACK = 1
+    COMPLETE = 2
+
+
+class Kind(IntEnum):
+    MESSAGE = 1
+    NOTICE = 2
+    CLOSED = 3
+    ERROR = 4
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_REQUEST, message)
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(f"{what} is not valid UTF-8") from None
+
+
+def _has_control(text: str) -> bool:
+    # C0 controls, DEL and C1 controls: they would let a name rewrite a terminal line.
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+def validate_name(name: str, what: str) -> str:
+    """Check a room name or username (section 1, Rules) and return it.
+
+    1-255 bytes of UTF-8 and no control characters. Usernames are trimmed by the
+    caller first.
+    """
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= MAX_NAME_BYTES:
+        raise _bad(f"{what} must be 1-{MAX_NAME_BYTES} bytes, got {size}")
+    if _has_control(name):
+        raise _bad(f"{what} must not contain control characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"{what} is not valid Unicode") from None
+    return name
+
+
+# ---------------------------------------------------------------------------
+# TCRP frames (section 1)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcrpHeader:
+    """The 32-byte TCRP header. ``operation`` is an :class:`Operation`."""
+
+    room_name_size: int
+    operation: Operation
+    state: State
+    payload_size: int
+
+    @property
+    def body_size(self) -> int:
+        return self.room_name_size + self.payload_size
+
+
+@dataclass(frozen=True, slots=True)
+class TcrpMessage:
+    """One TCRP message: header fields plus the decoded room name and JSON object."""
+
+    operation: Operation
+    state: State
+    room: str
+    payload: dict[str, Any]
+
+
+def decode_header(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpHeader:
+    """Decode a 32-byte TCRP header.
+
+    Raises ProtocolError: ``bad_request`` for a short header or unknown state,
+    ``unknown_operation`` for an operation outside 1-4, ``too_large`` for a payload
+    size over ``max_payload``. The checks run in that order so that a server can
+    still answer an unknown operation (it knows the state was a request).
+    """
+    if len(data) != TCRP_HEADER_SIZE:
+        raise _bad(f"TCRP header must be {TCRP_HEADER_SIZE} bytes, got {len(data)}")
+    room_name_size, raw_operation, raw_state = data[0], data[1], data[2]
+    if raw_state not in State._value2member_map_:
+        raise _bad(f"unknown state {raw_state}")
+    if raw_operation not in Operation._value2member_map_:
+        raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {raw_operation}")
+    payload_size = int.from_bytes(data[3:TCRP_HEADER_SIZE], "big")
+    if payload_size > max_payload:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"payload of {payload_size} bytes exceeds {max_payload}"
+        )
+    return TcrpHeader(room_name_size, Operation(raw_operation), State(raw_state), payload_size)
+
+
+def _decode_payload(data: bytes) -> dict[str, Any]:
+    if not data:
+        return {}  # section 1: an empty payload means {}
+    text = _utf8(data, "payload")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _bad("payload is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _bad("payload must be a JSON object")
+    return value
+
+
+def decode_tcrp_body(header: TcrpHeader, body: bytes) -> TcrpMessage:
+    """Decode the body that follows ``header`` (exactly ``header.body_size`` bytes)."""
+    if len(body) != header.body_size:
+        raise _bad(f"body must be {header.body_size} bytes, got {len(body)}")
+    room = _utf8(body[: header.room_name_size], "room name")
+    payload = _decode_payload(body[header.room_name_size :])
+    return TcrpMessage(header.operation, header.state, room, payload)
+
+
+def decode_tcrp(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpMessage:
+    """Decode one whole TCRP message; the bytes must hold exactly one."""
+    header = decode_header(data[:TCRP_HEADER_SIZE], max_payload=max_payload)
+    body = data[TCRP_HEADER_SIZE:]
+    if len(body) < header.body_size:
+        raise _bad("sizes point past the end of the message")
+    if len(body) > header.body_size:
+        raise _bad("trailing bytes after the message")
+    return decode_tcrp_body(header, body)
+
+
+def encode_header(room_name_size: int, operation: int, state: int, payload_size: int) -> bytes:
+    return bytes((room_name_size, operation, state)) + payload_size.to_bytes(
+        PAYLOAD_SIZE_BYTES, "big"
+    )
+
+
+def encode_tcrp(message: TcrpMessage) -> bytes:
+    room = message.room.encode("utf-8")
+    if len(room) > MAX_NAME_BYTES:
+        raise _bad(f"room name must be at most {MAX_NAME_BYTES} bytes")
+    payload = json.dumps(message.payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return encode_header(len(room), message.operation, message.state, len(payload)) + room + payload
+
+
+# ---------------------------------------------------------------------------
+# Typed requests and replies (section 1, the operation table)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRoom:
+    room: str
+    username: str
+    password: str | None = None  # None or "": an open room
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRoom:
+    room: str
+    username: str
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListRooms:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    room: str
+    token: str
+
+
+Request = CreateRoom | JoinRoom | ListRooms | LeaveRoom
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The server's immediate answer. ``error`` is None for ``{"status": "ok"}``."""
+
+    operation: Operation
+    room: str = ""
+    error: ErrorCode | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """COMPLETE of CREATE_ROOM and JOIN_ROOM: the member's ticket into the room."""
+
+    operation: Operation
+    room: str
+    token: str
+    udp_port: int
+    host: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    name: str
+    members: int
+    protected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    """COMPLETE of LIST_ROOMS."""
+
+    rooms: tuple[RoomInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """COMPLETE of LEAVE_ROOM."""
+
+    room: str
+
+
+Reply = Ack | Admission | RoomList | Left
+
+
+def _field(payload: dict[str, Any], key: str, kind: type, *, required: bool = True) -> Any:
+    if key not in payload or (not required and payload[key] is None):
+        if required:
+            raise _bad(f'missing field "{key}"')
+        return None
+    value = payload[key]
+    # bool is an int subclass: a JSON true is not a port number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _bad(f'field "{key}" must be {kind.__name__}')
+    return value
+
+
+def _username(payload: dict[str, Any]) -> str:
+    return validate_name(_field(payload, "username", str).strip(), "username")
+
+
+def _password(payload: dict[str, Any]) -> str | None:
+    password: str | None = _field(payload, "password", str, required=False)
+    return password or None
+
+
+def _token(value: str) -> str:
+    if not 1 <= len(value) <= MAX_TOKEN_BYTES or not value.isascii():
+        raise _bad(f"token must be 1-{MAX_TOKEN_BYTES} ASCII characters")
+    return value
+
+
+def parse_request(message: TcrpMessage) -> Request:
+    """Turn a decoded REQUEST into a typed request, checking every field rule."""
+    if message.state is not State.REQUEST:
+        raise _bad(f"expected a REQUEST, got {message.state.name}")
+    payload = message.payload
+    match message.operation:
+        case Operation.CREATE_ROOM | Operation.JOIN_ROOM:
+            room = validate_name(message.room, "room name")
+            cls = CreateRoom if message.operation is Operation.CREATE_ROOM else JoinRoom
+            return cls(room, _username(payload), _password(payload))
+        case Operation.LIST_ROOMS:
+            return ListRooms()
+        case Operation.LEAVE_ROOM:
+            room = validate_name(message.room, "room name")
+            return LeaveRoom(room, _token(_field(payload, "token", str)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def request_message(request: Request) -> TcrpMessage:
+    match request:
+        case CreateRoom(room, username, password) | JoinRoom(room, username, password):
+            operation = (
+                Operation.CREATE_ROOM if isinstance(request, CreateRoom) else Operation.JOIN_ROOM
+            )
+            payload: dict[str, Any] = {"username": username}
+            if password:
+                payload["password"] = password
+            return TcrpMessage(operation, State.REQUEST, room, payload)
+        case ListRooms():
+            return TcrpMessage(Operation.LIST_ROOMS, State.REQUEST, "", {})
+        case LeaveRoom(room, token):
+            return TcrpMessage(Operation.LEAVE_ROOM, State.REQUEST, room, {"token": token})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def encode_request(request: Request) -> bytes:
+    return encode_tcrp(request_message(request))
+
+
+def reply_message(reply: Reply) -> TcrpMessage:
+    match reply:
+        case Ack(operation, room, None, _):
+            return TcrpMessage(operation, State.ACK, room, {"status": "ok"})
+        case Ack(operation, room, error, text):
+            payload: dict[str, Any] = {"status": "error", "code": str(error), "message": text}
+            return TcrpMessage(operation, State.ACK, room, payload)
+        case Admission(operation, room, token, udp_port, host, members):
+            payload = {"token": token, "udp_port": udp_port, "host": host, "members": list(members)}
+            return TcrpMessage(operation, State.COMPLETE, room, payload)
+        case RoomList(rooms):
+            listed = [
+                {"name": r.name, "members": r.members, "protected": r.protected} for r in rooms
+            ]
+            return TcrpMessage(Operation.LIST_ROOMS, State.COMPLETE, "", {"rooms": listed})
+        case Left(room):
+            return TcrpMessage(Operation.LEAVE_ROOM, State.COMPLETE, room, {})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return encode_tcrp(reply_message(reply))
+
+
+def encode_error_ack(operation: int, room: str, error: ErrorCode, text: str) -> bytes:
+    """An error ACK that may answer an operation byte outside :class:`Operation`."""
+    payload = {"status": "error", "code": str(error), "message": text}
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    room_bytes = room.encode("utf-8")[:MAX_NAME_BYTES] if room else b""
+    return encode_header(len(room_bytes), operation, State.ACK, len(body)) + room_bytes + body
+
+
+def _room_info(value: Any) -> RoomInfo:
+    if not isinstance(value, dict):
+        raise _bad("each room must be a JSON object")
+    return RoomInfo(
+        _field(value, "name", str), _field(value, "members", int), _field(value, "protected", bool)
+    )
+
+
+def parse_reply(message: TcrpMessage) -> Reply:
+    """Turn a decoded ACK or COMPLETE into a typed reply (the client side)."""
+    payload = message.payload
+    if message.state is State.ACK:
+        status = _field(payload, "status", str)
+        if status == "ok":
+            return Ack(message.operation, message.room)
+        if status != "error":
+            raise _bad(f'unknown ACK status "{status}"')
+        raw_code = _field(payload, "code", str)
+        try:
+            code = ErrorCode(raw_code)
+        except ValueError:
+            raise _bad(f'unknown error code "{raw_code}"') from None
+        text = _field(payload, "message", str, required=False) or ""
+        return Ack(message.operation, message.room, code, text)
+    if message.state is not State.COMPLETE:
+        raise _bad("expected an ACK or COMPLETE, got a REQUEST")
+    match message.operation:
+        case Operation.CREATE_ROOM | Operation.JOIN_ROOM:
+            members = _field(payload, "members", list)
+            if not all(isinstance(m, str) for m in members):
+                raise _bad('field "members" must be a list of strings')
+            udp_port = _field(payload, "udp_port", int)
+            if not 0 < udp_port < 65536:
+                raise _bad(f"udp_port {udp_port} out of range")
+            return Admission(
+                message.operation,
+                message.room,
+                _token(_field(payload, "token", str)),
+                udp_port,
+                _field(payload, "host", str),
+                tuple(members),
+            )
+        case Operation.LIST_ROOMS:
+            rooms = _field(payload, "rooms", list)
+            return RoomList(tuple(_room_info(r) for r in rooms))
+        case Operation.LEAVE_ROOM:
+            return Left(message.room)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------
+# Relay datagrams (section 2)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDatagram:
+    """Client to server. An empty ``text`` is a heartbeat."""
+
+    room: str
+    token: str
+    text: str = ""
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return not self.text
+
+
+@dataclass(frozen=True, slots=True)
+class ServerDatagram:
+    """Server to client. ``sender`` is empty unless ``kind`` is MESSAGE."""
+
+    kind: Kind
+    seq: int
+    sender: str = ""
+    text: str = ""
+
+
+def split_client_datagram(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a client datagram into raw (room, token, text) without decoding text.
+
+    The server's fast path: routing needs only the token bytes, so UTF-8 checks of
+    the text happen once, after authentication.
+    """
+    size = len(data)
+    if size > MAX_DATAGRAM:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"datagram of {size} bytes exceeds {MAX_DATAGRAM}")
+    if size < 2:
+        raise _bad("datagram shorter than its 2-byte header")
+    room_end = 2 + data[0]
+    token_end = room_end + data[1]
+    if data[0] == 0 or data[1] == 0:
+        raise _bad("room name and token must not be empty")
+    if token_end > size:
+        raise _bad("sizes point past the end of the datagram")
+    return data[2:room_end], data[room_end:token_end], data[token_end:]
+
+
+def decode_client_datagram(data: bytes) -> ClientDatagram:
+    room, token, text = split_client_datagram(data)
+    token_text = _utf8(token, "token")
+    if not token_text.isascii():
+        raise _bad("token must be ASCII")
+    return ClientDatagram(_utf8(room, "room name"), token_text, _utf8(text, "message text"))
+
+
+def encode_client_datagram(datagram: ClientDatagram) -> bytes:
+    room = datagram.room.encode("utf-8")
+    token = datagram.token.encode("ascii")
+    if not 1 <= len(room) <= MAX_NAME_BYTES or not 1 <= len(token) <= MAX_TOKEN_BYTES:
+        raise _bad("room name and token must be 1-255 bytes")
+    data = bytes((len(room), len(token))) + room + token + datagram.text.encode("utf-8")
+    if len(data) > MAX_DATAGRAM:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"datagram would be {len(data)} bytes")
+    return data
+
+
+def encode_server_datagram(datagram: ServerDatagram) -> bytes:
+    sender = datagram.sender.encode("utf-8")
+    if len(sender) > MAX_NAME_BYTES:
+        raise _bad("sender must be at most 255 bytes")
+    if sender and datagram.kind is not Kind.MESSAGE:
+        raise _bad("only MESSAGE datagrams carry a sender")
+    data = _SERVER_HEADER.pack(datagram.kind, datagram.seq, len(sender)) + sender
+    data += datagram.text.encode("utf-8")
+    if len(data) > MAX_DATAGRAM:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"datagram would be {len(data)} bytes")
+    return data
+
+
+def server_datagram_prefix(kind: Kind, seq: int, sender: bytes = b"") -> bytes:
+    """Header plus sender name: the server's preencoded part of a relayed datagram."""
+    return _SERVER_HEADER.pack(kind, seq, len(sender)) + sender
+
+
+def decode_server_datagram(data: bytes) -> ServerDatagram:
+    size = len(data)
+    if size > MAX_DATAGRAM:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"datagram of {size} bytes exceeds {MAX_DATAGRAM}")
+    if size < SERVER_HEADER_SIZE:
+        raise _bad("datagram shorter than its 6-byte header")
+    raw_kind, seq, sender_size = _SERVER_HEADER.unpack_from(data)
+    if raw_kind not in Kind._value2member_map_:
+        raise _bad(f"unknown datagram kind {raw_kind}")
+    kind = Kind(raw_kind)
+    if sender_size and kind is not Kind.MESSAGE:
+        raise _bad("only MESSAGE datagrams carry a sender")
+    sender_end = SERVER_HEADER_SIZE + sender_size
+    if sender_end > size:
+        raise _bad("sender size points past the end of the datagram")
+    sender = _utf8(data[SERVER_HEADER_SIZE:sender_end], "sender")
+    return ServerDatagram(kind, seq, sender, _utf8(data[sender_end:], "message text"))

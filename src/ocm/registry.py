@@ -1,0 +1,369 @@
+"""The room registry: rooms, members, tokens, passwords, idle expiry and host rules.
+
+A plain class with no sockets and no clock of its own: every call that depends on time
+takes ``now`` (seconds on any monotonic clock), and :meth:`RoomRegistry.next_deadline`
+says when the adapter should next call :meth:`RoomRegistry.expire`. Refusals raise
+:class:`ocm.errors.RoomError` with the wire error code.
+
+What happens to a room is returned as :class:`Outgoing` datagrams (NOTICE and CLOSED,
+already numbered with the room's Seq), which the UDP adapter only has to send. Room
+events are logged here, one line each, never with a password or a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ocm.errors import ErrorCode, RoomError
+from ocm.protocol import Kind, RoomInfo, server_datagram_prefix
+
+__all__ = [
+    "Address",
+    "FailureLimiter",
+    "Member",
+    "Outgoing",
+    "PasswordHash",
+    "Room",
+    "RoomRegistry",
+    "new_token",
+]
+
+log = logging.getLogger("ocm.rooms")
+
+Address = tuple[str, int]  # (ip, port), or the 4-tuple asyncio gives for IPv6, sliced
+
+DEFAULT_IDLE_TIMEOUT = 60.0
+# Generous defaults for a laptop or small VPS; each is a server flag.
+DEFAULT_MAX_ROOMS = 10_000
+DEFAULT_MAX_MEMBERS = 1_000
+# Wrong passwords (and bad LEAVE tokens) per client IP before rate_limited, and the
+# window they are counted in: a person mistyping gets a few tries, a guesser gets 5 a minute.
+DEFAULT_MAX_FAILURES = 5
+DEFAULT_FAILURE_WINDOW = 60.0
+# 24 random bytes, URL-safe base64: 192 bits, 32 ASCII characters (the spec asks >= 128).
+TOKEN_BYTES = 24
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordHash:
+    """A salted scrypt hash; the clear password is never kept.
+
+    scrypt with n=2**14, r=8 (16 MiB, ~40 ms here) makes each offline guess costly;
+    the server computes it off the event loop.
+    """
+
+    salt: bytes
+    digest: bytes
+
+    @classmethod
+    def create(cls, password: str) -> PasswordHash:
+        salt = secrets.token_bytes(16)
+        return cls(salt, _scrypt(password, salt))
+
+    def verify(self, password: str | None) -> bool:
+        candidate = _scrypt(password or "", self.salt)
+        return hmac.compare_digest(candidate, self.digest)  # constant-time (section 1)
+
+
+def _scrypt(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8", "surrogatepass"), salt=salt, n=2**14, r=8, p=1, dklen=32
+    )
+
+
+class FailureLimiter:
+    """Counts failures per client IP in a sliding window (wrong passwords, bad tokens).
+
+    The table is bounded: past ``max_tracked`` IPs the stalest is forgotten, so a flood
+    of sources cannot grow memory without limit.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = DEFAULT_MAX_FAILURES,
+        window: float = DEFAULT_FAILURE_WINDOW,
+        max_tracked: int = 10_000,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_tracked = max_tracked
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, ip: str, now: float) -> deque[float] | None:
+        times = self._failures.get(ip)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[ip]
+            return None
+        return times
+
+    def blocked(self, ip: str, now: float) -> bool:
+        times = self._recent(ip, now)
+        return times is not None and len(times) >= self.max_failures
+
+    def record(self, ip: str, now: float) -> None:
+        times = self._recent(ip, now)
+        if times is None:
+            if len(self._failures) >= self.max_tracked:
+                del self._failures[next(iter(self._failures))]
+            times = self._failures[ip] = deque(maxlen=self.max_failures)
+        times.append(now)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One datagram for the UDP adapter to send to each address."""
+
+    datagram: bytes
+    addresses: tuple[Address, ...]
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    name: str
+    token: str
+    ip: str  # the IP of the TCP connection that obtained the token (section 1)
+    room: Room
+    last_seen: float
+    address: Address | None = None  # set by the first valid datagram (section 2)
+    name_bytes: bytes = b""
+    token_bytes: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
+        self.token_bytes = self.token.encode("ascii")
+
+
+@dataclass(eq=False, slots=True)
+class Room:
+    name: str
+    password: PasswordHash | None
+    host: Member | None = None
+    members: dict[str, Member] = field(default_factory=dict)  # casefolded name -> member
+    seq: int = 0
+    name_bytes: bytes = b""
+    # Addresses of members that have sent a datagram: the relay's fan-out list, kept
+    # ready so a chat datagram costs no dict walk.
+    addresses: tuple[Address, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
+
+    @property
+    def protected(self) -> bool:
+        return self.password is not None
+
+    def refresh_addresses(self) -> None:
+        self.addresses = tuple(m.address for m in self.members.values() if m.address)
+
+    def next_seq(self) -> int:
+        # Section 2: MESSAGE, NOTICE and CLOSED of one room carry consecutive numbers
+        # from 1; uint32, wrapping after 2**32 - 1 datagrams.
+        self.seq = self.seq % 0xFFFFFFFF + 1
+        return self.seq
+
+    def announce(self, kind: Kind, text: str) -> Outgoing:
+        datagram = server_datagram_prefix(kind, self.next_seq()) + text.encode("utf-8")
+        return Outgoing(datagram, self.addresses)
+
+    def info(self) -> RoomInfo:
+        return RoomInfo(self.name, len(self.members), self.protected)
+
+
+class RoomRegistry:
+    """Every room and member of one server, and the rules that bind them."""
+
+    def __init__(
+        self,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+        max_members: int = DEFAULT_MAX_MEMBERS,
+        failures: FailureLimiter | None = None,
+        token_factory: Callable[[], str] = new_token,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_rooms = max_rooms
+        self.max_members = max_members
+        self.failures = failures or FailureLimiter()
+        self._new_token = token_factory
+        self.rooms: dict[str, Room] = {}
+        # The relay routes by token bytes: one dict lookup per datagram.
+        self.by_token: dict[bytes, Member] = {}
+
+    # -- queries ---------------------------------------------------------------
+
+    def list_rooms(self) -> list[RoomInfo]:
+        return [room.info() for room in sorted(self.rooms.values(), key=lambda r: r.name)]
+
+    def members(self) -> Iterator[Member]:
+        for room in self.rooms.values():
+            yield from room.members.values()
+
+    def next_deadline(self) -> float | None:
+        """When the next member falls idle, or None if there are no members."""
+        oldest = min((m.last_seen for m in self.members()), default=None)
+        return None if oldest is None else oldest + self.idle_timeout
+
+    # -- create and join -------------------------------------------------------
+
+    def create_room(
+        self, name: str, username: str, password: PasswordHash | None, ip: str, now: float
+    ) -> Member:
+        """Create ``name`` with ``username`` as its host. Hash the password beforehand."""
+        if name in self.rooms:
+            raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
+        if len(self.rooms) >= self.max_rooms:
+            raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+        room = Room(name, password)
+        self.rooms[name] = room
+        host = self._add_member(room, username, ip, now)
+        room.host = host
+        log.info(
+            'room "%s" created by %s (%s)', name, username, "protected" if password else "open"
+        )
+        return host
+
+    def admit(self, name: str, username: str, ip: str, now: float) -> PasswordHash | None:
+        """Check a join on everything but the password; return the hash to verify.
+
+        Split from :meth:`complete_join` so the adapter can verify the (deliberately
+        slow) hash off the event loop. Returns None for an open room.
+        """
+        room = self._room(name)
+        if room.protected and self.failures.blocked(ip, now):
+            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+        if username.casefold() in room.members:
+            raise RoomError(ErrorCode.NAME_TAKEN, f'the name "{username}" is taken in "{name}"')
+        if len(room.members) >= self.max_members:
+            raise RoomError(ErrorCode.ROOM_FULL, f'room "{name}" is full')
+        return room.password
+
+    def complete_join(
+        self, name: str, username: str, ip: str, now: float, *, password_ok: bool
+    ) -> tuple[Member, list[Outgoing]]:
+        """Add the member once its password was checked; re-checks :meth:`admit`."""
+        # The room may have closed or the name been taken while the hash was computed.
+        protected = self.admit(name, username, ip, now) is not None
+        if protected and not password_ok:
+            self.failures.record(ip, now)
+            raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{name}"')
+        room = self.rooms[name]
+        notice = room.announce(Kind.NOTICE, f"{username} joined")
+        member = self._add_member(room, username, ip, now)
+        log.info('%s joined room "%s"', username, name)
+        return member, [notice]
+
+    def join_room(
+        self, name: str, username: str, password: str | None, ip: str, now: float
+    ) -> tuple[Member, list[Outgoing]]:
+        """:meth:`admit`, verify the password and :meth:`complete_join`, in one call."""
+        expected = self.admit(name, username, ip, now)
+        ok = expected is None or expected.verify(password)
+        return self.complete_join(name, username, ip, now, password_ok=ok)
+
+    # -- leave, expire, close --------------------------------------------------
+
+    def leave(self, name: str, token: str, ip: str, now: float) -> list[Outgoing]:
+        """LEAVE_ROOM: the token's member leaves; the host's leave closes the room."""
+        if self.failures.blocked(ip, now):
+            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+        member = self.by_token.get(token.encode("ascii", "replace"))
+        if member is None or member.room.name != name or not self._same_ip(member, ip):
+            self.failures.record(ip, now)
+            raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
+        return self._remove(member, "left")
+
+    def expire(self, now: float) -> list[Outgoing]:
+        """Drop every member silent for ``idle_timeout``; a silent host closes its room."""
+        limit = now - self.idle_timeout
+        idle = [m for m in self.members() if m.last_seen <= limit]
+        outgoing: list[Outgoing] = []
+        for member in idle:
+            if member.room.members.get(member.name.casefold()) is member:
+                outgoing += self._remove(member, "timed out")
+        return outgoing
+
+    def close_all(self, reason: str) -> list[Outgoing]:
+        """Close every room (server shutdown): each member gets CLOSED with ``reason``."""
+        outgoing = [self._close(room, reason) for room in list(self.rooms.values())]
+        return outgoing
+
+    # -- the relay's view --------------------------------------------------------
+
+    def authenticate(self, room_name: bytes, token: bytes, ip: str) -> Member | None:
+        """The member a datagram speaks for, or None (section 2: token, room and IP)."""
+        member = self.by_token.get(token)
+        if member is None or member.room.name_bytes != room_name:
+            return None
+        if member.ip != ip and not self._same_ip(member, ip):
+            return None
+        return member
+
+    def touch(self, member: Member, address: Address, now: float) -> None:
+        """A valid datagram arrived: refresh the member and (re)set its UDP address."""
+        member.last_seen = now
+        if member.address != address:
+            member.address = address
+            member.room.refresh_addresses()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            raise RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
+        return room
+
+    def _add_member(self, room: Room, username: str, ip: str, now: float) -> Member:
+        token = self._new_token()
+        while token.encode("ascii") in self.by_token:  # never with a real CSPRNG
+            token = self._new_token()
+        member = Member(username, token, ip, room, now)
+        room.members[username.casefold()] = member
+        self.by_token[member.token_bytes] = member
+        return member
+
+    @staticmethod
+    def _same_ip(member: Member, ip: str) -> bool:
+        return _canonical_ip(member.ip) == _canonical_ip(ip)
+
+    def _remove(self, member: Member, how: str) -> list[Outgoing]:
+        room = member.room
+        if member is room.host:
+            return [self._close(room, f"host {member.name} {how}; the room is closed")]
+        del room.members[member.name.casefold()]
+        del self.by_token[member.token_bytes]
+        room.refresh_addresses()
+        log.info(
+            '%s %s room "%s"', member.name, "left" if how == "left" else how + " in", room.name
+        )
+        return [room.announce(Kind.NOTICE, f"{member.name} {how}")]
+
+    def _close(self, room: Room, reason: str) -> Outgoing:
+        closed = room.announce(Kind.CLOSED, reason)
+        for member in room.members.values():
+            del self.by_token[member.token_bytes]
+        room.members.clear()
+        room.refresh_addresses()
+        del self.rooms[room.name]
+        log.info('room "%s" closed: %s', room.name, reason)
+        return closed
+
+
+def _canonical_ip(ip: str) -> str:
+    """Fold an IPv4-mapped IPv6 address (::ffff:1.2.3.4, from a dual-stack socket)."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip

@@ -1,0 +1,170 @@
+"""The TCRP adapter: reads requests off TCP connections and answers them (section 1).
+
+Four steps per request: read exactly one message (with caps and timeouts), decode it
+with :mod:`ocm.protocol`, ask the :class:`~ocm.registry.RoomRegistry`, write the ACK
+and COMPLETE. No protocol decisions are made here. Datagrams the registry produces
+(NOTICE, CLOSED) go to the UDP endpoint through the ``send`` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ocm.errors import ErrorCode, OCMError, ProtocolError
+from ocm.protocol import (
+    MAX_TCRP_PAYLOAD,
+    TCRP_HEADER_SIZE,
+    Ack,
+    Admission,
+    CreateRoom,
+    JoinRoom,
+    LeaveRoom,
+    Left,
+    ListRooms,
+    Operation,
+    Reply,
+    Request,
+    RoomList,
+    decode_header,
+    decode_tcrp_body,
+    encode_error_ack,
+    encode_reply,
+    parse_request,
+)
+from ocm.registry import Member, Outgoing, PasswordHash, RoomRegistry
+
+__all__ = ["TcpLimits", "TcrpHandler"]
+
+log = logging.getLogger("ocm.tcp")
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    """Caps on what one TCP peer can make the server hold (each is a server flag)."""
+
+    max_payload: int = MAX_TCRP_PAYLOAD
+    # Section 1: a connection that sends nothing for this long is closed.
+    idle_timeout: float = 10.0
+    # A message that has started must be complete within this time: a peer trickling
+    # one byte a second holds a connection for at most this long.
+    message_timeout: float = 5.0
+    # Per client IP, and in all: bounds file descriptors an attacker can pin.
+    max_connections_per_ip: int = 32
+    max_connections: int = 4096
+
+
+class TcrpHandler:
+    """The ``client_connected_cb`` of the TCP listener; one call per connection."""
+
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        limits: TcpLimits,
+        *,
+        udp_port: Callable[[], int],
+        send: Callable[[list[Outgoing]], None],
+        clock: Callable[[], float],
+        on_join: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.registry = registry
+        self.limits = limits
+        self._udp_port = udp_port
+        self._send = send
+        self._clock = clock
+        self._on_join = on_join
+        self.connections: dict[str, int] = {}  # client IP -> open connections
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "?"
+        if (
+            self.connections.get(ip, 0) >= self.limits.max_connections_per_ip
+            or len(self.writers) >= self.limits.max_connections
+        ):
+            log.debug("refusing a connection from %s: too many connections", ip)
+            writer.transport.abort()
+            return
+        self.connections[ip] = self.connections.get(ip, 0) + 1
+        self.writers.add(writer)
+        try:
+            await self._serve(reader, writer, ip)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the peer went away or was too slow: nothing to answer
+        except Exception:
+            log.exception("unexpected error on a connection from %s; closing it", ip)
+        finally:
+            self.writers.discard(writer)
+            self.connections[ip] -= 1
+            if not self.connections[ip]:
+                del self.connections[ip]
+            writer.close()
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str
+    ) -> None:
+        while True:
+            async with asyncio.timeout(self.limits.idle_timeout):
+                first = await reader.read(1)
+            if not first:
+                return  # orderly close between requests
+            async with asyncio.timeout(self.limits.message_timeout):
+                raw_header = first + await reader.readexactly(TCRP_HEADER_SIZE - 1)
+                try:
+                    header = decode_header(raw_header, max_payload=self.limits.max_payload)
+                    message = decode_tcrp_body(header, await reader.readexactly(header.body_size))
+                    request = parse_request(message)
+                except ProtocolError as error:
+                    # Malformed: answer (the header is always complete here), then close.
+                    writer.write(encode_error_ack(raw_header[1], "", error.code, error.message))
+                    await writer.drain()
+                    return
+            try:
+                reply = await self._handle(request, ip)
+            except OCMError as error:
+                assert error.code is not None
+                writer.write(
+                    encode_reply(Ack(message.operation, message.room, error.code, error.message))
+                )
+            else:
+                writer.write(
+                    encode_reply(Ack(message.operation, message.room)) + encode_reply(reply)
+                )
+            await writer.drain()
+
+    async def _handle(self, request: Request, ip: str) -> Reply:
+        registry = self.registry
+        match request:
+            case CreateRoom(room, username, password):
+                secret = (
+                    await asyncio.to_thread(PasswordHash.create, password) if password else None
+                )
+                member = registry.create_room(room, username, secret, ip, self._clock())
+                self._on_join()
+                return self._admission(Operation.CREATE_ROOM, member)
+            case JoinRoom(room, username, password):
+                expected = registry.admit(room, username, ip, self._clock())
+                ok = expected is None or await asyncio.to_thread(expected.verify, password)
+                member, outgoing = registry.complete_join(
+                    room, username, ip, self._clock(), password_ok=ok
+                )
+                self._send(outgoing)
+                self._on_join()
+                return self._admission(Operation.JOIN_ROOM, member)
+            case ListRooms():
+                return RoomList(tuple(registry.list_rooms()))
+            case LeaveRoom(room, token):
+                self._send(registry.leave(room, token, ip, self._clock()))
+                return Left(room)
+        raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
+
+    def _admission(self, operation: Operation, member: Member) -> Admission:
+        room = member.room
+        assert room.host is not None
+        members = tuple(m.name for m in room.members.values())
+        return Admission(
+            operation, room.name, member.token, self._udp_port(), room.host.name, members
+        )
