@@ -223,26 +223,40 @@ def test_admit_then_complete_join(registry: RoomRegistry) -> None:
     registry.create_room("vault", "alice", hashed, IP, 0.0)
     assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
     with pytest.raises(RoomError) as info:
-        registry.complete_join("vault", "bob", OTHER_IP, 1.0, password_ok=False)
+        registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=None)
     check_code(info, ErrorCode.WRONG_PASSWORD)
-    bob, _ = registry.complete_join("vault", "bob", OTHER_IP, 1.0, password_ok=True)
+    bob, _ = registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=hashed)
     assert bob.name == "bob"
 
 
 def test_complete_join_rechecks_what_changed_meanwhile(registry: RoomRegistry) -> None:
-    host = registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
-    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is not None
-    assert registry.admit("vault", "carol", OTHER_IP, 1.0) is not None
+    hashed = PasswordHash.create("pw")
+    host = registry.create_room("vault", "alice", hashed, IP, 0.0)
+    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
+    assert registry.admit("vault", "carol", OTHER_IP, 1.0) is hashed
     # While bob's hash is computed, carol takes the name "Bob" ...
-    registry.complete_join("vault", "Bob", IP, 1.0, password_ok=True)
+    registry.complete_join("vault", "Bob", IP, 1.0, verified=hashed)
     with pytest.raises(RoomError) as info:
-        registry.complete_join("vault", "bob", OTHER_IP, 1.0, password_ok=True)
+        registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=hashed)
     check_code(info, ErrorCode.NAME_TAKEN)
     # ... and then the host leaves.
     registry.leave("vault", host.token, IP, 2.0)
     with pytest.raises(RoomError) as info:
-        registry.complete_join("vault", "carol", OTHER_IP, 2.0, password_ok=True)
+        registry.complete_join("vault", "carol", OTHER_IP, 2.0, verified=hashed)
     check_code(info, ErrorCode.NO_SUCH_ROOM)
+    # ... and someone creates "vault" anew with another password: the old match counts
+    # for nothing.
+    registry.create_room("vault", "mallory", PasswordHash.create("other"), IP, 3.0)
+    with pytest.raises(RoomError) as info:
+        registry.complete_join("vault", "carol", OTHER_IP, 3.0, verified=hashed)
+    check_code(info, ErrorCode.WRONG_PASSWORD)
+
+
+def test_protected_room_hides_its_members_from_wrong_passwords(registry: RoomRegistry) -> None:
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    with pytest.raises(RoomError) as info:
+        registry.join_room("vault", "alice", "guess", OTHER_IP, 1.0)
+    check_code(info, ErrorCode.WRONG_PASSWORD)  # not name_taken: that would leak a name
 
 
 # ---------------------------------------------------------------------------

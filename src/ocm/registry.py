@@ -111,10 +111,11 @@ class FailureLimiter:
         return times
 
     def blocked(self, ip: str, now: float) -> bool:
-        times = self._recent(ip, now)
+        times = self._recent(_canonical_ip(ip), now)
         return times is not None and len(times) >= self.max_failures
 
     def record(self, ip: str, now: float) -> None:
+        ip = _canonical_ip(ip)  # one client, whichever socket family it came through
         times = self._recent(ip, now)
         if times is None:
             if len(self._failures) >= self.max_tracked:
@@ -224,10 +225,7 @@ class RoomRegistry:
         self, name: str, username: str, password: PasswordHash | None, ip: str, now: float
     ) -> Member:
         """Create ``name`` with ``username`` as its host. Hash the password beforehand."""
-        if name in self.rooms:
-            raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
-        if len(self.rooms) >= self.max_rooms:
-            raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+        self.check_create(name)
         room = Room(name, password)
         self.rooms[name] = room
         host = self._add_member(room, username, ip, now)
@@ -237,30 +235,45 @@ class RoomRegistry:
         )
         return host
 
+    def check_create(self, name: str) -> None:
+        """Raise what :meth:`create_room` would refuse, so no password is hashed in vain."""
+        if name in self.rooms:
+            raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
+        if len(self.rooms) >= self.max_rooms:
+            raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+
     def admit(self, name: str, username: str, ip: str, now: float) -> PasswordHash | None:
-        """Check a join on everything but the password; return the hash to verify.
+        """First half of a join: the hash the password must match, or None (open room).
 
         Split from :meth:`complete_join` so the adapter can verify the (deliberately
-        slow) hash off the event loop. Returns None for an open room.
+        slow) hash off the event loop. A protected room tells nothing about its members
+        (name_taken, room_full) to someone who has not given its password.
         """
         room = self._room(name)
-        if room.protected and self.failures.blocked(ip, now):
+        if room.password is None:
+            self._check_vacancy(room, username)
+            return None
+        if self.failures.blocked(ip, now):
             raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
-        if username.casefold() in room.members:
-            raise RoomError(ErrorCode.NAME_TAKEN, f'the name "{username}" is taken in "{name}"')
-        if len(room.members) >= self.max_members:
-            raise RoomError(ErrorCode.ROOM_FULL, f'room "{name}" is full')
         return room.password
 
     def complete_join(
-        self, name: str, username: str, ip: str, now: float, *, password_ok: bool
+        self, name: str, username: str, ip: str, now: float, *, verified: PasswordHash | None
     ) -> tuple[Member, list[Outgoing]]:
-        """Add the member once its password was checked; re-checks :meth:`admit`."""
-        # The room may have closed or the name been taken while the hash was computed.
-        protected = self.admit(name, username, ip, now) is not None
-        if protected and not password_ok:
-            self.failures.record(ip, now)
-            raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{name}"')
+        """Second half of a join: add the member.
+
+        ``verified`` is the hash :meth:`admit` returned if the password matched it, else
+        None. Everything is checked again: while the hash was computed the room may have
+        closed or been created anew with another password, or the name been taken.
+        """
+        room = self._room(name)
+        if room.password is not None:
+            if self.failures.blocked(ip, now):
+                raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+            if verified is not room.password:
+                self.failures.record(ip, now)
+                raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{name}"')
+        self._check_vacancy(room, username)
         room = self.rooms[name]
         notice = room.announce(Kind.NOTICE, f"{username} joined")
         member = self._add_member(room, username, ip, now)
@@ -272,8 +285,8 @@ class RoomRegistry:
     ) -> tuple[Member, list[Outgoing]]:
         """:meth:`admit`, verify the password and :meth:`complete_join`, in one call."""
         expected = self.admit(name, username, ip, now)
-        ok = expected is None or expected.verify(password)
-        return self.complete_join(name, username, ip, now, password_ok=ok)
+        verified = expected if expected is not None and expected.verify(password) else None
+        return self.complete_join(name, username, ip, now, verified=verified)
 
     # -- leave, expire, close --------------------------------------------------
 
@@ -327,6 +340,14 @@ class RoomRegistry:
         if room is None:
             raise RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
         return room
+
+    def _check_vacancy(self, room: Room, username: str) -> None:
+        if username.casefold() in room.members:
+            raise RoomError(
+                ErrorCode.NAME_TAKEN, f'the name "{username}" is taken in "{room.name}"'
+            )
+        if len(room.members) >= self.max_members:
+            raise RoomError(ErrorCode.ROOM_FULL, f'room "{room.name}" is full')
 
     def _add_member(self, room: Room, username: str, ip: str, now: float) -> Member:
         token = self._new_token()

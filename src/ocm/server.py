@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ocm.registry import (
+    DEFAULT_FAILURE_WINDOW,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_FAILURES,
     DEFAULT_MAX_MEMBERS,
     DEFAULT_MAX_ROOMS,
+    FailureLimiter,
     Outgoing,
     RoomRegistry,
 )
-from ocm.relay import RelayCore
+from ocm.relay import DEFAULT_ERROR_RATE, ErrorReplyLimiter, RelayCore
 from ocm.tcp import TcpLimits, TcrpHandler
 from ocm.udp import RelayEndpoint
 
@@ -43,6 +48,9 @@ class ServerConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_rooms: int = DEFAULT_MAX_ROOMS
     max_members: int = DEFAULT_MAX_MEMBERS
+    max_failures: int = DEFAULT_MAX_FAILURES  # wrong passwords per IP per failure_window
+    failure_window: float = DEFAULT_FAILURE_WINDOW
+    error_rate: float = DEFAULT_ERROR_RATE  # UDP ERROR replies per source IP per second
     tcp: TcpLimits = field(default_factory=TcpLimits)
 
 
@@ -55,11 +63,60 @@ def _bind_udp(host: str, port: int) -> socket.socket:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
+        _keep_receiving_after_unreachable(sock)
     except BaseException:
         sock.close()
         raise
     sock.setblocking(False)
     return sock
+
+
+def _keep_receiving_after_unreachable(sock: socket.socket) -> None:
+    """Windows: a relay to a client that has gone must not stop the socket receiving.
+
+    Winsock reports the ICMP "port unreachable" for one departed client as
+    WSAECONNRESET on the socket's next receive, and asyncio's proactor loop then stops
+    reading the socket for good (CPython issues 91227 and 127057): one member closing
+    its terminal would silence the relay for every room. Turning SIO_UDP_CONNRESET off
+    is the usual cure (libuv, ntpd do the same). Elsewhere nothing is needed: an
+    unconnected UDP socket is not told about ICMP errors.
+    """
+    if sys.platform == "win32":
+        import ctypes
+        from ctypes import wintypes
+
+        sio_udp_connreset = 0x9800000C  # _WSAIOW(IOC_VENDOR, 12), mstcpip.h
+        prototype = ctypes.WINFUNCTYPE(
+            ctypes.c_int,
+            ctypes.c_size_t,  # SOCKET
+            wintypes.DWORD,
+            ctypes.c_void_p,
+            wintypes.DWORD,
+            ctypes.c_void_p,
+            wintypes.DWORD,
+            ctypes.POINTER(wintypes.DWORD),
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        )
+        report = wintypes.BOOL(False)
+        returned = wintypes.DWORD(0)
+        try:
+            wsa_ioctl = prototype(("WSAIoctl", ctypes.windll.ws2_32))
+            failed = wsa_ioctl(
+                sock.fileno(),
+                sio_udp_connreset,
+                ctypes.byref(report),
+                ctypes.sizeof(report),
+                None,
+                0,
+                ctypes.byref(returned),
+                None,
+                None,
+            )
+        except (AttributeError, OSError, ctypes.ArgumentError):
+            failed = True  # the relay still works; it is only less robust
+        if failed:
+            log.warning("could not turn off UDP connection-reset reports on this socket")
 
 
 def _bind_tcp(host: str, port: int) -> socket.socket:
@@ -80,8 +137,9 @@ class OCMServer:
             idle_timeout=config.idle_timeout,
             max_rooms=config.max_rooms,
             max_members=config.max_members,
+            failures=FailureLimiter(config.max_failures, config.failure_window),
         )
-        self.relay = RelayCore(self.registry)
+        self.relay = RelayCore(self.registry, ErrorReplyLimiter(config.error_rate))
         self._loop = asyncio.get_running_loop()
         self._endpoint = RelayEndpoint(self.relay, self._loop.time)
         self.tcrp = TcrpHandler(
@@ -125,11 +183,12 @@ class OCMServer:
         )
         self._expiry_task = asyncio.create_task(self._expire_idle(), name="ocm-expiry")
         log.info(
-            "OCM server listening on %s: TCP port %d, UDP port %d (idle timeout %gs)",
+            "OCM server listening on %s: TCP port %d, UDP port %d (idle timeout %gs, %s loop)",
             config.host,
             self.tcp_port,
             self.udp_port,
             config.idle_timeout,
+            "uvloop" if type(self._loop).__module__.startswith("uvloop") else "asyncio",
         )
 
     def _send(self, outgoing: Iterable[Outgoing]) -> None:
@@ -184,21 +243,58 @@ class OCMServer:
         await self.close()
 
 
+# SIGINT is Ctrl-C everywhere; SIGTERM is how service managers stop us on POSIX;
+# SIGBREAK is Ctrl-Break in a Windows console. Names missing on a platform are skipped.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGBREAK")
+
+
+def on_stop_signals(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``stop`` on the loop when a stop signal arrives; return the undo.
+
+    ``loop.add_signal_handler`` where the loop has it (POSIX). Windows' loops raise
+    NotImplementedError: there a plain :func:`signal.signal` handler, which Python runs
+    between bytecodes of the main thread, hops onto the loop. Off the main thread no
+    handler can be set; whoever runs us there stops us by cancelling.
+    """
+    undo: list[Callable[[], object]] = []
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            loop.add_signal_handler(signum, stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+        else:
+            undo.append(functools.partial(loop.remove_signal_handler, signum))
+            continue
+        try:
+            previous = signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop))
+        except (ValueError, OSError):
+            continue
+        if previous is not None:
+            undo.append(functools.partial(signal.signal, signum, previous))
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
+
+
 async def serve(config: ServerConfig) -> None:
     """Run a server until SIGINT or SIGTERM, then close it (members get CLOSED)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     server = await OCMServer.start(config)
-    for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
-        if signum is None:
-            continue
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):
-            # Windows has no add_signal_handler: a plain handler hops onto the loop.
-            signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+    restore = on_stop_signals(loop, stop.set)
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
-        await server.close()
+        try:
+            await server.close()
+        finally:
+            restore()

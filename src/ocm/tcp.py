@@ -40,20 +40,30 @@ __all__ = ["TcpLimits", "TcrpHandler"]
 
 log = logging.getLogger("ocm.tcp")
 
+# Section 1: a connection that sends nothing for this long is closed.
+DEFAULT_TCP_IDLE_TIMEOUT = 10.0
+# A message that has started must be complete within this time: a peer trickling one
+# byte a second holds a connection for at most this long. The same bound applies to a
+# reply the peer will not read (a write that stalls this long aborts the connection).
+DEFAULT_MESSAGE_TIMEOUT = 5.0
+# Per client IP, and in all: bounds the file descriptors and buffers an attacker can pin.
+DEFAULT_MAX_CONNECTIONS_PER_IP = 32
+DEFAULT_MAX_CONNECTIONS = 4096
+# Password hashes (scrypt, 16 MiB and ~40 ms of CPU each) computed at once: bounds the
+# memory and CPU that a crowd of password guesses can take from the relay.
+DEFAULT_MAX_CONCURRENT_HASHES = 2
+
 
 @dataclass(frozen=True, slots=True)
 class TcpLimits:
     """Caps on what one TCP peer can make the server hold (each is a server flag)."""
 
     max_payload: int = MAX_TCRP_PAYLOAD
-    # Section 1: a connection that sends nothing for this long is closed.
-    idle_timeout: float = 10.0
-    # A message that has started must be complete within this time: a peer trickling
-    # one byte a second holds a connection for at most this long.
-    message_timeout: float = 5.0
-    # Per client IP, and in all: bounds file descriptors an attacker can pin.
-    max_connections_per_ip: int = 32
-    max_connections: int = 4096
+    idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    message_timeout: float = DEFAULT_MESSAGE_TIMEOUT
+    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_concurrent_hashes: int = DEFAULT_MAX_CONCURRENT_HASHES
 
 
 class TcrpHandler:
@@ -77,6 +87,7 @@ class TcrpHandler:
         self._on_join = on_join
         self.connections: dict[str, int] = {}  # client IP -> open connections
         self.writers: set[asyncio.StreamWriter] = set()
+        self._hashing = asyncio.Semaphore(limits.max_concurrent_hashes)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -101,12 +112,26 @@ class TcrpHandler:
             self.connections[ip] -= 1
             if not self.connections[ip]:
                 del self.connections[ip]
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # A reply the peer would not read: drop it rather than keep it queued.
+                writer.transport.abort()
+            else:
+                writer.close()
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write and drain, for at most the message timeout (a slow reader is cut off)."""
+        writer.write(data)
+        async with asyncio.timeout(self.limits.message_timeout):
+            await writer.drain()
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str
     ) -> None:
         while True:
+            # Let the other connections and the relay run between two requests: with
+            # requests already buffered, no await below would yield, and one peer that
+            # pipelines thousands of them would hold the event loop for as long.
+            await asyncio.sleep(0)
             async with asyncio.timeout(self.limits.idle_timeout):
                 first = await reader.read(1)
             if not first:
@@ -119,37 +144,47 @@ class TcrpHandler:
                     request = parse_request(message)
                 except ProtocolError as error:
                     # Malformed: answer (the header is always complete here), then close.
-                    writer.write(encode_error_ack(raw_header[1], "", error.code, error.message))
-                    await writer.drain()
+                    await self._write(
+                        writer, encode_error_ack(raw_header[1], "", error.code, error.message)
+                    )
                     return
             try:
                 reply = await self._handle(request, ip)
             except OCMError as error:
                 assert error.code is not None
-                writer.write(
-                    encode_reply(Ack(message.operation, message.room, error.code, error.message))
+                answer = encode_reply(
+                    Ack(message.operation, message.room, error.code, error.message)
                 )
             else:
-                writer.write(
-                    encode_reply(Ack(message.operation, message.room)) + encode_reply(reply)
-                )
-            await writer.drain()
+                answer = encode_reply(Ack(message.operation, message.room)) + encode_reply(reply)
+            await self._write(writer, answer)
 
     async def _handle(self, request: Request, ip: str) -> Reply:
         registry = self.registry
         match request:
             case CreateRoom(room, username, password):
-                secret = (
-                    await asyncio.to_thread(PasswordHash.create, password) if password else None
-                )
+                secret = None
+                if password:
+                    async with self._hashing:
+                        registry.check_create(room)  # no hash for a create bound to fail
+                        secret = await asyncio.to_thread(PasswordHash.create, password)
                 member = registry.create_room(room, username, secret, ip, self._clock())
                 self._on_join()
                 return self._admission(Operation.CREATE_ROOM, member)
             case JoinRoom(room, username, password):
                 expected = registry.admit(room, username, ip, self._clock())
-                ok = expected is None or await asyncio.to_thread(expected.verify, password)
+                verified = None
+                if expected is not None:
+                    async with self._hashing:
+                        # Checked again after the wait: a guesser's queued tries are
+                        # refused (rate_limited) without a hash once the IP is blocked.
+                        expected = registry.admit(room, username, ip, self._clock())
+                        if expected is not None and await asyncio.to_thread(
+                            expected.verify, password
+                        ):
+                            verified = expected
                 member, outgoing = registry.complete_join(
-                    room, username, ip, self._clock(), password_ok=ok
+                    room, username, ip, self._clock(), verified=verified
                 )
                 self._send(outgoing)
                 self._on_join()

@@ -1,0 +1,423 @@
+"""The ``ocm`` command's client side, run as real processes (pipe mode: stdin is not a
+terminal). The interactive UI on a terminal is tests/test_terminal.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ocm.cli import build_parser, main
+from ocm.client import ChatClient, Event, Message, Notice, list_rooms
+from ocm.protocol import RoomInfo
+from tests.kit import LOOPBACK, MS, running_server
+from tests.test_client import ready, registered, until
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# A clean environment: no OCM_* from the developer's shell, the checkout's code.
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("OCM_")}
+ENV["PYTHONPATH"] = str(SRC)
+PIPE = asyncio.subprocess.PIPE
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def ocm(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Result:
+    """Run ``python -m ocm ARGS`` to the end with ``stdin`` piped in."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocm",
+        *args,
+        stdin=PIPE,
+        stdout=PIPE,
+        stderr=PIPE,
+        env={**ENV, **(env or {})},
+    )
+    async with asyncio.timeout(15):
+        out, err = await process.communicate(stdin.encode())
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+class Piped:
+    """An ``ocm`` process whose stdin the test writes and whose stdout it reads."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Piped:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocm",
+            *args,
+            stdin=PIPE,
+            stdout=PIPE,
+            stderr=PIPE,
+            env={**ENV, **(env or {})},
+        )
+        return cls(process)
+
+    async def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def line(self, timeout: float = 5) -> str:
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout):
+            raw = await self.process.stdout.readline()
+        assert raw, f"no more output; stderr: {await self.stderr()}"
+        return raw.decode().rstrip("\n")
+
+    async def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return (await self.process.stderr.read()).decode()
+
+    async def finish(self, timeout: float = 5) -> tuple[int, str, str]:
+        """Close stdin (end of input) and wait for the exit: (status, rest of stdout, stderr)."""
+        async with asyncio.timeout(timeout):
+            out, err = await self.process.communicate(b"")
+        assert self.process.returncode is not None
+        return self.process.returncode, out.decode(), err.decode()
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@asynccontextmanager
+async def server_process() -> AsyncIterator[int]:
+    """A real ``python -m ocm server`` on loopback, port 0; yields its TCP port."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocm",
+        "server",
+        "--host",
+        LOOPBACK,
+        "--port",
+        "0",
+        stderr=PIPE,
+        env=ENV,
+    )
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(10):
+            line = (await process.stderr.readline()).decode()
+        assert "listening" in line, line
+        yield int(line.split("TCP port ")[1].split(",")[0])
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+
+
+async def wait_for_room(server: str, room: str) -> None:
+    async with asyncio.timeout(5):
+        while room not in {r.name for r in await list_rooms(server)}:
+            await asyncio.sleep(20 * MS)
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------
+
+
+def test_client_commands_and_their_options() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["join", "lobby", "--server", "[::1]:9100", "--name", "bob"])
+    assert (args.command, args.room, args.server, args.name) == (
+        "join",
+        "lobby",
+        ("::1", 9100),
+        "bob",
+    )
+    assert args.password is None and args.heartbeat == 15.0
+    args = parser.parse_args(["create", "vault", "--password"])  # no value: ask
+    assert args.password is not None and args.password != ""
+    assert parser.parse_args(["rooms"]).server == ("localhost", 9001)
+    assert parser.parse_args([]).command is None
+    # the server subcommand is untouched
+    server = parser.parse_args(["server", "--host", "::", "--port", "0", "--idle-timeout", "5"])
+    assert (server.host, server.port, server.idle_timeout) == ("::", 0, 5.0)
+
+
+def test_server_default_comes_from_ocm_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCM_SERVER", "chat.example:9100")
+    assert build_parser().parse_args(["rooms"]).server == ("chat.example", 9100)
+
+
+def test_a_bad_server_address_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["rooms", "--server", "host:port"])
+    assert exit_.value.code == 2
+    assert '"port" is not a port number' in capsys.readouterr().err
+
+
+def test_help_shows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("server", "create", "join", "rooms"):
+        assert command in out
+
+
+# ---------------------------------------------------------------------------
+# Errors: one line, non-zero, never a traceback
+# ---------------------------------------------------------------------------
+
+
+async def test_errors_are_one_clear_line() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ChatClient.create(where, "lobby", "alice"):
+            cases = [
+                (
+                    ["join", "nowhere", "--name", "bob"],
+                    1,
+                    'ocm: no room named "nowhere" — see: ocm rooms',
+                ),
+                (
+                    ["create", "lobby", "--name", "bob"],
+                    1,
+                    'ocm: room "lobby" already exists — join it with: ocm join lobby',
+                ),
+                (
+                    ["join", "lobby", "--name", "Alice"],
+                    1,
+                    'ocm: the name "Alice" is taken in "lobby" — choose another with --name',
+                ),
+                (["join", "lobby", "--name", " "], 1, "ocm: name must be 1-255 bytes, got 0"),
+                (["join", "lobby"], 2, "ocm: --name NAME is required when stdin is not a terminal"),
+                (
+                    ["join", "lobby", "--name", "bob", "--password"],
+                    2,
+                    "ocm: --password without a value needs a terminal; set OCM_PASSWORD",
+                ),
+                (
+                    [],
+                    2,
+                    "ocm: interactive mode needs a terminal;"
+                    " in scripts use: ocm join ROOM --name NAME",
+                ),
+            ]
+            results = await asyncio.gather(
+                *(ocm(*args, "--server", where) if args else ocm() for args, _, _ in cases)
+            )
+    for (args, code, line), result in zip(cases, results, strict=True):
+        assert (result.code, result.err) == (code, line + "\n"), args
+        assert result.out == ""
+
+
+async def test_an_unreachable_server_is_one_line() -> None:
+    async with running_server() as server:
+        port = server.tcp_port  # closed again on exit: nothing listens there now
+    for args in (["rooms"], ["join", "lobby", "--name", "bob"]):
+        result = await ocm(*args, "--server", f"127.0.0.1:{port}")
+        assert result.code == 1
+        assert result.err == f"ocm: cannot reach server 127.0.0.1:{port} (connection refused)\n"
+
+
+async def test_rooms_lists_members_access_and_name() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        empty = await ocm("rooms", "--server", where)
+        assert (empty.code, empty.out) == (
+            0,
+            f"no rooms on {where} — create one with: ocm create ROOM\n",
+        )
+        async with (
+            await ChatClient.create(where, "lobby", "alice"),
+            await ChatClient.create(where, "the vault", "carol", "pw"),
+        ):
+            listed = await ocm("rooms", "--server", where)
+    assert listed.code == 0
+    assert listed.out.splitlines() == [
+        "MEMBERS  ACCESS    ROOM",
+        "      1  open      lobby",
+        "      1  password  the vault",
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Pipe mode
+# ---------------------------------------------------------------------------
+
+
+async def test_end_of_input_delivers_every_line_then_leaves() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            lines = [f"line {n}" for n in range(10)]
+            result = await ocm(
+                "join", "lobby", "--name", "bob", "--server", where, stdin="\n".join(lines)
+            )
+            assert result.code == 0, result.err
+            assert result.out.splitlines() == [f"bob: {line}" for line in lines]
+            assert result.err == ""
+            events: list[Event] = []
+            async with asyncio.timeout(1):
+                while len(events) < 12:
+                    events.append(await anext(alice))
+            assert events[0] == Notice("bob joined", 1)
+            assert [e.text for e in events[1:11] if isinstance(e, Message)] == lines
+            assert events[11] == Notice("bob left", 12)
+
+
+async def test_a_password_room_through_the_cli() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        host = await Piped.start(
+            "create", "vault", "--name", "alice", "--server", where, env={"OCM_PASSWORD": "s3cret"}
+        )
+        try:
+            await wait_for_room(where, "vault")
+            assert await list_rooms(where) == (RoomInfo("vault", 1, protected=True),)
+
+            wrong = await ocm(
+                "join", "vault", "--name", "mallory", "--password", "guess", "--server", where
+            )
+            assert (wrong.code, wrong.out) == (1, "")
+            assert wrong.err == 'ocm: wrong password for room "vault"\n'
+            missing = await ocm("join", "vault", "--name", "mallory", "--server", where)
+            assert missing.err == 'ocm: wrong password for room "vault"\n'
+
+            by_flag = await ocm(
+                "join",
+                "vault",
+                "--name",
+                "bob",
+                "--password",
+                "s3cret",
+                "--server",
+                where,
+                stdin="hi from bob\n",
+            )
+            assert (by_flag.code, by_flag.out, by_flag.err) == (0, "bob: hi from bob\n", "")
+            by_env = await ocm(
+                "join",
+                "vault",
+                "--name",
+                "carol",
+                "--server",
+                where,
+                stdin="hi from carol\n",
+                env={"OCM_PASSWORD": "s3cret"},
+            )
+            assert (by_env.code, by_env.out) == (0, "carol: hi from carol\n")
+
+            assert [await host.line() for _ in range(6)] == [
+                "* bob joined",
+                "bob: hi from bob",
+                "* bob left",
+                "* carol joined",
+                "carol: hi from carol",
+                "* carol left",
+            ]
+            code, out, err = await host.finish()
+            assert (code, out, err) == (0, "", "")
+            assert await list_rooms(where) == ()
+        finally:
+            await host.kill()
+
+
+async def test_two_piped_clients_chat_through_a_server_process() -> None:
+    async with server_process() as port:
+        where = f"127.0.0.1:{port}"
+        alice = await Piped.start("create", "lobby", "--name", "alice", "--server", where)
+        bob = None
+        try:
+            await wait_for_room(where, "lobby")
+            bob = await Piped.start("join", "lobby", "--name", "bob", "--server", where)
+            assert await alice.line() == "* bob joined"
+            await bob.say("hi alice")  # bob's own copy proves he is registered for UDP
+            assert await bob.line() == "bob: hi alice"
+            assert await alice.line() == "bob: hi alice"
+
+            await alice.say("hi bob, ça va ✓")
+            assert await alice.line() == "alice: hi bob, ça va ✓"
+            assert await bob.line() == "alice: hi bob, ça va ✓"
+
+            code, out, err = await bob.finish()  # end of bob's input: he leaves
+            assert (code, out, err) == (0, "", "")
+            assert await alice.line() == "* bob left"
+            code, out, err = await alice.finish()
+            assert (code, out, err) == (0, "", "")
+        finally:
+            await alice.kill()
+            if bob is not None:
+                await bob.kill()
+
+
+async def test_the_host_leaving_ends_a_member_whose_input_is_still_open() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        alice = await ready(server, await ChatClient.create(where, "lobby", "alice"))
+        bob = await Piped.start("join", "lobby", "--name", "bob", "--server", where)
+        try:
+            assert await anext(alice) == Notice("bob joined", 1)
+            await until(lambda: registered(server, "lobby", "bob"), 5000 * MS)
+            await alice.close()
+            assert await bob.line() == "! room closed: host alice left; the room is closed"
+            assert bob.process.stdin is not None
+            async with asyncio.timeout(5):
+                assert await bob.process.wait() == 0  # stdin still open: it exits anyway
+        finally:
+            await bob.kill()
+
+
+async def test_names_the_console_cannot_encode_never_crash() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            result = await ocm(
+                "join",
+                "lobby",
+                "--name",
+                "zoë☃",
+                "--server",
+                where,
+                stdin="héllo\n",
+                env={"PYTHONIOENCODING": "ascii"},
+            )
+            assert result.code == 0, result.err
+            assert result.err == ""
+            assert result.out == "zo??: h??llo\n"  # the console's ASCII, with replacements
+            events = [await anext(alice) for _ in range(3)]
+            assert events[1] == Message("zoë☃", "h\ufffd\ufffdllo", 2)
+
+
+async def test_interrupt_leaves_the_room() -> None:
+    if sys.platform == "win32":
+        pytest.skip("SIGINT cannot be sent to a child process on Windows")
+    import signal
+
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            bob = await Piped.start("join", "lobby", "--name", "bob", "--server", where)
+            try:
+                assert await anext(alice) == Notice("bob joined", 1)
+                await until(lambda: registered(server, "lobby", "bob"), 5000 * MS)
+                bob.process.send_signal(signal.SIGINT)
+                code, _, err = await bob.finish()
+                assert (code, err) == (130, "")
+                async with asyncio.timeout(1):
+                    assert await anext(alice) == Notice("bob left", 2)
+            finally:
+                await bob.kill()

@@ -1,0 +1,667 @@
+"""ocm.client: the sans-I/O room state, and the library end to end against real servers.
+
+The seed's list (create, join, send and receive, a member leaving, the host leaving)
+runs through :class:`ChatClient` against the real server on loopback. Seq handling is
+tested on the core, and through real sockets with a fake server that sends exactly the
+datagrams a test wants (gaps, duplicates, late arrivals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ocm.client import (
+    SEQ_CYCLE,
+    ChatClient,
+    Closed,
+    ErrorReply,
+    Event,
+    Gap,
+    Message,
+    Notice,
+    RoomState,
+    SeqTracker,
+    format_server_address,
+    list_rooms,
+    parse_server_address,
+)
+from ocm.errors import ConnectionLost, ErrorCode, ProtocolError, ServerError
+from ocm.protocol import (
+    MAX_DATAGRAM,
+    TCRP_HEADER_SIZE,
+    Ack,
+    Admission,
+    JoinRoom,
+    Kind,
+    LeaveRoom,
+    Left,
+    Operation,
+    Request,
+    RoomInfo,
+    ServerDatagram,
+    decode_header,
+    decode_tcrp_body,
+    encode_reply,
+    encode_server_datagram,
+    parse_request,
+)
+from ocm.server import OCMServer
+from tests.kit import LOOPBACK, MS, UdpPeer, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = 50 * MS  # heartbeat interval for tests that need the client to keep beating
+
+
+def server_of(server: OCMServer) -> tuple[str, int]:
+    return (LOOPBACK, server.tcp_port)
+
+
+async def next_event(chat: ChatClient, timeout: float = 1000 * MS) -> Event:
+    async with asyncio.timeout(timeout):
+        return await anext(chat)
+
+
+async def settle(chat: ChatClient, duration: float = 50 * MS) -> list[Event]:
+    """Every event that arrives within ``duration``."""
+    events: list[Event] = []
+    with pytest.raises(TimeoutError):
+        while True:
+            events.append(await next_event(chat, duration))
+    return events
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 1000 * MS) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(5 * MS)
+
+
+async def ready(server: OCMServer, chat: ChatClient) -> ChatClient:
+    """``chat`` once the server has its UDP address. A member's first heartbeat and the
+    next member's join travel on different sockets, so without this wait the server may
+    announce the join before it knows where to send the NOTICE."""
+    await until(lambda: registered(server, chat.room, chat.name))
+    return chat
+
+
+def registered(server: OCMServer, room: str, name: str) -> bool:
+    """The server has this member's UDP address (its first heartbeat arrived)."""
+    members = server.registry.rooms[room].members if room in server.registry.rooms else {}
+    member = members.get(name.casefold())
+    return member is not None and member.address is not None
+
+
+# ---------------------------------------------------------------------------
+# Server addresses
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("example.org", ("example.org", 9001)),
+        ("example.org:9100", ("example.org", 9100)),
+        ("127.0.0.1:1", ("127.0.0.1", 1)),
+        ("[::1]:9001", ("::1", 9001)),
+        ("[::1]", ("::1", 9001)),
+        ("::1", ("::1", 9001)),
+        ("fe80::1:2", ("fe80::1:2", 9001)),
+        (":9100", ("localhost", 9100)),
+        ("  host:2  ", ("host", 2)),
+    ],
+)
+def test_parse_server_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_server_address(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["host:", "host:abc", "host:0", "host:65536", "[::1", "[::1]x", "[::1]:", "h:-1"]
+)
+def test_parse_server_address_refuses_with_a_reason(text: str) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        parse_server_address(text)
+
+
+def test_server_address_pairs_and_formatting() -> None:
+    assert parse_server_address(("::1", 9100)) == ("::1", 9100)
+    assert parse_server_address("box", default_port=7) == ("box", 7)
+    with pytest.raises(ValueError):
+        parse_server_address(("box", 0))
+    for address in [("::1", 9001), ("example.org", 9100), ("10.0.0.1", 1)]:
+        assert parse_server_address(format_server_address(address)) == address
+    assert format_server_address(("::1", 9001)) == "[::1]:9001"
+
+
+# ---------------------------------------------------------------------------
+# The sans-I/O core: Seq and the room state
+# ---------------------------------------------------------------------------
+
+
+def test_seq_first_number_is_the_baseline_then_in_order() -> None:
+    tracker = SeqTracker()
+    assert tracker.accept(41) == (True, None)  # a late joiner never sees 1
+    assert tracker.accept(42) == (True, None)
+    assert tracker.accept(43) == (True, None)
+
+
+def test_seq_duplicates_are_dropped() -> None:
+    tracker = SeqTracker()
+    for seq in (1, 2, 3):
+        tracker.accept(seq)
+    assert tracker.accept(3) == (False, None)
+    assert tracker.accept(2) == (False, None)
+    assert tracker.accept(1) == (False, None)
+
+
+def test_seq_gap_is_reported_and_a_late_datagram_still_delivered_once() -> None:
+    tracker = SeqTracker()
+    tracker.accept(1)
+    assert tracker.accept(5) == (True, Gap(expected=2, got=5))
+    assert Gap(2, 5).missed == 3
+    assert tracker.accept(3) == (True, None)  # late, not a duplicate
+    assert tracker.accept(3) == (False, None)  # now it is one
+    assert tracker.accept(6) == (True, None)
+
+
+def test_seq_wraps_after_uint32_max() -> None:
+    tracker = SeqTracker()
+    tracker.accept(SEQ_CYCLE - 1)
+    assert tracker.accept(SEQ_CYCLE) == (True, None)
+    assert tracker.accept(1) == (True, None)  # 0 is skipped: it belongs to ERROR
+    assert tracker.accept(SEQ_CYCLE) == (False, None)
+    assert tracker.accept(4) == (True, Gap(expected=2, got=4))
+    wrapped = SeqTracker()
+    wrapped.accept(SEQ_CYCLE)
+    assert wrapped.accept(2) == (True, Gap(expected=1, got=2))
+    assert Gap(SEQ_CYCLE, 2).missed == 2
+
+
+def test_seq_remembers_a_bounded_number_of_missing_datagrams() -> None:
+    tracker = SeqTracker(max_missing=10)
+    tracker.accept(1)
+    assert tracker.accept(1_000_001) == (True, Gap(2, 1_000_001))
+    assert tracker.accept(1_000_000) == (True, None)  # among the newest missing: late
+    assert tracker.accept(999_991) == (True, None)
+    assert tracker.accept(999_990) == (False, None)  # too old to remember
+    assert len(tracker._missing) <= 10
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=80))
+def test_seq_never_delivers_a_number_twice(seqs: list[int]) -> None:
+    tracker = SeqTracker()
+    delivered = [seq for seq in seqs if tracker.accept(seq)[0]]
+    assert len(delivered) == len(set(delivered))
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=60))
+def test_seq_gaps_count_exactly_the_lost_datagrams(lost: list[bool]) -> None:
+    # Datagrams 1..n in order, some lost (never the first: it is the baseline).
+    tracker = SeqTracker()
+    missed = 0
+    for seq, is_lost in enumerate(lost, start=1):
+        if is_lost and seq > 1:
+            continue
+        _, gap = tracker.accept(seq)
+        missed += gap.missed if gap else 0
+    last_kept = max(i for i, is_lost in enumerate(lost, start=1) if not is_lost or i == 1)
+    assert missed == sum(lost[1:last_kept])
+
+
+def datagram(kind: Kind, seq: int, text: str = "", sender: str = "") -> bytes:
+    return encode_server_datagram(ServerDatagram(kind, seq, sender, text))
+
+
+def test_room_state_turns_datagrams_into_events_and_tracks_members() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"])
+    assert state.datagram_received(datagram(Kind.NOTICE, 4, "carol joined")) == [
+        Notice("carol joined", 4)
+    ]
+    assert state.datagram_received(datagram(Kind.MESSAGE, 5, "hi", "carol")) == [
+        Message("carol", "hi", 5)
+    ]
+    state.datagram_received(datagram(Kind.NOTICE, 6, "mary ann joined"))
+    assert state.members == ["alice", "bob", "carol", "mary ann"]
+    state.datagram_received(datagram(Kind.NOTICE, 7, "CAROL left"))
+    state.datagram_received(datagram(Kind.NOTICE, 8, "mary ann timed out"))
+    state.datagram_received(datagram(Kind.NOTICE, 9, "the moon is full"))  # not about members
+    assert state.members == ["alice", "bob"]
+
+
+def test_room_state_reports_gaps_before_the_datagram_and_drops_duplicates() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"])
+    state.datagram_received(datagram(Kind.MESSAGE, 1, "one", "alice"))
+    assert state.datagram_received(datagram(Kind.MESSAGE, 1, "one", "alice")) == []
+    assert state.datagram_received(datagram(Kind.MESSAGE, 4, "four", "alice")) == [
+        Gap(2, 4),
+        Message("alice", "four", 4),
+    ]
+
+
+def test_room_state_errors_and_the_end() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"])
+    state.sent()
+    assert state.unconfirmed == 1
+    refused = datagram(Kind.ERROR, 0, "message too long: max 4087 bytes")
+    assert state.datagram_received(refused) == [ErrorReply("message too long: max 4087 bytes")]
+    assert state.unconfirmed == 0
+    assert state.datagram_received(b"\x09garbage") == []  # malformed: ignored, counted
+    assert state.malformed == 1
+    closed = state.datagram_received(datagram(Kind.CLOSED, 2, "host alice left"))
+    assert closed == [Closed("host alice left")]
+    assert state.ended == Closed("host alice left")
+    assert state.datagram_received(datagram(Kind.MESSAGE, 3, "late", "alice")) == []
+
+
+def test_room_state_unknown_token_error_ends_the_room() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"])
+    # The relay may cut its ERROR to the size of our datagram: a prefix is enough.
+    events = state.datagram_received(datagram(Kind.ERROR, 0, "unknown token for th"))
+    assert len(events) == 1 and isinstance(events[0], Closed)
+    assert "unknown token for th" in events[0].reason
+    assert state.end("again") == []  # the end happens once
+
+
+def test_room_state_counts_our_copies_as_confirmations() -> None:
+    state = RoomState("Bob", "alice", ["alice", "Bob"])
+    state.sent()
+    state.sent()
+    state.datagram_received(datagram(Kind.MESSAGE, 1, "x", "alice"))
+    assert state.unconfirmed == 2
+    state.datagram_received(datagram(Kind.MESSAGE, 2, "x", "bob"))  # names ignore case
+    assert state.unconfirmed == 1
+
+
+# ---------------------------------------------------------------------------
+# End to end against the real server: the seed's list
+# ---------------------------------------------------------------------------
+
+
+async def test_create_a_room() -> None:
+    async with running_server() as server:
+        async with await ChatClient.create(server_of(server), "lobby", "alice") as alice:
+            assert (alice.room, alice.name, alice.host) == ("lobby", "alice", "alice")
+            assert alice.is_host and alice.members == ("alice",)
+            assert alice.closed is None
+            assert await list_rooms(server_of(server)) == (RoomInfo("lobby", 1, False),)
+            # the first heartbeat went out before create() returned
+            await until(lambda: registered(server, "lobby", "alice"))
+        assert await list_rooms(server_of(server)) == ()
+
+
+async def test_join_send_and_receive() -> None:
+    async with running_server() as server:
+        address = f"127.0.0.1:{server.tcp_port}"
+        async with (
+            await ready(server, await ChatClient.create(address, "lobby", "alice")) as alice,
+            await ready(server, await ChatClient.join(address, "lobby", "bob")) as bob,
+        ):
+            assert (bob.host, bob.is_host, bob.members) == ("alice", False, ("alice", "bob"))
+            assert await next_event(alice) == Notice("bob joined", 1)
+            assert alice.members == ("alice", "bob")
+
+            await bob.send("hello alice")
+            await alice.send("héllo bob ✓")
+            for chat in (alice, bob):
+                first, second = await next_event(chat), await next_event(chat)
+                assert first == Message("bob", "hello alice", 2)
+                assert second == Message("alice", "héllo bob ✓", 3)
+            assert await bob.flush(1000 * MS)
+            assert bob.unconfirmed == 0
+
+
+async def test_a_member_leaves_and_the_others_go_on() -> None:
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
+        bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+        carol = await ready(server, await ChatClient.join(server_of(server), "lobby", "carol"))
+
+        await bob.close()
+        await bob.close()  # idempotent
+
+        assert [e async for e in bob] == [Notice("carol joined", 2)]  # ends, no Closed
+        assert isinstance(bob.closed, Closed)
+        with pytest.raises(ConnectionLost, match="no longer in the room"):
+            await bob.send("hello?")
+        assert await settle(alice) == [
+            Notice("bob joined", 1),
+            Notice("carol joined", 2),
+            Notice("bob left", 3),
+        ]
+        assert alice.members == carol.members == ("alice", "carol")
+        await carol.send("still here")
+        assert await next_event(alice) == Message("carol", "still here", 4)
+        assert await list_rooms(server_of(server)) == (RoomInfo("lobby", 2, False),)
+        await carol.close()
+        await alice.close()
+
+
+async def test_the_host_leaving_closes_the_room_for_everyone() -> None:
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
+        bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+
+        await alice.close()
+
+        events = [e async for e in bob]  # the stream ends by itself
+        assert events == [Closed("host alice left; the room is closed")]
+        assert bob.closed == Closed("host alice left; the room is closed")
+        with pytest.raises(ConnectionLost, match="host alice left"):
+            await bob.send("anyone?")
+        # the CLOSED that our own leave caused is no news: no Closed for the host
+        assert [e async for e in alice] == [Notice("bob joined", 1)]
+        await bob.close()  # no LEAVE for a closed room, no error
+        assert await list_rooms(server_of(server)) == ()
+
+
+async def test_server_refusals_are_server_errors_with_the_wire_code() -> None:
+    async with running_server() as server:
+        where = server_of(server)
+        async with await ChatClient.create(where, "vault", "alice", "s3cret"):
+            cases: list[tuple[Any, ErrorCode]] = [
+                (ChatClient.join(where, "nowhere", "bob"), ErrorCode.NO_SUCH_ROOM),
+                (ChatClient.create(where, "vault", "bob"), ErrorCode.ROOM_EXISTS),
+                (ChatClient.join(where, "vault", "bob", "guess"), ErrorCode.WRONG_PASSWORD),
+                (ChatClient.join(where, "vault", "ALICE", "s3cret"), ErrorCode.NAME_TAKEN),
+                (ChatClient.join(where, "vault", "bad\x1bname"), ErrorCode.BAD_REQUEST),
+            ]
+            for attempt, code in cases:
+                with pytest.raises(ServerError) as caught:
+                    await attempt
+                assert caught.value.code is code
+                assert caught.value.message
+            async with await ChatClient.join(where, "vault", "bob", "s3cret") as bob:
+                assert bob.members == ("alice", "bob")
+        assert str(ServerError(ErrorCode.NO_SUCH_ROOM, 'no room named "x"')) == (
+            'no_such_room: no room named "x"'
+        )
+
+
+async def test_an_unreachable_server_is_connection_lost() -> None:
+    async with running_server() as server:
+        port = server.tcp_port
+    with pytest.raises(ConnectionLost, match=rf"cannot reach server 127.0.0.1:{port} \("):
+        await ChatClient.join(("127.0.0.1", port), "lobby", "bob")
+    with pytest.raises(ConnectionLost, match="cannot reach server"):
+        await list_rooms(f"127.0.0.1:{port}")
+
+
+async def test_too_long_text_is_refused_before_sending() -> None:
+    name = "b" * 100
+    async with (
+        running_server() as server,
+        await ready(server, await ChatClient.create(server_of(server), "lobby", "alice")) as alice,
+        await ready(server, await ChatClient.join(server_of(server), "lobby", name)) as bob,
+    ):
+        await next_event(alice)  # bob joined
+        # With a long name the relayed datagram (6 + sender + text) is the limit.
+        assert bob.max_text_bytes == MAX_DATAGRAM - 6 - len(name)
+        longest = "é" * (bob.max_text_bytes // 2) + "x" * (bob.max_text_bytes % 2)
+
+        with pytest.raises(ProtocolError) as caught:
+            await bob.send(longest + "x")
+        assert caught.value.code is ErrorCode.TOO_LARGE
+        assert f"at most {bob.max_text_bytes}" in caught.value.message
+        with pytest.raises(ProtocolError, match="empty"):
+            await bob.send("")
+        assert bob.unconfirmed == 0
+
+        await bob.send(longest)  # exactly at the limit: relayed whole
+        assert await next_event(alice) == Message(name, longest, 2)
+        assert server.relay.rejected == 0
+
+
+async def test_a_long_room_name_lowers_the_limit() -> None:
+    async with running_server() as server:
+        room = "r" * 255
+        async with await ChatClient.create(server_of(server), room, "al") as alice:
+            # our own datagram (2 + room + token + text) is the limit here
+            assert alice.max_text_bytes == MAX_DATAGRAM - 2 - 255 - len(alice.token)
+            await alice.send("x" * alice.max_text_bytes)
+            message = await next_event(alice)
+            assert isinstance(message, Message) and len(message.text) == alice.max_text_bytes
+
+
+async def test_heartbeats_keep_a_quiet_member_in_the_room() -> None:
+    async with running_server(idle_timeout=150 * MS) as server:
+        where = server_of(server)
+        beat = 30 * MS
+        async with (
+            await ready(
+                server, await ChatClient.create(where, "lobby", "alice", heartbeat_interval=beat)
+            ) as alice,
+            await ready(
+                server, await ChatClient.join(where, "lobby", "bob", heartbeat_interval=beat)
+            ) as bob,
+        ):
+            await asyncio.sleep(350 * MS)  # over two idle timeouts, nobody says a word
+            assert alice.closed is None and bob.closed is None
+            assert await settle(alice) == [Notice("bob joined", 1)]
+            assert await list_rooms(where) == (RoomInfo("lobby", 2, False),)
+
+
+async def test_a_dropped_member_learns_it_from_the_token_error() -> None:
+    async with running_server(idle_timeout=200 * MS) as server:
+        where = server_of(server)
+        alice = await ready(
+            server, await ChatClient.create(where, "lobby", "alice", heartbeat_interval=FAST)
+        )
+        bob = await ready(
+            server, await ChatClient.join(where, "lobby", "bob", heartbeat_interval=60)
+        )
+        assert await next_event(alice) == Notice("bob joined", 1)
+        assert await next_event(alice, 2000 * MS) == Notice("bob timed out", 2)
+
+        await bob.send("am I still here?")
+
+        closed = await next_event(bob)
+        assert isinstance(closed, Closed) and "unknown token" in closed.reason
+        assert [e async for e in bob] == []
+        await bob.close()
+        await alice.close()
+
+
+async def test_the_server_shutting_down_ends_the_stream() -> None:
+    async with running_server() as server:
+        bob = await ChatClient.create(server_of(server), "lobby", "bob")
+        await until(lambda: registered(server, "lobby", "bob"))
+        await server.close()
+        assert [e async for e in bob] == [Closed("server shutting down")]
+        await bob.close()
+
+
+async def test_close_waits_for_the_copy_of_the_last_message() -> None:
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
+        bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+        for n in range(20):
+            await bob.send(f"line {n}")
+        await bob.close()  # at once: the leave must not overtake the lines
+        texts = [e.text for e in await settle(alice) if isinstance(e, Message)]
+        assert texts == [f"line {n}" for n in range(20)]
+        mine = [e for e in [e async for e in bob] if isinstance(e, Message)]
+        assert len(mine) == 20
+        await alice.close()
+
+
+# ---------------------------------------------------------------------------
+# Through real sockets with a fake server: Seq gaps, duplicates, the UDP address
+# ---------------------------------------------------------------------------
+
+
+class _Udp(UdpPeer):
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.last_address = addr
+        super().datagram_received(data, addr)
+
+
+class FakeServer:
+    """A TCRP listener that admits anyone into "lobby" (host alice), with a UDP socket
+    the test drives by hand. It records every request."""
+
+    TOKEN = "t" * 32
+
+    def __init__(self, udp: _Udp) -> None:
+        self.udp = udp
+        self.requests: list[Request] = []
+        self.tcp_port = 0
+        self.delay = 0.0  # before answering
+        self.answering = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        header = decode_header(await reader.readexactly(TCRP_HEADER_SIZE))
+        request = parse_request(
+            decode_tcrp_body(header, await reader.readexactly(header.body_size))
+        )
+        self.requests.append(request)
+        self.answering.set()
+        await asyncio.sleep(self.delay)
+        port = self.udp.transport.get_extra_info("sockname")[1] if self.udp.transport else 0
+        match request:
+            case JoinRoom(room, username):
+                reply: Admission | Left = Admission(
+                    Operation.JOIN_ROOM, room, self.TOKEN, port, "alice", ("alice", username)
+                )
+            case LeaveRoom(room):
+                reply = Left(room)
+            case _:
+                raise AssertionError(f"the fake server does not do {request}")
+        writer.write(encode_reply(Ack(header.operation, room)) + encode_reply(reply))
+        await writer.drain()
+        writer.close()
+
+    def send(self, kind: Kind, seq: int, text: str = "", sender: str = "") -> None:
+        assert self.udp.transport is not None
+        self.udp.transport.sendto(datagram(kind, seq, text, sender), self.udp.last_address)
+
+
+@asynccontextmanager
+async def fake_server() -> AsyncIterator[FakeServer]:
+    loop = asyncio.get_running_loop()
+    _, udp = await loop.create_datagram_endpoint(_Udp, local_addr=(LOOPBACK, 0))
+    fake = FakeServer(udp)
+    listener = await asyncio.start_server(fake.handle, LOOPBACK, 0)
+    fake.tcp_port = listener.sockets[0].getsockname()[1]
+    try:
+        yield fake
+    finally:
+        listener.close()
+        udp.close()
+
+
+async def test_gaps_and_duplicates_through_real_sockets() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        heartbeat = await fake.udp.recv_raw()
+        assert heartbeat == b"\x05\x20lobby" + FakeServer.TOKEN.encode()
+
+        fake.send(Kind.MESSAGE, 7, "first I see", "alice")
+        fake.send(Kind.MESSAGE, 7, "first I see", "alice")  # duplicate
+        fake.send(Kind.NOTICE, 10, "carol joined")  # 8 and 9 lost...
+        fake.send(Kind.MESSAGE, 9, "late", "alice")  # ...9 only late
+        fake.send(Kind.MESSAGE, 9, "late", "alice")
+        fake.send(Kind.ERROR, 0, "message too long: max 4087 bytes")
+        fake.send(Kind.CLOSED, 11, "host alice left; the room is closed")
+
+        events = [e async for e in bob]
+        assert events == [
+            Message("alice", "first I see", 7),
+            Gap(expected=8, got=10),
+            Notice("carol joined", 10),
+            Message("alice", "late", 9),
+            ErrorReply("message too long: max 4087 bytes"),
+            Closed("host alice left; the room is closed"),
+        ]
+        assert bob.members == ("alice", "bob", "carol")
+        await bob.close()
+        assert fake.requests == [JoinRoom("lobby", "bob")]  # closed room: no LEAVE
+
+
+async def test_cancelling_a_join_in_flight_still_leaves_the_room() -> None:
+    async with fake_server() as fake:
+        fake.delay = 50 * MS
+        joining = asyncio.create_task(ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob"))
+        await fake.answering.wait()  # the server has the request: we may be in the room
+        joining.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await joining
+        assert fake.requests == [JoinRoom("lobby", "bob"), LeaveRoom("lobby", FakeServer.TOKEN)]
+
+
+async def test_heartbeats_repeat_and_close_sends_leave_room() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", heartbeat_interval=FAST
+        )
+        beats = [await fake.udp.recv_raw() for _ in range(3)]  # the first, then two more
+        assert len(set(beats)) == 1
+        await bob.close()
+        assert fake.requests == [JoinRoom("lobby", "bob"), LeaveRoom("lobby", FakeServer.TOKEN)]
+        await fake.udp.expect_silence(3 * FAST)  # the heartbeat stopped
+
+
+async def test_the_server_port_going_dark_ends_the_stream() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", heartbeat_interval=FAST
+        )
+        await fake.udp.recv_raw()
+        fake.udp.close()  # nothing listens on the UDP port now: ICMP port unreachable
+        event = await next_event(bob, 2000 * MS)
+        assert event == Closed("lost contact with the server")
+        await bob.close()
+
+
+# ---------------------------------------------------------------------------
+# The README's bot example
+# ---------------------------------------------------------------------------
+
+
+def readme_bot_example() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- bot-example -->\n```python\n(.*?)```", readme, re.DOTALL)
+    assert found, "README.md lost its bot example"
+    return found.group(1)
+
+
+def test_examples_bot_is_the_readme_example() -> None:
+    code = readme_bot_example()
+    assert (ROOT / "examples" / "bot.py").read_text(encoding="utf-8") == code
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10  # "10 lines"
+
+
+async def test_the_readme_bot_example_runs() -> None:
+    async with running_server() as server:
+        alice = await ChatClient.create(server_of(server), "lobby", "alice")
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT / "src"),
+            "OCM_SERVER": f"127.0.0.1:{server.tcp_port}",
+        }
+        bot = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", readme_bot_example(), env=env, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            assert await next_event(alice, 10_000 * MS) == Notice("echobot joined", 1)
+            await until(lambda: registered(server, "lobby", "echobot"))
+            await alice.send("hello bot")
+            assert await next_event(alice) == Message("alice", "hello bot", 2)
+            assert await next_event(alice) == Message("echobot", "alice said: hello bot", 3)
+            await alice.close()  # the room closes; the bot's loop ends; it exits
+            async with asyncio.timeout(5):
+                _, stderr = await bot.communicate()
+            assert bot.returncode == 0, stderr.decode()
+        finally:
+            if bot.returncode is None:
+                bot.kill()
+                await bot.wait()
