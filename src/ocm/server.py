@@ -37,6 +37,10 @@ __all__ = ["OCMServer", "ServerConfig", "serve"]
 log = logging.getLogger("ocm.server")
 
 DEFAULT_PORT = 9001
+# Connections the kernel queues before we accept them. asyncio's default (100) is smaller
+# than one burst of clients or attackers: past it the kernel drops handshakes, and the
+# clients retry a second or more later. Linux caps it at net.core.somaxconn.
+TCP_BACKLOG = 512
 SHUTDOWN_REASON = "server shutting down"
 
 
@@ -123,9 +127,9 @@ def _bind_tcp(host: str, port: int) -> socket.socket:
     if ":" in host:
         dual = host in ("::", "") and socket.has_dualstack_ipv6()
         return socket.create_server(
-            (host, port), family=socket.AF_INET6, dualstack_ipv6=dual, backlog=512
+            (host, port), family=socket.AF_INET6, dualstack_ipv6=dual, backlog=TCP_BACKLOG
         )
-    return socket.create_server((host, port), family=socket.AF_INET, backlog=512)
+    return socket.create_server((host, port), family=socket.AF_INET, backlog=TCP_BACKLOG)
 
 
 class OCMServer:
@@ -178,8 +182,9 @@ class OCMServer:
             udp_sock = _bind_udp(config.host, 0)  # port 0: any free pair will do
         self.udp_port = udp_sock.getsockname()[1]
         await self._loop.create_datagram_endpoint(lambda: self._endpoint, sock=udp_sock)
+        # start_server listens again with its own backlog: pass ours, or it is 100.
         self._tcp_server = await asyncio.start_server(
-            self.tcrp, sock=tcp_sock, limit=config.tcp.max_payload + 1024
+            self.tcrp, sock=tcp_sock, limit=config.tcp.max_payload + 1024, backlog=TCP_BACKLOG
         )
         self._expiry_task = asyncio.create_task(self._expire_idle(), name="ocm-expiry")
         log.info(
