@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from ocm.protocol import (
+    MAX_REPLY_PAYLOAD,
     TCRP_HEADER_SIZE,
     Ack,
     Admission,
@@ -52,7 +53,9 @@ async def running_server(**overrides: Any) -> AsyncIterator[OCMServer]:
 
 
 async def read_reply(reader: asyncio.StreamReader) -> Reply:
-    header = decode_header(await reader.readexactly(TCRP_HEADER_SIZE))
+    header = decode_header(
+        await reader.readexactly(TCRP_HEADER_SIZE), max_payload=MAX_REPLY_PAYLOAD
+    )
     return parse_reply(decode_tcrp_body(header, await reader.readexactly(header.body_size)))
 
 

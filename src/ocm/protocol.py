@@ -33,6 +33,7 @@ from ocm.errors import ErrorCode, ProtocolError
 __all__ = [
     "MAX_DATAGRAM",
     "MAX_NAME_BYTES",
+    "MAX_REPLY_PAYLOAD",
     "MAX_TCRP_PAYLOAD",
     "MAX_TOKEN_BYTES",
     "PAYLOAD_SIZE_BYTES",
@@ -83,6 +84,10 @@ PAYLOAD_SIZE_BYTES = 29
 # Default cap on a TCRP payload. Real requests are a few hundred bytes; the cap bounds
 # what one connection can make the server buffer.
 MAX_TCRP_PAYLOAD = 64 * 1024
+# What a client accepts in a reply. The request cap does not fit replies: LIST_ROOMS of
+# 10,000 rooms with 255-byte names is about 3 MB. Still bounded, so a hostile server
+# cannot make a client allocate without limit.
+MAX_REPLY_PAYLOAD = 4 * 1024 * 1024
 # Section 2: at most 4096 bytes per datagram in either direction (fits one loopback or
 # jumbo-free path MTU after fragmentation; bounds every buffer).
 MAX_DATAGRAM = 4096
