@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ocm.protocol import (
@@ -39,6 +42,7 @@ from ocm.server import OCMServer, ServerConfig
 MS = 0.001 * float(os.environ.get("OCM_TEST_TIMESCALE", "1"))
 LOOPBACK = "127.0.0.1"
 OTHER_HOST = "127.0.0.2"  # a second loopback address: "another host"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @asynccontextmanager
@@ -186,10 +190,11 @@ class Member:
     def heartbeat(self) -> None:
         self.peer.send(self.room, self.token)
 
-    async def registered(self) -> None:
-        """Send the first heartbeat and give the server a moment to take it."""
+    async def registered(self, server: OCMServer) -> None:
+        """Send the first heartbeat and wait until the server has taken its address."""
         self.heartbeat()
-        await asyncio.sleep(20 * MS)
+        member = server.registry.by_token[self.token.encode()]
+        await until(lambda: member.address is not None)
 
 
 async def enter(
@@ -202,8 +207,42 @@ async def enter(
     admission = await admit(server.tcp_port, request, local_host=local_host)
     peer = await UdpPeer.open(admission.udp_port, local_host=local_host)
     member = Member(admission, peer)
-    await member.registered()
+    await member.registered(server)
     return member
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2000 * MS) -> None:
+    """Poll ``condition`` every millisecond until it holds; fail after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+class ServerProcess:
+    """``python -m ocm server`` on loopback port 0 in a child process, from src/."""
+
+    def __init__(self, process: subprocess.Popen[str], tcp_port: int) -> None:
+        self.process = process
+        self.tcp_port = tcp_port
+
+    @classmethod
+    async def start(cls, *flags: str) -> ServerProcess:
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        command = [sys.executable, "-m", "ocm", "server", "--host", LOOPBACK, "--port", "0"]
+        process = subprocess.Popen(
+            [*command, *flags], stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env
+        )
+        assert process.stderr is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stderr.readline), 10)
+        if "listening" not in line:
+            process.kill()
+            raise AssertionError(f"the server did not start: {line}")
+        return cls(process, int(line.split("TCP port ")[1].split(",")[0]))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def has_loopback_alias(host: str = OTHER_HOST) -> bool:

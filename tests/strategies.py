@@ -45,9 +45,13 @@ from ocm.protocol import (
 
 # Any Unicode scalar value: surrogates cannot be encoded as UTF-8 at all.
 _ANY_CHAR = st.characters(codec="utf-8")
-# Name characters: no surrogates and no control characters (Cc is exactly the C0, DEL
-# and C1 ranges the protocol forbids in names).
-_NAME_CHAR = st.characters(exclude_categories=("Cs", "Cc"))
+# Name characters: no surrogates, no control characters (Cc is exactly the C0, DEL and
+# C1 ranges the protocol forbids in names) and none of the invisible characters OCM
+# refuses (docs/protocol.md, field rules).
+INVISIBLE = "\u200b\u200e\u200f\u2028\u2029\ufeff" + "".join(
+    map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+)
+_NAME_CHAR = st.characters(exclude_categories=("Cs", "Cc"), exclude_characters=INVISIBLE)
 
 
 def _cut_utf8(text: str, limit: int) -> str:

@@ -251,7 +251,7 @@ def _is_valid_name(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return 1 <= size <= MAX_NAME_BYTES and not any(
-        ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name
+        ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in ocm_st.INVISIBLE for c in name
     )
 
 

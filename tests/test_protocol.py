@@ -747,3 +747,33 @@ def test_protocol_error_is_an_ocm_error_with_its_code() -> None:
     assert isinstance(info.value, ProtocolError)
     assert info.value.code is ErrorCode.BAD_REQUEST
     assert str(info.value).startswith("bad_request: ")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["al\u200bice", "\u202eevil", "a\u2066b", "line\u2028break", "\ufeffbom", "tab\tbed"],
+)
+def test_invisible_and_control_characters_are_refused_in_names(name: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_name(name, "username")
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_joiners_stay_allowed_in_names() -> None:
+    assert validate_name("a\u200db", "username") == "a\u200db"
+
+
+def test_username_is_trimmed_of_spaces_only() -> None:
+    message = TcrpMessage(Operation.JOIN_ROOM, State.REQUEST, "lobby", {"username": "  bob "})
+    assert parse_request(message) == JoinRoom("lobby", "bob")
+    tabbed = TcrpMessage(Operation.JOIN_ROOM, State.REQUEST, "lobby", {"username": "\tbob\n"})
+    with pytest.raises(ProtocolError):
+        parse_request(tabbed)
+
+
+def test_password_with_a_lone_surrogate_is_a_bad_request() -> None:
+    raw = b'{"username":"bob","password":"\\ud800"}'
+    data = encode_header(5, Operation.JOIN_ROOM, State.REQUEST, len(raw)) + b"lobby" + raw
+    with pytest.raises(ProtocolError) as info:
+        parse_request(decode_tcrp(data))
+    assert info.value.code is ErrorCode.BAD_REQUEST

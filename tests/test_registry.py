@@ -98,7 +98,7 @@ def test_member_leave_announces_and_kills_the_token(registry: RoomRegistry) -> N
     bob = join(registry, "lobby", "bob")
     registry.touch(host, ADDR, 1.0)
     registry.touch(bob, (IP, 40002), 1.0)
-    outgoing = registry.leave("lobby", bob.token, IP, 2.0)
+    outgoing = registry.leave("lobby", bob.token, IP)
     assert decoded(outgoing) == [ServerDatagram(Kind.NOTICE, 2, "", "bob left")]
     assert outgoing[0].addresses == (ADDR,)  # bob is no longer in the fan-out
     assert registry.authenticate(b"lobby", bob.token.encode(), IP) is None
@@ -114,7 +114,7 @@ def test_host_leave_closes_the_room(registry: RoomRegistry) -> None:
     registry.touch(host, ADDR, 1.0)
     registry.touch(bob, (OTHER_IP, 40002), 1.0)
     registry.touch(carol, (IP, 40003), 1.0)
-    outgoing = registry.leave("lobby", host.token, IP, 2.0)
+    outgoing = registry.leave("lobby", host.token, IP)
     assert decoded(outgoing) == [
         ServerDatagram(Kind.CLOSED, 3, "", "host alice left; the room is closed")
     ]
@@ -139,13 +139,13 @@ def test_duplicate_room(registry: RoomRegistry) -> None:
 
 def test_check_create_refuses_without_creating() -> None:
     registry = RoomRegistry(max_rooms=1)
-    registry.check_create("lobby")  # a free name on a server with room: no error
+    registry.check_create("lobby", IP)  # a free name on a server with room: no error
     registry.create_room("lobby", "alice", None, IP, 0.0)
     with pytest.raises(RoomError) as info:
-        registry.check_create("lobby")
+        registry.check_create("lobby", IP)
     check_code(info, ErrorCode.ROOM_EXISTS)
     with pytest.raises(RoomError) as info:
-        registry.check_create("other")
+        registry.check_create("other", IP)
     check_code(info, ErrorCode.SERVER_FULL)
     assert list(registry.rooms) == ["lobby"]
 
@@ -240,7 +240,7 @@ def test_complete_join_rechecks_what_changed_meanwhile(registry: RoomRegistry) -
         registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=hashed)
     check_code(info, ErrorCode.NAME_TAKEN)
     # ... and then the host leaves.
-    registry.leave("vault", host.token, IP, 2.0)
+    registry.leave("vault", host.token, IP)
     with pytest.raises(RoomError) as info:
         registry.complete_join("vault", "carol", OTHER_IP, 2.0, verified=hashed)
     check_code(info, ErrorCode.NO_SUCH_ROOM)
@@ -298,18 +298,71 @@ def test_rate_limit_only_guards_protected_rooms() -> None:
     assert join(registry, "lobby", "bob", OTHER_IP, 1.0).name == "bob"
 
 
-def test_bad_leave_tokens_count_as_failures() -> None:
+def test_bad_leave_tokens_are_refused_but_not_counted_as_failures() -> None:
     registry = RoomRegistry(failures=FailureLimiter(max_failures=3, window=10.0))
-    host = registry.create_room("lobby", "alice", None, IP, 0.0)
-    for i in range(3):
+    hashed = PasswordHash.create("pw")
+    registry.create_room("lobby", "alice", hashed, IP, 0.0)
+    for i in range(5):
         with pytest.raises(RoomError) as info:
-            registry.leave("lobby", f"guess{i}", OTHER_IP, 0.0)
+            registry.leave("lobby", f"guess{i}", OTHER_IP)
         check_code(info, ErrorCode.INVALID_TOKEN)
+    # A late goodbye for a closed room costs nothing: the right password still joins.
+    assert registry.join_room("lobby", "bob", "pw", OTHER_IP, 1.0)[0].name == "bob"
+
+
+def test_password_failures_do_not_stop_a_member_leaving() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=2, window=10.0))
+    host = registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    for _ in range(3):
+        with pytest.raises(RoomError):
+            registry.join_room("vault", "mallory", "guess", IP, 1.0)
+    assert decoded(registry.leave("vault", host.token, IP))[0].kind is Kind.CLOSED
+
+
+def test_expiry_follows_activity_order_without_scanning() -> None:
+    registry = RoomRegistry(idle_timeout=10.0)
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob, _ = registry.join_room("lobby", "bob", None, IP, 1.0)
+    registry.join_room("lobby", "carol", None, IP, 2.0)
+    registry.touch(bob, (IP, 2), 5.0)  # bob moves to the back of the line
+    assert registry.next_deadline() == 10.0  # alice, created at 0
+    registry.touch(alice, ADDR, 6.0)
+    assert registry.next_deadline() == 12.0  # carol, joined at 2
+    assert [d.text for d in decoded(registry.expire(12.0))] == ["carol timed out"]
+    assert registry.next_deadline() == 15.0  # bob, heard at 5
+    assert registry.expire(14.9) == []
+    assert [d.text for d in decoded(registry.expire(15.0))] == ["bob timed out"]
+    closed = decoded(registry.expire(16.0))
+    assert [d.kind for d in closed] == [Kind.CLOSED]
+    assert registry.next_deadline() is None and registry.rooms == {}
+
+
+def test_rooms_per_ip_are_capped_and_freed_on_close() -> None:
+    registry = RoomRegistry(max_rooms_per_ip=2)
+    first = registry.create_room("a", "alice", None, IP, 0.0)
+    registry.create_room("b", "alice", None, "::ffff:" + IP, 0.0)  # the same client
     with pytest.raises(RoomError) as info:
-        registry.leave("lobby", host.token, OTHER_IP, 1.0)
-    check_code(info, ErrorCode.RATE_LIMITED)
-    # The rightful owner is not affected, and the room is still open.
-    assert decoded(registry.leave("lobby", host.token, IP, 1.0))[0].kind is Kind.CLOSED
+        registry.create_room("c", "alice", None, IP, 0.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+    assert registry.create_room("c", "bob", None, OTHER_IP, 0.0).name == "bob"
+    registry.leave("a", first.token, IP)
+    assert registry.create_room("d", "alice", None, IP, 1.0).name == "alice"
+
+
+def test_after_close_all_nothing_opens_again() -> None:
+    registry = RoomRegistry()
+    hashed = PasswordHash.create("pw")
+    registry.create_room("vault", "alice", hashed, IP, 0.0)
+    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
+    registry.close_all("server shutting down")  # while bob's hash is being checked
+    for attempt in (
+        lambda: registry.create_room("lobby", "carol", None, IP, 2.0),
+        lambda: registry.complete_join("vault", "bob", OTHER_IP, 2.0, verified=hashed),
+    ):
+        with pytest.raises(RoomError) as info:
+            attempt()
+        check_code(info, ErrorCode.SERVER_FULL)
+    assert registry.rooms == {}
 
 
 def test_failure_limiter_window() -> None:
@@ -391,11 +444,11 @@ def test_leave_checks_token_room_and_ip() -> None:
     ]
     for room, token, ip in attempts:
         with pytest.raises(RoomError) as info:
-            registry.leave(room, token, ip, 1.0)
+            registry.leave(room, token, ip)
         check_code(info, ErrorCode.INVALID_TOKEN)
     assert registry.list_rooms() == [RoomInfo("lobby", 1, False), RoomInfo("other", 1, False)]
     # The mapped form of the right IP may leave.
-    assert decoded(registry.leave("lobby", alice.token, "::ffff:127.0.0.1", 2.0))[0].kind is (
+    assert decoded(registry.leave("lobby", alice.token, "::ffff:127.0.0.1"))[0].kind is (
         Kind.CLOSED
     )
 
@@ -431,7 +484,7 @@ def test_next_deadline(registry: RoomRegistry) -> None:
     assert registry.next_deadline() == 75.0  # bob, silent since 15
     registry.touch(bob, (IP, 2), 40.0)
     assert registry.next_deadline() == 90.0
-    registry.leave("lobby", bob.token, IP, 41.0)
+    registry.leave("lobby", bob.token, IP)
     assert registry.next_deadline() == 90.0
 
 
@@ -503,8 +556,8 @@ def test_seq_is_consecutive_across_notice_and_closed(registry: RoomRegistry) -> 
     alice = registry.create_room("lobby", "alice", None, IP, 0.0)
     _, joined_b = registry.join_room("lobby", "bob", None, IP, 0.0)
     carol, joined_c = registry.join_room("lobby", "carol", None, IP, 0.0)
-    left = registry.leave("lobby", carol.token, IP, 1.0)
-    closed = registry.leave("lobby", alice.token, IP, 2.0)
+    left = registry.leave("lobby", carol.token, IP)
+    closed = registry.leave("lobby", alice.token, IP)
     datagrams = decoded(joined_b + joined_c + left + closed)
     assert [(d.kind, d.seq) for d in datagrams] == [
         (Kind.NOTICE, 1),
@@ -556,7 +609,7 @@ def test_server_full() -> None:
         registry.create_room("c", "alice", None, IP, 0.0)
     check_code(info, ErrorCode.SERVER_FULL)
     assert [r.name for r in registry.list_rooms()] == ["a", "b"]
-    registry.leave("b", host.token, IP, 1.0)  # a closed room frees its place
+    registry.leave("b", host.token, IP)  # a closed room frees its place
     registry.create_room("c", "alice", None, IP, 1.0)
 
 
@@ -590,15 +643,15 @@ def test_logs_every_event_and_never_a_password_or_token(
     with pytest.raises(RoomError):
         registry.join_room("vault", "mallory", wrong, OTHER_IP, 1.0)
     with pytest.raises(RoomError):
-        registry.leave("vault", alice.token + "x", OTHER_IP, 1.0)
+        registry.leave("vault", alice.token + "x", OTHER_IP)
     carol, _ = registry.join_room("vault", "carol", password, IP, 2.0)
     dave, _ = registry.join_room("vault", "dave", password, IP, 2.0)
     registry.touch(alice, ADDR, 50.0)
     registry.touch(carol, (IP, 3), 50.0)
     registry.touch(dave, (IP, 4), 50.0)
-    registry.leave("vault", carol.token, IP, 51.0)
+    registry.leave("vault", carol.token, IP)
     registry.expire(61.0)  # bob times out
-    registry.leave("vault", alice.token, IP, 62.0)  # closes the room
+    registry.leave("vault", alice.token, IP)  # closes the room
     lobby = registry.create_room("lobby", "erin", None, IP, 63.0)
     registry.close_all("server shutting down")
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -27,18 +24,19 @@ from ocm.protocol import (
     encode_header,
 )
 from tests.kit import (
-    LOOPBACK,
     MS,
     OTHER_HOST,
+    ServerProcess,
     TcrpConnection,
     UdpPeer,
+    admit,
     call,
     enter,
     has_loopback_alias,
     running_server,
+    until,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 needs_alias = pytest.mark.skipif(
     not has_loopback_alias(), reason=f"{OTHER_HOST} is not a loopback address here"
 )
@@ -335,36 +333,37 @@ async def test_close_sends_closed_to_every_member() -> None:
             assert (closed.kind, closed.text) == (Kind.CLOSED, "server shutting down")
 
 
+async def test_close_waits_for_connection_handlers() -> None:
+    async with running_server() as server:
+        idle = await TcrpConnection.open(server.tcp_port)
+        await until(lambda: len(server.tcrp.writers) == 1)
+        await server.close()
+        # A handler left running would be destroyed mid-await when the loop stops,
+        # which asyncio reports as an error with a traceback.
+        assert not server.tcrp._tasks
+        await idle.close()
+
+
 @pytest.mark.posix
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be delivered on Windows")
-async def test_sigterm_closes_rooms_and_exits_zero(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ocm", "server", "--host", LOOPBACK, "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+async def test_sigterm_closes_rooms_and_exits_zero() -> None:
+    server = await ServerProcess.start()
     try:
-        assert process.stderr is not None
-        line = await asyncio.wait_for(asyncio.to_thread(process.stderr.readline), 10)
-        assert "listening" in line, line
-        tcp_port = int(line.split("TCP port ")[1].split(",")[0])
-        from tests.kit import admit
-
-        admission = await admit(tcp_port, CreateRoom("lobby", "alice"))
+        admission = await admit(server.tcp_port, CreateRoom("lobby", "alice"))
         peer = await UdpPeer.open(admission.udp_port)
-        peer.send("lobby", admission.token)
-        await asyncio.sleep(50 * MS)
+        peer.send("lobby", admission.token, "registered?")
+        assert (await peer.recv()).text == "registered?"  # the echo: our address is known
+        idle = await TcrpConnection.open(server.tcp_port)  # open during shutdown
 
-        process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
 
         closed = await peer.recv(timeout=5)
         assert (closed.kind, closed.text) == (Kind.CLOSED, "server shutting down")
-        assert await asyncio.to_thread(process.wait, 10) == 0
-        log = process.stderr.read()
+        assert await asyncio.to_thread(server.process.wait, 10) == 0
+        assert server.process.stderr is not None
+        log = server.process.stderr.read()
         assert admission.token not in log
+        assert "Traceback" not in log and "ERROR" not in log, log
+        await idle.close()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.stop()

@@ -130,22 +130,31 @@ def _utf8(data: bytes, what: str) -> str:
         raise _bad(f"{what} is not valid UTF-8") from None
 
 
+# Invisible characters that let one name pass for another ("alice" + U+200B) or turn a
+# line around (U+202E): zero-width space and directional marks, bidi embeddings,
+# overrides and isolates, line and paragraph separators, the BOM. Joiners (U+200C/D)
+# stay allowed: scripts and emoji sequences need them.
+_INVISIBLE = frozenset("\u200b\u200e\u200f\u2028\u2029\ufeff") | frozenset(
+    map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+)
+
+
 def _has_control(text: str) -> bool:
     # C0 controls, DEL and C1 controls: they would let a name rewrite a terminal line.
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _INVISIBLE for c in text)
 
 
 def validate_name(name: str, what: str) -> str:
     """Check a room name or username (section 1, Rules) and return it.
 
-    1-255 bytes of UTF-8 and no control characters. Usernames are trimmed by the
-    caller first.
+    1-255 bytes of UTF-8, no control characters and none of the invisible ones above.
+    Usernames are trimmed of spaces by the caller first.
     """
     size = len(name.encode("utf-8", "surrogatepass"))
     if not 1 <= size <= MAX_NAME_BYTES:
         raise _bad(f"{what} must be 1-{MAX_NAME_BYTES} bytes, got {size}")
     if _has_control(name):
-        raise _bad(f"{what} must not contain control characters")
+        raise _bad(f"{what} must not contain control or invisible characters")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -348,11 +357,18 @@ def _field(payload: dict[str, Any], key: str, kind: type, *, required: bool = Tr
 
 
 def _username(payload: dict[str, Any]) -> str:
-    return validate_name(_field(payload, "username", str).strip(), "username")
+    # Section 1: trimmed of spaces. Only spaces: a tab or newline is a control
+    # character, refused by validate_name rather than silently removed.
+    return validate_name(_field(payload, "username", str).strip(" "), "username")
 
 
 def _password(payload: dict[str, Any]) -> str | None:
     password: str | None = _field(payload, "password", str, required=False)
+    if password:
+        try:
+            password.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON "\\ud800" escape
+            raise _bad("password is not valid Unicode") from None
     return password or None
 
 

@@ -16,9 +16,10 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ocm.errors import ErrorCode, RoomError
 from ocm.protocol import Kind, RoomInfo, server_datagram_prefix
@@ -36,12 +37,17 @@ __all__ = [
 
 log = logging.getLogger("ocm.rooms")
 
-Address = tuple[str, int]  # (ip, port), or the 4-tuple asyncio gives for IPv6, sliced
+# Where a member's datagrams come from: (ip, port) for IPv4; asyncio gives IPv6 sources
+# as (ip, port, flowinfo, scope_id), kept whole so that replies reach the same scope.
+Address = tuple[Any, ...]
 
 DEFAULT_IDLE_TIMEOUT = 60.0
 # Generous defaults for a laptop or small VPS; each is a server flag.
 DEFAULT_MAX_ROOMS = 10_000
 DEFAULT_MAX_MEMBERS = 1_000
+# Rooms one client IP may host at once: without it one address could take every room
+# (server_full for everyone else) and make LIST_ROOMS megabytes long.
+DEFAULT_MAX_ROOMS_PER_IP = 20
 # Wrong passwords (and bad LEAVE tokens) per client IP before rate_limited, and the
 # window they are counted in: a person mistyping gets a few tries, a guesser gets 5 a minute.
 DEFAULT_MAX_FAILURES = 5
@@ -77,7 +83,7 @@ class PasswordHash:
 
 def _scrypt(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(
-        password.encode("utf-8", "surrogatepass"), salt=salt, n=2**14, r=8, p=1, dklen=32
+        password.encode("utf-8"), salt=salt, n=2**14, r=8, p=1, dklen=32
     )
 
 
@@ -193,17 +199,27 @@ class RoomRegistry:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_rooms: int = DEFAULT_MAX_ROOMS,
         max_members: int = DEFAULT_MAX_MEMBERS,
+        max_rooms_per_ip: int = DEFAULT_MAX_ROOMS_PER_IP,
         failures: FailureLimiter | None = None,
         token_factory: Callable[[], str] = new_token,
     ) -> None:
         self.idle_timeout = idle_timeout
         self.max_rooms = max_rooms
         self.max_members = max_members
+        self.max_rooms_per_ip = max_rooms_per_ip
         self.failures = failures or FailureLimiter()
         self._new_token = token_factory
         self.rooms: dict[str, Room] = {}
         # The relay routes by token bytes: one dict lookup per datagram.
         self.by_token: dict[bytes, Member] = {}
+        # Every member, least recently heard first: the next to fall idle is always at
+        # the front, so expiry never scans the whole server. Kept in order because
+        # ``now`` never goes backwards.
+        self._activity: OrderedDict[Member, None] = OrderedDict()
+        self._rooms_by_ip: dict[str, int] = {}  # canonical host IP -> rooms it hosts
+        # Set by close_all: a create or join that was waiting for a password hash
+        # while the server shut down must not open a room nobody will close.
+        self.closed = False
 
     # -- queries ---------------------------------------------------------------
 
@@ -216,8 +232,8 @@ class RoomRegistry:
 
     def next_deadline(self) -> float | None:
         """When the next member falls idle, or None if there are no members."""
-        oldest = min((m.last_seen for m in self.members()), default=None)
-        return None if oldest is None else oldest + self.idle_timeout
+        oldest = next(iter(self._activity), None)
+        return None if oldest is None else oldest.last_seen + self.idle_timeout
 
     # -- create and join -------------------------------------------------------
 
@@ -225,22 +241,29 @@ class RoomRegistry:
         self, name: str, username: str, password: PasswordHash | None, ip: str, now: float
     ) -> Member:
         """Create ``name`` with ``username`` as its host. Hash the password beforehand."""
-        self.check_create(name)
+        self.check_create(name, ip)
         room = Room(name, password)
         self.rooms[name] = room
         host = self._add_member(room, username, ip, now)
         room.host = host
+        host_ip = _canonical_ip(ip)
+        self._rooms_by_ip[host_ip] = self._rooms_by_ip.get(host_ip, 0) + 1
         log.info(
             'room "%s" created by %s (%s)', name, username, "protected" if password else "open"
         )
         return host
 
-    def check_create(self, name: str) -> None:
+    def check_create(self, name: str, ip: str) -> None:
         """Raise what :meth:`create_room` would refuse, so no password is hashed in vain."""
+        self._check_open()
         if name in self.rooms:
             raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
         if len(self.rooms) >= self.max_rooms:
             raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+        if self._rooms_by_ip.get(_canonical_ip(ip), 0) >= self.max_rooms_per_ip:
+            raise RoomError(
+                ErrorCode.SERVER_FULL, f"your address hosts {self.max_rooms_per_ip} rooms already"
+            )
 
     def admit(self, name: str, username: str, ip: str, now: float) -> PasswordHash | None:
         """First half of a join: the hash the password must match, or None (open room).
@@ -266,6 +289,7 @@ class RoomRegistry:
         None. Everything is checked again: while the hash was computed the room may have
         closed or been created anew with another password, or the name been taken.
         """
+        self._check_open()
         room = self._room(name)
         if room.password is not None:
             if self.failures.blocked(ip, now):
@@ -274,7 +298,6 @@ class RoomRegistry:
                 self.failures.record(ip, now)
                 raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{name}"')
         self._check_vacancy(room, username)
-        room = self.rooms[name]
         notice = room.announce(Kind.NOTICE, f"{username} joined")
         member = self._add_member(room, username, ip, now)
         log.info('%s joined room "%s"', username, name)
@@ -290,30 +313,36 @@ class RoomRegistry:
 
     # -- leave, expire, close --------------------------------------------------
 
-    def leave(self, name: str, token: str, ip: str, now: float) -> list[Outgoing]:
-        """LEAVE_ROOM: the token's member leaves; the host's leave closes the room."""
-        if self.failures.blocked(ip, now):
-            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+    def leave(self, name: str, token: str, ip: str) -> list[Outgoing]:
+        """LEAVE_ROOM: the token's member leaves; the host's leave closes the room.
+
+        A wrong token is not counted as a failure: 192-bit tokens need no guess limit,
+        and a member whose room closed a moment ago must not be rate-limited for
+        saying goodbye late.
+        """
         member = self.by_token.get(token.encode("ascii", "replace"))
         if member is None or member.room.name != name or not self._same_ip(member, ip):
-            self.failures.record(ip, now)
             raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
         return self._remove(member, "left")
 
     def expire(self, now: float) -> list[Outgoing]:
         """Drop every member silent for ``idle_timeout``; a silent host closes its room."""
         limit = now - self.idle_timeout
-        idle = [m for m in self.members() if m.last_seen <= limit]
         outgoing: list[Outgoing] = []
-        for member in idle:
-            if member.room.members.get(member.name.casefold()) is member:
-                outgoing += self._remove(member, "timed out")
+        while self._activity:
+            oldest = next(iter(self._activity))
+            if oldest.last_seen > limit:
+                break
+            outgoing += self._remove(oldest, "timed out")  # takes it off _activity
         return outgoing
 
     def close_all(self, reason: str) -> list[Outgoing]:
-        """Close every room (server shutdown): each member gets CLOSED with ``reason``."""
-        outgoing = [self._close(room, reason) for room in list(self.rooms.values())]
-        return outgoing
+        """Close every room (server shutdown): each member gets CLOSED with ``reason``.
+
+        The registry then refuses every create and join.
+        """
+        self.closed = True
+        return [self._close(room, reason) for room in list(self.rooms.values())]
 
     # -- the relay's view --------------------------------------------------------
 
@@ -329,6 +358,7 @@ class RoomRegistry:
     def touch(self, member: Member, address: Address, now: float) -> None:
         """A valid datagram arrived: refresh the member and (re)set its UDP address."""
         member.last_seen = now
+        self._activity.move_to_end(member)
         if member.address != address:
             member.address = address
             member.room.refresh_addresses()
@@ -340,6 +370,10 @@ class RoomRegistry:
         if room is None:
             raise RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
         return room
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RoomError(ErrorCode.SERVER_FULL, "the server is shutting down")
 
     def _check_vacancy(self, room: Room, username: str) -> None:
         if username.casefold() in room.members:
@@ -356,6 +390,7 @@ class RoomRegistry:
         member = Member(username, token, ip, room, now)
         room.members[username.casefold()] = member
         self.by_token[member.token_bytes] = member
+        self._activity[member] = None
         return member
 
     @staticmethod
@@ -368,6 +403,7 @@ class RoomRegistry:
             return [self._close(room, f"host {member.name} {how}; the room is closed")]
         del room.members[member.name.casefold()]
         del self.by_token[member.token_bytes]
+        del self._activity[member]
         room.refresh_addresses()
         log.info(
             '%s %s room "%s"', member.name, "left" if how == "left" else how + " in", room.name
@@ -378,9 +414,15 @@ class RoomRegistry:
         closed = room.announce(Kind.CLOSED, reason)
         for member in room.members.values():
             del self.by_token[member.token_bytes]
+            del self._activity[member]
         room.members.clear()
         room.refresh_addresses()
         del self.rooms[room.name]
+        if room.host is not None:
+            host_ip = _canonical_ip(room.host.ip)
+            self._rooms_by_ip[host_ip] -= 1
+            if not self._rooms_by_ip[host_ip]:
+                del self._rooms_by_ip[host_ip]
         log.info('room "%s" closed: %s', room.name, reason)
         return closed
 

@@ -24,6 +24,7 @@ from ocm.registry import (
     DEFAULT_MAX_FAILURES,
     DEFAULT_MAX_MEMBERS,
     DEFAULT_MAX_ROOMS,
+    DEFAULT_MAX_ROOMS_PER_IP,
     FailureLimiter,
     Outgoing,
     RoomRegistry,
@@ -52,6 +53,7 @@ class ServerConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_rooms: int = DEFAULT_MAX_ROOMS
     max_members: int = DEFAULT_MAX_MEMBERS
+    max_rooms_per_ip: int = DEFAULT_MAX_ROOMS_PER_IP
     max_failures: int = DEFAULT_MAX_FAILURES  # wrong passwords per IP per failure_window
     failure_window: float = DEFAULT_FAILURE_WINDOW
     error_rate: float = DEFAULT_ERROR_RATE  # UDP ERROR replies per source IP per second
@@ -141,6 +143,7 @@ class OCMServer:
             idle_timeout=config.idle_timeout,
             max_rooms=config.max_rooms,
             max_members=config.max_members,
+            max_rooms_per_ip=config.max_rooms_per_ip,
             failures=FailureLimiter(config.max_failures, config.failure_window),
         )
         self.relay = RelayCore(self.registry, ErrorReplyLimiter(config.error_rate))
@@ -170,15 +173,18 @@ class OCMServer:
 
     async def _bind(self) -> None:
         config = self.config
-        tcp_sock = _bind_tcp(config.host, config.port)
+        try:
+            tcp_sock = _bind_tcp(config.host, config.port)
+        except OSError as error:
+            raise _cannot_listen("TCP", config.host, config.port, error) from error
         self.tcp_port = tcp_sock.getsockname()[1]
         wanted = self.tcp_port if config.udp_port is None else config.udp_port
         try:
             udp_sock = _bind_udp(config.host, wanted)
-        except OSError:
+        except OSError as error:
             if config.udp_port is not None or config.port != 0:
                 tcp_sock.close()
-                raise
+                raise _cannot_listen("UDP", config.host, wanted, error) from error
             udp_sock = _bind_udp(config.host, 0)  # port 0: any free pair will do
         self.udp_port = udp_sock.getsockname()[1]
         await self._loop.create_datagram_endpoint(lambda: self._endpoint, sock=udp_sock)
@@ -213,7 +219,13 @@ class OCMServer:
             delay = deadline - self._loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            self._send(self.registry.expire(self._loop.time()))
+            try:
+                self._send(self.registry.expire(self._loop.time()))
+            except Exception:
+                # Expiry must outlive a bug: without it hosts never time out. Pause so
+                # a bug that repeats cannot spin the loop.
+                log.exception("unexpected error expiring idle members")
+                await asyncio.sleep(1.0)
 
     async def close(self, reason: str = SHUTDOWN_REASON) -> None:
         """Stop accepting, send CLOSED to every member, close connections. Idempotent."""
@@ -229,8 +241,7 @@ class OCMServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._expiry_task
             self._send(self.registry.close_all(reason))
-            for writer in list(self.tcrp.writers):
-                writer.close()
+            await self.tcrp.close(timeout=2.0)
             if self._tcp_server is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2.0):
@@ -246,6 +257,13 @@ class OCMServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _cannot_listen(transport: str, host: str, port: int, error: OSError) -> OSError:
+    """The bind error, saying which socket failed: "TCP port 9001 on 0.0.0.0: ..."."""
+    where = f"[{host}]" if ":" in host else host
+    reason = error.strerror or str(error)
+    return OSError(error.errno, f"cannot listen on {transport} port {port} on {where}: {reason}")
 
 
 # SIGINT is Ctrl-C everywhere; SIGTERM is how service managers stop us on POSIX;

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ocm.errors import ErrorCode, OCMError, ProtocolError
 from ocm.protocol import (
@@ -87,6 +88,7 @@ class TcrpHandler:
         self._on_join = on_join
         self.connections: dict[str, int] = {}  # client IP -> open connections
         self.writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # one per open connection
         self._hashing = asyncio.Semaphore(limits.max_concurrent_hashes)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -101,6 +103,9 @@ class TcrpHandler:
             return
         self.connections[ip] = self.connections.get(ip, 0) + 1
         self.writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             await self._serve(reader, writer, ip)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -108,6 +113,8 @@ class TcrpHandler:
         except Exception:
             log.exception("unexpected error on a connection from %s; closing it", ip)
         finally:
+            if task is not None:
+                self._tasks.discard(task)
             self.writers.discard(writer)
             self.connections[ip] -= 1
             if not self.connections[ip]:
@@ -117,6 +124,23 @@ class TcrpHandler:
                 writer.transport.abort()
             else:
                 writer.close()
+
+    async def close(self, timeout: float) -> None:
+        """Close every connection and wait for its handler to finish (at most ``timeout``).
+
+        Waiting matters: a handler still running when the loop stops is destroyed
+        mid-await, and asyncio logs that as an error with a traceback.
+        """
+        for writer in list(self.writers):
+            writer.close()
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Write and drain, for at most the message timeout (a slow reader is cut off)."""
@@ -166,7 +190,7 @@ class TcrpHandler:
                 secret = None
                 if password:
                     async with self._hashing:
-                        registry.check_create(room)  # no hash for a create bound to fail
+                        registry.check_create(room, ip)  # no hash for a create bound to fail
                         secret = await asyncio.to_thread(PasswordHash.create, password)
                 member = registry.create_room(room, username, secret, ip, self._clock())
                 self._on_join()
@@ -192,7 +216,7 @@ class TcrpHandler:
             case ListRooms():
                 return RoomList(tuple(registry.list_rooms()))
             case LeaveRoom(room, token):
-                self._send(registry.leave(room, token, ip, self._clock()))
+                self._send(registry.leave(room, token, ip))
                 return Left(room)
         raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
 
