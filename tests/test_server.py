@@ -23,6 +23,7 @@ from ocm.protocol import (
     State,
     encode_header,
 )
+from ocm.server import SPARE_FILES, ServerConfig, fit_connections_to_file_limit
 from tests.kit import (
     MS,
     OTHER_HOST,
@@ -367,3 +368,32 @@ async def test_sigterm_closes_rooms_and_exits_zero() -> None:
         await idle.close()
     finally:
         server.stop()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no RLIMIT_NOFILE")
+@pytest.mark.parametrize(
+    ("soft", "hard", "raised_to", "connections"),
+    [
+        (1024, 1_000_000, 4096 + SPARE_FILES, 4096),  # raised: all 4096 fit
+        (1024, 2048, 2048, 2048 - SPARE_FILES),  # raised to the hard limit, cap lowered
+        (100_000, 100_000, None, 4096),  # already enough: untouched
+    ],
+)
+def test_connection_cap_fits_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch,
+    soft: int,
+    hard: int,
+    raised_to: int | None,
+    connections: int,
+) -> None:
+    import resource
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, hard))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, limits: calls.append(limits))
+
+    fitted = fit_connections_to_file_limit(ServerConfig())
+
+    assert calls == ([] if raised_to is None else [(raised_to, hard)])
+    assert fitted.tcp.max_connections == connections

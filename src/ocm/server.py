@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ocm.registry import (
     DEFAULT_FAILURE_WINDOW,
@@ -307,11 +307,45 @@ def on_stop_signals(
     return restore
 
 
+# Descriptors the server needs besides its TCP connections: listeners, the UDP socket,
+# the event loop's own, logging, the hashing threads.
+SPARE_FILES = 64
+
+
+def fit_connections_to_file_limit(config: ServerConfig) -> ServerConfig:
+    """Make room for ``--max-connections`` under the process's open-file limit.
+
+    Many systems start processes with a soft limit of 1024, below the default of 4096
+    connections: past it accept() fails with EMFILE, which asyncio logs over and over.
+    Raise the soft limit towards the hard one; if that is still short, lower the
+    connection cap to fit and say so. Systems without RLIMIT_NOFILE (Windows) are left
+    as they are.
+    """
+    if sys.platform == "win32":
+        return config
+    import resource  # POSIX only
+
+    wanted = config.tcp.max_connections + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return config
+    fitted = max(1, soft - SPARE_FILES)
+    log.warning(
+        "open-file limit %d allows %d TCP connections, not %d", soft, fitted, wanted - SPARE_FILES
+    )
+    return replace(config, tcp=replace(config.tcp, max_connections=fitted))
+
+
 async def serve(config: ServerConfig) -> None:
     """Run a server until SIGINT or SIGTERM, then close it (members get CLOSED)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    server = await OCMServer.start(config)
+    server = await OCMServer.start(fit_connections_to_file_limit(config))
     restore = on_stop_signals(loop, stop.set)
     try:
         await stop.wait()
