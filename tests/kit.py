@@ -190,6 +190,21 @@ class Member:
     def heartbeat(self) -> None:
         self.peer.send(self.room, self.token)
 
+    @asynccontextmanager
+    async def heartbeating(self, every: float) -> AsyncIterator[None]:
+        """Heartbeat every ``every`` seconds while the block runs (bounded: at most 100)."""
+
+        async def beat() -> None:
+            for _ in range(100):
+                self.heartbeat()
+                await asyncio.sleep(every)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+
     async def registered(self, server: OCMServer) -> None:
         """Send the first heartbeat and wait until the server has taken its address."""
         self.heartbeat()

@@ -141,14 +141,9 @@ async def test_silent_member_is_dropped_after_idle_timeout() -> None:
         bob = await enter(server, JoinRoom("lobby", "bob"))
         assert (await alice.peer.recv()).text == "bob joined"
 
-        async def keep_alive() -> None:
-            for _ in range(20):
-                alice.heartbeat()
-                await asyncio.sleep(100 * MS)
+        async with alice.heartbeating(every=100 * MS):
+            notice = await alice.peer.recv(timeout=1500 * MS)
 
-        keeper = asyncio.create_task(keep_alive())
-        notice = await alice.peer.recv(timeout=1500 * MS)
-        keeper.cancel()
         assert (notice.kind, notice.text) == (Kind.NOTICE, "bob timed out")
         bob.say("back")
         assert (await bob.peer.recv()).kind is Kind.ERROR
@@ -159,14 +154,9 @@ async def test_silent_host_closes_the_room() -> None:
         await enter(server, CreateRoom("lobby", "alice"))
         bob = await enter(server, JoinRoom("lobby", "bob"))
 
-        async def keep_alive() -> None:
-            for _ in range(20):
-                bob.heartbeat()
-                await asyncio.sleep(60 * MS)
+        async with bob.heartbeating(every=60 * MS):
+            closed = await bob.peer.recv(timeout=1500 * MS)
 
-        keeper = asyncio.create_task(keep_alive())
-        closed = await bob.peer.recv(timeout=1500 * MS)
-        keeper.cancel()
         assert closed.kind is Kind.CLOSED and "timed out" in closed.text
 
 
