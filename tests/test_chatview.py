@@ -22,7 +22,7 @@ from ocm.chatview import (
     toolbar,
     who_lines,
 )
-from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice
+from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice, Overflow, Undelivered
 
 NOON = datetime(2025, 6, 3, 12, 5)
 
@@ -85,6 +85,9 @@ def test_mentions_whole_words_ignoring_case() -> None:
         (ErrorReply("message too long"), "! error: message too long"),
         (Gap(6, 9), "! missed 3 messages"),
         (Gap(6, 7), "! missed 1 message"),
+        (Undelivered("hi\nthere"), "! not delivered: hi there"),
+        (Overflow(1), "! skipped 1 event"),
+        (Overflow(20), "! skipped 20 events"),
         (
             Closed("host alice left; the room is closed"),
             "! room closed: host alice left; the room is closed",
@@ -124,6 +127,8 @@ def test_event_lines_split_a_multi_line_message_and_show_actions() -> None:
         (Notice("bob joined", 1), "12:05 -- bob joined", "class:notice"),
         (ErrorReply("no"), "12:05 !! the server refused a message: no", "class:error"),
         (Gap(2, 5), "12:05 !! 3 messages lost on the way (UDP); the chat goes on", "class:error"),
+        (Undelivered("hi\x1b[2J"), "12:05 !! not delivered: hi\ufffd[2J", "class:error"),
+        (Overflow(7), "12:05 !! 7 events skipped: they came too fast to show", "class:error"),
         (
             Closed("server shutting down"),
             "12:05 !! room closed: server shutting down",
@@ -145,6 +150,9 @@ def test_info_who_and_toolbar() -> None:
         " lobby  1 member · you are the host · /help"
     )
     assert "host: alice" in plain(toolbar("lobby", ["alice", "bob"], "alice", "bob"))
+    sending = toolbar("lobby", ["alice"], "alice", "alice", unconfirmed=2)
+    assert plain(sending).endswith("· /help · 2 sending")
+    assert sending[-1] == ("class:bottom-toolbar.sending", " · 2 sending")
 
 
 @pytest.mark.parametrize(

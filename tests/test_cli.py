@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from ocm.cli import build_parser, main
 from ocm.client import ChatClient, Event, Message, Notice, list_rooms
 from ocm.protocol import RoomInfo
 from tests.kit import LOOPBACK, MS, running_server
-from tests.test_client import ready, registered, until
+from tests.test_client import create_rooms, ready, registered, until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # A clean environment: no OCM_* from the developer's shell, the checkout's code.
@@ -33,9 +34,9 @@ class Result:
     err: str
 
 
-async def ocm(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Result:
-    """Run ``python -m ocm ARGS`` to the end with ``stdin`` piped in."""
-    process = await asyncio.create_subprocess_exec(
+async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """``python -m ocm ARGS`` with its three standard streams piped to the test."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "ocm",
@@ -45,7 +46,14 @@ async def ocm(*args: str, stdin: str = "", env: dict[str, str] | None = None) ->
         stderr=PIPE,
         env={**ENV, **(env or {})},
     )
-    async with asyncio.timeout(15):
+
+
+async def ocm(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: float = 15
+) -> Result:
+    """Run ``python -m ocm ARGS`` to the end with ``stdin`` piped in."""
+    process = await spawn(*args, env=env)
+    async with asyncio.timeout(timeout):
         out, err = await process.communicate(stdin.encode())
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
@@ -59,17 +67,7 @@ class Piped:
 
     @classmethod
     async def start(cls, *args: str, env: dict[str, str] | None = None) -> Piped:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ocm",
-            *args,
-            stdin=PIPE,
-            stdout=PIPE,
-            stderr=PIPE,
-            env={**ENV, **(env or {})},
-        )
-        return cls(process)
+        return cls(await spawn(*args, env=env))
 
     async def say(self, line: str) -> None:
         assert self.process.stdin is not None
@@ -103,18 +101,7 @@ class Piped:
 @asynccontextmanager
 async def server_process() -> AsyncIterator[int]:
     """A real ``python -m ocm server`` on loopback, port 0; yields its TCP port."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocm",
-        "server",
-        "--host",
-        LOOPBACK,
-        "--port",
-        "0",
-        stderr=PIPE,
-        env=ENV,
-    )
+    process = await spawn("server", "--host", LOOPBACK, "--port", "0")
     try:
         assert process.stderr is not None
         async with asyncio.timeout(10):
@@ -147,14 +134,49 @@ def test_client_commands_and_their_options() -> None:
         ("::1", 9100),
         "bob",
     )
-    assert args.password is None and args.heartbeat == 15.0
-    args = parser.parse_args(["create", "vault", "--password"])  # no value: ask
-    assert args.password is not None and args.password != ""
+    assert args.password is None and not args.ask_password and args.heartbeat == 15.0
     assert parser.parse_args(["rooms"]).server == ("localhost", 9001)
     assert parser.parse_args([]).command is None
     # the server subcommand is untouched
     server = parser.parse_args(["server", "--host", "::", "--port", "0", "--idle-timeout", "5"])
     assert (server.host, server.port, server.idle_timeout) == ("::", 0, 5.0)
+
+
+def test_password_flags_take_no_positional_by_surprise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["join", "--password", "s3cret", "lobby", "--name", "bob"])
+    assert (args.password, args.room, args.name) == ("s3cret", "lobby", "bob")
+    args = parser.parse_args(["join", "--ask-password", "lobby", "--name", "bob"])
+    assert (args.ask_password, args.password, args.room) == (True, None, "lobby")
+    for argv in (
+        ["create", "vault", "--password"],  # a value is required, never "ask"
+        ["join", "lobby", "--password", "x", "--ask-password"],  # one or the other
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2, argv
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_ocm_server_loads_nothing_but_the_standard_library() -> None:
+    """The server half must run from a bare checkout: no prompt_toolkit, no site."""
+    code = (
+        "import sys\n"
+        "from ocm import cli, servercli\n"
+        "async def serve(config): pass\n"
+        "servercli.serve = serve\n"
+        "assert cli.main(['server', '--port', '0']) == 0\n"
+        "tops = {name.split('.')[0] for name in sys.modules}\n"
+        "print(sorted(tops - set(sys.stdlib_module_names) - {'__main__'}))\n"
+    )
+    # -S: no site-packages at all, so nothing third party could even be found.
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=ENV, capture_output=True, text=True, timeout=15
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "['ocm']\n"
 
 
 def test_server_default_comes_from_ocm_server(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,9 +227,9 @@ async def test_errors_are_one_clear_line() -> None:
                 (["join", "lobby", "--name", " "], 1, "ocm: name must be 1-255 bytes, got 0"),
                 (["join", "lobby"], 2, "ocm: --name NAME is required when stdin is not a terminal"),
                 (
-                    ["join", "lobby", "--name", "bob", "--password"],
+                    ["join", "lobby", "--name", "bob", "--ask-password"],
                     2,
-                    "ocm: --password without a value needs a terminal; set OCM_PASSWORD",
+                    "ocm: --ask-password needs a terminal; in scripts set OCM_PASSWORD",
                 ),
                 (
                     [],
@@ -231,6 +253,16 @@ async def test_an_unreachable_server_is_one_line() -> None:
         result = await ocm(*args, "--server", f"127.0.0.1:{port}")
         assert result.code == 1
         assert result.err == f"ocm: cannot reach server 127.0.0.1:{port} (connection refused)\n"
+
+
+async def test_rooms_lists_hundreds_of_rooms_with_long_names() -> None:
+    """The LIST_ROOMS reply is ~120 KB, far over the 64 KiB limit on requests."""
+    names = [f"{n:03d}" + "r" * 252 for n in range(400)]  # 255 bytes each
+    async with running_server(max_rooms_per_ip=len(names)) as server:
+        await create_rooms(server.tcp_port, names)
+        listed = await ocm("rooms", "--server", f"127.0.0.1:{server.tcp_port}")
+    assert (listed.code, listed.err) == (0, "")
+    assert listed.out.splitlines()[1:] == [f"      1  open      {name}" for name in names]
 
 
 async def test_rooms_lists_members_access_and_name() -> None:
@@ -277,6 +309,37 @@ async def test_end_of_input_delivers_every_line_then_leaves() -> None:
             assert events[0] == Notice("bob joined", 1)
             assert [e.text for e in events[1:11] if isinstance(e, Message)] == lines
             assert events[11] == Notice("bob left", 12)
+
+
+async def test_a_flood_of_piped_lines_arrives_whole_and_in_order() -> None:
+    """Flow control: lines as fast as a pipe gives them, through a server process."""
+    lines = [f"line {n}" for n in range(5000)]
+    async with server_process() as port:
+        where = f"127.0.0.1:{port}"
+        async with await ChatClient.create(where, "flood", "alice") as alice:
+            await alice.send("ready?")  # its copy proves the server has alice's address
+            assert await anext(alice) == Message("alice", "ready?", 1)
+            received = asyncio.create_task(messages_until(alice, Notice("bob left", 5003)))
+            result = await ocm(
+                "join", "flood", "--name", "bob", "--server", where, stdin="\n".join(lines)
+            )
+            async with asyncio.timeout(5):
+                texts = await received
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [f"bob: {line}" for line in lines]
+    assert texts == lines  # every line, once, in order, and no Gap on the way
+
+
+async def messages_until(chat: ChatClient, last: Event) -> list[str]:
+    """The texts of the messages ``chat`` receives before ``last``; fails on a Gap."""
+    texts: list[str] = []
+    async for event in chat:
+        if event == last:
+            return texts
+        assert isinstance(event, Message | Notice), event
+        if isinstance(event, Message):
+            texts.append(event.text)
+    raise AssertionError(f"the stream ended before {last}")
 
 
 async def test_a_password_room_through_the_cli() -> None:

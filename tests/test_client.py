@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ocm.client import (
+    BASELINE_SLACK,
+    RECEIVE_BUFFER,
     SEQ_CYCLE,
     ChatClient,
     Closed,
@@ -30,8 +33,10 @@ from ocm.client import (
     Gap,
     Message,
     Notice,
+    Overflow,
     RoomState,
     SeqTracker,
+    Undelivered,
     format_server_address,
     list_rooms,
     parse_server_address,
@@ -42,6 +47,7 @@ from ocm.protocol import (
     TCRP_HEADER_SIZE,
     Ack,
     Admission,
+    CreateRoom,
     JoinRoom,
     Kind,
     LeaveRoom,
@@ -57,7 +63,7 @@ from ocm.protocol import (
     parse_request,
 )
 from ocm.server import OCMServer
-from tests.kit import LOOPBACK, MS, UdpPeer, running_server
+from tests.kit import LOOPBACK, MS, TcrpConnection, UdpPeer, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = 50 * MS  # heartbeat interval for tests that need the client to keep beating
@@ -93,6 +99,13 @@ async def ready(server: OCMServer, chat: ChatClient) -> ChatClient:
     announce the join before it knows where to send the NOTICE."""
     await until(lambda: registered(server, chat.room, chat.name))
     return chat
+
+
+async def alice_and_bob(server: OCMServer) -> tuple[ChatClient, ChatClient]:
+    """The usual pair in "lobby": alice its host, bob a member, both ready."""
+    alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
+    bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+    return alice, bob
 
 
 def registered(server: OCMServer, room: str, name: str) -> bool:
@@ -187,6 +200,20 @@ def test_seq_wraps_after_uint32_max() -> None:
     assert Gap(SEQ_CYCLE, 2).missed == 2
 
 
+def test_seq_takes_a_datagram_overtaken_by_the_baseline() -> None:
+    tracker = SeqTracker()
+    assert tracker.accept(100) == (True, None)  # 99 was sent first but arrives second
+    assert tracker.accept(99) == (True, None)
+    assert tracker.accept(99) == (False, None)  # once
+    assert tracker.accept(101) == (True, None)
+    assert tracker.accept(100 - BASELINE_SLACK) == (True, None)  # the slack reaches this far
+    assert tracker.accept(99 - BASELINE_SLACK) == (False, None)  # and no further
+    wrapped = SeqTracker()
+    wrapped.accept(2)
+    assert wrapped.accept(1) == (True, None)
+    assert wrapped.accept(SEQ_CYCLE) == (True, None)  # 0 is not a Seq: below 1 is the top
+
+
 def test_seq_remembers_a_bounded_number_of_missing_datagrams() -> None:
     tracker = SeqTracker(max_missing=10)
     tracker.accept(1)
@@ -250,7 +277,7 @@ def test_room_state_reports_gaps_before_the_datagram_and_drops_duplicates() -> N
 
 def test_room_state_errors_and_the_end() -> None:
     state = RoomState("bob", "alice", ["alice", "bob"])
-    state.sent()
+    state.sent("x" * 5000, deadline=2.0)
     assert state.unconfirmed == 1
     refused = datagram(Kind.ERROR, 0, "message too long: max 4087 bytes")
     assert state.datagram_received(refused) == [ErrorReply("message too long: max 4087 bytes")]
@@ -274,12 +301,30 @@ def test_room_state_unknown_token_error_ends_the_room() -> None:
 
 def test_room_state_counts_our_copies_as_confirmations() -> None:
     state = RoomState("Bob", "alice", ["alice", "Bob"])
-    state.sent()
-    state.sent()
+    state.sent("x", deadline=2.0)
+    state.sent("y", deadline=2.5)
     state.datagram_received(datagram(Kind.MESSAGE, 1, "x", "alice"))
     assert state.unconfirmed == 2
     state.datagram_received(datagram(Kind.MESSAGE, 2, "x", "bob"))  # names ignore case
     assert state.unconfirmed == 1
+    assert list(state.pending) == [("y", 2.5)]
+
+
+def test_room_state_gives_up_on_copies_that_do_not_come_back() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"])
+    for n, text in enumerate(["one", "two", "three", "four"]):
+        state.sent(text, deadline=10.0 + n)
+    assert state.next_deadline() == 10.0
+    assert state.expire(9.9) == []
+    # "one" was lost; the copy of "two" must confirm "two", not the oldest in flight.
+    state.datagram_received(datagram(Kind.MESSAGE, 1, "two", "bob"))
+    assert [text for text, _ in state.pending] == ["one", "three", "four"]
+    assert state.expire(12.0) == [Undelivered("one"), Undelivered("three")]
+    assert (state.unconfirmed, state.undelivered, state.next_deadline()) == (1, 2, 13.0)
+    state.datagram_received(datagram(Kind.MESSAGE, 2, "one", "bob"))  # too late: no match
+    assert state.unconfirmed == 1
+    state.end("host left")
+    assert state.expire(99.0) == [] and state.next_deadline() is None  # over: no reports
 
 
 # ---------------------------------------------------------------------------
@@ -322,8 +367,7 @@ async def test_join_send_and_receive() -> None:
 
 async def test_a_member_leaves_and_the_others_go_on() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
         carol = await ready(server, await ChatClient.join(server_of(server), "lobby", "carol"))
 
         await bob.close()
@@ -348,8 +392,7 @@ async def test_a_member_leaves_and_the_others_go_on() -> None:
 
 async def test_the_host_leaving_closes_the_room_for_everyone() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
 
         await alice.close()
 
@@ -415,6 +458,9 @@ async def test_too_long_text_is_refused_before_sending() -> None:
         with pytest.raises(ProtocolError, match="empty"):
             await bob.send("")
         assert bob.unconfirmed == 0
+        # fit() cuts to the limit on a character boundary, never inside an "é".
+        assert bob.fit("é" * bob.max_text_bytes) == "é" * (bob.max_text_bytes // 2)
+        assert bob.fit(longest + "x") == longest and bob.fit("short") == "short"
 
         await bob.send(longest)  # exactly at the limit: relayed whole
         assert await next_event(alice) == Message(name, longest, 2)
@@ -482,8 +528,7 @@ async def test_the_server_shutting_down_ends_the_stream() -> None:
 
 async def test_close_waits_for_the_copy_of_the_last_message() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
         for n in range(20):
             await bob.send(f"line {n}")
         await bob.close()  # at once: the leave must not overtake the lines
@@ -622,6 +667,112 @@ async def test_the_server_port_going_dark_ends_the_stream() -> None:
         await bob.close()
 
 
+async def test_send_waits_while_the_window_is_full_and_lost_copies_are_reported() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", window=3, confirm_timeout=300 * MS
+        )
+        await fake.udp.recv_raw()  # the first heartbeat
+        for text in ("one", "two", "three"):
+            await bob.send(text)
+        assert bob.unconfirmed == 3
+        fourth = asyncio.create_task(bob.send("four"))
+        await asyncio.sleep(50 * MS)
+        assert not fourth.done()  # three in flight: it waits
+        assert [await fake.udp.recv_raw() for _ in range(3)][-1].endswith(b"three")
+        fake.send(Kind.MESSAGE, 1, "two", "bob")  # "two" came back: room for one more
+        async with asyncio.timeout(1000 * MS):
+            await fourth
+        assert (await fake.udp.recv_raw()).endswith(b"four")
+        # The server confirms nothing more: each message is given up confirm_timeout
+        # after it was sent, and the window opens again by itself.
+        assert not await bob.flush(50 * MS)
+        assert await bob.flush(1000 * MS)
+        events = [await next_event(bob) for _ in range(4)]
+        assert events == [
+            Message("bob", "two", 1),
+            Undelivered("one"),
+            Undelivered("three"),
+            Undelivered("four"),
+        ]
+        assert (bob.unconfirmed, bob.undelivered) == (0, 3)
+        await bob.close()
+
+
+async def test_a_send_waiting_for_the_window_gives_up_when_the_client_closes() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", window=1, linger=50 * MS
+        )
+        await bob.send("one")
+        waiting = asyncio.create_task(bob.send("two"))
+        await asyncio.sleep(20 * MS)
+        await bob.close()
+        with pytest.raises(ConnectionLost, match="no longer in the room: left the room"):
+            await waiting
+
+
+async def test_the_udp_socket_asks_for_a_bigger_receive_buffer() -> None:
+    rmem_max = Path("/proc/sys/net/core/rmem_max")
+    if not rmem_max.exists():
+        pytest.skip("the kernel's cap on receive buffers is read from /proc (Linux)")
+    cap = int(rmem_max.read_text(encoding="ascii"))
+    async with fake_server() as fake:
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        assert bob._transport is not None
+        sock = bob._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= min(RECEIVE_BUFFER, cap)
+        await bob.close()
+
+
+async def test_unread_events_are_bounded_and_the_loss_reported() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob", max_events=3)
+        await fake.udp.recv_raw()
+        for seq in range(1, 6):
+            fake.send(Kind.NOTICE, seq, f"user{seq} joined")
+        fake.send(Kind.CLOSED, 6, "server shutting down")
+        await until(lambda: bob.closed is not None)  # all six arrived, nobody read them
+        assert [e async for e in bob] == [
+            Overflow(3),  # the oldest three made room
+            Notice("user4 joined", 4),
+            Notice("user5 joined", 5),
+            Closed("server shutting down"),  # never dropped: the newest
+        ]
+        await bob.close()
+
+
+@pytest.mark.parametrize(
+    "options", [{"window": 0}, {"confirm_timeout": -1.0}, {"heartbeat_interval": 0.0}]
+)
+async def test_options_must_be_positive_and_are_checked_first(options: Any) -> None:
+    async with fake_server() as fake:
+        with pytest.raises(ValueError, match="must be positive"):
+            await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob", **options)
+        with pytest.raises(TypeError, match="unknown option 'windows'"):
+            await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob", windows=3)  # type: ignore[call-arg]
+        assert fake.requests == []
+
+
+async def test_list_rooms_takes_a_reply_far_over_the_request_limit() -> None:
+    names = [f"{n:03d}" + "r" * 252 for n in range(400)]  # 255 bytes each: ~120 KB in all
+    async with running_server(max_rooms_per_ip=len(names)) as server:
+        await create_rooms(server.tcp_port, names)
+        rooms = await list_rooms(server_of(server))
+    assert [room.name for room in rooms] == names
+
+
+async def create_rooms(port: int, names: list[str]) -> None:
+    """Open rooms by raw TCRP (hosts that never heartbeat: fine for a listing)."""
+    connection = await TcrpConnection.open(port)
+    try:
+        for name in names:
+            ack, _ = await connection.call(CreateRoom(name, "host"))
+            assert ack.ok, ack
+    finally:
+        await connection.close()
+
+
 # ---------------------------------------------------------------------------
 # The README's bot example
 # ---------------------------------------------------------------------------
@@ -657,6 +808,21 @@ async def test_the_readme_bot_example_runs() -> None:
             await alice.send("hello bot")
             assert await next_event(alice) == Message("alice", "hello bot", 2)
             assert await next_event(alice) == Message("echobot", "alice said: hello bot", 3)
+
+            # Another bot is not answered (two echo bots would echo each other forever),
+            # and an answer that would be too long is cut, not a crash.
+            other = await ready(
+                server, await ChatClient.join(server_of(server), "lobby", "OtherBot")
+            )
+            await other.send("beep")
+            longest = "é" * (alice.max_text_bytes // 2)
+            await alice.send(longest)
+            texts = [e.text for e in await settle(alice, 300 * MS) if isinstance(e, Message)]
+            limit = min(MAX_DATAGRAM - 2 - len("lobby") - len(alice.token), MAX_DATAGRAM - 6 - 7)
+            answer = f"alice said: {longest}".encode()[:limit].decode(errors="ignore")
+            assert texts == ["beep", longest, answer]
+            await other.close()
+
             await alice.close()  # the room closes; the bot's loop ends; it exits
             async with asyncio.timeout(5):
                 _, stderr = await bot.communicate()

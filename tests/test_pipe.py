@@ -7,14 +7,16 @@ in-process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 from collections.abc import AsyncIterator
 
 from ocm.client import ChatClient, Event, Message, Notice
-from ocm.pipe import read_lines, run_pipe
+from ocm.pipe import MAX_QUEUED_READS, read_lines, run_pipe
+from ocm.protocol import Kind
 from tests.kit import LOOPBACK, MS, running_server
-from tests.test_client import ready
+from tests.test_client import alice_and_bob, fake_server
 
 
 async def collect(chunks: list[bytes], encoding: str = "utf-8") -> list[str]:
@@ -44,11 +46,30 @@ async def test_characters_split_across_reads_and_bad_bytes() -> None:
     assert await collect(["café\n".encode("latin-1")], "latin-1") == ["café"]
 
 
+async def test_the_reader_stops_reading_while_lines_wait_to_be_sent() -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        lines = read_lines(read_end, "utf-8")
+        chunk = b"x" * 1023 + b"\n"
+        written = 0
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(10_000):  # 10 MiB offered: far more than may be held
+                written += os.write(write_end, chunk)
+                await asyncio.sleep(0)  # let the reader thread hand its lines over
+        # Nobody took a line: the thread holds a bounded number of reads, then stops
+        # reading, and the pipe fills up behind it.
+        assert written < (MAX_QUEUED_READS + 2) * 64 * 1024 + 1024 * 1024
+        first = await anext(lines)
+        assert first == "x" * 1023
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
 async def test_run_pipe_sends_lines_prints_events_and_leaves_at_the_end() -> None:
     async with running_server() as server:
-        where = (LOOPBACK, server.tcp_port)
-        alice = await ready(server, await ChatClient.create(where, "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(where, "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
         too_long = "x" * 5000
 
         async def stdin() -> AsyncIterator[str]:
@@ -74,11 +95,30 @@ async def test_run_pipe_sends_lines_prints_events_and_leaves_at_the_end() -> Non
         await alice.close()
 
 
+async def test_lines_the_server_never_confirmed_make_the_exit_status_1() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", confirm_timeout=100 * MS
+        )
+
+        async def stdin() -> AsyncIterator[str]:
+            for line in ["one", "two", "three"]:
+                yield line
+            await fake.udp.recv_raw()  # the first heartbeat
+            for _ in range(3):
+                await fake.udp.recv_raw()
+            fake.send(Kind.MESSAGE, 1, "two", "bob")  # only "two" comes back
+
+        out, err = io.StringIO(), io.StringIO()
+        async with asyncio.timeout(2000 * MS):
+            assert await run_pipe(bob, stdin(), out, err) == 1
+        assert out.getvalue() == ("bob: two\n! not delivered: one\n! not delivered: three\n")
+        assert err.getvalue() == "ocm: 2 messages not confirmed by the server\n"
+
+
 async def test_run_pipe_ends_when_the_room_closes_while_input_is_open() -> None:
     async with running_server() as server:
-        where = (LOOPBACK, server.tcp_port)
-        alice = await ready(server, await ChatClient.create(where, "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(where, "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
         forever = asyncio.Event()
 
         async def stdin() -> AsyncIterator[str]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from ocm import cli
+from ocm import cli, servercli
 from ocm.protocol import CreateRoom, JoinRoom, Kind
 from ocm.server import STOP_SIGNALS, ServerConfig, on_stop_signals, serve
 from tests.kit import LOOPBACK, MS, UdpPeer, admit, enter, running_server
@@ -620,7 +620,7 @@ def test_ctrl_c_before_the_server_is_up_exits_quietly(
     async def interrupted(config: ServerConfig) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "serve", interrupted)
+    monkeypatch.setattr(servercli, "serve", interrupted)
     assert cli.main(["server", "--port", "0", "--host", LOOPBACK]) == 130
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err

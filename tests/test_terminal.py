@@ -31,9 +31,16 @@ from ocm.chatview import Roster
 from ocm.client import ChatClient, Closed, Message, Notice
 from ocm.errors import ConnectionLost
 from ocm.server import OCMServer
-from ocm.terminal import NameCompleter, TerminalChat, interactive
+from ocm.terminal import NameCompleter, Prompter, TerminalChat, ask_name, ask_password, interactive
 from tests.kit import LOOPBACK, MS, running_server
-from tests.test_client import next_event, ready, registered, settle, until
+from tests.test_client import (
+    alice_and_bob,
+    fake_server,
+    next_event,
+    registered,
+    settle,
+    until,
+)
 
 if sys.platform != "win32":  # pyproject.toml: pexpect is not installed on Windows
     import pexpect
@@ -112,8 +119,7 @@ async def screen_for(chat: ChatClient) -> AsyncIterator[Screen]:
 
 async def test_typing_sends_commands_answer_and_exit_leaves() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(where(server), "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
         async with screen_for(bob) as screen:
             await screen.shows('in room "lobby" on 127.0.0.1:')
             await screen.shows("12:05 -- 2 members: alice (host), bob")
@@ -179,8 +185,7 @@ async def list_rooms_now(server: OCMServer) -> int:
 
 async def test_the_host_is_warned_and_ctrl_c_closes_the_room() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(where(server), "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
         async with screen_for(alice) as screen:
             await screen.shows("you are the host: when you leave, the room closes for everyone")
             screen.keys.send_bytes(b"\x03")  # Ctrl-C
@@ -192,8 +197,7 @@ async def test_the_host_is_warned_and_ctrl_c_closes_the_room() -> None:
 
 async def test_the_room_closing_under_the_prompt_ends_the_client() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(where(server), "lobby", "bob"))
+        alice, bob = await alice_and_bob(server)
         async with screen_for(bob) as screen:
             await screen.shows("type a message")
             screen.type("half typed")
@@ -201,6 +205,31 @@ async def test_the_room_closing_under_the_prompt_ends_the_client() -> None:
             assert await screen.exit_status() == 0
             await screen.shows("12:05 !! room closed: host alice left; the room is closed")
             assert screen.out.getvalue().rstrip().endswith("the room is closed")
+
+
+async def test_a_lost_line_is_counted_in_the_toolbar_then_reported() -> None:
+    async with fake_server() as fake:  # it never sends our copies back
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", confirm_timeout=300 * MS
+        )
+        async with screen_for(bob) as screen:
+            await screen.shows("type a message")
+            assert "sending" not in screen.out.getvalue()
+            screen.type("hello?\r")
+            await screen.shows("· 1 sending")  # in the toolbar while it is on its way
+            await screen.shows("12:05 !! not delivered: hello?", timeout=2000 * MS)
+            assert bob.undelivered == 1
+            screen.type("/exit\r")
+            assert await screen.exit_status() == 0
+
+
+async def test_passwords_are_taken_as_typed_spaces_included() -> None:
+    with create_pipe_input() as keys:
+        prompter = Prompter(input=keys, output=PlainTextOutput(io.StringIO()))
+        keys.send_text("  pass phrase  \r")
+        assert await ask_password(prompter, "vault") == "  pass phrase  "
+        keys.send_text("  bob  \r")
+        assert await ask_name(prompter) == "bob"  # names are trimmed, as the server does
 
 
 async def test_interactive_questions_then_chat() -> None:
@@ -311,6 +340,9 @@ class Terminal:
     async def shows(self, text: str, timeout: float = 5) -> None:
         await self.until(lambda lines: any(text in line for line in lines), timeout)
 
+    def cursor(self) -> tuple[int, int]:
+        return self.screen.cursor.y, self.screen.cursor.x
+
     def row_of(self, text: str) -> int:
         return next(i for i, line in enumerate(self.lines) if text in line)
 
@@ -360,11 +392,14 @@ async def test_a_message_arrives_above_a_half_typed_line_which_survives() -> Non
             await alice.send("hello bob, you there?")
 
             await term.shows("<alice> hello bob, you there?")
-            await term.until(lambda lines: lines[prompt_row] == "bob> half typed")
+            # The redraw may reach us in several reads: wait for the cursor to settle
+            # back at the end of the half-typed line (it passes the toolbar on the way).
+            typing = (prompt_row, len("bob> half typed"))
+            await term.until(
+                lambda lines: lines[prompt_row] == "bob> half typed" and term.cursor() == typing
+            )
             message_row = term.row_of("<alice> hello bob")
             assert message_row < prompt_row
-            cursor = (term.screen.cursor.y, term.screen.cursor.x)
-            assert cursor == (prompt_row, len("bob> half typed"))
             assert cell(term, message_row, "alice").fg != "default"  # the name's colour
             assert cell(term, message_row, "hello bob").bg != "default"  # bob is mentioned
 

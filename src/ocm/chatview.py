@@ -4,7 +4,7 @@ Pure functions over :mod:`ocm.client` events, shared by the two front ends:
 
 * the interactive UI (:mod:`ocm.terminal`) gets styled fragments, ``[(style, text)]``
   lists that prompt_toolkit prints as they are (this module does not import it);
-* the pipe mode (:mod:`ocm.cli`, stdin not a terminal) gets one plain line per event,
+* the pipe mode (:mod:`ocm.pipe`, stdin not a terminal) gets one plain line per event,
   in the stable format :func:`pipe_line` documents.
 
 Everything that comes from the network goes through :func:`sanitize` here first: a
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice
+from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice, Overflow, Undelivered
 
 __all__ = [
     "HELP",
@@ -118,6 +118,8 @@ def pipe_line(event: Event) -> str:
     * bob joined            a notice from the server
     ! error: TEXT           the server rejected one of our datagrams
     ! missed 3 messages     Seq showed a gap
+    ! not delivered: TEXT   our message's copy never came back (lost)
+    ! skipped 5 events      they came faster than they were read
     ! room closed: REASON   the last line
     """
     match event:
@@ -129,6 +131,10 @@ def pipe_line(event: Event) -> str:
             return f"! error: {one_line(text)}"
         case Gap():
             return f"! missed {_count(event.missed, 'message')}"
+        case Undelivered(text):
+            return f"! not delivered: {one_line(text)}"
+        case Overflow(dropped):
+            return f"! skipped {_count(dropped, 'event')}"
         case Closed(reason):
             return f"! room closed: {one_line(reason)}"
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover
@@ -190,19 +196,30 @@ def event_lines(event: Event, now: datetime, me: str) -> list[Fragments]:
         case Gap():
             lost = _count(event.missed, "message")
             return [[*stamp, ("class:error", f"!! {lost} lost on the way (UDP); the chat goes on")]]
+        case Undelivered(text):
+            return [[*stamp, ("class:error", "!! not delivered: " + one_line(text))]]
+        case Overflow(dropped):
+            skipped = _count(dropped, "event")
+            return [[*stamp, ("class:error", f"!! {skipped} skipped: they came too fast to show")]]
         case Closed(reason):
             return [[*stamp, ("class:closed", "!! room closed: " + sanitize(reason))]]
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover
 
 
-def toolbar(room: str, members: Sequence[str], host: str, me: str) -> Fragments:
-    """The bottom toolbar: room, member count, host, and how to get help."""
+def toolbar(
+    room: str, members: Sequence[str], host: str, me: str, unconfirmed: int = 0
+) -> Fragments:
+    """The bottom toolbar: room, member count, host, how to get help, and how many of
+    our messages are on their way (sent, the server's copy not back yet)."""
     you_host = host.casefold() == me.casefold()
     host_text = "you are the host" if you_host else f"host: {sanitize(host)}"
-    return [
+    fragments = [
         ("class:bottom-toolbar.room", f" {sanitize(room)} "),
         ("", f" {_count(len(members), 'member')} · {host_text} · /help"),
     ]
+    if unconfirmed:
+        fragments.append(("class:bottom-toolbar.sending", f" · {unconfirmed} sending"))
+    return fragments
 
 
 def who_lines(members: Sequence[str], host: str, now: datetime) -> list[Fragments]:

@@ -13,6 +13,13 @@ All bytes go through :mod:`ocm.protocol`. Refusals raise the one error tree of
 :mod:`ocm.errors`: an error ACK is a :class:`~ocm.errors.ServerError` with the wire code,
 an unreachable server is :class:`~ocm.errors.ConnectionLost`, a text that cannot be sent
 (too long, empty, room already closed) is refused before anything leaves the machine.
+
+UDP has no flow control of its own, so the client brings a little: at most ``window`` of
+our messages are in flight (sent, the server's copy not back yet) and :meth:`ChatClient.send`
+waits for room in the window. A copy that has not come back after ``confirm_timeout``
+seconds is reported as :class:`Undelivered`. Events wait for their reader in a bounded
+buffer; a reader that falls ``max_events`` behind loses the oldest, reported as
+:class:`Overflow`.
 This module never prints and never touches the terminal: sanitising text for display is
 the front end's job (:mod:`ocm.chatview`).
 """
@@ -23,13 +30,15 @@ import asyncio
 import contextlib
 import re
 import socket
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from ocm.errors import ConnectionLost, ErrorCode, OCMError, ProtocolError, ServerError
 from ocm.protocol import (
     MAX_DATAGRAM,
+    MAX_REPLY_PAYLOAD,
     SERVER_HEADER_SIZE,
     TCRP_HEADER_SIZE,
     Ack,
@@ -53,19 +62,25 @@ from ocm.protocol import (
 )
 
 __all__ = [
+    "DEFAULT_CONFIRM_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_MAX_EVENTS",
     "DEFAULT_PORT",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_WINDOW",
     "ChatClient",
+    "ChatOptions",
     "Closed",
     "ErrorReply",
     "Event",
     "Gap",
     "Message",
     "Notice",
+    "Overflow",
     "RoomInfo",
     "RoomState",
     "SeqTracker",
+    "Undelivered",
     "format_server_address",
     "list_rooms",
     "parse_server_address",
@@ -84,6 +99,26 @@ DEFAULT_TIMEOUT = 10.0
 # How long close() waits for the server's copies of our last messages before LEAVE_ROOM,
 # so a message sent right before leaving is relayed, not overtaken by the leave.
 DEFAULT_LINGER = 1.0
+# Our messages in flight at most. Without a bound a script writes datagrams faster than
+# the server (or the receivers) drain their socket buffers, and the kernel drops them
+# silently (20,000 piped lines once delivered 6,732). 32 per round trip is thousands of
+# messages a second on a LAN, far more than people type, and no socket buffer on the way
+# ever holds more than 32 of ours.
+DEFAULT_WINDOW = 32
+# A copy that has not come back after this long is reported lost (Undelivered). A round
+# trip is milliseconds on a LAN and a few hundred on a bad mobile link; 2 s is well past
+# both, and short enough that a person still remembers what they typed.
+DEFAULT_CONFIRM_TIMEOUT = 2.0
+# The UDP receive buffer we ask for. Our window paces what we send, but nothing paces
+# the others: while this process is not scheduled (other processes busy on the same
+# cores), the room's datagrams wait in this buffer, and the kernel drops what does not
+# fit (reported as a Gap). The usual default, 208 KiB, holds about 200 short datagrams
+# (the kernel counts ~1 KiB of overhead each); 1 MiB holds five times as many. The
+# system may grant less (Linux: net.core.rmem_max).
+RECEIVE_BUFFER = 1024 * 1024
+# Events waiting for the reader at most. A send-only bot never reads its events; without
+# a bound a busy room would grow its memory forever. 10,000 is minutes of a busy room.
+DEFAULT_MAX_EVENTS = 10_000
 
 # Seq is a uint32 counting 1, 2, ..., 2**32 - 1, then 1 again (0 only on ERROR): the
 # cycle has 2**32 - 1 values. Comparisons are modulo that (RFC 1982 serial numbers).
@@ -91,6 +126,10 @@ SEQ_CYCLE = 0xFFFFFFFF
 # Missing Seqs remembered so a datagram that arrives late (UDP may reorder) is still
 # delivered instead of being taken for a duplicate.
 MAX_REMEMBERED_MISSING = 1024
+# The first Seq a member sees is its baseline, but the datagram sent just before it may
+# arrive just after it. Every datagram we get was sent after we joined, so a number a
+# little below the baseline is such a late one, never a duplicate: this many are taken.
+BASELINE_SLACK = 32
 
 # The server's NOTICE texts (ocm.registry): "<name> joined", "<name> left", "<name> timed
 # out". Names may contain spaces, so the name is everything before the suffix.
@@ -201,7 +240,23 @@ class Gap:
         return (self.got - self.expected) % SEQ_CYCLE
 
 
-Event = Message | Notice | Closed | ErrorReply | Gap
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """Our message ``text`` did not come back from the server within the confirm timeout:
+    most likely lost on the way (UDP does not retransmit). Nobody saw it; send it again
+    if it matters."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """The reader fell behind: the ``dropped`` oldest events were discarded unread."""
+
+    dropped: int
+
+
+Event = Message | Notice | Closed | ErrorReply | Gap | Undelivered | Overflow
 
 
 # ---------------------------------------------------------------------------
@@ -213,10 +268,16 @@ def _next_seq(seq: int) -> int:
     return seq % SEQ_CYCLE + 1
 
 
+def _previous_seq(seq: int, back: int) -> int:
+    return (seq - back - 1) % SEQ_CYCLE + 1
+
+
 class SeqTracker:
     """Orders one room's Seq numbers: in order, gap, late, or duplicate.
 
-    The first Seq seen is the baseline (a member who joins late never sees Seq 1).
+    The first Seq seen is the baseline (a member who joins late never sees Seq 1). The
+    :data:`BASELINE_SLACK` numbers below it count as missing, so one that was overtaken
+    by the baseline is delivered late rather than dropped as a duplicate.
     """
 
     def __init__(self, max_missing: int = MAX_REMEMBERED_MISSING) -> None:
@@ -229,6 +290,7 @@ class SeqTracker:
         last = self.last
         if last is None:
             self.last = seq
+            self._remember(_previous_seq(seq, back) for back in range(BASELINE_SLACK, 0, -1))
             return True, None
         ahead = (seq - last) % SEQ_CYCLE
         if ahead == 0:
@@ -241,20 +303,26 @@ class SeqTracker:
         self.last = seq
         if ahead == 1:
             return True, None
-        expected = _next_seq(last)
         # Remember the newest missing numbers only: a huge gap must not grow memory.
-        for offset in range(max(1, ahead - self.max_missing), ahead):
-            self._missing[(last + offset - 1) % SEQ_CYCLE + 1] = None
+        skipped = range(max(1, ahead - self.max_missing), ahead)
+        self._remember((last + offset - 1) % SEQ_CYCLE + 1 for offset in skipped)
+        return True, Gap(_next_seq(last), seq)
+
+    def _remember(self, missing: Iterable[int]) -> None:
+        """Note Seqs that may still arrive late, oldest first; forget the oldest beyond
+        ``max_missing``."""
+        for seq in missing:
+            self._missing[seq] = None
         while len(self._missing) > self.max_missing:
             del self._missing[next(iter(self._missing))]
-        return True, Gap(expected, seq)
 
 
 class RoomState:
     """What one member knows about its room, updated by every datagram it receives.
 
-    ``members`` starts from the admission and follows the NOTICE texts; ``unconfirmed``
-    counts our messages whose copy has not come back yet.
+    ``members`` starts from the admission and follows the NOTICE texts; ``pending`` holds
+    our messages whose copy has not come back yet, each with the time (on the adapter's
+    clock) after which :meth:`expire` reports it :class:`Undelivered`.
     """
 
     def __init__(self, name: str, host: str, members: Sequence[str]) -> None:
@@ -263,12 +331,33 @@ class RoomState:
         self.members: list[str] = list(members)
         self.ended: Closed | None = None
         self.leaving = False  # we sent LEAVE_ROOM
-        self.unconfirmed = 0
+        self.pending: deque[tuple[str, float]] = deque()  # (text, deadline), oldest first
+        self.undelivered = 0  # messages reported Undelivered so far
         self.seq = SeqTracker()
         self.malformed = 0  # datagrams we could not decode (the server broke the protocol)
 
-    def sent(self) -> None:
-        self.unconfirmed += 1
+    @property
+    def unconfirmed(self) -> int:
+        return len(self.pending)
+
+    def sent(self, text: str, deadline: float) -> None:
+        """We sent ``text``; its copy should be back by ``deadline``."""
+        self.pending.append((text, deadline))
+
+    def expire(self, now: float) -> list[Event]:
+        """Our messages whose copy is overdue at ``now``: given up for lost."""
+        events: list[Event] = []
+        # Deadlines grow in sending order (one timeout for all), so the overdue come first.
+        while self.pending and self.pending[0][1] <= now and self.ended is None:
+            self.undelivered += 1
+            events.append(Undelivered(self.pending.popleft()[0]))
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` has something to do next, or None."""
+        if self.ended is not None or not self.pending:
+            return None
+        return self.pending[0][1]
 
     def end(self, reason: str) -> list[Event]:
         """The room is over (locally decided): the last event, once."""
@@ -286,7 +375,9 @@ class RoomState:
             self.malformed += 1
             return []
         if datagram.kind is Kind.ERROR:
-            self._confirmed()  # an ERROR answers one of our datagrams
+            # The refusal of one of our messages; which one it does not say: the oldest.
+            if self.pending:
+                self.pending.popleft()
             if datagram.text.startswith(_UNKNOWN_TOKEN):
                 return self.end(f"no longer in the room (the server says: {datagram.text})")
             return [ErrorReply(datagram.text)]
@@ -300,7 +391,7 @@ class RoomState:
         match datagram.kind:
             case Kind.MESSAGE:
                 if datagram.sender.casefold() == self.name.casefold():
-                    self._confirmed()
+                    self._confirmed(datagram.text)
                 events.append(Message(datagram.sender, datagram.text, datagram.seq))
             case Kind.NOTICE:
                 self._follow(datagram.text)
@@ -312,8 +403,14 @@ class RoomState:
                 events += self.end(datagram.text)
         return events
 
-    def _confirmed(self) -> None:
-        self.unconfirmed = max(0, self.unconfirmed - 1)
+    def _confirmed(self, text: str) -> None:
+        # Matched by text, not taken in order: when one message is lost, the next copy
+        # must not confirm it in its place. A copy that comes after its message was
+        # given up for lost matches nothing.
+        for index, (sent, _) in enumerate(self.pending):
+            if sent == text:
+                del self.pending[index]
+                return
 
     def _follow(self, text: str) -> None:
         match = _NOTICE.fullmatch(text)
@@ -357,7 +454,10 @@ def _reason(error: BaseException) -> str:
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> Reply:
-    header = decode_header(await reader.readexactly(TCRP_HEADER_SIZE))
+    # A reply may be far larger than any request: LIST_ROOMS of a busy server is megabytes.
+    header = decode_header(
+        await reader.readexactly(TCRP_HEADER_SIZE), max_payload=MAX_REPLY_PAYLOAD
+    )
     return parse_reply(decode_tcrp_body(header, await reader.readexactly(header.body_size)))
 
 
@@ -431,6 +531,40 @@ class _Endpoint(asyncio.DatagramProtocol):
             self.client._feed(self.client._state.end("lost contact with the server"))
 
 
+class ChatOptions(TypedDict, total=False):
+    """The keyword options of :meth:`ChatClient.create` and :meth:`ChatClient.join`;
+    each must be positive."""
+
+    heartbeat_interval: float  # seconds between heartbeats
+    timeout: float  # seconds for each TCP exchange (enter, leave)
+    linger: float  # seconds close() waits for the copies of our last messages
+    window: int  # our messages in flight at most: send() waits beyond
+    confirm_timeout: float  # seconds before a message without its copy is Undelivered
+    max_events: int  # events kept for the reader at most: the oldest go first
+
+
+_DEFAULT_OPTIONS: ChatOptions = {
+    "heartbeat_interval": DEFAULT_HEARTBEAT_INTERVAL,
+    "timeout": DEFAULT_TIMEOUT,
+    "linger": DEFAULT_LINGER,
+    "window": DEFAULT_WINDOW,
+    "confirm_timeout": DEFAULT_CONFIRM_TIMEOUT,
+    "max_events": DEFAULT_MAX_EVENTS,
+}
+
+
+def _settled(options: ChatOptions) -> ChatOptions:
+    """``options`` with the defaults filled in; ValueError for a value not above 0."""
+    unknown = set(options) - set(_DEFAULT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option {sorted(unknown)[0]!r}")
+    settled: ChatOptions = {**_DEFAULT_OPTIONS, **options}
+    for key, value in settled.items():
+        if not (isinstance(value, int | float) and value > 0):
+            raise ValueError(f"{key} must be positive, got {value!r}")
+    return settled
+
+
 class ChatClient:
     """One member of one room. Make it with :meth:`create` or :meth:`join`.
 
@@ -445,30 +579,32 @@ class ChatClient:
         admission: Admission,
         name: str,
         link: _Link,
-        *,
-        heartbeat_interval: float,
-        timeout: float,
-        linger: float,
+        **options: Unpack[ChatOptions],
     ) -> None:
+        settled = _settled(options)
         self.server = address
         self.room = admission.room
         self.name = name
         self.token = admission.token
         self.udp_port = admission.udp_port
-        self.heartbeat_interval = heartbeat_interval
-        self.timeout = timeout
-        self.linger = linger
+        self.heartbeat_interval = settled["heartbeat_interval"]
+        self.timeout = settled["timeout"]
+        self.linger = settled["linger"]
+        self.window = settled["window"]
+        self.confirm_timeout = settled["confirm_timeout"]
+        self.max_events = settled["max_events"]
         self._link = link
         self._state = RoomState(name, admission.host, admission.members)
-        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._events: deque[Event] = deque()
+        self._overflowed = 0  # events dropped since the reader last took one
+        self._changed = asyncio.Event()  # replaced by a new one at every change
         self._transport: asyncio.DatagramTransport | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._confirmed = asyncio.Event()
-        self._confirmed.set()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
         self._closing = False
         self._close_done = asyncio.Event()
-        self._stream_ended = False  # the end marker is queued
-        self._finished = False  # the iterator has returned its last event
+        self._stream_ended = False  # no event will be added any more
 
     # -- entering ----------------------------------------------------------------
 
@@ -479,19 +615,10 @@ class ChatClient:
         room: str,
         name: str,
         password: str | None = None,
-        *,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        timeout: float = DEFAULT_TIMEOUT,
-        linger: float = DEFAULT_LINGER,
+        **options: Unpack[ChatOptions],
     ) -> ChatClient:
         """Create ``room`` (with ``password``, or open) and enter it as its host."""
-        return await cls._enter(
-            server,
-            CreateRoom(room, name, password or None),
-            heartbeat_interval=heartbeat_interval,
-            timeout=timeout,
-            linger=linger,
-        )
+        return await cls._enter(server, CreateRoom(room, name, password or None), options)
 
     @classmethod
     async def join(
@@ -500,32 +627,16 @@ class ChatClient:
         room: str,
         name: str,
         password: str | None = None,
-        *,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        timeout: float = DEFAULT_TIMEOUT,
-        linger: float = DEFAULT_LINGER,
+        **options: Unpack[ChatOptions],
     ) -> ChatClient:
         """Join the existing ``room`` as ``name``."""
-        return await cls._enter(
-            server,
-            JoinRoom(room, name, password or None),
-            heartbeat_interval=heartbeat_interval,
-            timeout=timeout,
-            linger=linger,
-        )
+        return await cls._enter(server, JoinRoom(room, name, password or None), options)
 
     @classmethod
     async def _enter(
-        cls,
-        server: str | tuple[str, int],
-        request: CreateRoom | JoinRoom,
-        *,
-        heartbeat_interval: float,
-        timeout: float,
-        linger: float,
+        cls, server: str | tuple[str, int], request: CreateRoom | JoinRoom, options: ChatOptions
     ) -> ChatClient:
-        if not heartbeat_interval > 0:
-            raise ValueError("heartbeat_interval must be positive")
+        timeout = _settled(options)["timeout"]  # refuses bad options before any request
         address = parse_server_address(server)
         exchange = asyncio.ensure_future(_call(address, request, timeout=timeout))
         try:
@@ -543,16 +654,7 @@ class ChatClient:
         if not isinstance(reply, Admission):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "CREATE/JOIN answered with another reply")
         # The server trims the name; ours must match its copy to recognise our messages.
-        name = request.username.strip()
-        client = cls(
-            address,
-            reply,
-            name,
-            link,
-            heartbeat_interval=heartbeat_interval,
-            timeout=timeout,
-            linger=linger,
-        )
+        client = cls(address, reply, request.username.strip(), link, **options)
         try:
             await client._open_udp()
         except OSError as error:
@@ -576,6 +678,10 @@ class ChatClient:
             remote_addr=(self._link.server_ip, self.udp_port),
         )
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a bigger buffer helps, but is not needed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self._send_datagram("")  # section 2: the first heartbeat right after CREATE/JOIN
         self._heartbeat = asyncio.create_task(self._beat(), name=f"ocm-heartbeat-{self.room}")
 
@@ -601,8 +707,13 @@ class ChatClient:
 
     @property
     def unconfirmed(self) -> int:
-        """Messages sent whose copy has not come back from the server yet."""
+        """Messages in flight: sent, their copy not back from the server yet."""
         return self._state.unconfirmed
+
+    @property
+    def undelivered(self) -> int:
+        """Messages given up for lost so far (each was an :class:`Undelivered` event)."""
+        return self._state.undelivered
 
     @property
     def max_text_bytes(self) -> int:
@@ -614,6 +725,11 @@ class ChatClient:
         ours = MAX_DATAGRAM - 2 - len(self.room.encode()) - len(self.token.encode())
         relayed = MAX_DATAGRAM - SERVER_HEADER_SIZE - len(self.name.encode())
         return min(ours, relayed)
+
+    def fit(self, text: str) -> str:
+        """``text`` cut to the longest prefix :meth:`send` accepts, on a character
+        boundary: for a bot that quotes others and must never fail on a long quote."""
+        return text.encode("utf-8")[: self.max_text_bytes].decode("utf-8", errors="ignore")
 
     def check_text(self, text: str) -> bytes:
         """The UTF-8 of ``text`` if :meth:`send` would take it; else the error it raises.
@@ -640,17 +756,32 @@ class ChatClient:
     async def send(self, text: str) -> None:
         """Send chat text to everyone in the room (us included).
 
-        Raises ProtocolError (``too_large``, ``bad_request``) for text that cannot be
-        sent, and ConnectionLost once the room is over for us.
+        First waits while ``window`` of our messages are in flight: until a copy comes
+        back, or the oldest is given up as :class:`Undelivered` (``confirm_timeout``
+        after it was sent), so the wait is bounded. Raises ProtocolError (``too_large``,
+        ``bad_request``) for text that cannot be sent, and ConnectionLost once the room
+        is over for us.
         """
         self.check_text(text)
-        ended = self._state.ended
-        if ended is not None or self._closing:
+        self._check_open()
+        # Yield at least once: a script sending from a tight loop must not starve the
+        # socket that brings the confirmations (and everyone else's messages) in.
+        await asyncio.sleep(0)
+        await self._wait_until(lambda: self._state.unconfirmed < self.window or self._over)
+        self._check_open()
+        self._send_datagram(text)
+        self._state.sent(text, asyncio.get_running_loop().time() + self.confirm_timeout)
+        self._arm_expiry()
+
+    @property
+    def _over(self) -> bool:
+        return self._state.ended is not None or self._closing
+
+    def _check_open(self) -> None:
+        if self._over:
+            ended = self._state.ended
             why = ended.reason if ended is not None else "left the room"
             raise ConnectionLost(f"cannot send, no longer in the room: {why}")
-        self._send_datagram(text)
-        self._state.sent()
-        self._confirmed.clear()
 
     def _send_datagram(self, text: str) -> None:
         assert self._transport is not None
@@ -663,50 +794,71 @@ class ChatClient:
             await asyncio.sleep(self.heartbeat_interval)
             self._send_datagram("")
 
+    def _arm_expiry(self) -> None:
+        """A timer for the next overdue copy, unless one is set (it is the earlier)."""
+        deadline = self._state.next_deadline()
+        if deadline is None or self._expiry is not None:
+            return
+        self._expiry_at = deadline
+        self._expiry = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        # The loop may run a timer a clock tick early; it is due all the same.
+        now = max(asyncio.get_running_loop().time(), self._expiry_at)
+        self._feed(self._state.expire(now))
+        self._arm_expiry()
+
     async def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the server's copy of every message sent.
 
-        True when all came back. A copy that never comes (the datagram was lost) ends the
-        wait at the timeout.
+        True when none is in flight any more: each copy came back, or its message was
+        given up as :class:`Undelivered` (counted in :attr:`undelivered`). False at the
+        timeout, or at once when the room is over with messages still in flight.
         """
-        if self._state.ended is not None:
-            return self._state.unconfirmed == 0
         try:
             async with asyncio.timeout(timeout):
-                await self._confirmed.wait()
+                await self._wait_until(
+                    lambda: not self._state.pending or self._state.ended is not None
+                )
         except TimeoutError:
             return False
-        return True
+        return not self._state.pending
 
     # -- receiving ---------------------------------------------------------------
 
     def _feed(self, events: list[Event]) -> None:
         for event in events:
-            self._events.put_nowait(event)
-        if self._state.unconfirmed == 0:
-            self._confirmed.set()
+            if len(self._events) >= self.max_events:
+                # Nobody reads (a send-only bot): forget the oldest, say how many.
+                self._events.popleft()
+                self._overflowed += 1
+            self._events.append(event)
         if self._state.ended is not None:
-            self._stop_heartbeat()
-            self._end_stream()
-
-    def _end_stream(self) -> None:
-        self._confirmed.set()  # nothing more will be confirmed
-        if not self._stream_ended:
+            self._stop_timers()
             self._stream_ended = True
-            self._events.put_nowait(None)  # the end of the stream, after any Closed
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every waiter: the window, flush, the reader (each checks its own need)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self._changed.wait()
 
     def __aiter__(self) -> ChatClient:
         return self
 
     async def __anext__(self) -> Event:
-        if self._finished:
-            raise StopAsyncIteration
-        event = await self._events.get()
-        if event is None:
-            self._finished = True
-            self._events.put_nowait(None)  # for any other reader
-            raise StopAsyncIteration
-        return event
+        await self._wait_until(lambda: bool(self._events) or self._stream_ended)
+        if self._overflowed:  # the dropped were the oldest: report them first
+            dropped, self._overflowed = self._overflowed, 0
+            return Overflow(dropped)
+        if self._events:
+            return self._events.popleft()
+        raise StopAsyncIteration
 
     # -- leaving -----------------------------------------------------------------
 
@@ -720,22 +872,24 @@ class ChatClient:
             await self._close_done.wait()
             return
         self._closing = True
+        self._notify()  # a send waiting for the window gives up
         try:
             if self._state.ended is None:
-                if self._state.unconfirmed:
+                if self._state.pending:
                     await self.flush(self.linger)
                 self._state.leaving = True
                 with contextlib.suppress(OCMError, OSError):
                     await self._leave()
                 # Set directly, not fed: leaving ends the iteration without a Closed.
                 self._state.ended = self._state.ended or Closed("left the room")
-            self._stop_heartbeat()
+            self._stop_timers()
             if self._heartbeat is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._heartbeat
             if self._transport is not None:
                 self._transport.close()
-            self._end_stream()
+            self._stream_ended = True
+            self._notify()
         finally:
             self._close_done.set()
 
@@ -744,9 +898,12 @@ class ChatClient:
             self.server, LeaveRoom(self.room, self.token), timeout=self.timeout, link=self._link
         )
 
-    def _stop_heartbeat(self) -> None:
+    def _stop_timers(self) -> None:
         if self._heartbeat is not None and not self._heartbeat.done():
             self._heartbeat.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     async def __aenter__(self) -> ChatClient:
         return self

@@ -3,11 +3,15 @@
 Each stdin line is sent as one message; each event is one stdout line in the format of
 :func:`ocm.chatview.pipe_line`; end of input leaves the room, once the server's copies
 of the lines already sent have come back (so ``echo hi | ocm join lobby`` delivers
-"hi"). A line the client refuses (too long) is reported on stderr and skipped.
+"hi"). A line the client refuses (too long) is reported on stderr and skipped. Lines go
+out no faster than the server confirms them (the client's window), and a line whose copy
+never came back makes the exit status 1, so a script never loses lines silently.
 
 Stdin is read by a daemon thread with ``os.read`` on the file descriptor: it works for
 pipes, files and consoles on every platform, and a thread blocked on a quiet pipe never
-holds up the exit (a buffered ``sys.stdin`` read would hold its lock at shutdown).
+holds up the exit (a buffered ``sys.stdin`` read would hold its lock at shutdown). The
+thread stops reading while :data:`MAX_QUEUED_READS` reads wait to be sent, so ``yes |
+ocm join ...`` does not fill the memory.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from ocm.chatview import pipe_line
 from ocm.client import ChatClient
 from ocm.errors import ConnectionLost, ProtocolError
 
-__all__ = ["read_lines", "run_pipe"]
+__all__ = ["MAX_QUEUED_READS", "read_lines", "run_pipe"]
 
 _CHUNK = 64 * 1024
+# Reads (each up to 64 KiB of lines) waiting to be sent at most: 1 MiB of input.
+MAX_QUEUED_READS = 16
 
 
 def read_lines(fd: int, encoding: str) -> AsyncIterator[str]:
@@ -36,12 +42,18 @@ def read_lines(fd: int, encoding: str) -> AsyncIterator[str]:
     Undecodable bytes become U+FFFD rather than an error.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    # The lines of one read at a time; an empty list is the end of the input. The thread
+    # takes a slot for each read it queues and the reader gives it back: the backpressure.
+    queue: asyncio.Queue[list[str]] = asyncio.Queue()
+    slots = threading.Semaphore(MAX_QUEUED_READS)
 
-    def put(item: str | None) -> bool:
+    def put(lines: list[str]) -> bool:
+        while not slots.acquire(timeout=0.2):
+            if loop.is_closed():
+                return False  # nobody is listening any more
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
+            loop.call_soon_threadsafe(queue.put_nowait, lines)
+        except RuntimeError:  # the loop is closed
             return False
         return True
 
@@ -55,20 +67,21 @@ def read_lines(fd: int, encoding: str) -> AsyncIterator[str]:
                 chunk = b""
             pending += decoder.decode(chunk, final=not chunk)
             *complete, pending = pending.split("\n")
-            for line in complete:
-                if not put(line.removesuffix("\r")):
-                    return
+            if complete and not put([line.removesuffix("\r") for line in complete]):
+                return
             if not chunk:
                 if pending:
-                    put(pending)
-                put(None)
+                    put([pending])
+                put([])
                 return
 
     threading.Thread(target=pump, name="ocm-stdin", daemon=True).start()
 
     async def lines() -> AsyncIterator[str]:
-        while (line := await queue.get()) is not None:
-            yield line
+        while batch := await queue.get():
+            slots.release()
+            for line in batch:
+                yield line
 
     return lines()
 
@@ -79,7 +92,10 @@ def _emit(out: TextIO, line: str) -> None:
 
 
 async def run_pipe(chat: ChatClient, lines: AsyncIterator[str], out: TextIO, err: TextIO) -> int:
-    """Chat between ``lines`` and ``out`` until end of input or the room ends; leave."""
+    """Chat between ``lines`` and ``out`` until end of input or the room ends; leave.
+
+    The exit status: 0, or 1 when the server did not confirm every line sent.
+    """
 
     async def show() -> None:
         async for event in chat:
@@ -90,7 +106,7 @@ async def run_pipe(chat: ChatClient, lines: AsyncIterator[str], out: TextIO, err
             if not line.strip():
                 continue
             try:
-                await chat.send(line)
+                await chat.send(line)  # waits while the window is full, and always yields
             except ProtocolError as error:  # too long: say so, keep going
                 _emit(err, f"ocm: {error.message}")
             except ConnectionLost:
@@ -99,7 +115,11 @@ async def run_pipe(chat: ChatClient, lines: AsyncIterator[str], out: TextIO, err
     printer = asyncio.create_task(show(), name="ocm-pipe-out")
     reader = asyncio.create_task(send(), name="ocm-pipe-in")
     try:
-        await asyncio.wait({printer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({printer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            # End of input. Every line still in flight was sent less than confirm_timeout
+            # ago, so by then its copy is back or it is counted Undelivered.
+            await chat.flush(chat.confirm_timeout)
     finally:
         reader.cancel()
         await chat.close()  # waits for our last copies, then LEAVE_ROOM
@@ -112,6 +132,10 @@ async def run_pipe(chat: ChatClient, lines: AsyncIterator[str], out: TextIO, err
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, out.fileno())
             os.close(devnull)
+    lost = chat.undelivered + chat.unconfirmed
+    if lost:
+        _emit(err, f"ocm: {lost} message{'' if lost == 1 else 's'} not confirmed by the server")
+        return 1
     return 0
 
 

@@ -6,8 +6,8 @@ the prompt, prints, and redraws it with the half-typed text and cursor intact). 
 terminal's own scrollback keeps the history. What the lines look like is
 :mod:`ocm.chatview`'s business; this module only wires keys, prompts and output.
 
-Only :mod:`ocm.cli` imports this module, and only for a terminal, so ``ocm server`` and
-pipe mode never load prompt_toolkit. Nothing here is POSIX-only: Ctrl-C arrives as a key
+Only :mod:`ocm.clientcli` imports this module, and only for a terminal, so ``ocm server``
+and pipe mode never load prompt_toolkit. Nothing here is POSIX-only: Ctrl-C arrives as a key
 (or KeyboardInterrupt), never through ``add_signal_handler``.
 """
 
@@ -71,6 +71,7 @@ STYLE = Style.from_dict(
         "question": "bold",
         "bottom-toolbar": "noreverse bg:ansiblue ansiwhite",
         "bottom-toolbar.room": "bold",
+        "bottom-toolbar.sending": "bold",
     }
 )
 
@@ -124,13 +125,17 @@ class TerminalChat:
             input=input,
             output=output,
             style=STYLE,
+            # Redrawn with every line printed above the prompt, so the count of messages
+            # on their way stays current: each copy that comes back is such a line.
             bottom_toolbar=lambda: FormattedText(
-                toolbar(chat.room, chat.members, chat.host, chat.name)
+                toolbar(chat.room, chat.members, chat.host, chat.name, chat.unconfirmed)
             ),
             completer=NameCompleter(self.roster, lambda: chat.members),
             complete_while_typing=False,
             # The typed line is erased on Enter; it shows up again when the server's copy
-            # comes back, which is the delivery confirmation.
+            # comes back, which is the delivery confirmation. Until then the toolbar
+            # counts it, and if the copy never comes the client reports it Undelivered
+            # ("not delivered: TEXT"), so a lost line never just vanishes.
             erase_when_done=True,
             reserve_space_for_menu=0,
         )
@@ -291,7 +296,7 @@ class Prompter:
             if check is None:
                 return
             try:
-                check(document.text.strip() or default)
+                check((document.text if password else document.text.strip()) or default)
             except (ValueError, OCMError) as error:
                 message = error.message if isinstance(error, OCMError) else str(error)
                 raise ValidationError(len(document.text), message) from None
@@ -304,6 +309,8 @@ class Prompter:
             validator=_FunctionValidator(explain),
             validate_while_typing=False,
         )
+        if password:
+            return answer or default  # spaces may be part of a password: never strip it
         return answer.strip() or default
 
 

@@ -1,0 +1,204 @@
+"""``ocm server``: its flags and how it runs. Standard library and the server modules only.
+
+:mod:`ocm.cli` adds this parser next to the client's (:mod:`ocm.clientcli`) and calls
+:func:`run` for ``ocm server``, so ``PYTHONPATH=src python -m ocm server`` works from a
+bare checkout and never loads the terminal UI or prompt_toolkit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from ocm.registry import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_ROOMS,
+    DEFAULT_MAX_ROOMS_PER_IP,
+)
+from ocm.server import DEFAULT_PORT, ServerConfig, serve
+from ocm.tcp import TcpLimits
+
+__all__ = ["add_parser", "positive_float", "run"]
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"not a port number: {text}")
+    return value
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    limits = TcpLimits()
+    defaults = ServerConfig()
+    server = commands.add_parser(
+        "server",
+        help="run an OCM server",
+        description="Run an OCM server: TCRP on TCP and the chat relay on UDP. "
+        "SIGINT or SIGTERM tells every member the server is shutting down, then exits 0.",
+    )
+    server.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="address to listen on; :: for IPv6 and IPv4 (default: %(default)s)",
+    )
+    server.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help="TCP port, 0 for any free port (default: %(default)s)",
+    )
+    server.add_argument(
+        "--udp-port", type=_port, default=None, help="UDP port (default: the TCP port)"
+    )
+    server.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="seconds of silence after which a member is dropped (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-rooms",
+        type=_positive_int,
+        default=DEFAULT_MAX_ROOMS,
+        help="rooms on the server (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-members",
+        type=_positive_int,
+        default=DEFAULT_MAX_MEMBERS,
+        help="members per room (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-rooms-per-ip",
+        type=_positive_int,
+        default=DEFAULT_MAX_ROOMS_PER_IP,
+        help="rooms one client IP may host at once (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-connections-per-ip",
+        type=_positive_int,
+        default=limits.max_connections_per_ip,
+        help="open TCP connections per IP (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=limits.max_connections,
+        help="open TCP connections in all (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-payload",
+        type=_positive_int,
+        default=limits.max_payload,
+        help="largest TCRP payload in bytes (default: %(default)s)",
+    )
+    server.add_argument(
+        "--message-timeout",
+        type=positive_float,
+        default=limits.message_timeout,
+        help="seconds a peer has to send a whole TCRP message once started (default: %(default)s)",
+    )
+    server.add_argument(
+        "--tcp-idle-timeout",
+        type=positive_float,
+        default=limits.idle_timeout,
+        help="seconds an idle TCP connection is kept open (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-concurrent-hashes",
+        type=_positive_int,
+        default=limits.max_concurrent_hashes,
+        help="password hashes computed at once, 16 MiB each (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-password-failures",
+        type=_positive_int,
+        default=defaults.max_failures,
+        help="wrong passwords per client IP per --failure-window before rate_limited "
+        "(default: %(default)s)",
+    )
+    server.add_argument(
+        "--failure-window",
+        type=positive_float,
+        default=defaults.failure_window,
+        help="seconds over which wrong passwords are counted (default: %(default)s)",
+    )
+    server.add_argument(
+        "--error-replies-per-second",
+        type=_positive_int,
+        default=int(defaults.error_rate),
+        help="UDP ERROR replies per source IP per second (default: %(default)s)",
+    )
+    server.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log verbosity (default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        udp_port=args.udp_port,
+        idle_timeout=args.idle_timeout,
+        max_rooms=args.max_rooms,
+        max_members=args.max_members,
+        max_rooms_per_ip=args.max_rooms_per_ip,
+        max_failures=args.max_password_failures,
+        failure_window=args.failure_window,
+        error_rate=float(args.error_replies_per_second),
+        tcp=TcpLimits(
+            max_payload=args.max_payload,
+            idle_timeout=args.tcp_idle_timeout,
+            message_timeout=args.message_timeout,
+            max_connections_per_ip=args.max_connections_per_ip,
+            max_connections=args.max_connections,
+            max_concurrent_hashes=args.max_concurrent_hashes,
+        ),
+    )
+    # uvloop (pip install ocm[fast]) when present: it roughly halves the event loop's
+    # cost per datagram (docs/performance.md); plain asyncio otherwise.
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.Runner()
+    else:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    try:
+        with runner:
+            runner.run(serve(config))
+    except OSError as error:
+        print(
+            f"ocm server: {error.strerror or error}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    return 0
