@@ -425,7 +425,9 @@ def test_below_the_front_ends_nothing_outside_the_standard_library_is_imported()
     assert third_party == []
 
 
-@pytest.mark.parametrize("module", ["ocm.errors", "ocm.protocol", "ocm.registry", "ocm.relay"])
+@pytest.mark.parametrize(
+    "module", ["ocm.errors", "ocm.protocol", "ocm.registry", "ocm.relay", "ocm.session"]
+)
 def test_the_wire_format_and_the_core_do_no_io(module: str) -> None:
     assert module_diagram().layers[module] <= 2
     assert stdlib_imports(source_modules()[module]) & IO_MODULES == set()

@@ -1,9 +1,9 @@
-"""ocm.client: the sans-I/O room state, and the library end to end against real servers.
+"""ocm.client: the asyncio adapter, end to end against real servers.
 
 The seed's list (create, join, send and receive, a member leaving, the host leaving)
 runs through :class:`ChatClient` against the real server on loopback. Seq handling is
-tested on the core, and through real sockets with a fake server that sends exactly the
-datagrams a test wants (gaps, duplicates, late arrivals).
+tested on the core (tests/test_session.py), and here through real sockets with a fake
+server that sends exactly the datagrams a test wants (gaps, duplicates, late arrivals).
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
+import ocm.client
+import ocm.session
 from ocm.client import (
-    BASELINE_SLACK,
     RECEIVE_BUFFER,
-    SEQ_CYCLE,
     ChatClient,
     Closed,
     ErrorReply,
@@ -34,8 +32,6 @@ from ocm.client import (
     Message,
     Notice,
     Overflow,
-    RoomState,
-    SeqTracker,
     Undelivered,
     format_server_address,
     list_rooms,
@@ -116,6 +112,23 @@ def registered(server: OCMServer, room: str, name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# The public names
+# ---------------------------------------------------------------------------
+
+
+def test_the_core_names_are_the_same_objects_from_ocm_client() -> None:
+    """Scripts import the events and the core from ocm.client (README); they live in
+    ocm.session, and isinstance checks must work whichever module a script used."""
+    reexported = set(ocm.client.__all__) & set(ocm.session.__all__)
+    assert reexported >= {"Message", "Notice", "Closed", "ErrorReply", "Gap", "Overflow"}
+    assert reexported >= {"Undelivered", "Event", "RoomState", "SeqTracker"}
+    for name in reexported:
+        assert getattr(ocm.client, name) is getattr(ocm.session, name), name
+    for name in ocm.client.__all__:
+        assert hasattr(ocm.client, name), name
+
+
+# ---------------------------------------------------------------------------
 # Server addresses
 # ---------------------------------------------------------------------------
 
@@ -154,177 +167,6 @@ def test_server_address_pairs_and_formatting() -> None:
     for address in [("::1", 9001), ("example.org", 9100), ("10.0.0.1", 1)]:
         assert parse_server_address(format_server_address(address)) == address
     assert format_server_address(("::1", 9001)) == "[::1]:9001"
-
-
-# ---------------------------------------------------------------------------
-# The sans-I/O core: Seq and the room state
-# ---------------------------------------------------------------------------
-
-
-def test_seq_first_number_is_the_baseline_then_in_order() -> None:
-    tracker = SeqTracker()
-    assert tracker.accept(41) == (True, None)  # a late joiner never sees 1
-    assert tracker.accept(42) == (True, None)
-    assert tracker.accept(43) == (True, None)
-
-
-def test_seq_duplicates_are_dropped() -> None:
-    tracker = SeqTracker()
-    for seq in (1, 2, 3):
-        tracker.accept(seq)
-    assert tracker.accept(3) == (False, None)
-    assert tracker.accept(2) == (False, None)
-    assert tracker.accept(1) == (False, None)
-
-
-def test_seq_gap_is_reported_and_a_late_datagram_still_delivered_once() -> None:
-    tracker = SeqTracker()
-    tracker.accept(1)
-    assert tracker.accept(5) == (True, Gap(expected=2, got=5))
-    assert Gap(2, 5).missed == 3
-    assert tracker.accept(3) == (True, None)  # late, not a duplicate
-    assert tracker.accept(3) == (False, None)  # now it is one
-    assert tracker.accept(6) == (True, None)
-
-
-def test_seq_wraps_after_uint32_max() -> None:
-    tracker = SeqTracker()
-    tracker.accept(SEQ_CYCLE - 1)
-    assert tracker.accept(SEQ_CYCLE) == (True, None)
-    assert tracker.accept(1) == (True, None)  # 0 is skipped: it belongs to ERROR
-    assert tracker.accept(SEQ_CYCLE) == (False, None)
-    assert tracker.accept(4) == (True, Gap(expected=2, got=4))
-    wrapped = SeqTracker()
-    wrapped.accept(SEQ_CYCLE)
-    assert wrapped.accept(2) == (True, Gap(expected=1, got=2))
-    assert Gap(SEQ_CYCLE, 2).missed == 2
-
-
-def test_seq_takes_a_datagram_overtaken_by_the_baseline() -> None:
-    tracker = SeqTracker()
-    assert tracker.accept(100) == (True, None)  # 99 was sent first but arrives second
-    assert tracker.accept(99) == (True, None)
-    assert tracker.accept(99) == (False, None)  # once
-    assert tracker.accept(101) == (True, None)
-    assert tracker.accept(100 - BASELINE_SLACK) == (True, None)  # the slack reaches this far
-    assert tracker.accept(99 - BASELINE_SLACK) == (False, None)  # and no further
-    wrapped = SeqTracker()
-    wrapped.accept(2)
-    assert wrapped.accept(1) == (True, None)
-    assert wrapped.accept(SEQ_CYCLE) == (True, None)  # 0 is not a Seq: below 1 is the top
-
-
-def test_seq_remembers_a_bounded_number_of_missing_datagrams() -> None:
-    tracker = SeqTracker(max_missing=10)
-    tracker.accept(1)
-    assert tracker.accept(1_000_001) == (True, Gap(2, 1_000_001))
-    assert tracker.accept(1_000_000) == (True, None)  # among the newest missing: late
-    assert tracker.accept(999_991) == (True, None)
-    assert tracker.accept(999_990) == (False, None)  # too old to remember
-    assert len(tracker._missing) <= 10
-
-
-@given(st.lists(st.integers(min_value=1, max_value=40), max_size=80))
-def test_seq_never_delivers_a_number_twice(seqs: list[int]) -> None:
-    tracker = SeqTracker()
-    delivered = [seq for seq in seqs if tracker.accept(seq)[0]]
-    assert len(delivered) == len(set(delivered))
-
-
-@given(st.lists(st.booleans(), min_size=1, max_size=60))
-def test_seq_gaps_count_exactly_the_lost_datagrams(lost: list[bool]) -> None:
-    # Datagrams 1..n in order, some lost (never the first: it is the baseline).
-    tracker = SeqTracker()
-    missed = 0
-    for seq, is_lost in enumerate(lost, start=1):
-        if is_lost and seq > 1:
-            continue
-        _, gap = tracker.accept(seq)
-        missed += gap.missed if gap else 0
-    last_kept = max(i for i, is_lost in enumerate(lost, start=1) if not is_lost or i == 1)
-    assert missed == sum(lost[1:last_kept])
-
-
-def datagram(kind: Kind, seq: int, text: str = "", sender: str = "") -> bytes:
-    return encode_server_datagram(ServerDatagram(kind, seq, sender, text))
-
-
-def test_room_state_turns_datagrams_into_events_and_tracks_members() -> None:
-    state = RoomState("bob", "alice", ["alice", "bob"])
-    assert state.datagram_received(datagram(Kind.NOTICE, 4, "carol joined")) == [
-        Notice("carol joined", 4)
-    ]
-    assert state.datagram_received(datagram(Kind.MESSAGE, 5, "hi", "carol")) == [
-        Message("carol", "hi", 5)
-    ]
-    state.datagram_received(datagram(Kind.NOTICE, 6, "mary ann joined"))
-    assert state.members == ["alice", "bob", "carol", "mary ann"]
-    state.datagram_received(datagram(Kind.NOTICE, 7, "CAROL left"))
-    state.datagram_received(datagram(Kind.NOTICE, 8, "mary ann timed out"))
-    state.datagram_received(datagram(Kind.NOTICE, 9, "the moon is full"))  # not about members
-    assert state.members == ["alice", "bob"]
-
-
-def test_room_state_reports_gaps_before_the_datagram_and_drops_duplicates() -> None:
-    state = RoomState("bob", "alice", ["alice", "bob"])
-    state.datagram_received(datagram(Kind.MESSAGE, 1, "one", "alice"))
-    assert state.datagram_received(datagram(Kind.MESSAGE, 1, "one", "alice")) == []
-    assert state.datagram_received(datagram(Kind.MESSAGE, 4, "four", "alice")) == [
-        Gap(2, 4),
-        Message("alice", "four", 4),
-    ]
-
-
-def test_room_state_errors_and_the_end() -> None:
-    state = RoomState("bob", "alice", ["alice", "bob"])
-    state.sent("x" * 5000, deadline=2.0)
-    assert state.unconfirmed == 1
-    refused = datagram(Kind.ERROR, 0, "message too long: max 4087 bytes")
-    assert state.datagram_received(refused) == [ErrorReply("message too long: max 4087 bytes")]
-    assert state.unconfirmed == 0
-    assert state.datagram_received(b"\x09garbage") == []  # malformed: ignored, counted
-    assert state.malformed == 1
-    closed = state.datagram_received(datagram(Kind.CLOSED, 2, "host alice left"))
-    assert closed == [Closed("host alice left")]
-    assert state.ended == Closed("host alice left")
-    assert state.datagram_received(datagram(Kind.MESSAGE, 3, "late", "alice")) == []
-
-
-def test_room_state_unknown_token_error_ends_the_room() -> None:
-    state = RoomState("bob", "alice", ["alice", "bob"])
-    # The relay may cut its ERROR to the size of our datagram: a prefix is enough.
-    events = state.datagram_received(datagram(Kind.ERROR, 0, "unknown token for th"))
-    assert len(events) == 1 and isinstance(events[0], Closed)
-    assert "unknown token for th" in events[0].reason
-    assert state.end("again") == []  # the end happens once
-
-
-def test_room_state_counts_our_copies_as_confirmations() -> None:
-    state = RoomState("Bob", "alice", ["alice", "Bob"])
-    state.sent("x", deadline=2.0)
-    state.sent("y", deadline=2.5)
-    state.datagram_received(datagram(Kind.MESSAGE, 1, "x", "alice"))
-    assert state.unconfirmed == 2
-    state.datagram_received(datagram(Kind.MESSAGE, 2, "x", "bob"))  # names ignore case
-    assert state.unconfirmed == 1
-    assert list(state.pending) == [("y", 2.5)]
-
-
-def test_room_state_gives_up_on_copies_that_do_not_come_back() -> None:
-    state = RoomState("bob", "alice", ["alice", "bob"])
-    for n, text in enumerate(["one", "two", "three", "four"]):
-        state.sent(text, deadline=10.0 + n)
-    assert state.next_deadline() == 10.0
-    assert state.expire(9.9) == []
-    # "one" was lost; the copy of "two" must confirm "two", not the oldest in flight.
-    state.datagram_received(datagram(Kind.MESSAGE, 1, "two", "bob"))
-    assert [text for text, _ in state.pending] == ["one", "three", "four"]
-    assert state.expire(12.0) == [Undelivered("one"), Undelivered("three")]
-    assert (state.unconfirmed, state.undelivered, state.next_deadline()) == (1, 2, 13.0)
-    state.datagram_received(datagram(Kind.MESSAGE, 2, "one", "bob"))  # too late: no match
-    assert state.unconfirmed == 1
-    state.end("host left")
-    assert state.expire(99.0) == [] and state.next_deadline() is None  # over: no reports
 
 
 # ---------------------------------------------------------------------------
@@ -587,7 +429,8 @@ class FakeServer:
 
     def send(self, kind: Kind, seq: int, text: str = "", sender: str = "") -> None:
         assert self.udp.transport is not None
-        self.udp.transport.sendto(datagram(kind, seq, text, sender), self.udp.last_address)
+        data = encode_server_datagram(ServerDatagram(kind, seq, sender, text))
+        self.udp.transport.sendto(data, self.udp.last_address)
 
 
 @asynccontextmanager

@@ -2,12 +2,16 @@
 
 Layers, each its own module (see docs/architecture.md):
 
-1. :mod:`ocm.protocol` -- pure encode/decode of TCRP messages and relay datagrams;
-2. :mod:`ocm.registry` and :mod:`ocm.relay` -- rooms, members, tokens and the relay
-   rules, with time passed in and no sockets;
-3. :mod:`ocm.tcp`, :mod:`ocm.udp`, :mod:`ocm.server` and :mod:`ocm.client` -- thin
-   asyncio adapters;
-4. :mod:`ocm.cli` -- the ``ocm`` command.
+1. :mod:`ocm.protocol` (and :mod:`ocm.errors`) -- pure encode/decode of TCRP messages
+   and relay datagrams;
+2. the cores, with time passed in and no sockets: :mod:`ocm.registry` (rooms, members,
+   tokens, expiry), :mod:`ocm.relay` (what to do with each datagram) and
+   :mod:`ocm.session` (a client's view of one room);
+3. thin asyncio adapters: :mod:`ocm.tcp`, :mod:`ocm.udp` and :mod:`ocm.server` on the
+   server side, :mod:`ocm.client` (the library for scripts and bots) on the client side;
+4. the ``ocm`` command: :mod:`ocm.cli` dispatching to :mod:`ocm.servercli` and
+   :mod:`ocm.clientcli`, with :mod:`ocm.terminal`, :mod:`ocm.pipe` and
+   :mod:`ocm.chatview` for the interactive and piped client.
 """
 
 __version__ = "0.1.0"

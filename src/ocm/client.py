@@ -1,13 +1,14 @@
 """The OCM client library: join a room from a script, a bot or the terminal UI.
 
-Two layers, like the server:
-
-* :class:`RoomState` is the sans-I/O core. Datagram bytes in, typed events out: it
-  orders by Seq (reporting gaps, dropping duplicates), keeps the member list from the
-  server's NOTICE texts, and knows when the room has ended for us. No socket, no clock.
-* :class:`ChatClient` is the asyncio adapter: TCRP over TCP to get in and out
-  (:func:`list_rooms`, :meth:`ChatClient.create`, :meth:`ChatClient.join`, LEAVE_ROOM on
-  :meth:`ChatClient.close`), one connected UDP socket for the chat, and a heartbeat task.
+This module is the asyncio adapter around the sans-I/O core of :mod:`ocm.session`
+(:class:`~ocm.session.RoomState`: Seq order, members, confirmations; the event queue;
+the text limits), the same split as the server's registry under its adapters.
+:class:`ChatClient` speaks TCRP over TCP to get in and out (:func:`list_rooms`,
+:meth:`ChatClient.create`, :meth:`ChatClient.join`, LEAVE_ROOM on
+:meth:`ChatClient.close`), holds one connected UDP socket for the chat, a heartbeat task
+and the timer for overdue copies, and reads the loop's clock for the core. The event
+types and the core are re-exported here: ``from ocm.client import ChatClient, Message``
+is all a script needs.
 
 All bytes go through :mod:`ocm.protocol`. Refusals raise the one error tree of
 :mod:`ocm.errors`: an error ACK is a :class:`~ocm.errors.ServerError` with the wire code,
@@ -28,25 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
 from ocm.errors import ConnectionLost, ErrorCode, OCMError, ProtocolError, ServerError
 from ocm.protocol import (
-    MAX_DATAGRAM,
     MAX_REPLY_PAYLOAD,
-    SERVER_HEADER_SIZE,
     TCRP_HEADER_SIZE,
     Ack,
     Admission,
     ClientDatagram,
     CreateRoom,
     JoinRoom,
-    Kind,
     LeaveRoom,
     ListRooms,
     Reply,
@@ -54,11 +50,26 @@ from ocm.protocol import (
     RoomInfo,
     RoomList,
     decode_header,
-    decode_server_datagram,
     decode_tcrp_body,
     encode_client_datagram,
     encode_request,
     parse_reply,
+)
+from ocm.session import (
+    Closed,
+    ErrorReply,
+    Event,
+    EventQueue,
+    Gap,
+    Message,
+    Notice,
+    Overflow,
+    RoomState,
+    SeqTracker,
+    Undelivered,
+    encode_text,
+    fit_text,
+    text_limit,
 )
 
 __all__ = [
@@ -120,24 +131,6 @@ RECEIVE_BUFFER = 1024 * 1024
 # a bound a busy room would grow its memory forever. 10,000 is minutes of a busy room.
 DEFAULT_MAX_EVENTS = 10_000
 
-# Seq is a uint32 counting 1, 2, ..., 2**32 - 1, then 1 again (0 only on ERROR): the
-# cycle has 2**32 - 1 values. Comparisons are modulo that (RFC 1982 serial numbers).
-SEQ_CYCLE = 0xFFFFFFFF
-# Missing Seqs remembered so a datagram that arrives late (UDP may reorder) is still
-# delivered instead of being taken for a duplicate.
-MAX_REMEMBERED_MISSING = 1024
-# The first Seq a member sees is its baseline, but the datagram sent just before it may
-# arrive just after it. Every datagram we get was sent after we joined, so a number a
-# little below the baseline is such a late one, never a duplicate: this many are taken.
-BASELINE_SLACK = 32
-
-# The server's NOTICE texts (ocm.registry): "<name> joined", "<name> left", "<name> timed
-# out". Names may contain spaces, so the name is everything before the suffix.
-_NOTICE = re.compile(r"(?P<name>.+) (?P<what>joined|left|timed out)", re.DOTALL)
-# The relay's answer to a datagram whose token it does not know (ocm.relay): the room was
-# closed or we were dropped. It may be cut to the size of our datagram, so match a prefix.
-_UNKNOWN_TOKEN = "unknown token"
-
 
 # ---------------------------------------------------------------------------
 # Server addresses
@@ -187,244 +180,6 @@ def format_server_address(address: tuple[str, int]) -> str:
     """The inverse of :func:`parse_server_address`: ``host:port`` or ``[v6]:port``."""
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# ---------------------------------------------------------------------------
-# Events
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """Chat text from ``sender`` (our own messages come back too: the server's copy
-    is the delivery confirmation)."""
-
-    sender: str
-    text: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A server line about the room: ``"bob joined"``, ``"bob left"``, ``"bob timed out"``."""
-
-    text: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The room is over for us; always the last event. ``reason`` is the server's text
-    (``"host alice left; the room is closed"``, ``"server shutting down"``) or says why
-    the client concluded it (token no longer valid, server unreachable)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorReply:
-    """The server rejected one of our datagrams; ``text`` says why."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Datagrams were lost: we expected Seq ``expected`` and got ``got``."""
-
-    expected: int
-    got: int
-
-    @property
-    def missed(self) -> int:
-        return (self.got - self.expected) % SEQ_CYCLE
-
-
-@dataclass(frozen=True, slots=True)
-class Undelivered:
-    """Our message ``text`` did not come back from the server within the confirm timeout:
-    most likely lost on the way (UDP does not retransmit). Nobody saw it; send it again
-    if it matters."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Overflow:
-    """The reader fell behind: the ``dropped`` oldest events were discarded unread."""
-
-    dropped: int
-
-
-Event = Message | Notice | Closed | ErrorReply | Gap | Undelivered | Overflow
-
-
-# ---------------------------------------------------------------------------
-# The sans-I/O core
-# ---------------------------------------------------------------------------
-
-
-def _next_seq(seq: int) -> int:
-    return seq % SEQ_CYCLE + 1
-
-
-def _previous_seq(seq: int, back: int) -> int:
-    return (seq - back - 1) % SEQ_CYCLE + 1
-
-
-class SeqTracker:
-    """Orders one room's Seq numbers: in order, gap, late, or duplicate.
-
-    The first Seq seen is the baseline (a member who joins late never sees Seq 1). The
-    :data:`BASELINE_SLACK` numbers below it count as missing, so one that was overtaken
-    by the baseline is delivered late rather than dropped as a duplicate.
-    """
-
-    def __init__(self, max_missing: int = MAX_REMEMBERED_MISSING) -> None:
-        self.last: int | None = None
-        self.max_missing = max_missing
-        self._missing: dict[int, None] = {}  # insertion-ordered set: oldest first
-
-    def accept(self, seq: int) -> tuple[bool, Gap | None]:
-        """Whether to deliver a datagram with ``seq``, and the gap it reveals if any."""
-        last = self.last
-        if last is None:
-            self.last = seq
-            self._remember(_previous_seq(seq, back) for back in range(BASELINE_SLACK, 0, -1))
-            return True, None
-        ahead = (seq - last) % SEQ_CYCLE
-        if ahead == 0:
-            return False, None  # the same datagram again
-        if ahead > SEQ_CYCLE // 2:  # behind us: a duplicate, or a late one we missed
-            if seq in self._missing:
-                del self._missing[seq]
-                return True, None
-            return False, None
-        self.last = seq
-        if ahead == 1:
-            return True, None
-        # Remember the newest missing numbers only: a huge gap must not grow memory.
-        skipped = range(max(1, ahead - self.max_missing), ahead)
-        self._remember((last + offset - 1) % SEQ_CYCLE + 1 for offset in skipped)
-        return True, Gap(_next_seq(last), seq)
-
-    def _remember(self, missing: Iterable[int]) -> None:
-        """Note Seqs that may still arrive late, oldest first; forget the oldest beyond
-        ``max_missing``."""
-        for seq in missing:
-            self._missing[seq] = None
-        while len(self._missing) > self.max_missing:
-            del self._missing[next(iter(self._missing))]
-
-
-class RoomState:
-    """What one member knows about its room, updated by every datagram it receives.
-
-    ``members`` starts from the admission and follows the NOTICE texts; ``pending`` holds
-    our messages whose copy has not come back yet, each with the time (on the adapter's
-    clock) after which :meth:`expire` reports it :class:`Undelivered`.
-    """
-
-    def __init__(self, name: str, host: str, members: Sequence[str]) -> None:
-        self.name = name
-        self.host = host
-        self.members: list[str] = list(members)
-        self.ended: Closed | None = None
-        self.leaving = False  # we sent LEAVE_ROOM
-        self.pending: deque[tuple[str, float]] = deque()  # (text, deadline), oldest first
-        self.undelivered = 0  # messages reported Undelivered so far
-        self.seq = SeqTracker()
-        self.malformed = 0  # datagrams we could not decode (the server broke the protocol)
-
-    @property
-    def unconfirmed(self) -> int:
-        return len(self.pending)
-
-    def sent(self, text: str, deadline: float) -> None:
-        """We sent ``text``; its copy should be back by ``deadline``."""
-        self.pending.append((text, deadline))
-
-    def expire(self, now: float) -> list[Event]:
-        """Our messages whose copy is overdue at ``now``: given up for lost."""
-        events: list[Event] = []
-        # Deadlines grow in sending order (one timeout for all), so the overdue come first.
-        while self.pending and self.pending[0][1] <= now and self.ended is None:
-            self.undelivered += 1
-            events.append(Undelivered(self.pending.popleft()[0]))
-        return events
-
-    def next_deadline(self) -> float | None:
-        """When :meth:`expire` has something to do next, or None."""
-        if self.ended is not None or not self.pending:
-            return None
-        return self.pending[0][1]
-
-    def end(self, reason: str) -> list[Event]:
-        """The room is over (locally decided): the last event, once."""
-        if self.ended is not None:
-            return []
-        self.ended = Closed(reason)
-        return [self.ended]
-
-    def datagram_received(self, data: bytes) -> list[Event]:
-        if self.ended is not None:
-            return []
-        try:
-            datagram = decode_server_datagram(data)
-        except ProtocolError:
-            self.malformed += 1
-            return []
-        if datagram.kind is Kind.ERROR:
-            # The refusal of one of our messages; which one it does not say: the oldest.
-            if self.pending:
-                self.pending.popleft()
-            if datagram.text.startswith(_UNKNOWN_TOKEN):
-                return self.end(f"no longer in the room (the server says: {datagram.text})")
-            return [ErrorReply(datagram.text)]
-        events: list[Event] = []
-        if datagram.seq:  # section 2: only ERROR carries 0; be lenient and deliver it
-            deliver, gap = self.seq.accept(datagram.seq)
-            if not deliver:
-                return []
-            if gap is not None:
-                events.append(gap)
-        match datagram.kind:
-            case Kind.MESSAGE:
-                if datagram.sender.casefold() == self.name.casefold():
-                    self._confirmed(datagram.text)
-                events.append(Message(datagram.sender, datagram.text, datagram.seq))
-            case Kind.NOTICE:
-                self._follow(datagram.text)
-                events.append(Notice(datagram.text, datagram.seq))
-            case Kind.CLOSED:
-                if self.leaving:  # the CLOSED our own (host's) leave caused: not news
-                    self.ended = Closed(datagram.text)
-                    return []
-                events += self.end(datagram.text)
-        return events
-
-    def _confirmed(self, text: str) -> None:
-        # Matched by text, not taken in order: when one message is lost, the next copy
-        # must not confirm it in its place. A copy that comes after its message was
-        # given up for lost matches nothing.
-        for index, (sent, _) in enumerate(self.pending):
-            if sent == text:
-                del self.pending[index]
-                return
-
-    def _follow(self, text: str) -> None:
-        match = _NOTICE.fullmatch(text)
-        if match is None:
-            return
-        name = match["name"]
-        folded = name.casefold()
-        present = [m for m in self.members if m.casefold() == folded]
-        if match["what"] == "joined":
-            if not present:
-                self.members.append(name)
-        else:
-            for member in present:
-                self.members.remove(member)
 
 
 # ---------------------------------------------------------------------------
@@ -595,8 +350,7 @@ class ChatClient:
         self.max_events = settled["max_events"]
         self._link = link
         self._state = RoomState(name, admission.host, admission.members)
-        self._events: deque[Event] = deque()
-        self._overflowed = 0  # events dropped since the reader last took one
+        self._events = EventQueue(self.max_events)
         self._changed = asyncio.Event()  # replaced by a new one at every change
         self._transport: asyncio.DatagramTransport | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -717,39 +471,19 @@ class ChatClient:
 
     @property
     def max_text_bytes(self) -> int:
-        """The longest text (UTF-8 bytes) :meth:`send` accepts for this member and room.
-
-        Two limits of section 2: our datagram (2 + room + token + text) and the relayed
-        one (6 + sender name + text) must each fit in 4096 bytes.
-        """
-        ours = MAX_DATAGRAM - 2 - len(self.room.encode()) - len(self.token.encode())
-        relayed = MAX_DATAGRAM - SERVER_HEADER_SIZE - len(self.name.encode())
-        return min(ours, relayed)
+        """The longest text (UTF-8 bytes) :meth:`send` accepts for this member and room
+        (:func:`~ocm.session.text_limit`)."""
+        return text_limit(self.room, self.token, self.name)
 
     def fit(self, text: str) -> str:
         """``text`` cut to the longest prefix :meth:`send` accepts, on a character
         boundary: for a bot that quotes others and must never fail on a long quote."""
-        return text.encode("utf-8")[: self.max_text_bytes].decode("utf-8", errors="ignore")
+        return fit_text(text, self.max_text_bytes)
 
     def check_text(self, text: str) -> bytes:
-        """The UTF-8 of ``text`` if :meth:`send` would take it; else the error it raises.
-
-        Too-long text is refused, never split: splitting would interleave the parts with
-        other members' messages and cut words or characters.
-        """
-        if not text:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "an empty message cannot be sent")
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "the message is not valid Unicode") from None
-        limit = self.max_text_bytes
-        if len(data) > limit:
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE,
-                f"message too long: {len(data)} bytes, at most {limit} (not sent)",
-            )
-        return data
+        """The UTF-8 of ``text`` if :meth:`send` would take it; else the error it raises
+        (:func:`~ocm.session.encode_text`: too-long text is refused, never split)."""
+        return encode_text(text, self.max_text_bytes)
 
     # -- sending -----------------------------------------------------------------
 
@@ -828,12 +562,7 @@ class ChatClient:
     # -- receiving ---------------------------------------------------------------
 
     def _feed(self, events: list[Event]) -> None:
-        for event in events:
-            if len(self._events) >= self.max_events:
-                # Nobody reads (a send-only bot): forget the oldest, say how many.
-                self._events.popleft()
-                self._overflowed += 1
-            self._events.append(event)
+        self._events.extend(events)
         if self._state.ended is not None:
             self._stop_timers()
             self._stream_ended = True
@@ -853,12 +582,10 @@ class ChatClient:
 
     async def __anext__(self) -> Event:
         await self._wait_until(lambda: bool(self._events) or self._stream_ended)
-        if self._overflowed:  # the dropped were the oldest: report them first
-            dropped, self._overflowed = self._overflowed, 0
-            return Overflow(dropped)
-        if self._events:
-            return self._events.popleft()
-        raise StopAsyncIteration
+        event = self._events.take()
+        if event is None:
+            raise StopAsyncIteration
+        return event
 
     # -- leaving -----------------------------------------------------------------
 
