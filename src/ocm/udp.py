@@ -89,31 +89,23 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             return
         sock = self._sock
         if sock is not None and not self._queued():
-            batch = self._batch
-            if batch is not None and len(addresses) >= BATCH_FROM:
-                sent = batch.send(datagram, addresses)
+            if self._batch is not None and len(addresses) >= BATCH_FROM:
+                sent = self._batch.send(datagram, addresses)
             else:
-                sent = self._send_each(sock, datagram, addresses)
+                sent = 0
+                for address in addresses:
+                    try:
+                        sock.sendto(datagram, address)
+                    except BlockingIOError:
+                        break  # the socket buffer is full: the transport queues the rest
+                    except OSError as error:
+                        self.error_received(error)  # what the transport would have done
+                    sent += 1
             if sent == len(addresses):
                 return
             addresses = addresses[sent:]
         for address in addresses:
             transport.sendto(datagram, address)
-
-    def _send_each(
-        self, sock: socket.socket, datagram: bytes, addresses: tuple[Address, ...]
-    ) -> int:
-        """sendto each address until the socket buffer is full; return how many went."""
-        sent = 0
-        for address in addresses:
-            try:
-                sock.sendto(datagram, address)
-            except BlockingIOError:
-                break
-            except OSError as error:
-                self.error_received(error)  # what the transport would have done
-            sent += 1
-        return sent
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a client that went away: its idle timeout will
@@ -148,8 +140,10 @@ class _MMsgHdr(ctypes.Structure):
 _MAX_UDP_PAYLOAD = 65_507
 # The kernel takes at most UIO_MAXIOV messages per call.
 _MAX_BATCH = 1024
-# Prepared destination lists kept (one per room that talks); past this, start over.
-_MAX_PREPARED = 4096
+# Destinations kept prepared, over all rooms (about 170 bytes each): past this, start
+# over. A bound on addresses, not rooms, so rooms that churn members cannot pile up
+# stale lists of a thousand addresses each.
+_MAX_PREPARED = 65_536
 
 
 class _Prepared:
@@ -182,6 +176,7 @@ class BatchSender:
         self._view = memoryview(self._buffer).cast("B")
         self._iov = _IoVec(ctypes.addressof(self._buffer), 0)
         self._prepared: dict[int, _Prepared] = {}
+        self._prepared_addresses = 0
 
     @classmethod
     def open(cls, fd: int, family: int) -> BatchSender | None:
@@ -194,7 +189,9 @@ class BatchSender:
         ):
             return None
         try:
-            sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
+            # PyDLL keeps the GIL: the socket is non-blocking, so the call never waits,
+            # and skipping the release and retake is cheaper.
+            sendmmsg = ctypes.PyDLL(None).sendmmsg
         except (OSError, AttributeError):
             return None
         sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
@@ -246,16 +243,18 @@ class BatchSender:
             header.msg_namelen = ctypes.sizeof(name)
             header.msg_iov = iov
             header.msg_iovlen = 1
-        if len(self._prepared) >= _MAX_PREPARED:
+        if self._prepared_addresses + len(addresses) > _MAX_PREPARED:
             self._prepared.clear()
+            self._prepared_addresses = 0
         prepared = _Prepared(addresses, messages, names)
         self._prepared[id(addresses)] = prepared
+        self._prepared_addresses += len(addresses)
         return prepared
 
     def _sockaddr(self, address: Address) -> Any:
         """``address`` as a struct sockaddr_in or sockaddr_in6, in a ctypes buffer."""
         # An IPv6 address from asyncio is (ip, port, flowinfo, scope_id).
-        ip, port, *rest = cast(tuple[Any, ...], address)
+        ip, port, *rest = address
         family = struct.pack("=H", self._family)
         port_bytes = struct.pack("!H", port)
         if self._family == socket.AF_INET:

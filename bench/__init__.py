@@ -1,0 +1,1 @@
+"""The OCM relay benchmark: ``python -m bench.run`` (see docs/performance.md)."""

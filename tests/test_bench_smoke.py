@@ -1,0 +1,111 @@
+"""The relay benchmark (bench/) in miniature, so that it cannot rot.
+
+It runs ``python -m bench.run --smoke``: real relay processes on loopback, tiny counts,
+a fraction of a second per scenario. It asserts that every scenario ran and reported
+sane fields, never how fast anything was: on a shared 2-core machine the figures
+are noise at this size. The C load generator is used where it compiles; the Python
+one is run on its own as well, so both stay working.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench.run import SCENARIOS
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAT = [s.name for s in SCENARIOS if s.mode != "idle"]
+MEMBERS = "members10k"
+
+
+def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--json", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| goal | measured | met |" in result.stdout  # the report was rendered
+    report: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return report
+
+
+def rows_by_key(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(row["scenario"], row["target"]): row for row in report["rows"]}
+
+
+def assert_sane_chat(row: dict[str, Any]) -> None:
+    where = f"{row['target']} / {row['scenario']}"
+    assert row["unregistered"] == 0, where
+    assert row["errors"] == row["closed"] == row["malformed"] == 0, where
+    assert row["sent"] > 0 and row["offered_per_s"] > 0, where
+    assert 0 < row["delivered"] <= row["expected"], where
+    assert row["delivered_per_s"] > 0, where
+    assert 0.0 <= row["loss_pct"] <= 100.0, where
+    # Histogram buckets: a quantile may sit up to half a bucket above the maximum.
+    assert 0 <= row["p50_us"] <= row["p99_us"] <= row["max_us"] + 1000, where
+    assert row["generator_cpu_pct"] >= 0, where
+    if sys.platform.startswith("linux"):
+        assert row["server_cpu_pct"] >= 0, where
+        assert row["peak_rss_mib"] > 0, where
+
+
+def assert_sane_members(row: dict[str, Any]) -> None:
+    where = f"{row['target']} / {row['scenario']}"
+    assert row["unregistered"] == 0 and row["errors"] == 0, where
+    assert row["sent"] == 0, where  # heartbeats only
+    if sys.platform.startswith("linux"):
+        assert row["rss_after_mib"] >= row["rss_before_mib"] > 0, where
+        assert row["rss_growth_mib"] >= 0, where
+    if row["target"].startswith("ocm"):
+        assert row["heartbeats_per_s"] > 0, where
+        assert row["creates_per_s"] > 0 and row["joins_per_s"] > 0, where
+
+
+@pytest.mark.timeout(200)
+def test_every_scenario_runs_on_ocm_and_every_relay_runs(tmp_path: Path) -> None:
+    every_scenario = bench(tmp_path / "a", "--targets", "ocm-uvloop")
+    every_relay = bench(tmp_path / "b", "--scenarios", "room10," + MEMBERS)
+
+    rows = rows_by_key(every_scenario)
+    assert set(rows) == {(name, "ocm-uvloop") for name in [*CHAT, MEMBERS]}
+    for name in CHAT:
+        assert_sane_chat(rows[name, "ocm-uvloop"])
+    assert_sane_members(rows[MEMBERS, "ocm-uvloop"])
+    assert every_scenario["meta"]["smoke"] is True
+
+    rows = rows_by_key(every_relay)
+    relays = {"ocm-uvloop", "ocm-asyncio", "bare"}
+    if every_relay["meta"]["generator"] == "C":
+        relays.add("c-relay")
+    assert {target for (name, target) in rows if name == "room10"} == relays
+    for target in relays:
+        assert_sane_chat(rows["room10", target])
+    for target in relays - {"c-relay"}:
+        assert_sane_members(rows[MEMBERS, target])
+    # The baseline really ran on the plain loop, and uvloop was used where installed.
+    assert rows["room10", "ocm-asyncio"]["loop"] == "asyncio"
+    uvloop = importlib.util.find_spec("uvloop") is not None and sys.platform != "win32"
+    assert rows["room10", "ocm-uvloop"]["loop"] == ("uvloop" if uvloop else "asyncio")
+
+
+@pytest.mark.timeout(120)
+def test_the_python_load_generator_works_too(tmp_path: Path) -> None:
+    report = bench(
+        tmp_path, "--generator", "python", "--targets", "ocm-uvloop,bare", "--scenarios", "room10"
+    )
+
+    assert report["meta"]["generator"] == "Python"
+    rows = rows_by_key(report)
+    assert set(rows) == {("room10", "ocm-uvloop"), ("room10", "bare")}
+    for row in rows.values():
+        assert_sane_chat(row)
