@@ -777,3 +777,20 @@ def test_password_with_a_lone_surrogate_is_a_bad_request() -> None:
     with pytest.raises(ProtocolError) as info:
         parse_request(decode_tcrp(data))
     assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_admission_carries_the_idle_timeout_when_the_server_says() -> None:
+    told = Admission(Operation.JOIN_ROOM, "lobby", "tok", 9001, "alice", ("alice",), 60.0)
+    assert parse_reply(decode_tcrp(encode_reply(told))) == told
+    silent = Admission(Operation.JOIN_ROOM, "lobby", "tok", 9001, "alice", ("alice",))
+    assert b"idle_timeout" not in encode_reply(silent)
+    assert parse_reply(decode_tcrp(encode_reply(silent))).idle_timeout is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "60", [60]])
+def test_a_bad_idle_timeout_is_a_bad_request(bad: object) -> None:
+    payload = {"token": "tok", "udp_port": 9001, "host": "a", "members": ["a"], "idle_timeout": bad}
+    message = TcrpMessage(Operation.JOIN_ROOM, State.COMPLETE, "lobby", payload)
+    with pytest.raises(ProtocolError) as info:
+        parse_reply(message)
+    assert info.value.code is ErrorCode.BAD_REQUEST

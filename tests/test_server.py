@@ -50,6 +50,7 @@ async def test_create_then_join_shows_in_list() -> None:
         assert host.admission.host == "alice"
         assert guest.admission.members == ("alice", "bob")
         assert guest.admission.udp_port == server.udp_port
+        assert guest.admission.idle_timeout == server.config.idle_timeout
         await enter(server, CreateRoom("vault", "carol", "s3cret"))
 
         ack, complete = await call(server.tcp_port, ListRooms())

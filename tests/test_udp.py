@@ -32,7 +32,7 @@ from ocm import udp
 from ocm.protocol import CreateRoom, JoinRoom, Kind, ServerDatagram
 from ocm.registry import Address, RoomRegistry
 from ocm.relay import RelayCore
-from ocm.udp import BATCH_FROM, BatchSender, RelayEndpoint
+from ocm.udp import BATCH_FROM, MAX_QUEUED_BYTES, BatchSender, RelayEndpoint
 from tests.kit import LOOPBACK, MS, Member, enter, running_server, until
 
 V6_LOOPBACK = "::1"
@@ -810,3 +810,38 @@ async def test_a_dual_stack_server_batches_to_ipv4_members() -> None:
             got = await messages(member, 1)
             assert [(m.sender, m.text) for m in got] == [("m1", "over a dual-stack socket")]
         assert by_sendmmsg == [3]
+
+
+class _FullTransport:
+    """A transport whose queue already holds almost MAX_QUEUED_BYTES."""
+
+    def __init__(self, queued: int) -> None:
+        self.queued = queued
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def get_write_buffer_size(self) -> int:
+        return self.queued
+
+    def is_closing(self) -> bool:
+        return False
+
+    def sendto(self, data: bytes, address: Any) -> None:
+        self.sent.append((data, address))
+        self.queued += len(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def test_a_full_send_queue_drops_copies_instead_of_growing() -> None:
+    endpoint = RelayEndpoint(RelayCore(RoomRegistry()), lambda: 0.0)
+    datagram = b"x" * 1000
+    transport = _FullTransport(MAX_QUEUED_BYTES - 2500)  # room for two more copies
+    endpoint.connection_made(transport)  # type: ignore[arg-type]
+    addresses = tuple(("127.0.0.1", port) for port in range(40000, 40010))
+
+    endpoint.send_to(datagram, addresses)
+
+    assert [address for _, address in transport.sent] == list(addresses[:2])
+    assert endpoint.dropped == 8
+    assert transport.get_write_buffer_size() <= MAX_QUEUED_BYTES

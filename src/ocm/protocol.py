@@ -85,9 +85,9 @@ PAYLOAD_SIZE_BYTES = 29
 # what one connection can make the server buffer.
 MAX_TCRP_PAYLOAD = 64 * 1024
 # What a client accepts in a reply. The request cap does not fit replies: LIST_ROOMS of
-# 10,000 rooms with 255-byte names is about 3 MB. Still bounded, so a hostile server
-# cannot make a client allocate without limit.
-MAX_REPLY_PAYLOAD = 4 * 1024 * 1024
+# the default 10,000 rooms, each a 255-byte name that JSON escaping may double, is under
+# 6 MB. Still bounded, so a hostile server cannot make a client allocate without limit.
+MAX_REPLY_PAYLOAD = 16 * 1024 * 1024
 # Section 2: at most 4096 bytes per datagram in either direction (fits one loopback or
 # jumbo-free path MTU after fragmentation; bounds every buffer).
 MAX_DATAGRAM = 4096
@@ -318,6 +318,9 @@ class Admission:
     udp_port: int
     host: str
     members: tuple[str, ...]
+    # OCM extension: the server's idle timeout in seconds, so a client can heartbeat at
+    # least every idle_timeout / 3 as section 2 asks. None when the server does not say.
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,8 +427,10 @@ def reply_message(reply: Reply) -> TcrpMessage:
         case Ack(operation, room, error, text):
             payload: dict[str, Any] = {"status": "error", "code": str(error), "message": text}
             return TcrpMessage(operation, State.ACK, room, payload)
-        case Admission(operation, room, token, udp_port, host, members):
+        case Admission(operation, room, token, udp_port, host, members, idle_timeout):
             payload = {"token": token, "udp_port": udp_port, "host": host, "members": list(members)}
+            if idle_timeout is not None:
+                payload["idle_timeout"] = idle_timeout
             return TcrpMessage(operation, State.COMPLETE, room, payload)
         case RoomList(rooms):
             listed = [
@@ -447,6 +452,15 @@ def encode_error_ack(operation: int, room: str, error: ErrorCode, text: str) -> 
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     room_bytes = room.encode("utf-8")[:MAX_NAME_BYTES] if room else b""
     return encode_header(len(room_bytes), operation, State.ACK, len(body)) + room_bytes + body
+
+
+def _idle_timeout(payload: dict[str, Any]) -> float | None:
+    if payload.get("idle_timeout") is None:
+        return None  # a server that does not say (the field is an OCM extension)
+    value = payload["idle_timeout"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise _bad('field "idle_timeout" must be a positive number')
+    return float(value)
 
 
 def _room_info(value: Any) -> RoomInfo:
@@ -490,6 +504,7 @@ def parse_reply(message: TcrpMessage) -> Reply:
                 udp_port,
                 _field(payload, "host", str),
                 tuple(members),
+                _idle_timeout(payload),
             )
         case Operation.LIST_ROOMS:
             rooms = _field(payload, "rooms", list)

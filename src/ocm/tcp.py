@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -224,6 +225,15 @@ class TcrpHandler:
         room = member.room
         assert room.host is not None
         members = tuple(m.name for m in room.members.values())
+        idle_timeout = self.registry.idle_timeout
         return Admission(
-            operation, room.name, member.token, self._udp_port(), room.host.name, members
+            operation,
+            room.name,
+            member.token,
+            self._udp_port(),
+            room.host.name,
+            members,
+            # Tell the client how often to heartbeat (an OCM extension); an endless
+            # timeout has no JSON number, and needs no heartbeat.
+            idle_timeout if math.isfinite(idle_timeout) else None,
         )

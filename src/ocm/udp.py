@@ -35,6 +35,10 @@ log = logging.getLogger("ocm.udp")
 # Rooms this big or bigger get one sendmmsg call; below it the ctypes call costs more
 # than the system calls it saves (measured on Linux x86-64, docs/performance.md).
 BATCH_FROM = 3
+# What the transport may hold for sockets that refuse more (a fan-out larger than the
+# link): past it copies are dropped, as a router would, and the members see a Seq gap.
+# Without a cap one fast sender in a big room could grow the server's memory forever.
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
 
 
 class RelayEndpoint(asyncio.DatagramProtocol):
@@ -45,12 +49,16 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._sock: socket.socket | None = None  # our own handle on the transport's socket
         self._batch: BatchSender | None = None
         self._queued: Callable[[], int] = lambda: 0
+        self.dropped = 0  # copies not sent because the transport's queue was full
+        self._next_drop_warning = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
         sock = transport.get_extra_info("socket")
         # Every datagram transport of asyncio and uvloop has it, though the ABC does not.
         queued = getattr(transport, "get_write_buffer_size", None)
+        if queued is not None:
+            self._queued = queued
         if sys.platform == "win32" or sock is None or queued is None:
             return  # the proactor owns its socket: the transport sends everything
         try:
@@ -59,7 +67,6 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             self._sock = sock.dup()
         except OSError:
             return
-        self._queued = queued
         self._batch = BatchSender.open(self._sock.fileno(), self._sock.family)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -104,8 +111,22 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             if sent == len(addresses):
                 return
             addresses = addresses[sent:]
+        room_left = (MAX_QUEUED_BYTES - self._queued()) // max(len(datagram), 1)
+        if room_left < len(addresses):
+            self._drop(len(addresses) - max(room_left, 0))
+            addresses = addresses[: max(room_left, 0)]
         for address in addresses:
             transport.sendto(datagram, address)
+
+    def _drop(self, copies: int) -> None:
+        self.dropped += copies
+        now = self._clock()
+        if now >= self._next_drop_warning:  # at most one line a minute
+            self._next_drop_warning = now + 60.0
+            log.warning(
+                "UDP send queue full: %d relayed copies dropped so far (members see a gap)",
+                self.dropped,
+            )
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a client that went away: its idle timeout will
