@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -191,6 +192,17 @@ def test_a_bad_server_address_is_a_usage_error(capsys: pytest.CaptureFixture[str
     assert '"port" is not a port number' in capsys.readouterr().err
 
 
+def test_a_bad_ocm_server_is_named_as_the_culprit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OCM_SERVER", "host:port")
+    for args in (["rooms"], ["join", "lobby", "--name", "bob"]):
+        assert main(args) == 2
+        assert capsys.readouterr().err == 'ocm: $OCM_SERVER: "port" is not a port number\n'
+    # An explicit --server replaces it: the variable is not even looked at.
+    assert build_parser().parse_args(["rooms", "--server", "h:1"]).server == ("h", 1)
+
+
 def test_help_shows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -309,6 +321,50 @@ async def test_end_of_input_delivers_every_line_then_leaves() -> None:
             assert events[0] == Notice("bob joined", 1)
             assert [e.text for e in events[1:11] if isinstance(e, Message)] == lines
             assert events[11] == Notice("bob left", 12)
+
+
+async def test_a_name_with_a_unicode_space_at_its_edge_gets_its_lines_confirmed() -> None:
+    """The server trims U+0020 only: "bob\u00a0" stays "bob\u00a0" there, and the
+    client must recognise the server's copies under that name (else: exit 1)."""
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            result = await ocm(
+                "join", "lobby", "--name", " bob\u00a0 ", "--server", where, stdin="hi\n"
+            )
+            assert (result.code, result.err) == (0, "")
+            assert "not delivered" not in result.out
+            async with asyncio.timeout(1):
+                events = [await anext(alice) for _ in range(3)]
+            assert events == [
+                Notice("bob\u00a0 joined", 1),
+                Message("bob\u00a0", "hi", 2),
+                Notice("bob\u00a0 left", 3),
+            ]
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be delivered on Windows")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", 1)])
+async def test_a_signal_leaves_the_room_before_the_exit(signum: int) -> None:
+    """SIGTERM (service manager, timeout(1)) or SIGHUP (the terminal closed) ends the
+    client as Ctrl-C does: LEAVE_ROOM first, so a host's room closes at once. The exit
+    status is 128 + the signal number, as a shell reports a process the signal killed."""
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        host = await Piped.start("create", "lobby", "--name", "alice", "--server", where)
+        try:
+            await wait_for_room(where, "lobby")
+            await host.say("hello")
+            assert await host.line() == "alice: hello"  # in the room, chatting
+            host.process.send_signal(signum)
+            async with asyncio.timeout(1):
+                while await list_rooms(where):
+                    await asyncio.sleep(10 * MS)
+            code, _, err = await host.finish()
+            assert (code, err) == (128 + signum, "")
+        finally:
+            await host.kill()
 
 
 async def test_a_flood_of_piped_lines_arrives_whole_and_in_order() -> None:

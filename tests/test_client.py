@@ -338,15 +338,56 @@ async def test_heartbeats_keep_a_quiet_member_in_the_room() -> None:
             assert await list_rooms(where) == (RoomInfo("lobby", 2, False),)
 
 
+@pytest.mark.parametrize("name", ["bob\u00a0", " \u2003bob "])
+async def test_a_name_with_unicode_spaces_recognises_its_own_copies(name: str) -> None:
+    """The server trims U+0020 only; the client takes its name from the admission, so
+    its own copies (spelled as the server keeps the name) still confirm its messages."""
+    async with running_server() as server:
+        kept = name.strip(" ")
+        host = await ChatClient.create(server_of(server), "lobby", name)
+        assert host.name == kept and host.is_host
+        await ready(server, host)
+        async with await ChatClient.create(server_of(server), "other", "carol"):
+            member = await ChatClient.join(server_of(server), "other", name)
+            assert member.name == kept and member.members == ("carol", kept)
+            await ready(server, member)
+            for chat in (host, member):
+                await chat.send("hi")
+                assert await chat.flush(1000 * MS)
+                assert (chat.undelivered, chat.unconfirmed) == (0, 0)
+            await member.close()
+        await host.close()
+
+
+async def test_the_heartbeat_follows_the_idle_timeout_the_server_sends() -> None:
+    async with running_server(idle_timeout=600 * MS) as server:
+        where = server_of(server)
+        # Default heartbeat (15 s): the server's idle_timeout / 3 is sooner, and wins.
+        async with (
+            await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice,
+            await ready(server, await ChatClient.join(where, "lobby", "bob")) as bob,
+        ):
+            assert bob.heartbeat_interval == pytest.approx(200 * MS)
+            await asyncio.sleep(2000 * MS)  # over three idle timeouts, nobody says a word
+            assert alice.closed is None and bob.closed is None
+            assert await settle(alice) == [Notice("bob joined", 1)]
+            assert await list_rooms(where) == (RoomInfo("lobby", 2, False),)
+        # A shorter interval of our own is kept.
+        async with await ChatClient.create(where, "x", "carol", heartbeat_interval=FAST) as carol:
+            assert carol.heartbeat_interval == FAST
+
+
 async def test_a_dropped_member_learns_it_from_the_token_error() -> None:
     async with running_server(idle_timeout=200 * MS) as server:
         where = server_of(server)
         alice = await ready(
             server, await ChatClient.create(where, "lobby", "alice", heartbeat_interval=FAST)
         )
-        bob = await ready(
-            server, await ChatClient.join(where, "lobby", "bob", heartbeat_interval=60)
-        )
+        bob = await ready(server, await ChatClient.join(where, "lobby", "bob"))
+        # Bob goes silent (a suspended laptop): his heartbeat stops. (He would otherwise
+        # beat every idle_timeout / 3, as the server tells him.)
+        assert bob._heartbeat is not None
+        bob._heartbeat.cancel()
         assert await next_event(alice) == Notice("bob joined", 1)
         assert await next_event(alice, 2000 * MS) == Notice("bob timed out", 2)
 
@@ -484,6 +525,53 @@ async def test_cancelling_a_join_in_flight_still_leaves_the_room() -> None:
         with pytest.raises(asyncio.CancelledError):
             await joining
         assert fake.requests == [JoinRoom("lobby", "bob"), LeaveRoom("lobby", FakeServer.TOKEN)]
+
+
+async def test_cancelling_a_join_while_its_udp_socket_opens_still_leaves() -> None:
+    async with fake_server() as fake:
+        opening = asyncio.Event()
+
+        async def slow_open(self: ChatClient) -> None:
+            opening.set()
+            await asyncio.sleep(3600)  # a socket that takes its time: cancelled here
+
+        original = ChatClient._open_udp
+        ChatClient._open_udp = slow_open  # type: ignore[method-assign]
+        try:
+            joining = asyncio.create_task(
+                ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+            )
+            await opening.wait()  # admitted: we are in the room on the server
+            joining.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await joining
+        finally:
+            ChatClient._open_udp = original  # type: ignore[method-assign]
+        assert fake.requests == [JoinRoom("lobby", "bob"), LeaveRoom("lobby", FakeServer.TOKEN)]
+
+
+async def test_cancelling_close_while_the_heartbeat_stops_is_not_swallowed() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        release = asyncio.Event()
+
+        async def stubborn() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await release.wait()  # takes its time to stop
+
+        assert bob._heartbeat is not None
+        bob._heartbeat.cancel()
+        bob._heartbeat = asyncio.create_task(stubborn())
+        closing = asyncio.create_task(bob.close())
+        await until(lambda: bob.closed is not None)  # LEAVE_ROOM done: at the heartbeat
+        await asyncio.sleep(5 * MS)
+        closing.cancel()
+        await asyncio.wait({closing}, timeout=1000 * MS)
+        release.set()
+        assert closing.cancelled()  # the cancellation reached the task running close()
+        await bob._heartbeat
 
 
 async def test_heartbeats_repeat_and_close_sends_leave_room() -> None:

@@ -13,13 +13,13 @@ import os
 from collections.abc import AsyncIterator
 
 from ocm.client import ChatClient, Event, Message, Notice
-from ocm.pipe import MAX_QUEUED_READS, read_lines, run_pipe
+from ocm.pipe import MAX_LINE, MAX_QUEUED_READS, LongLine, read_lines, run_pipe
 from ocm.protocol import Kind
 from tests.kit import LOOPBACK, MS, running_server
 from tests.test_client import alice_and_bob, fake_server
 
 
-async def collect(chunks: list[bytes], encoding: str = "utf-8") -> list[str]:
+async def collect(chunks: list[bytes], encoding: str = "utf-8") -> list[str | LongLine]:
     read_end, write_end = os.pipe()
     try:
         lines = read_lines(read_end, encoding)
@@ -44,6 +44,21 @@ async def test_characters_split_across_reads_and_bad_bytes() -> None:
     assert await collect([b"x" + snowman[:1], snowman[1:] + b"\n"]) == ["x☃"]
     assert await collect([b"bad \xff\xfe end\n"]) == ["bad \ufffd\ufffd end"]
     assert await collect(["café\n".encode("latin-1")], "latin-1") == ["café"]
+
+
+async def test_a_line_without_end_is_dropped_past_the_limit() -> None:
+    """Input without newlines must not grow the memory: past MAX_LINE characters the
+    rest of the line is dropped, and the line comes as one LongLine."""
+    endless = b"y" * (MAX_LINE + 1)
+    huge = [endless[i : i + 4096] for i in range(0, len(endless), 4096)]
+    assert await collect([b"before\n", *huge, b"y" * 1000, b"\nafter\n"]) == [
+        "before",
+        LongLine(),
+        "after",
+    ]
+    assert await collect([b"ok\n", endless]) == ["ok", LongLine()]  # no newline at the end
+    just_fits = b"z" * MAX_LINE
+    assert await collect([just_fits + b"\n"]) == [just_fits.decode()]
 
 
 async def test_the_reader_stops_reading_while_lines_wait_to_be_sent() -> None:
@@ -77,11 +92,13 @@ async def test_run_pipe_sends_lines_prints_events_and_leaves_at_the_end() -> Non
                 yield line
 
         out, err = io.StringIO(), io.StringIO()
-        assert await run_pipe(bob, stdin(), out, err) == 0
+        # The refused line is not lost silently: the exit status says so.
+        assert await run_pipe(bob, stdin(), out, err) == 1
 
         assert out.getvalue() == "bob: hello\nbob: bye\n"
-        assert err.getvalue().startswith("ocm: message too long: 5000 bytes, at most ")
-        assert err.getvalue().count("\n") == 1
+        first, summary = err.getvalue().splitlines()
+        assert first.startswith("ocm: message too long: 5000 bytes, at most ")
+        assert summary == "ocm: 1 line refused (not sent)"
         events: list[Event] = []
         async with asyncio.timeout(1000 * MS):
             while len(events) < 4:
@@ -114,6 +131,24 @@ async def test_lines_the_server_never_confirmed_make_the_exit_status_1() -> None
             assert await run_pipe(bob, stdin(), out, err) == 1
         assert out.getvalue() == ("bob: two\n! not delivered: one\n! not delivered: three\n")
         assert err.getvalue() == "ocm: 2 messages not confirmed by the server\n"
+
+
+async def test_a_dropped_long_line_is_reported_once_and_makes_the_exit_status_1() -> None:
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+
+        async def stdin() -> AsyncIterator[str | LongLine]:
+            yield "hello"
+            yield LongLine()
+
+        out, err = io.StringIO(), io.StringIO()
+        assert await run_pipe(bob, stdin(), out, err) == 1
+        assert out.getvalue() == "bob: hello\n"
+        assert err.getvalue() == (
+            f"ocm: line longer than {MAX_LINE} characters dropped (not sent)\n"
+            "ocm: 1 line refused (not sent)\n"
+        )
+        await alice.close()
 
 
 async def test_run_pipe_ends_when_the_room_closes_while_input_is_open() -> None:

@@ -307,3 +307,20 @@ def test_event_queue_loses_nothing_without_saying_so(limit: int, count: int) -> 
     assert dropped + len(rest) == count
     assert len(rest) == min(limit, count)
     assert [e.seq for e in rest if isinstance(e, Notice)] == list(range(dropped + 1, count + 1))
+
+
+def test_room_state_an_error_drops_only_the_message_it_refused() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"])
+    state.sent("good", deadline=2.0)
+    state.sent("x" * 5000, deadline=2.1)
+    state.sent("also good", deadline=2.2)
+    # "message too long: max N" can only be the text over N bytes, not the oldest.
+    refused = datagram(Kind.ERROR, 0, "message too long: max 4087 bytes")
+    assert state.datagram_received(refused) == [ErrorReply("message too long: max 4087 bytes")]
+    assert [text for text, _ in state.pending] == ["good", "also good"]
+    # Nothing we sent can be the one refused as bad UTF-8, nor by any other ERROR:
+    # nothing is dropped (the timeout reports whatever was really lost).
+    for text in ["message text is not valid UTF-8", "message too long: max 9999 bytes"]:
+        assert state.datagram_received(datagram(Kind.ERROR, 0, text)) == [ErrorReply(text)]
+    assert [text for text, _ in state.pending] == ["good", "also good"]
+    assert state.expire(2.3) == [Undelivered("good"), Undelivered("also good")]

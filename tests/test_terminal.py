@@ -230,6 +230,9 @@ async def test_passwords_are_taken_as_typed_spaces_included() -> None:
         assert await ask_password(prompter, "vault") == "  pass phrase  "
         keys.send_text("  bob  \r")
         assert await ask_name(prompter) == "bob"  # names are trimmed, as the server does
+        # ...of U+0020 only, as the server does: other spaces are part of the name.
+        keys.send_text(" \u2003bob\u00a0 \r")
+        assert await ask_name(prompter) == "\u2003bob\u00a0"
 
 
 async def test_interactive_questions_then_chat() -> None:

@@ -100,9 +100,10 @@ __all__ = [
 # PROTOCOL.md: port 9001 for both TCP and UDP unless the server says otherwise (the
 # COMPLETE of CREATE/JOIN carries the UDP port).
 DEFAULT_PORT = 9001
-# Section 2 asks for a heartbeat at least every idle_timeout / 3. A client cannot learn
-# the server's idle timeout, so it assumes the default 60 s and beats every 15 s: three
-# heartbeats in a row can be lost before the server drops us.
+# Section 2 asks for a heartbeat at least every idle_timeout / 3. Without word from the
+# server the client assumes the default 60 s and beats every 15 s: three heartbeats in a
+# row can be lost before the server drops us. A server that sends its idle timeout in the
+# admission (an OCM extension) gets a heartbeat every idle_timeout / 3 if that is sooner.
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
 # One TCRP exchange (connect, ACK, COMPLETE). Creating a protected room costs the server
 # one scrypt hash (~40 ms); anything near 10 s means the server is not answering.
@@ -320,6 +321,22 @@ def _settled(options: ChatOptions) -> ChatOptions:
     return settled
 
 
+def _admitted_name(request: CreateRoom | JoinRoom, admission: Admission) -> str:
+    """Our name as the server keeps it: the server's copies of our messages carry that
+    spelling, and only it recognises them as ours.
+
+    The server trims the name its own way (U+0020 only, not every Unicode space), so the
+    client takes the name from the admission rather than trimming it again: the host of
+    a room we created, the last of the members of a room we joined (the server lists
+    them in join order, the new member last).
+    """
+    if isinstance(request, CreateRoom):
+        return admission.host
+    if admission.members:
+        return admission.members[-1]
+    return request.username.strip(" ")  # a server that lists nobody: trim as it does
+
+
 class ChatClient:
     """One member of one room. Make it with :meth:`create` or :meth:`join`.
 
@@ -343,6 +360,10 @@ class ChatClient:
         self.token = admission.token
         self.udp_port = admission.udp_port
         self.heartbeat_interval = settled["heartbeat_interval"]
+        if admission.idle_timeout is not None:
+            # Section 2: a heartbeat at least every idle_timeout / 3. A server that says
+            # its timeout (an OCM extension) may use a shorter one than our default.
+            self.heartbeat_interval = min(self.heartbeat_interval, admission.idle_timeout / 3)
         self.timeout = settled["timeout"]
         self.linger = settled["linger"]
         self.window = settled["window"]
@@ -407,15 +428,19 @@ class ChatClient:
             raise
         if not isinstance(reply, Admission):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "CREATE/JOIN answered with another reply")
-        # The server trims the name; ours must match its copy to recognise our messages.
-        client = cls(address, reply, request.username.strip(), link, **options)
+        client = cls(address, reply, _admitted_name(request, reply), link, **options)
         try:
             await client._open_udp()
-        except OSError as error:
+        except (OSError, asyncio.CancelledError) as error:
             # We are in the room on the server: leave, or a host would keep it open
-            # until its idle timeout.
+            # (and a member would stay as a ghost) until the idle timeout.
+            client._stop_timers()
+            if client._transport is not None:
+                client._transport.close()
             with contextlib.suppress(OCMError, OSError):
                 await client._leave()
+            if isinstance(error, asyncio.CancelledError):
+                raise
             where = format_server_address(address)
             raise ConnectionLost(
                 f"cannot open a UDP socket to server {where} ({_reason(error)})"
@@ -611,8 +636,11 @@ class ChatClient:
                 self._state.ended = self._state.ended or Closed("left the room")
             self._stop_timers()
             if self._heartbeat is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._heartbeat
+                # Wait for the heartbeat to stop without awaiting it directly: awaiting a
+                # cancelled task raises CancelledError, and suppressing that would also
+                # swallow a cancellation aimed at the task running close().
+                self._heartbeat.cancel()
+                await asyncio.wait({self._heartbeat})
             if self._transport is not None:
                 self._transport.close()
             self._stream_ended = True

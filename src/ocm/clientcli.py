@@ -14,7 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ocm.client import (
@@ -69,13 +71,33 @@ def _default_server() -> str:
     return os.environ.get(SERVER_ENV) or f"localhost:{DEFAULT_PORT}"
 
 
+def _default_address() -> tuple[str, int] | None:
+    """The default of --server, or None when ${SERVER_ENV} is not a server address: that
+    is reported only if no --server replaces it, and as the variable's fault (argparse
+    would blame "argument --server", which the user never gave)."""
+    try:
+        return parse_server_address(_default_server())
+    except ValueError:
+        return None
+
+
+def _env_server() -> str:
+    """``$OCM_SERVER`` (or the built-in default) once it is known to be an address."""
+    text = _default_server()
+    try:
+        parse_server_address(text)
+    except ValueError as error:
+        raise _Usage(f"${SERVER_ENV}: {error}") from None
+    return text
+
+
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``create``, ``join`` and ``rooms``."""
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
         "--server",
         type=_server_address,
-        default=_default_server(),
+        default=_default_address(),
         metavar="HOST[:PORT]",
         help=f"the server; [ADDRESS]:PORT for IPv6 (default: ${SERVER_ENV} or "
         f"localhost:{DEFAULT_PORT})",
@@ -100,8 +122,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=positive_float,
         default=DEFAULT_HEARTBEAT_INTERVAL,
         metavar="SECONDS",
-        help="seconds between heartbeats; keep it under a third of the server's "
-        "--idle-timeout (default: %(default)s)",
+        help="seconds between heartbeats at most; a server that says its idle timeout "
+        "gets one every third of it if that is sooner (default: %(default)s)",
     )
     for command, summary, description in _ENTER_COMMANDS:
         enter = commands.add_parser(
@@ -160,7 +182,63 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+# Signals that ask a process to end: a service manager stopping it, timeout(1), the
+# terminal closing. Cancelling the main task runs the same way out as Ctrl-C: LEAVE_ROOM,
+# so a host's room does not stay open (nor a member stay as a ghost) until the idle
+# timeout. Not SIGINT: asyncio.run already turns it into a cancellation.
+_STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _on_stop_signals(stop: Callable[[int], None]) -> Callable[[], None]:
+    """Call ``stop(signum)`` on SIGTERM and SIGHUP where the loop supports it (POSIX; not
+    Windows, which has no SIGHUP and whose loops take no signal handlers); return the
+    function that removes the handlers."""
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    for name in _STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            loop.add_signal_handler(signum, stop, int(signum))
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(signum)
+
+    def remove() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+    return remove
+
+
 async def _client(args: argparse.Namespace) -> int:
+    """:func:`_chat`, ended by SIGTERM or SIGHUP as by Ctrl-C: leave, then exit with
+    128 + the signal number (143 for SIGTERM, 129 for SIGHUP), as a shell reports it."""
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    remove = _on_stop_signals(stop)
+    try:
+        return await _chat(args)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        return 128 + received[0]
+    finally:
+        remove()
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    if args.command is not None and args.server is None:  # a bad $OCM_SERVER, no --server
+        _env_server()
     if args.command is None:
         if not _on_terminal():
             raise _Usage(
@@ -168,7 +246,7 @@ async def _client(args: argparse.Namespace) -> int:
             )
         from ocm import terminal
 
-        return await terminal.interactive(_default_server())
+        return await terminal.interactive(_env_server())
     if args.command == "rooms":
         return await _print_rooms(args.server)
     prompter = None
@@ -181,7 +259,7 @@ async def _client(args: argparse.Namespace) -> int:
         if prompter is None:
             raise _Usage("--name NAME is required when stdin is not a terminal")
         name = await terminal.ask_name(prompter)
-    validate_name(name.strip(), "name")
+    validate_name(name.strip(" "), "name")  # trimmed as the server does: spaces only
     password = await _password(args, prompter)
     enter = ChatClient.create if args.command == "create" else ChatClient.join
     chat = await enter(args.server, args.room, name, password, heartbeat_interval=args.heartbeat)

@@ -61,6 +61,10 @@ _NOTICE = re.compile(r"(?P<name>.+) (?P<what>joined|left|timed out)", re.DOTALL)
 # The relay's answer to a datagram whose token it does not know (ocm.relay): the room was
 # closed or we were dropped. It may be cut to the size of our datagram, so match a prefix.
 _UNKNOWN_TOKEN = "unknown token"
+# The relay's refusals of a chat line (ocm.relay): "message too long: max N bytes" and
+# "message text is not valid UTF-8". Other ERRORs (a bad datagram, an unknown token) are
+# not about one of our messages.
+_TOO_LONG_LIMIT = re.compile(r"message too long: max (\d+) bytes")
 
 
 # ---------------------------------------------------------------------------
@@ -249,9 +253,7 @@ class RoomState:
             self.malformed += 1
             return []
         if datagram.kind is Kind.ERROR:
-            # The refusal of one of our messages; which one it does not say: the oldest.
-            if self.pending:
-                self.pending.popleft()
+            self._refused(datagram.text)
             if datagram.text.startswith(_UNKNOWN_TOKEN):
                 return self.end(f"no longer in the room (the server says: {datagram.text})")
             return [ErrorReply(datagram.text)]
@@ -276,6 +278,20 @@ class RoomState:
                     return []
                 events += self.end(datagram.text)
         return events
+
+    def _refused(self, why: str) -> None:
+        """The relay refused one of our chat lines without saying which. "message too
+        long: max N bytes" fits only a text over N bytes, and every such text is refused:
+        drop the oldest. Nothing else can be told apart ("not valid UTF-8" never fits a
+        text we encoded), so the rest is left to the timeout (reported Undelivered),
+        rather than drop a good message in its place."""
+        limit = _TOO_LONG_LIMIT.match(why)
+        if limit is None:
+            return
+        for index, (text, _) in enumerate(self.pending):
+            if len(text.encode("utf-8")) > int(limit[1]):
+                del self.pending[index]
+                return
 
     def _confirmed(self, text: str) -> None:
         # Matched by text, not taken in order: when one message is lost, the next copy

@@ -296,7 +296,7 @@ class Prompter:
             if check is None:
                 return
             try:
-                check((document.text if password else document.text.strip()) or default)
+                check((document.text if password else document.text.strip(" ")) or default)
             except (ValueError, OCMError) as error:
                 message = error.message if isinstance(error, OCMError) else str(error)
                 raise ValidationError(len(document.text), message) from None
@@ -311,7 +311,8 @@ class Prompter:
         )
         if password:
             return answer or default  # spaces may be part of a password: never strip it
-        return answer.strip() or default
+        # Trimmed as the server trims names: U+0020 only (docs/protocol.md, Username).
+        return answer.strip(" ") or default
 
 
 class _FunctionValidator(Validator):
@@ -324,7 +325,7 @@ class _FunctionValidator(Validator):
 
 def check_name(text: str) -> str:
     """A username as the server will take it (trimmed, 1-255 bytes, no controls)."""
-    return validate_name(text.strip(), "name")
+    return validate_name(text.strip(" "), "name")
 
 
 async def ask_name(prompter: Prompter) -> str:
