@@ -11,13 +11,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
-from ocm.registry import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_MEMBERS,
-    DEFAULT_MAX_ROOMS,
-    DEFAULT_MAX_ROOMS_PER_IP,
-)
 from ocm.server import DEFAULT_PORT, ServerConfig, serve
 from ocm.tcp import TcpLimits
 
@@ -45,9 +40,73 @@ def _port(text: str) -> int:
     return value
 
 
+def _limit_flags() -> list[tuple[str, Callable[[str], object], object, str]]:
+    """Every limit flag: name, parser, default (from the code's own constants), meaning."""
+    tcp = TcpLimits()
+    config = ServerConfig()
+    return [
+        (
+            "--idle-timeout",
+            positive_float,
+            config.idle_timeout,
+            "seconds of silence after which a member is dropped",
+        ),
+        ("--max-rooms", _positive_int, config.max_rooms, "rooms on the server"),
+        ("--max-members", _positive_int, config.max_members, "members per room"),
+        (
+            "--max-rooms-per-ip",
+            _positive_int,
+            config.max_rooms_per_ip,
+            "rooms one client IP may host at once",
+        ),
+        (
+            "--max-connections-per-ip",
+            _positive_int,
+            tcp.max_connections_per_ip,
+            "open TCP connections per IP",
+        ),
+        ("--max-connections", _positive_int, tcp.max_connections, "open TCP connections in all"),
+        ("--max-payload", _positive_int, tcp.max_payload, "largest TCRP payload in bytes"),
+        (
+            "--message-timeout",
+            positive_float,
+            tcp.message_timeout,
+            "seconds a peer has to send a whole TCRP message once started",
+        ),
+        (
+            "--tcp-idle-timeout",
+            positive_float,
+            tcp.idle_timeout,
+            "seconds an idle TCP connection is kept open",
+        ),
+        (
+            "--max-concurrent-hashes",
+            _positive_int,
+            tcp.max_concurrent_hashes,
+            "password hashes computed at once, 16 MiB each",
+        ),
+        (
+            "--max-password-failures",
+            _positive_int,
+            config.max_failures,
+            "wrong passwords per client IP per --failure-window before rate_limited",
+        ),
+        (
+            "--failure-window",
+            positive_float,
+            config.failure_window,
+            "seconds over which wrong passwords are counted",
+        ),
+        (
+            "--error-replies-per-second",
+            _positive_int,
+            int(config.error_rate),
+            "UDP ERROR replies per source IP per second, after a burst of as many",
+        ),
+    ]
+
+
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    limits = TcpLimits()
-    defaults = ServerConfig()
     server = commands.add_parser(
         "server",
         help="run an OCM server",
@@ -68,85 +127,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     server.add_argument(
         "--udp-port", type=_port, default=None, help="UDP port (default: the TCP port)"
     )
-    server.add_argument(
-        "--idle-timeout",
-        type=positive_float,
-        default=DEFAULT_IDLE_TIMEOUT,
-        help="seconds of silence after which a member is dropped (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-rooms",
-        type=_positive_int,
-        default=DEFAULT_MAX_ROOMS,
-        help="rooms on the server (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-members",
-        type=_positive_int,
-        default=DEFAULT_MAX_MEMBERS,
-        help="members per room (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-rooms-per-ip",
-        type=_positive_int,
-        default=DEFAULT_MAX_ROOMS_PER_IP,
-        help="rooms one client IP may host at once (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-connections-per-ip",
-        type=_positive_int,
-        default=limits.max_connections_per_ip,
-        help="open TCP connections per IP (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        default=limits.max_connections,
-        help="open TCP connections in all (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-payload",
-        type=_positive_int,
-        default=limits.max_payload,
-        help="largest TCRP payload in bytes (default: %(default)s)",
-    )
-    server.add_argument(
-        "--message-timeout",
-        type=positive_float,
-        default=limits.message_timeout,
-        help="seconds a peer has to send a whole TCRP message once started (default: %(default)s)",
-    )
-    server.add_argument(
-        "--tcp-idle-timeout",
-        type=positive_float,
-        default=limits.idle_timeout,
-        help="seconds an idle TCP connection is kept open (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-concurrent-hashes",
-        type=_positive_int,
-        default=limits.max_concurrent_hashes,
-        help="password hashes computed at once, 16 MiB each (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-password-failures",
-        type=_positive_int,
-        default=defaults.max_failures,
-        help="wrong passwords per client IP per --failure-window before rate_limited "
-        "(default: %(default)s)",
-    )
-    server.add_argument(
-        "--failure-window",
-        type=positive_float,
-        default=defaults.failure_window,
-        help="seconds over which wrong passwords are counted (default: %(default)s)",
-    )
-    server.add_argument(
-        "--error-replies-per-second",
-        type=_positive_int,
-        default=int(defaults.error_rate),
-        help="UDP ERROR replies per source IP per second (default: %(default)s)",
-    )
+    for flag, parse, default, meaning in _limit_flags():
+        server.add_argument(
+            flag, type=parse, default=default, help=f"{meaning} (default: %(default)s)"
+        )
     server.add_argument(
         "--log-level",
         default="INFO",
