@@ -17,7 +17,7 @@ import hmac
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,10 +223,6 @@ class RoomRegistry:
 
     def list_rooms(self) -> list[RoomInfo]:
         return [room.info() for room in sorted(self.rooms.values(), key=lambda r: r.name)]
-
-    def members(self) -> Iterator[Member]:
-        for room in self.rooms.values():
-            yield from room.members.values()
 
     def next_deadline(self) -> float | None:
         """When the next member falls idle, or None if there are no members."""
