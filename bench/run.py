@@ -8,7 +8,7 @@ Each relay under test is its own process on 127.0.0.1, started fresh for every
 scenario: a real ``ocm server`` on uvloop, the same server on plain asyncio (uvloop
 hidden from it), the bare relay (bench/bare_relay.py) and a bare relay in C (the load
 generator's ceiling). This process does the TCRP part (create and join rooms with
-:mod:`ocm.protocol`), writes the members to a file and starts the load generator:
+:mod:`ocm.wire`), writes the members to a file and starts the load generator:
 bench/loadgen.c, compiled here with the system ``cc`` into bench/build/ (Linux), or
 bench/pygen.py where there is no compiler (its numbers are then generator-bound).
 
@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from ocm import registry
-from ocm.protocol import (
+from ocm.server import registry
+from ocm.wire import (
     TCRP_HEADER_SIZE,
     Ack,
     Admission,

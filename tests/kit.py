@@ -1,9 +1,12 @@
-"""The test kit: a real server on loopback port 0, raw TCRP calls and raw UDP peers.
+"""The test kit: a real server on loopback port 0, raw TCRP calls and raw UDP peers,
+library clients made ready, and a fake server the tests drive by hand.
 
-Tests talk to the server over real sockets with these helpers, byte-exact to the
-protocol, without going through ocm.client (so a client bug cannot hide a server bug).
-Timing: every wait is a multiple of ``MS``, scaled by the OCM_TEST_TIMESCALE variable
-for slow machines.
+Server tests talk to the server over real sockets with the raw helpers, byte-exact to
+the protocol, without going through ocm.client (so a client bug cannot hide a server
+bug); TCRP replies are cut from the stream by the wire's own framer. Client and UI tests
+use the library helpers (:func:`ready`, :func:`alice_and_bob`, :func:`settle`) and
+:func:`fake_server`. Timing: every wait is a multiple of ``MS``, scaled by the
+OCM_TEST_TIMESCALE variable for slow machines.
 """
 
 from __future__ import annotations
@@ -19,25 +22,34 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ocm.protocol import (
+import pytest
+
+from ocm.client import ChatClient, Event
+from ocm.client.exchange import read_message
+from ocm.server.app import OCMServer, ServerConfig
+from ocm.wire import (
     MAX_REPLY_PAYLOAD,
-    TCRP_HEADER_SIZE,
     Ack,
     Admission,
     ClientDatagram,
     CreateRoom,
     JoinRoom,
+    Kind,
+    LeaveRoom,
+    Left,
+    Operation,
     Reply,
     Request,
     ServerDatagram,
-    decode_header,
+    TcrpReader,
     decode_server_datagram,
-    decode_tcrp_body,
     encode_client_datagram,
+    encode_reply,
     encode_request,
+    encode_server_datagram,
     parse_reply,
+    parse_request,
 )
-from ocm.server import OCMServer, ServerConfig
 
 MS = 0.001 * float(os.environ.get("OCM_TEST_TIMESCALE", "1"))
 LOOPBACK = "127.0.0.1"
@@ -56,11 +68,16 @@ async def running_server(**overrides: Any) -> AsyncIterator[OCMServer]:
         await server.close()
 
 
-async def read_reply(reader: asyncio.StreamReader) -> Reply:
-    header = decode_header(
-        await reader.readexactly(TCRP_HEADER_SIZE), max_payload=MAX_REPLY_PAYLOAD
-    )
-    return parse_reply(decode_tcrp_body(header, await reader.readexactly(header.body_size)))
+class ReplyReader:
+    """Replies off one TCP connection, through the wire's framer (which keeps the bytes
+    of the next reply when two arrive in one read)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
+
+    async def next(self) -> Reply:
+        return parse_reply(await read_message(self.reader, self.framer))
 
 
 class TcrpConnection:
@@ -69,10 +86,14 @@ class TcrpConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.replies = ReplyReader(reader)
 
     @classmethod
-    async def open(cls, port: int, *, local_host: str = LOOPBACK) -> TcrpConnection:
-        reader, writer = await asyncio.open_connection(LOOPBACK, port, local_addr=(local_host, 0))
+    async def open(
+        cls, port: int, *, local_host: str | None = LOOPBACK, host: str = LOOPBACK
+    ) -> TcrpConnection:
+        local = None if local_host is None else (local_host, 0)
+        reader, writer = await asyncio.open_connection(host, port, local_addr=local)
         return cls(reader, writer)
 
     async def call(self, request: Request) -> tuple[Ack, Reply | None]:
@@ -80,11 +101,11 @@ class TcrpConnection:
         self.writer.write(encode_request(request))
         await self.writer.drain()
         async with asyncio.timeout(2000 * MS):
-            ack = await read_reply(self.reader)
+            ack = await self.replies.next()
             assert isinstance(ack, Ack)
             if not ack.ok:
                 return ack, None
-            return ack, await read_reply(self.reader)
+            return ack, await self.replies.next()
 
     async def close(self) -> None:
         self.writer.close()
@@ -93,9 +114,11 @@ class TcrpConnection:
 
 
 async def call(
-    port: int, request: Request, *, local_host: str = LOOPBACK
+    port: int, request: Request, *, local_host: str | None = LOOPBACK, host: str = LOOPBACK
 ) -> tuple[Ack, Reply | None]:
-    connection = await TcrpConnection.open(port, local_host=local_host)
+    """One exchange on a new connection to ``host`` (from ``local_host``; None: let the
+    system choose, as for an IPv6 server)."""
+    connection = await TcrpConnection.open(port, local_host=local_host, host=host)
     try:
         return await connection.call(request)
     finally:
@@ -112,6 +135,17 @@ async def admit(
     assert ack.ok, ack
     assert isinstance(complete, Admission)
     return complete
+
+
+async def create_rooms(port: int, names: list[str]) -> None:
+    """Open rooms by raw TCRP (hosts that never heartbeat: fine for a listing)."""
+    connection = await TcrpConnection.open(port)
+    try:
+        for name in names:
+            ack, _ = await connection.call(CreateRoom(name, "host"))
+            assert ack.ok, ack
+    finally:
+        await connection.close()
 
 
 class UdpPeer(asyncio.DatagramProtocol):
@@ -267,3 +301,112 @@ def has_loopback_alias(host: str = OTHER_HOST) -> bool:
     except OSError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------
+# Library clients
+# ---------------------------------------------------------------------------
+
+
+FAST = 50 * MS  # heartbeat interval for tests that need the client to keep beating
+
+
+def server_of(server: OCMServer) -> tuple[str, int]:
+    return (LOOPBACK, server.tcp_port)
+
+
+async def next_event(chat: ChatClient, timeout: float = 1000 * MS) -> Event:
+    async with asyncio.timeout(timeout):
+        return await anext(chat)
+
+
+async def settle(chat: ChatClient, duration: float = 50 * MS) -> list[Event]:
+    """Every event that arrives within ``duration``."""
+    events: list[Event] = []
+    with pytest.raises(TimeoutError):
+        while True:
+            events.append(await next_event(chat, duration))
+    return events
+
+
+async def ready(server: OCMServer, chat: ChatClient) -> ChatClient:
+    """``chat`` once the server has its UDP address. A member's first heartbeat and the
+    next member's join travel on different sockets, so without this wait the server may
+    announce the join before it knows where to send the NOTICE."""
+    await until(lambda: registered(server, chat.room, chat.name))
+    return chat
+
+
+async def alice_and_bob(server: OCMServer) -> tuple[ChatClient, ChatClient]:
+    """The usual pair in "lobby": alice its host, bob a member, both ready."""
+    alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
+    bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+    return alice, bob
+
+
+def registered(server: OCMServer, room: str, name: str) -> bool:
+    """The server has this member's UDP address (its first heartbeat arrived)."""
+    members = server.registry.rooms[room].members if room in server.registry.rooms else {}
+    member = members.get(name.casefold())
+    return member is not None and member.address is not None
+
+
+class RecordingPeer(UdpPeer):
+    """A UdpPeer that remembers where the last datagram came from, to answer it."""
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.last_address = addr
+        super().datagram_received(data, addr)
+
+
+class FakeServer:
+    """A TCRP listener that admits anyone into "lobby" (host alice), with a UDP socket
+    the test drives by hand. It records every request."""
+
+    TOKEN = "t" * 32
+
+    def __init__(self, udp: RecordingPeer) -> None:
+        self.udp = udp
+        self.requests: list[Request] = []
+        self.tcp_port = 0
+        self.delay = 0.0  # before answering
+        self.answering = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        message = await read_message(reader, TcrpReader())
+        request = parse_request(message)
+        self.requests.append(request)
+        self.answering.set()
+        await asyncio.sleep(self.delay)
+        port = self.udp.transport.get_extra_info("sockname")[1] if self.udp.transport else 0
+        match request:
+            case JoinRoom(room, username):
+                reply: Admission | Left = Admission(
+                    Operation.JOIN_ROOM, room, self.TOKEN, port, "alice", ("alice", username)
+                )
+            case LeaveRoom(room):
+                reply = Left(room)
+            case _:
+                raise AssertionError(f"the fake server does not do {request}")
+        writer.write(encode_reply(Ack(message.operation, room)) + encode_reply(reply))
+        await writer.drain()
+        writer.close()
+
+    def send(self, kind: Kind, seq: int, text: str = "", sender: str = "") -> None:
+        assert self.udp.transport is not None
+        data = encode_server_datagram(ServerDatagram(kind, seq, sender, text))
+        self.udp.transport.sendto(data, self.udp.last_address)
+
+
+@asynccontextmanager
+async def fake_server() -> AsyncIterator[FakeServer]:
+    loop = asyncio.get_running_loop()
+    _, udp = await loop.create_datagram_endpoint(RecordingPeer, local_addr=(LOOPBACK, 0))
+    fake = FakeServer(udp)
+    listener = await asyncio.start_server(fake.handle, LOOPBACK, 0)
+    fake.tcp_port = listener.sockets[0].getsockname()[1]
+    try:
+        yield fake
+    finally:
+        listener.close()
+        udp.close()

@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from ocm.errors import ErrorCode
-from ocm.protocol import (
+from ocm.wire import (
     MAX_DATAGRAM,
     MAX_NAME_BYTES,
     MAX_TOKEN_BYTES,

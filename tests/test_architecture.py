@@ -43,9 +43,9 @@ SEQUENCES = (
 # Modules of the lower layers may not do I/O themselves (STYLE.md: sans-I/O core).
 IO_MODULES = frozenset({"asyncio", "selectors", "socket", "ssl", "subprocess", "threading"})
 ENUMS = (
-    "ocm.protocol.Operation",
-    "ocm.protocol.State",
-    "ocm.protocol.Kind",
+    "ocm.wire.Operation",
+    "ocm.wire.State",
+    "ocm.wire.Kind",
     "ocm.errors.ErrorCode",
 )
 
@@ -377,7 +377,10 @@ def test_the_page_shows_every_sequence_and_the_life_cycles() -> None:
         section = text.split(f"\n### {title}\n", 1)
         assert len(section) == 2, f'no "### {title}" section'
         assert section[1].lstrip().startswith("```mermaid\nsequenceDiagram"), title
-    for title, cls in (("A room", "ocm.registry.Room"), ("A member", "ocm.registry.Member")):
+    for title, cls in (
+        ("A room", "ocm.server.registry.Room"),
+        ("A member", "ocm.server.registry.Member"),
+    ):
         section = text.split(f"\n### {title}\n", 1)
         assert len(section) == 2, f'no "### {title}" section'
         diagram = section[1].split("```", 2)[1]
@@ -426,7 +429,8 @@ def test_below_the_front_ends_nothing_outside_the_standard_library_is_imported()
 
 
 @pytest.mark.parametrize(
-    "module", ["ocm.errors", "ocm.protocol", "ocm.registry", "ocm.relay", "ocm.session"]
+    "module",
+    ["ocm.errors", "ocm.wire", "ocm.server.registry", "ocm.server.relay", "ocm.client.session"],
 )
 def test_the_wire_format_and_the_core_do_no_io(module: str) -> None:
     assert module_diagram().layers[module] <= 2
@@ -436,8 +440,8 @@ def test_the_wire_format_and_the_core_do_no_io(module: str) -> None:
 def test_the_checks_catch_a_wrong_page() -> None:
     """The helpers above fail on made-up names, so the tests can fail."""
     assert resolve("ocm.nonexistent") is not None
-    assert resolve("ocm.registry.NoSuchRegistry") is not None
-    assert resolve("ocm.registry.RoomRegistry.create_room") is None
+    assert resolve("ocm.server.registry.NoSuchRegistry") is not None
+    assert resolve("ocm.server.registry.RoomRegistry.create_room") is None
     assert not has_attribute(namespace()["RoomRegistry"], "create_lobby")
     assert has_attribute(namespace()["TcrpHandler"], "writers")  # set in __init__
     assert "ChatClient" in namespace() and "NoSuchClient" not in namespace()

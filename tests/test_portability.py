@@ -34,9 +34,10 @@ from pathlib import Path
 
 import pytest
 
-from ocm import cli, servercli
-from ocm.protocol import CreateRoom, JoinRoom, Kind
-from ocm.server import STOP_SIGNALS, ServerConfig, on_stop_signals, serve
+from ocm import cli
+from ocm.cli import server as servercli
+from ocm.server.app import STOP_SIGNALS, ServerConfig, on_stop_signals, serve
+from ocm.wire import CreateRoom, JoinRoom, Kind
 from tests.kit import LOOPBACK, MS, UdpPeer, admit, enter, running_server
 
 ROOT = Path(__file__).resolve().parents[1]

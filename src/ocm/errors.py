@@ -5,13 +5,18 @@ code from the protocol (section 1 of docs/protocol.md), so a caller can branch o
 ``err.code`` and a server can put the same code on the wire.
 
     OCMError                 root; a human ``message`` and a wire ``code`` (or None)
-    ├── ProtocolError        the peer sent malformed bytes or fields (decoders raise it)
+    ├── ProtocolError        the protocol was broken; catch it for either side:
+    │   ├── RemoteProtocolError  the peer sent malformed bytes or fields (decoders raise it)
+    │   └── LocalProtocolError   we were about to break it: a text too long or empty, a
+    │                            name over 255 bytes (encoders and checks of our input)
     ├── RoomError            the room registry refused a request (room_exists, ...)
     ├── ServerError          the server answered our request with an error ACK (client side)
     └── ConnectionLost       the server cannot be reached or went away (client side)
 
 A decoder never lets an IndexError, KeyError or UnicodeDecodeError escape: malformed
-input is always a ProtocolError.
+input is always a RemoteProtocolError. The split is h11's: "the peer broke the
+protocol" asks for an error reply to the peer, "you broke it" is a bug or a user's
+input to refuse before anything is sent; both keep the wire ``code``.
 """
 
 from __future__ import annotations
@@ -47,12 +52,22 @@ class OCMError(Exception):
 
 
 class ProtocolError(OCMError):
-    """Malformed bytes or fields: the peer broke the protocol."""
+    """The protocol was broken, by the peer or by us (the two subclasses say which)."""
 
     code: ErrorCode
 
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(code, message)
+
+
+class RemoteProtocolError(ProtocolError):
+    """Malformed bytes or fields from the peer: answer with ``code`` where the protocol
+    has an answer, and drop the input."""
+
+
+class LocalProtocolError(ProtocolError):
+    """What we were about to send breaks the protocol (too long, empty, not encodable):
+    nothing was sent."""
 
 
 class RoomError(OCMError):

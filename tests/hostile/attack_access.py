@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections import Counter
 
-from ocm.protocol import (
+from ocm.wire import (
     ClientDatagram,
     CreateRoom,
     JoinRoom,

@@ -7,7 +7,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ocm.protocol import (
+from ocm.wire import (
     TCRP_HEADER_SIZE,
     CreateRoom,
     ListRooms,

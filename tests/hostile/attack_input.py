@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ocm.protocol import (
+from ocm.wire import (
     ClientDatagram,
     CreateRoom,
     JoinRoom,

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ocm.protocol import (
+from ocm.wire import (
     JoinRoom,
     Kind,
     ListRooms,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ocm.protocol import (
+from ocm.wire import (
     TCRP_HEADER_SIZE,
     CreateRoom,
     JoinRoom,

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 
-from ocm.protocol import (
+from ocm.wire import (
     TCRP_HEADER_SIZE,
     Admission,
     ClientDatagram,

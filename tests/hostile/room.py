@@ -12,7 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from ocm.protocol import CreateRoom, JoinRoom, Kind, ServerDatagram, decode_server_datagram
+from ocm.wire import CreateRoom, JoinRoom, Kind, ServerDatagram, decode_server_datagram
 from tests.hostile.harness import enter
 from tests.kit import MS, Member
 

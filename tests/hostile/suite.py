@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocm.protocol import CreateRoom, Kind, ListRooms, decode_server_datagram
+from ocm.wire import CreateRoom, Kind, ListRooms, decode_server_datagram
 from tests.hostile.attacks import ATTACKS, LAST, Context
 from tests.hostile.harness import (
     Attack,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ocm.protocol import CreateRoom, encode_request
+from ocm.wire import CreateRoom, encode_request
 from tests.hostile.attack_access import GUESSES, PARALLEL_GUESSES, SEQUENTIAL_GUESSES
 from tests.hostile.attack_connections import IDLE_CONNECTIONS, SLOW_SENDERS
 from tests.hostile.attack_input import DATAGRAMS, STREAMS

@@ -1,0 +1,309 @@
+"""The client commands of ``ocm``: ``create``, ``join``, ``rooms``, and ``ocm`` alone.
+
+Their flags, and the flow from the command line to a chat: who and where, the password,
+entering the room, then the interactive UI on a terminal (:mod:`ocm.ui.terminal`) or the
+pipe mode otherwise (:mod:`ocm.ui.pipe`). Those two are imported only when used: the parser
+is built for ``ocm server`` too, and what it loads (this module, :mod:`ocm.client`)
+needs nothing outside the standard library. Every error ends here as one line and an
+exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ocm.cli.args import positive_float
+from ocm.client import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_PORT,
+    ChatClient,
+    format_server_address,
+    list_rooms,
+    parse_server_address,
+)
+from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ServerError
+from ocm.wire.names import validate_name
+
+if TYPE_CHECKING:
+    from ocm.ui.terminal import Prompter
+
+__all__ = ["PASSWORD_ENV", "SERVER_ENV", "add_parsers", "run"]
+
+SERVER_ENV = "OCM_SERVER"
+PASSWORD_ENV = "OCM_PASSWORD"
+
+# The two ways into a room: command, help line, description.
+_ENTER_COMMANDS = (
+    (
+        "create",
+        "create a room and chat in it as its host",
+        "Create ROOM and enter it as its host: when you leave, the room closes. With a "
+        f"password (--password, --ask-password or ${PASSWORD_ENV}) the room is protected, "
+        "otherwise it is open.",
+    ),
+    ("join", "join a room and chat", "Join the existing ROOM."),
+)
+_MODES = (
+    "On a terminal: an interactive chat (/help inside). Otherwise each stdin line is sent "
+    "and each event is one stdout line; end of input leaves."
+)
+
+
+class _Usage(Exception):
+    """The command line cannot work as given (exit status 2)."""
+
+
+def _server_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_server_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _default_server() -> str:
+    return os.environ.get(SERVER_ENV) or f"localhost:{DEFAULT_PORT}"
+
+
+def _default_address() -> tuple[str, int] | None:
+    """The default of --server, or None when ${SERVER_ENV} is not a server address: that
+    is reported only if no --server replaces it, and as the variable's fault (argparse
+    would blame "argument --server", which the user never gave)."""
+    try:
+        return parse_server_address(_default_server())
+    except ValueError:
+        return None
+
+
+def _env_server() -> str:
+    """``$OCM_SERVER`` (or the built-in default) once it is known to be an address."""
+    text = _default_server()
+    try:
+        parse_server_address(text)
+    except ValueError as error:
+        raise _Usage(f"${SERVER_ENV}: {error}") from None
+    return text
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``create``, ``join`` and ``rooms``."""
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--server",
+        type=_server_address,
+        default=_default_address(),
+        metavar="HOST[:PORT]",
+        help=f"the server; [ADDRESS]:PORT for IPv6 (default: ${SERVER_ENV} or "
+        f"localhost:{DEFAULT_PORT})",
+    )
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--name", help="your name in the room (asked on a terminal if not given)")
+    secret = who.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--password",
+        metavar="PASSWORD",
+        help=f"the room's password (default: ${PASSWORD_ENV}; other users of the machine "
+        "can see a command line, so prefer the variable or --ask-password)",
+    )
+    secret.add_argument(
+        "--ask-password",
+        action="store_true",
+        help="ask for the password without echo (on a terminal; joining a protected room "
+        "on a terminal asks anyway)",
+    )
+    who.add_argument(
+        "--heartbeat",
+        type=positive_float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between heartbeats at most; a server that says its idle timeout "
+        "gets one every third of it if that is sooner (default: %(default)s)",
+    )
+    for command, summary, description in _ENTER_COMMANDS:
+        enter = commands.add_parser(
+            command, parents=[where, who], help=summary, description=f"{description} {_MODES}"
+        )
+        enter.add_argument("room", metavar="ROOM")
+    commands.add_parser(
+        "rooms",
+        parents=[where],
+        help="list the rooms on a server",
+        description="List the rooms on a server: members, open or password, name.",
+    )
+
+
+def _on_terminal() -> bool:
+    return bool(sys.stdin and sys.stdin.isatty() and sys.stdout and sys.stdout.isatty())
+
+
+def _explain(error: OCMError, args: argparse.Namespace) -> str:
+    """One line for an error, with the next step where there is an obvious one."""
+    room = getattr(args, "room", None)
+    if isinstance(error, ServerError):
+        match error.code:
+            case ErrorCode.NO_SUCH_ROOM:
+                return f'no room named "{room}" — see: ocm rooms'
+            case ErrorCode.ROOM_EXISTS:
+                return f"{error.message} — join it with: ocm join {room}"
+            case ErrorCode.NAME_TAKEN:
+                return f"{error.message} — choose another with --name"
+    return error.message
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a client command to its exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        # A name the console encoding cannot show becomes "?", never a crash.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")  # type: ignore[union-attr]
+    try:
+        return asyncio.run(_client(args))
+    except KeyboardInterrupt:
+        return 130
+    except EOFError:  # Ctrl-D at a question: the user chose not to go on
+        return 0
+    except _Usage as error:
+        print(f"ocm: {error}", file=sys.stderr)
+        return 2
+    except OCMError as error:
+        print(f"ocm: {_explain(error, args)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"ocm: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug: still one line, with enough to report it
+        print(f"ocm: unexpected {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+# Signals that ask a process to end: a service manager stopping it, timeout(1), the
+# terminal closing. Cancelling the main task runs the same way out as Ctrl-C: LEAVE_ROOM,
+# so a host's room does not stay open (nor a member stay as a ghost) until the idle
+# timeout. Not SIGINT: asyncio.run already turns it into a cancellation.
+_STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _on_stop_signals(stop: Callable[[int], None]) -> Callable[[], None]:
+    """Call ``stop(signum)`` on SIGTERM and SIGHUP where the loop supports it (POSIX; not
+    Windows, which has no SIGHUP and whose loops take no signal handlers); return the
+    function that removes the handlers."""
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    for name in _STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            loop.add_signal_handler(signum, stop, int(signum))
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(signum)
+
+    def remove() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+    return remove
+
+
+async def _client(args: argparse.Namespace) -> int:
+    """:func:`_chat`, ended by SIGTERM or SIGHUP as by Ctrl-C: leave, then exit with
+    128 + the signal number (143 for SIGTERM, 129 for SIGHUP), as a shell reports it."""
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    remove = _on_stop_signals(stop)
+    try:
+        return await _chat(args)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        return 128 + received[0]
+    finally:
+        remove()
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    if args.command is not None and args.server is None:  # a bad $OCM_SERVER, no --server
+        _env_server()
+    if args.command is None:
+        if not _on_terminal():
+            raise _Usage(
+                "interactive mode needs a terminal; in scripts use: ocm join ROOM --name NAME"
+            )
+        from ocm.ui import terminal
+
+        return await terminal.interactive(_env_server())
+    if args.command == "rooms":
+        return await _print_rooms(args.server)
+    prompter = None
+    if _on_terminal():
+        from ocm.ui import terminal
+
+        prompter = terminal.Prompter()
+    name = args.name
+    if name is None:
+        if prompter is None:
+            raise _Usage("--name NAME is required when stdin is not a terminal")
+        name = await terminal.ask_name(prompter)
+    # Trimmed as the server does (spaces only), and refused before anything is sent.
+    validate_name(name.strip(" "), "name", error=LocalProtocolError)
+    password = await _password(args, prompter)
+    enter = ChatClient.create if args.command == "create" else ChatClient.join
+    chat = await enter(args.server, args.room, name, password, heartbeat_interval=args.heartbeat)
+    if prompter is not None:
+        return await terminal.TerminalChat(chat).run()
+    from ocm.ui.pipe import run_pipe, stdin_lines
+
+    return await run_pipe(chat, stdin_lines(), sys.stdout, sys.stderr)
+
+
+async def _password(args: argparse.Namespace, prompter: Prompter | None) -> str | None:
+    if args.ask_password:
+        if prompter is None:
+            raise _Usage(f"--ask-password needs a terminal; in scripts set {PASSWORD_ENV}")
+        from ocm.ui.terminal import ask_password
+
+        return await ask_password(prompter, args.room)
+    if args.password is not None:
+        return str(args.password) or None
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if args.command == "join" and prompter is not None:
+        # On a terminal, ask only if the room wants one: a wrong guess counts against
+        # the rate limit.
+        listed = {room.name: room for room in await list_rooms(args.server)}
+        if args.room not in listed:
+            raise ServerError(ErrorCode.NO_SUCH_ROOM, f'no room named "{args.room}"')
+        if listed[args.room].protected:
+            from ocm.ui.terminal import ask_password
+
+            return await ask_password(prompter, args.room)
+    return None
+
+
+async def _print_rooms(server: tuple[str, int]) -> int:
+    from ocm.ui.chatview import one_line
+
+    rooms = await list_rooms(server)
+    if not rooms:
+        print(f"no rooms on {format_server_address(server)} — create one with: ocm create ROOM")
+        return 0
+    print(f"{'MEMBERS':>7}  {'ACCESS':<8}  ROOM")
+    for room in rooms:
+        access = "password" if room.protected else "open"
+        print(f"{room.members:>7}  {access:<8}  {one_line(room.name)}")
+    return 0

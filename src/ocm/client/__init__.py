@@ -1,0 +1,63 @@
+"""The OCM client library: join a room from a script, a bot or the terminal UI.
+
+``from ocm.client import ChatClient, Message`` is all a script needs:
+
+* :class:`ChatClient` (:mod:`ocm.client.chat`) -- one member of one room: create or join,
+  send, iterate the events, close;
+* :func:`list_rooms` (:mod:`ocm.client.exchange`) -- the rooms on a server;
+* the events (:mod:`ocm.client.events`): :class:`Message`, :class:`Notice`,
+  :class:`Closed`, :class:`ErrorReply`, :class:`Gap`, :class:`Undelivered`,
+  :class:`Overflow`;
+* the sans-I/O core (:mod:`ocm.client.session`): :class:`RoomState`, :class:`SeqTracker`;
+* server addresses (:mod:`ocm.client.address`).
+
+Nothing here imports :mod:`ocm.server`: the two share only :mod:`ocm.wire`.
+"""
+
+from ocm.client.address import format_server_address, parse_server_address
+from ocm.client.chat import (
+    DEFAULT_CONFIRM_TIMEOUT,
+    DEFAULT_MAX_EVENTS,
+    DEFAULT_WINDOW,
+    ChatClient,
+    ChatOptions,
+)
+from ocm.client.events import (
+    Closed,
+    ErrorReply,
+    Event,
+    Gap,
+    Message,
+    Notice,
+    Overflow,
+    Undelivered,
+)
+from ocm.client.exchange import DEFAULT_TIMEOUT, list_rooms
+from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, RoomState, SeqTracker
+from ocm.wire.constants import DEFAULT_PORT
+from ocm.wire.tcrp import RoomInfo
+
+__all__ = [
+    "DEFAULT_CONFIRM_TIMEOUT",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_MAX_EVENTS",
+    "DEFAULT_PORT",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WINDOW",
+    "ChatClient",
+    "ChatOptions",
+    "Closed",
+    "ErrorReply",
+    "Event",
+    "Gap",
+    "Message",
+    "Notice",
+    "Overflow",
+    "RoomInfo",
+    "RoomState",
+    "SeqTracker",
+    "Undelivered",
+    "format_server_address",
+    "list_rooms",
+    "parse_server_address",
+]

@@ -1,0 +1,486 @@
+"""The client's asyncio adapter: :class:`ChatClient`, one member of one room.
+
+Around the sans-I/O core of :mod:`ocm.client.session` (:class:`RoomState`: Seq order,
+members, confirmations, the heartbeat schedule; the event queue; the text limits), the
+same split as the server's registry under its adapters. :class:`ChatClient` enters and
+leaves over TCRP (:mod:`ocm.client.exchange`), holds one connected UDP socket for the
+chat, and one timer that it re-arms from :meth:`RoomState.next_deadline` after every
+change: when it fires, overdue copies are reported and a heartbeat is sent if one is due.
+Only this module reads the clock.
+
+Refusals raise the one error tree of :mod:`ocm.errors`: an error ACK is a
+:class:`~ocm.errors.ServerError` with the wire code, an unreachable server is
+:class:`~ocm.errors.ConnectionLost`, a text that cannot be sent (too long, empty) is a
+:class:`~ocm.errors.LocalProtocolError`, refused before anything leaves the machine.
+
+UDP has no flow control of its own, so the client brings a little: at most ``window`` of
+our messages are in flight (sent, the server's copy not back yet) and :meth:`ChatClient.send`
+waits for room in the window. A copy that has not come back after ``confirm_timeout``
+seconds is reported as :class:`Undelivered`. Events wait for their reader in a bounded
+buffer; a reader that falls ``max_events`` behind loses the oldest, reported as
+:class:`Overflow`.
+This module never prints and never touches the terminal: sanitising text for display is
+the front end's job (:mod:`ocm.ui.chatview`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import Any, TypedDict, Unpack
+
+from ocm.client.address import format_server_address, parse_server_address
+from ocm.client.events import Closed, Event
+from ocm.client.exchange import DEFAULT_TIMEOUT, Link, call, describe_error
+from ocm.client.session import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    EventQueue,
+    RoomState,
+    encode_text,
+    fit_text,
+    text_limit,
+)
+from ocm.errors import ConnectionLost, ErrorCode, OCMError, RemoteProtocolError
+from ocm.wire.datagrams import ClientDatagram, encode_client_datagram
+from ocm.wire.tcrp import Admission, CreateRoom, JoinRoom, LeaveRoom
+
+__all__ = [
+    "DEFAULT_CONFIRM_TIMEOUT",
+    "DEFAULT_LINGER",
+    "DEFAULT_MAX_EVENTS",
+    "DEFAULT_WINDOW",
+    "ChatClient",
+    "ChatOptions",
+]
+
+# How long close() waits for the server's copies of our last messages before LEAVE_ROOM,
+# so a message sent right before leaving is relayed, not overtaken by the leave.
+DEFAULT_LINGER = 1.0
+# Our messages in flight at most. Without a bound a script writes datagrams faster than
+# the server (or the receivers) drain their socket buffers, and the kernel drops them
+# silently (20,000 piped lines once delivered 6,732). 32 per round trip is thousands of
+# messages a second on a LAN, far more than people type, and no socket buffer on the way
+# ever holds more than 32 of ours.
+DEFAULT_WINDOW = 32
+# A copy that has not come back after this long is reported lost (Undelivered). A round
+# trip is milliseconds on a LAN and a few hundred on a bad mobile link; 2 s is well past
+# both, and short enough that a person still remembers what they typed.
+DEFAULT_CONFIRM_TIMEOUT = 2.0
+# The UDP receive buffer we ask for. Our window paces what we send, but nothing paces
+# the others: while this process is not scheduled (other processes busy on the same
+# cores), the room's datagrams wait in this buffer, and the kernel drops what does not
+# fit (reported as a Gap). The usual default, 208 KiB, holds about 200 short datagrams
+# (the kernel counts ~1 KiB of overhead each); 1 MiB holds five times as many. The
+# system may grant less (Linux: net.core.rmem_max).
+RECEIVE_BUFFER = 1024 * 1024
+# Events waiting for the reader at most. A send-only bot never reads its events; without
+# a bound a busy room would grow its memory forever. 10,000 is minutes of a busy room.
+DEFAULT_MAX_EVENTS = 10_000
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """The UDP socket's callbacks, handed straight to the client."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.client._feed(self.client._state.datagram_received(data))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on our connected socket: nothing listens on the server's
+        # UDP port any more, so the server (and our token with it) is gone.
+        # (Windows reports it as a reset.)
+        if isinstance(exc, ConnectionRefusedError | ConnectionResetError):
+            self.client._feed(self.client._state.end("lost contact with the server"))
+
+
+class ChatOptions(TypedDict, total=False):
+    """The keyword options of :meth:`ChatClient.create` and :meth:`ChatClient.join`;
+    each must be positive."""
+
+    heartbeat_interval: float  # seconds between heartbeats
+    timeout: float  # seconds for each TCP exchange (enter, leave)
+    linger: float  # seconds close() waits for the copies of our last messages
+    window: int  # our messages in flight at most: send() waits beyond
+    confirm_timeout: float  # seconds before a message without its copy is Undelivered
+    max_events: int  # events kept for the reader at most: the oldest go first
+
+
+_DEFAULT_OPTIONS: ChatOptions = {
+    "heartbeat_interval": DEFAULT_HEARTBEAT_INTERVAL,
+    "timeout": DEFAULT_TIMEOUT,
+    "linger": DEFAULT_LINGER,
+    "window": DEFAULT_WINDOW,
+    "confirm_timeout": DEFAULT_CONFIRM_TIMEOUT,
+    "max_events": DEFAULT_MAX_EVENTS,
+}
+
+
+def _settled(options: ChatOptions) -> ChatOptions:
+    """``options`` with the defaults filled in; ValueError for a value not above 0."""
+    unknown = set(options) - set(_DEFAULT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option {sorted(unknown)[0]!r}")
+    settled: ChatOptions = {**_DEFAULT_OPTIONS, **options}
+    for key, value in settled.items():
+        if not (isinstance(value, int | float) and value > 0):
+            raise ValueError(f"{key} must be positive, got {value!r}")
+    return settled
+
+
+def _admitted_name(request: CreateRoom | JoinRoom, admission: Admission) -> str:
+    """Our name as the server keeps it: the server's copies of our messages carry that
+    spelling, and only it recognises them as ours.
+
+    The server trims the name its own way (U+0020 only, not every Unicode space), so the
+    client takes the name from the admission rather than trimming it again: the host of
+    a room we created, the last of the members of a room we joined (the server lists
+    them in join order, the new member last).
+    """
+    if isinstance(request, CreateRoom):
+        return admission.host
+    if admission.members:
+        return admission.members[-1]
+    return request.username.strip(" ")  # a server that lists nobody: trim as it does
+
+
+class ChatClient:
+    """One member of one room. Make it with :meth:`create` or :meth:`join`.
+
+    Iterate it (``async for event in chat``) for :data:`Event` values; the iteration
+    ends after :class:`Closed` or once :meth:`close` is called. Use it as an async
+    context manager to leave the room on the way out.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        admission: Admission,
+        name: str,
+        link: Link,
+        **options: Unpack[ChatOptions],
+    ) -> None:
+        settled = _settled(options)
+        self.server = address
+        self.room = admission.room
+        self.name = name
+        self.token = admission.token
+        self.udp_port = admission.udp_port
+        self.heartbeat_interval = settled["heartbeat_interval"]
+        if admission.idle_timeout is not None:
+            # Section 2: a heartbeat at least every idle_timeout / 3. A server that says
+            # its timeout (an OCM extension) may use a shorter one than our default.
+            self.heartbeat_interval = min(self.heartbeat_interval, admission.idle_timeout / 3)
+        self.timeout = settled["timeout"]
+        self.linger = settled["linger"]
+        self.window = settled["window"]
+        self.confirm_timeout = settled["confirm_timeout"]
+        self.max_events = settled["max_events"]
+        self._link = link
+        self._loop = asyncio.get_running_loop()
+        self._state = RoomState(
+            name,
+            admission.host,
+            admission.members,
+            heartbeat_interval=self.heartbeat_interval,
+            now=self._loop.time(),
+        )
+        self._events = EventQueue(self.max_events)
+        self._changed = asyncio.Event()  # replaced by a new one at every change
+        self._transport: asyncio.DatagramTransport | None = None
+        # The one timer, for the core's next deadline (aioquic's get_timer): overdue
+        # copies and heartbeats.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._closing = False
+        self._close_done = asyncio.Event()
+        self._stream_ended = False  # no event will be added any more
+
+    # -- entering ----------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        server: str | tuple[str, int],
+        room: str,
+        name: str,
+        password: str | None = None,
+        **options: Unpack[ChatOptions],
+    ) -> ChatClient:
+        """Create ``room`` (with ``password``, or open) and enter it as its host."""
+        return await cls._enter(server, CreateRoom(room, name, password or None), options)
+
+    @classmethod
+    async def join(
+        cls,
+        server: str | tuple[str, int],
+        room: str,
+        name: str,
+        password: str | None = None,
+        **options: Unpack[ChatOptions],
+    ) -> ChatClient:
+        """Join the existing ``room`` as ``name``."""
+        return await cls._enter(server, JoinRoom(room, name, password or None), options)
+
+    @classmethod
+    async def _enter(
+        cls, server: str | tuple[str, int], request: CreateRoom | JoinRoom, options: ChatOptions
+    ) -> ChatClient:
+        timeout = _settled(options)["timeout"]  # refuses bad options before any request
+        address = parse_server_address(server)
+        exchange = asyncio.ensure_future(call(address, request, timeout=timeout))
+        try:
+            reply, link = await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            # Cancelled (Ctrl-C) after the request left: the server may have let us in.
+            # Finish the exchange and leave, or we would stay in the room as a ghost
+            # (and a host's room would stay open) until the idle timeout.
+            with contextlib.suppress(OCMError, OSError):
+                admitted, link = await exchange
+                if isinstance(admitted, Admission):
+                    leave = LeaveRoom(admitted.room, admitted.token)
+                    await call(address, leave, timeout=timeout, link=link)
+            raise
+        if not isinstance(reply, Admission):
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, "CREATE/JOIN answered with another reply"
+            )
+        client = cls(address, reply, _admitted_name(request, reply), link, **options)
+        try:
+            await client._open_udp()
+        except (OSError, asyncio.CancelledError) as error:
+            # We are in the room on the server: leave, or a host would keep it open
+            # (and a member would stay as a ghost) until the idle timeout.
+            client._stop_timers()
+            if client._transport is not None:
+                client._transport.close()
+            with contextlib.suppress(OCMError, OSError):
+                await client._leave()
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            where = format_server_address(address)
+            raise ConnectionLost(
+                f"cannot open a UDP socket to server {where} ({describe_error(error)})"
+            ) from None
+        return client
+
+    async def _open_udp(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Section 1: the token is bound to the IP of the TCP connection. Sending from the
+        # same local address to the same server address keeps that IP.
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Endpoint(self),
+            local_addr=(self._link.local_ip, 0),
+            remote_addr=(self._link.server_ip, self.udp_port),
+        )
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a bigger buffer helps, but is not needed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        self._send_datagram("")  # section 2: the first heartbeat right after CREATE/JOIN
+        self._arm_timer()
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._state.host
+
+    @property
+    def is_host(self) -> bool:
+        return self._state.host.casefold() == self.name.casefold()
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Everyone in the room, us included, in the order they arrived."""
+        return tuple(self._state.members)
+
+    @property
+    def closed(self) -> Closed | None:
+        """Why the room is over for us, or None while we are in it."""
+        return self._state.ended
+
+    @property
+    def unconfirmed(self) -> int:
+        """Messages in flight: sent, their copy not back from the server yet."""
+        return self._state.unconfirmed
+
+    @property
+    def undelivered(self) -> int:
+        """Messages given up for lost so far (each was an :class:`Undelivered` event)."""
+        return self._state.undelivered
+
+    @property
+    def max_text_bytes(self) -> int:
+        """The longest text (UTF-8 bytes) :meth:`send` accepts for this member and room
+        (:func:`~ocm.client.session.text_limit`)."""
+        return text_limit(self.room, self.token, self.name)
+
+    def fit(self, text: str) -> str:
+        """``text`` cut to the longest prefix :meth:`send` accepts, on a character
+        boundary: for a bot that quotes others and must never fail on a long quote."""
+        return fit_text(text, self.max_text_bytes)
+
+    def check_text(self, text: str) -> bytes:
+        """The UTF-8 of ``text`` if :meth:`send` would take it; else the error it raises
+        (:func:`~ocm.client.session.encode_text`: too-long text is refused, never split)."""
+        return encode_text(text, self.max_text_bytes)
+
+    # -- sending -----------------------------------------------------------------
+
+    async def send(self, text: str) -> None:
+        """Send chat text to everyone in the room (us included).
+
+        First waits while ``window`` of our messages are in flight: until a copy comes
+        back, or the oldest is given up as :class:`Undelivered` (``confirm_timeout``
+        after it was sent), so the wait is bounded. Raises ProtocolError (``too_large``,
+        ``bad_request``) for text that cannot be sent, and ConnectionLost once the room
+        is over for us.
+        """
+        self.check_text(text)
+        self._check_open()
+        # Yield at least once: a script sending from a tight loop must not starve the
+        # socket that brings the confirmations (and everyone else's messages) in.
+        await asyncio.sleep(0)
+        await self._wait_until(lambda: self._state.unconfirmed < self.window or self._over)
+        self._check_open()
+        self._send_datagram(text)
+        self._state.sent(text, self._loop.time() + self.confirm_timeout)
+        self._arm_timer()
+
+    @property
+    def _over(self) -> bool:
+        return self._state.ended is not None or self._closing
+
+    def _check_open(self) -> None:
+        if self._over:
+            ended = self._state.ended
+            why = ended.reason if ended is not None else "left the room"
+            raise ConnectionLost(f"cannot send, no longer in the room: {why}")
+
+    def _send_datagram(self, text: str) -> None:
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return
+        self._transport.sendto(encode_client_datagram(ClientDatagram(self.room, self.token, text)))
+        self._state.datagram_sent(self._loop.time())
+
+    def _arm_timer(self) -> None:
+        """Arm the timer for the core's next deadline, unless it is armed for sooner
+        (firing early is harmless: nothing is due, and it re-arms)."""
+        deadline = self._state.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # The loop may run a timer a clock tick early; it is due all the same.
+        now = max(self._loop.time(), self._timer_at)
+        self._feed(self._state.expire(now))
+        if self._state.heartbeat_due(now):
+            self._send_datagram("")
+        self._arm_timer()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the server's copy of every message sent.
+
+        True when none is in flight any more: each copy came back, or its message was
+        given up as :class:`Undelivered` (counted in :attr:`undelivered`). False at the
+        timeout, or at once when the room is over with messages still in flight.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_until(
+                    lambda: not self._state.pending or self._state.ended is not None
+                )
+        except TimeoutError:
+            return False
+        return not self._state.pending
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _feed(self, events: list[Event]) -> None:
+        self._events.extend(events)
+        if self._state.ended is not None:
+            self._stop_timers()
+            self._stream_ended = True
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every waiter: the window, flush, the reader (each checks its own need)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self._changed.wait()
+
+    def __aiter__(self) -> ChatClient:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self._wait_until(lambda: bool(self._events) or self._stream_ended)
+        event = self._events.take()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    # -- leaving -----------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Leave the room (LEAVE_ROOM) and stop. Idempotent; never raises for the network.
+
+        Waits up to ``linger`` seconds for the copies of our last messages first, so the
+        leave does not overtake them. The host's leave closes the room for everyone.
+        """
+        if self._closing:
+            await self._close_done.wait()
+            return
+        self._closing = True
+        self._notify()  # a send waiting for the window gives up
+        try:
+            if self._state.ended is None:
+                if self._state.pending:
+                    await self.flush(self.linger)
+                self._state.leaving = True
+                with contextlib.suppress(OCMError, OSError):
+                    await self._leave()
+                # Set directly, not fed: leaving ends the iteration without a Closed.
+                self._state.ended = self._state.ended or Closed("left the room")
+            self._stop_timers()
+            if self._transport is not None:
+                self._transport.close()
+            self._stream_ended = True
+            self._notify()
+        finally:
+            self._close_done.set()
+
+    async def _leave(self) -> None:
+        await call(
+            self.server, LeaveRoom(self.room, self.token), timeout=self.timeout, link=self._link
+        )
+
+    def _stop_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._state.ended or self._closing else "open"
+        return f"<ChatClient {self.name!r} in {self.room!r} on {self.server} ({state})>"

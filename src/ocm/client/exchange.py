@@ -1,0 +1,124 @@
+"""TCRP exchanges from the client's side: one request, its ACK and COMPLETE, on a
+new TCP connection each (section 1).
+
+:func:`call` is the one exchange (used for LIST_ROOMS, CREATE/JOIN and LEAVE_ROOM), and
+:func:`list_rooms` the public call for LIST_ROOMS. Bytes are cut into messages by
+:class:`~ocm.wire.framer.TcrpReader`; an error ACK becomes a
+:class:`~ocm.errors.ServerError`, an unreachable server a
+:class:`~ocm.errors.ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass
+
+from ocm.client.address import format_server_address, parse_server_address
+from ocm.errors import ConnectionLost, ErrorCode, RemoteProtocolError, ServerError
+from ocm.wire.constants import MAX_REPLY_PAYLOAD
+from ocm.wire.framer import TcrpReader
+from ocm.wire.tcrp import (
+    Ack,
+    ListRooms,
+    Reply,
+    Request,
+    RoomInfo,
+    RoomList,
+    TcrpMessage,
+    encode_request,
+    parse_reply,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "Link", "call", "describe_error", "list_rooms", "read_message"]
+
+# One TCRP exchange (connect, ACK, COMPLETE). Creating a protected room costs the server
+# one scrypt hash (~40 ms); anything near 10 s means the server is not answering.
+DEFAULT_TIMEOUT = 10.0
+# What one read takes off the connection; replies are read through the framer, so a
+# large LIST_ROOMS arrives in as many reads as it needs.
+_READ_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Both ends of the TCP connection that obtained a token: the token is bound to our
+    IP as the server saw it, so UDP and LEAVE_ROOM must use the same pair."""
+
+    server_ip: str
+    local_ip: str
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, socket.gaierror):
+        return "unknown host"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__
+
+
+async def read_message(reader: asyncio.StreamReader, framer: TcrpReader) -> TcrpMessage:
+    """The next TCRP message off ``reader``, through ``framer`` (which keeps what is
+    left over for the next call). IncompleteReadError if the stream ends first."""
+    while (message := framer.next_message()) is None:
+        data = await reader.read(_READ_SIZE)
+        if not data:
+            raise asyncio.IncompleteReadError(b"", None)
+        framer.feed(data)
+    return message
+
+
+async def call(
+    address: tuple[str, int],
+    request: Request,
+    *,
+    timeout: float,
+    link: Link | None = None,
+) -> tuple[Reply, Link]:
+    """One TCRP exchange on a new connection: the COMPLETE, or an exception."""
+    where = format_server_address(address)
+    host, port = address if link is None else (link.server_ip, address[1])
+    local = None if link is None else (link.local_ip, 0)
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+    except (OSError, TimeoutError) as error:
+        raise ConnectionLost(f"cannot reach server {where} ({describe_error(error)})") from None
+    try:
+        peer, mine = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        writer.write(encode_request(request))
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+            # A reply may be far larger than any request: LIST_ROOMS of a busy server
+            # is megabytes.
+            framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
+            ack = parse_reply(await read_message(reader, framer))
+            if not isinstance(ack, Ack):
+                raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server skipped its ACK")
+            if ack.error is not None:
+                raise ServerError(ack.error, ack.message or str(ack.error))
+            complete = parse_reply(await read_message(reader, framer))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        raise ConnectionLost(f"server {where} closed the connection") from None
+    except TimeoutError:
+        raise ConnectionLost(f"no answer from server {where} within {timeout:g} s") from None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return complete, Link(str(peer[0]), str(mine[0]))
+
+
+async def list_rooms(
+    server: str | tuple[str, int], *, timeout: float = DEFAULT_TIMEOUT
+) -> tuple[RoomInfo, ...]:
+    """The rooms on ``server`` (LIST_ROOMS), sorted by name as the server sends them."""
+    reply, _ = await call(parse_server_address(server), ListRooms(), timeout=timeout)
+    if not isinstance(reply, RoomList):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "LIST_ROOMS answered with another reply")
+    return reply.rooms

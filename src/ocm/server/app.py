@@ -1,0 +1,376 @@
+"""The OCM server: one TCP listener for TCRP and one UDP endpoint for the relay.
+
+:class:`OCMServer` wires the layers together and owns the lifecycle: it binds the
+sockets, arms the idle-expiry timer the registry asks for, and on :meth:`OCMServer.close`
+tells every member CLOSED before it stops. :func:`serve` runs it until SIGINT/SIGTERM.
+Only this module and the adapters read the clock (``loop.time()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from ocm.server.guards import (
+    DEFAULT_ERROR_RATE,
+    DEFAULT_FAILURE_WINDOW,
+    DEFAULT_MAX_FAILURES,
+    ErrorReplyLimiter,
+    FailureLimiter,
+)
+from ocm.server.registry import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_ROOMS,
+    DEFAULT_MAX_ROOMS_PER_IP,
+    Outgoing,
+    RoomRegistry,
+)
+from ocm.server.relay import RelayCore
+from ocm.server.tcp import TcpLimits, TcrpHandler
+from ocm.server.udp import RelayEndpoint
+from ocm.wire.constants import DEFAULT_PORT
+from ocm.wire.texts import ServerShutdown
+
+__all__ = ["OCMServer", "ServerConfig", "serve"]
+
+log = logging.getLogger("ocm.server")
+
+# Connections the kernel queues before we accept them. asyncio's default (100) is smaller
+# than one burst of clients or attackers: past it the kernel drops handshakes, and the
+# clients retry a second or more later. Linux caps it at net.core.somaxconn.
+TCP_BACKLOG = 512
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    udp_port: int | None = None  # None: the same number as the TCP port
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_rooms: int = DEFAULT_MAX_ROOMS
+    max_members: int = DEFAULT_MAX_MEMBERS
+    max_rooms_per_ip: int = DEFAULT_MAX_ROOMS_PER_IP
+    max_failures: int = DEFAULT_MAX_FAILURES  # wrong passwords per IP per failure_window
+    failure_window: float = DEFAULT_FAILURE_WINDOW
+    error_rate: float = DEFAULT_ERROR_RATE  # UDP ERROR replies per source IP per second
+    tcp: TcpLimits = field(default_factory=TcpLimits)
+
+
+UDP_SEND_BUFFER = 4 * 1024 * 1024
+UDP_RECEIVE_BUFFER = 1024 * 1024
+
+
+def _bind_udp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6 and host in ("::", ""):
+            # Dual stack where the system allows it, like the TCP listener.
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        _keep_receiving_after_unreachable(sock)
+        # One chat line to a big room is many copies at once (4 KB x 1,000 members is
+        # 4 MB): a send buffer that holds them keeps the relay on its fast path on a
+        # real network card. A larger receive buffer absorbs bursts between two turns
+        # of the event loop. The system may grant less (Linux caps at wmem_max and
+        # rmem_max); that only costs speed.
+        for option, size in (
+            (socket.SO_SNDBUF, UDP_SEND_BUFFER),
+            (socket.SO_RCVBUF, UDP_RECEIVE_BUFFER),
+        ):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _keep_receiving_after_unreachable(sock: socket.socket) -> None:
+    """Windows: a relay to a client that has gone must not stop the socket receiving.
+
+    Winsock reports the ICMP "port unreachable" for one departed client as
+    WSAECONNRESET on the socket's next receive, and asyncio's proactor loop then stops
+    reading the socket for good (CPython issues 91227 and 127057): one member closing
+    its terminal would silence the relay for every room. Turning SIO_UDP_CONNRESET off
+    is the usual cure (libuv, ntpd do the same). Elsewhere nothing is needed: an
+    unconnected UDP socket is not told about ICMP errors.
+    """
+    if sys.platform == "win32":
+        import ctypes
+        from ctypes import wintypes
+
+        sio_udp_connreset = 0x9800000C  # _WSAIOW(IOC_VENDOR, 12), mstcpip.h
+        prototype = ctypes.WINFUNCTYPE(
+            ctypes.c_int,
+            ctypes.c_size_t,  # SOCKET
+            wintypes.DWORD,
+            ctypes.c_void_p,
+            wintypes.DWORD,
+            ctypes.c_void_p,
+            wintypes.DWORD,
+            ctypes.POINTER(wintypes.DWORD),
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        )
+        report = wintypes.BOOL(False)
+        returned = wintypes.DWORD(0)
+        try:
+            wsa_ioctl = prototype(("WSAIoctl", ctypes.windll.ws2_32))
+            failed = wsa_ioctl(
+                sock.fileno(),
+                sio_udp_connreset,
+                ctypes.byref(report),
+                ctypes.sizeof(report),
+                None,
+                0,
+                ctypes.byref(returned),
+                None,
+                None,
+            )
+        except (AttributeError, OSError, ctypes.ArgumentError):
+            failed = True  # the relay still works; it is only less robust
+        if failed:
+            log.warning("could not turn off UDP connection-reset reports on this socket")
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    if ":" in host:
+        dual = host in ("::", "") and socket.has_dualstack_ipv6()
+        return socket.create_server(
+            (host, port), family=socket.AF_INET6, dualstack_ipv6=dual, backlog=TCP_BACKLOG
+        )
+    return socket.create_server((host, port), family=socket.AF_INET, backlog=TCP_BACKLOG)
+
+
+class OCMServer:
+    """A running server. Create it with ``await OCMServer.start(config)``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.registry = RoomRegistry(
+            idle_timeout=config.idle_timeout,
+            max_rooms=config.max_rooms,
+            max_members=config.max_members,
+            max_rooms_per_ip=config.max_rooms_per_ip,
+            failures=FailureLimiter(config.max_failures, config.failure_window),
+        )
+        self.relay = RelayCore(self.registry, ErrorReplyLimiter(config.error_rate))
+        self._loop = asyncio.get_running_loop()
+        self._endpoint = RelayEndpoint(self.relay, self._loop.time)
+        self.tcrp = TcrpHandler(
+            self.registry,
+            config.tcp,
+            udp_port=lambda: self.udp_port,
+            send=self._endpoint.send,
+            clock=self._loop.time,
+            on_join=self._wake_expiry,
+        )
+        self._tcp_server: asyncio.Server | None = None
+        self._members_added = asyncio.Event()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._closing = False
+        self.tcp_port = 0
+        self.udp_port = 0
+
+    @classmethod
+    async def start(cls, config: ServerConfig | None = None) -> OCMServer:
+        server = cls(config or ServerConfig())
+        await server._bind()
+        return server
+
+    async def _bind(self) -> None:
+        config = self.config
+        try:
+            tcp_sock = _bind_tcp(config.host, config.port)
+        except OSError as error:
+            raise _cannot_listen("TCP", config.host, config.port, error) from error
+        self.tcp_port = tcp_sock.getsockname()[1]
+        wanted = self.tcp_port if config.udp_port is None else config.udp_port
+        try:
+            udp_sock = _bind_udp(config.host, wanted)
+        except OSError as error:
+            if config.udp_port is not None or config.port != 0:
+                tcp_sock.close()
+                raise _cannot_listen("UDP", config.host, wanted, error) from error
+            udp_sock = _bind_udp(config.host, 0)  # port 0: any free pair will do
+        self.udp_port = udp_sock.getsockname()[1]
+        await self._loop.create_datagram_endpoint(lambda: self._endpoint, sock=udp_sock)
+        # start_server listens again with its own backlog: pass ours, or it is 100.
+        self._tcp_server = await asyncio.start_server(
+            self.tcrp, sock=tcp_sock, limit=config.tcp.max_payload + 1024, backlog=TCP_BACKLOG
+        )
+        self._expiry_task = asyncio.create_task(self._expire_idle(), name="ocm-expiry")
+        log.info(
+            "OCM server listening on %s: TCP port %d, UDP port %d (idle timeout %gs, %s loop)",
+            config.host,
+            self.tcp_port,
+            self.udp_port,
+            config.idle_timeout,
+            "uvloop" if type(self._loop).__module__.startswith("uvloop") else "asyncio",
+        )
+
+    def _send(self, outgoing: Iterable[Outgoing]) -> None:
+        self._endpoint.send(outgoing)
+
+    def _wake_expiry(self) -> None:
+        self._members_added.set()
+
+    async def _expire_idle(self) -> None:
+        """Sleep until the registry's next deadline, expire, repeat (aioquic's timer)."""
+        while True:
+            deadline = self.registry.next_deadline()
+            if deadline is None:
+                self._members_added.clear()
+                await self._members_added.wait()
+                continue
+            delay = deadline - self._loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                self._send(self.registry.expire(self._loop.time()))
+            except Exception:
+                # Expiry must outlive a bug: without it hosts never time out. Pause so
+                # a bug that repeats cannot spin the loop.
+                log.exception("unexpected error expiring idle members")
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        """Stop accepting, send CLOSED to every member, close connections. Idempotent."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            if self._tcp_server is not None:
+                self._tcp_server.close()
+            if self._expiry_task is not None:
+                self._expiry_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._expiry_task
+            self._send(self.registry.close_all(ServerShutdown()))
+            await self.tcrp.close(timeout=2.0)
+            if self._tcp_server is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self._tcp_server.wait_closed()
+            if self._endpoint.transport is not None:
+                self._endpoint.transport.close()
+            log.info("OCM server stopped")
+        finally:
+            self._closed.set()
+
+    async def __aenter__(self) -> OCMServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _cannot_listen(transport: str, host: str, port: int, error: OSError) -> OSError:
+    """The bind error, saying which socket failed: "TCP port 9001 on 0.0.0.0: ..."."""
+    where = f"[{host}]" if ":" in host else host
+    reason = error.strerror or str(error)
+    return OSError(error.errno, f"cannot listen on {transport} port {port} on {where}: {reason}")
+
+
+# SIGINT is Ctrl-C everywhere; SIGTERM is how service managers stop us on POSIX;
+# SIGBREAK is Ctrl-Break in a Windows console. Names missing on a platform are skipped.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGBREAK")
+
+
+def on_stop_signals(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``stop`` on the loop when a stop signal arrives; return the undo.
+
+    ``loop.add_signal_handler`` where the loop has it (POSIX). Windows' loops raise
+    NotImplementedError: there a plain :func:`signal.signal` handler, which Python runs
+    between bytecodes of the main thread, hops onto the loop. Off the main thread no
+    handler can be set; whoever runs us there stops us by cancelling.
+    """
+    undo: list[Callable[[], object]] = []
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            loop.add_signal_handler(signum, stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+        else:
+            undo.append(functools.partial(loop.remove_signal_handler, signum))
+            continue
+        try:
+            previous = signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop))
+        except (ValueError, OSError):
+            continue
+        if previous is not None:
+            undo.append(functools.partial(signal.signal, signum, previous))
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
+
+
+# Descriptors the server needs besides its TCP connections: listeners, the UDP socket,
+# the event loop's own, logging, the hashing threads.
+SPARE_FILES = 64
+
+
+def fit_connections_to_file_limit(config: ServerConfig) -> ServerConfig:
+    """Make room for ``--max-connections`` under the process's open-file limit.
+
+    Many systems start processes with a soft limit of 1024, below the default of 4096
+    connections: past it accept() fails with EMFILE, which asyncio logs over and over.
+    Raise the soft limit towards the hard one; if that is still short, lower the
+    connection cap to fit and say so. Systems without RLIMIT_NOFILE (Windows) are left
+    as they are.
+    """
+    if sys.platform == "win32":
+        return config
+    import resource  # POSIX only
+
+    wanted = config.tcp.max_connections + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return config
+    fitted = max(1, soft - SPARE_FILES)
+    log.warning(
+        "open-file limit %d allows %d TCP connections, not %d", soft, fitted, wanted - SPARE_FILES
+    )
+    return replace(config, tcp=replace(config.tcp, max_connections=fitted))
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run a server until SIGINT or SIGTERM, then close it (members get CLOSED)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    server = await OCMServer.start(fit_connections_to_file_limit(config))
+    restore = on_stop_signals(loop, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        try:
+            await server.close()
+        finally:
+            restore()

@@ -1,0 +1,88 @@
+"""Rate limiters that keep one client IP from costing the others.
+
+:class:`FailureLimiter` counts wrong passwords per IP in a sliding window (guessing);
+:class:`ErrorReplyLimiter` is a token bucket per IP for UDP ERROR replies (reflection).
+Both take ``now`` and remember a bounded number of IPs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["ErrorReplyLimiter", "FailureLimiter", "canonical_ip"]
+
+# Wrong passwords per client IP before rate_limited, and the window they are counted
+# in: a person mistyping gets a few tries, a guesser gets 5 a minute.
+DEFAULT_MAX_FAILURES = 5
+DEFAULT_FAILURE_WINDOW = 60.0
+# ERROR replies per source IP per second: enough for a person to see why a message
+# bounced, too few to make the server a useful reflector.
+DEFAULT_ERROR_RATE = 5.0
+
+
+def canonical_ip(ip: str) -> str:
+    """Fold an IPv4-mapped IPv6 address (::ffff:1.2.3.4, from a dual-stack socket)."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+class FailureLimiter:
+    """Counts failures per client IP in a sliding window (wrong passwords, bad tokens).
+
+    The table is bounded: past ``max_tracked`` IPs the stalest is forgotten, so a flood
+    of sources cannot grow memory without limit.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = DEFAULT_MAX_FAILURES,
+        window: float = DEFAULT_FAILURE_WINDOW,
+        max_tracked: int = 10_000,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_tracked = max_tracked
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, ip: str, now: float) -> deque[float] | None:
+        times = self._failures.get(ip)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[ip]
+            return None
+        return times
+
+    def blocked(self, ip: str, now: float) -> bool:
+        times = self._recent(canonical_ip(ip), now)
+        return times is not None and len(times) >= self.max_failures
+
+    def record(self, ip: str, now: float) -> None:
+        ip = canonical_ip(ip)  # one client, whichever socket family it came through
+        times = self._recent(ip, now)
+        if times is None:
+            if len(self._failures) >= self.max_tracked:
+                del self._failures[next(iter(self._failures))]
+            times = self._failures[ip] = deque(maxlen=self.max_failures)
+        times.append(now)
+
+
+class ErrorReplyLimiter:
+    """A token bucket per source IP, bounded in how many IPs it remembers."""
+
+    def __init__(self, rate: float = DEFAULT_ERROR_RATE, max_tracked: int = 10_000) -> None:
+        self.rate = rate
+        self.max_tracked = max_tracked
+        self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, last refill)
+
+    def allow(self, ip: str, now: float) -> bool:
+        tokens, last = self._buckets.pop(ip, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - last) * self.rate)
+        if len(self._buckets) >= self.max_tracked:
+            del self._buckets[next(iter(self._buckets))]  # forget the least recently seen
+        if tokens < 1.0:
+            self._buckets[ip] = (tokens, now)
+            return False
+        self._buckets[ip] = (tokens - 1.0, now)
+        return True

@@ -1,0 +1,360 @@
+"""The room registry: rooms, members, tokens, passwords, idle expiry and host rules.
+
+A plain class with no sockets and no clock of its own: every call that depends on time
+takes ``now`` (seconds on any monotonic clock), and :meth:`RoomRegistry.next_deadline`
+says when the adapter should next call :meth:`RoomRegistry.expire`. Refusals raise
+:class:`ocm.errors.RoomError` with the wire error code.
+
+What happens to a room is returned as :class:`Outgoing` datagrams (NOTICE and CLOSED,
+already numbered with the room's Seq), which the UDP adapter only has to send. Room
+events are logged here, one line each, never with a password or a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ocm.errors import ErrorCode, RoomError
+from ocm.server.guards import FailureLimiter, canonical_ip
+from ocm.server.passwords import PasswordHash
+from ocm.wire.datagrams import Kind, next_seq, server_datagram_prefix
+from ocm.wire.tcrp import RoomInfo
+from ocm.wire.texts import (
+    ClosedReason,
+    HostGone,
+    MemberEvent,
+    Presence,
+    format_closed,
+    format_notice,
+)
+
+__all__ = [
+    "Address",
+    "Member",
+    "Outgoing",
+    "Room",
+    "RoomRegistry",
+    "new_token",
+]
+
+log = logging.getLogger("ocm.rooms")
+
+# Where a member's datagrams come from: (ip, port) for IPv4; asyncio gives IPv6 sources
+# as (ip, port, flowinfo, scope_id), kept whole so that replies reach the same scope.
+Address = tuple[Any, ...]
+
+DEFAULT_IDLE_TIMEOUT = 60.0
+# Generous defaults for a laptop or small VPS; each is a server flag.
+DEFAULT_MAX_ROOMS = 10_000
+DEFAULT_MAX_MEMBERS = 1_000
+# Rooms one client IP may host at once: without it one address could take every room
+# (server_full for everyone else) and make LIST_ROOMS megabytes long.
+DEFAULT_MAX_ROOMS_PER_IP = 20
+# 24 random bytes, URL-safe base64: 192 bits, 32 ASCII characters (the spec asks >= 128).
+TOKEN_BYTES = 24
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One datagram for the UDP adapter to send to each address."""
+
+    datagram: bytes
+    addresses: tuple[Address, ...]
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    name: str
+    token: str
+    ip: str  # the IP of the TCP connection that obtained the token (section 1)
+    room: Room
+    last_seen: float
+    address: Address | None = None  # set by the first valid datagram (section 2)
+    name_bytes: bytes = b""
+    token_bytes: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
+        self.token_bytes = self.token.encode("ascii")
+
+
+@dataclass(eq=False, slots=True)
+class Room:
+    name: str
+    password: PasswordHash | None
+    host: Member | None = None
+    members: dict[str, Member] = field(default_factory=dict)  # casefolded name -> member
+    seq: int = 0
+    name_bytes: bytes = b""
+    # Addresses of members that have sent a datagram: the relay's fan-out list, kept
+    # ready so a chat datagram costs no dict walk.
+    addresses: tuple[Address, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
+
+    @property
+    def protected(self) -> bool:
+        return self.password is not None
+
+    def refresh_addresses(self) -> None:
+        self.addresses = tuple(m.address for m in self.members.values() if m.address)
+
+    def next_seq(self) -> int:
+        # Section 2: MESSAGE, NOTICE and CLOSED of one room carry consecutive numbers
+        # from 1; uint32, wrapping after 2**32 - 1 datagrams.
+        self.seq = next_seq(self.seq)
+        return self.seq
+
+    def announce(self, kind: Kind, text: str) -> Outgoing:
+        datagram = server_datagram_prefix(kind, self.next_seq()) + text.encode("utf-8")
+        return Outgoing(datagram, self.addresses)
+
+    def info(self) -> RoomInfo:
+        return RoomInfo(self.name, len(self.members), self.protected)
+
+
+class RoomRegistry:
+    """Every room and member of one server, and the rules that bind them."""
+
+    def __init__(
+        self,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+        max_members: int = DEFAULT_MAX_MEMBERS,
+        max_rooms_per_ip: int = DEFAULT_MAX_ROOMS_PER_IP,
+        failures: FailureLimiter | None = None,
+        token_factory: Callable[[], str] = new_token,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_rooms = max_rooms
+        self.max_members = max_members
+        self.max_rooms_per_ip = max_rooms_per_ip
+        self.failures = failures or FailureLimiter()
+        self._new_token = token_factory
+        self.rooms: dict[str, Room] = {}
+        # The relay routes by token bytes: one dict lookup per datagram.
+        self.by_token: dict[bytes, Member] = {}
+        # Every member, least recently heard first: the next to fall idle is always at
+        # the front, so expiry never scans the whole server. Kept in order because
+        # ``now`` never goes backwards.
+        self._activity: OrderedDict[Member, None] = OrderedDict()
+        self._rooms_by_ip: dict[str, int] = {}  # canonical host IP -> rooms it hosts
+        # Set by close_all: a create or join that was waiting for a password hash
+        # while the server shut down must not open a room nobody will close.
+        self.closed = False
+
+    # -- queries ---------------------------------------------------------------
+
+    def list_rooms(self) -> list[RoomInfo]:
+        return [room.info() for room in sorted(self.rooms.values(), key=lambda r: r.name)]
+
+    def next_deadline(self) -> float | None:
+        """When the next member falls idle, or None if there are no members."""
+        oldest = next(iter(self._activity), None)
+        return None if oldest is None else oldest.last_seen + self.idle_timeout
+
+    # -- create and join -------------------------------------------------------
+
+    def create_room(
+        self, name: str, username: str, password: PasswordHash | None, ip: str, now: float
+    ) -> Member:
+        """Create ``name`` with ``username`` as its host. Hash the password beforehand."""
+        self.check_create(name, ip)
+        room = Room(name, password)
+        self.rooms[name] = room
+        host = self._add_member(room, username, ip, now)
+        room.host = host
+        host_ip = canonical_ip(ip)
+        self._rooms_by_ip[host_ip] = self._rooms_by_ip.get(host_ip, 0) + 1
+        log.info(
+            'room "%s" created by %s (%s)', name, username, "protected" if password else "open"
+        )
+        return host
+
+    def check_create(self, name: str, ip: str) -> None:
+        """Raise what :meth:`create_room` would refuse, so no password is hashed in vain."""
+        self._check_open()
+        if name in self.rooms:
+            raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
+        if len(self.rooms) >= self.max_rooms:
+            raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+        if self._rooms_by_ip.get(canonical_ip(ip), 0) >= self.max_rooms_per_ip:
+            raise RoomError(
+                ErrorCode.SERVER_FULL, f"your address hosts {self.max_rooms_per_ip} rooms already"
+            )
+
+    def admit(self, name: str, username: str, ip: str, now: float) -> PasswordHash | None:
+        """First half of a join: the hash the password must match, or None (open room).
+
+        Split from :meth:`complete_join` so the adapter can verify the (deliberately
+        slow) hash off the event loop. A protected room tells nothing about its members
+        (name_taken, room_full) to someone who has not given its password.
+        """
+        room = self._room(name)
+        if room.password is None:
+            self._check_vacancy(room, username)
+            return None
+        if self.failures.blocked(ip, now):
+            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+        return room.password
+
+    def complete_join(
+        self, name: str, username: str, ip: str, now: float, *, verified: PasswordHash | None
+    ) -> tuple[Member, list[Outgoing]]:
+        """Second half of a join: add the member.
+
+        ``verified`` is the hash :meth:`admit` returned if the password matched it, else
+        None. Everything is checked again: while the hash was computed the room may have
+        closed or been created anew with another password, or the name been taken.
+        """
+        self._check_open()
+        room = self._room(name)
+        if room.password is not None:
+            if self.failures.blocked(ip, now):
+                raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+            if verified is not room.password:
+                self.failures.record(ip, now)
+                raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{name}"')
+        self._check_vacancy(room, username)
+        notice = room.announce(Kind.NOTICE, format_notice(MemberEvent(username, Presence.JOINED)))
+        member = self._add_member(room, username, ip, now)
+        log.info('%s joined room "%s"', username, name)
+        return member, [notice]
+
+    def join_room(
+        self, name: str, username: str, password: str | None, ip: str, now: float
+    ) -> tuple[Member, list[Outgoing]]:
+        """:meth:`admit`, verify the password and :meth:`complete_join`, in one call."""
+        expected = self.admit(name, username, ip, now)
+        verified = expected if expected is not None and expected.verify(password) else None
+        return self.complete_join(name, username, ip, now, verified=verified)
+
+    # -- leave, expire, close --------------------------------------------------
+
+    def leave(self, name: str, token: str, ip: str) -> list[Outgoing]:
+        """LEAVE_ROOM: the token's member leaves; the host's leave closes the room.
+
+        A wrong token is not counted as a failure: 192-bit tokens need no guess limit,
+        and a member whose room closed a moment ago must not be rate-limited for
+        saying goodbye late.
+        """
+        member = self.by_token.get(token.encode("ascii", "replace"))
+        if member is None or member.room.name != name or not self._same_ip(member, ip):
+            raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
+        return self._remove(member, Presence.LEFT)
+
+    def expire(self, now: float) -> list[Outgoing]:
+        """Drop every member silent for ``idle_timeout``; a silent host closes its room."""
+        limit = now - self.idle_timeout
+        outgoing: list[Outgoing] = []
+        while self._activity:
+            oldest = next(iter(self._activity))
+            if oldest.last_seen > limit:
+                break
+            outgoing += self._remove(oldest, Presence.TIMED_OUT)  # takes it off _activity
+        return outgoing
+
+    def close_all(self, reason: ClosedReason) -> list[Outgoing]:
+        """Close every room (server shutdown): each member gets CLOSED with ``reason``.
+
+        The registry then refuses every create and join.
+        """
+        self.closed = True
+        return [self._close(room, reason) for room in list(self.rooms.values())]
+
+    # -- the relay's view --------------------------------------------------------
+
+    def authenticate(self, room_name: bytes, token: bytes, ip: str) -> Member | None:
+        """The member a datagram speaks for, or None (section 2: token, room and IP)."""
+        member = self.by_token.get(token)
+        if member is None or member.room.name_bytes != room_name:
+            return None
+        if member.ip != ip and not self._same_ip(member, ip):
+            return None
+        return member
+
+    def touch(self, member: Member, address: Address, now: float) -> None:
+        """A valid datagram arrived: refresh the member and (re)set its UDP address."""
+        member.last_seen = now
+        self._activity.move_to_end(member)
+        if member.address != address:
+            member.address = address
+            member.room.refresh_addresses()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            raise RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
+        return room
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RoomError(ErrorCode.SERVER_FULL, "the server is shutting down")
+
+    def _check_vacancy(self, room: Room, username: str) -> None:
+        if username.casefold() in room.members:
+            raise RoomError(
+                ErrorCode.NAME_TAKEN, f'the name "{username}" is taken in "{room.name}"'
+            )
+        if len(room.members) >= self.max_members:
+            raise RoomError(ErrorCode.ROOM_FULL, f'room "{room.name}" is full')
+
+    def _add_member(self, room: Room, username: str, ip: str, now: float) -> Member:
+        token = self._new_token()
+        while token.encode("ascii") in self.by_token:  # never with a real CSPRNG
+            token = self._new_token()
+        member = Member(username, token, ip, room, now)
+        room.members[username.casefold()] = member
+        self.by_token[member.token_bytes] = member
+        self._activity[member] = None
+        return member
+
+    @staticmethod
+    def _same_ip(member: Member, ip: str) -> bool:
+        return canonical_ip(member.ip) == canonical_ip(ip)
+
+    def _remove(self, member: Member, how: Presence) -> list[Outgoing]:
+        room = member.room
+        if member is room.host:
+            return [self._close(room, HostGone(member.name, how))]
+        del room.members[member.name.casefold()]
+        del self.by_token[member.token_bytes]
+        del self._activity[member]
+        room.refresh_addresses()
+        log.info(
+            '%s %s room "%s"',
+            member.name,
+            "left" if how is Presence.LEFT else how + " in",
+            room.name,
+        )
+        return [room.announce(Kind.NOTICE, format_notice(MemberEvent(member.name, how)))]
+
+    def _close(self, room: Room, reason: ClosedReason) -> Outgoing:
+        text = format_closed(reason)
+        closed = room.announce(Kind.CLOSED, text)
+        for member in room.members.values():
+            del self.by_token[member.token_bytes]
+            del self._activity[member]
+        room.members.clear()
+        room.refresh_addresses()
+        del self.rooms[room.name]
+        if room.host is not None:
+            host_ip = canonical_ip(room.host.ip)
+            self._rooms_by_ip[host_ip] -= 1
+            if not self._rooms_by_ip[host_ip]:
+                del self._rooms_by_ip[host_ip]
+        log.info('room "%s" closed: %s', room.name, text)
+        return closed

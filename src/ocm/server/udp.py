@@ -1,0 +1,292 @@
+"""The UDP adapter: moves relay datagrams between the socket and :class:`RelayCore`.
+
+Bytes arrive, the core says what to send, the endpoint sends it. Nothing here looks
+inside a datagram.
+
+Sending is most of a relay's work: the kernel's share of one ``sendto`` dwarfs the
+parsing and checking done in Python (docs/performance.md). So while the transport has
+nothing queued, the endpoint writes to the socket itself: a plain ``sendto`` per member
+for small rooms, and for rooms of :data:`BATCH_FROM` or more, on Linux, every copy in
+one ``sendmmsg`` system call (:class:`BatchSender`, through ctypes). That is what lets
+the relay outrun a naive loop of ``sendto`` calls. Whatever the socket refuses for
+now goes to the transport, which queues it; once anything is queued, the transport
+carries everything, so each member still gets its datagrams in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import platform
+import socket
+import struct
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from ocm.server.registry import Address, Outgoing
+from ocm.server.relay import RelayCore
+
+__all__ = ["BATCH_FROM", "BatchSender", "RelayEndpoint"]
+
+log = logging.getLogger("ocm.server.udp")
+
+# Rooms this big or bigger get one sendmmsg call; below it the ctypes call costs more
+# than the system calls it saves (measured on Linux x86-64, docs/performance.md).
+BATCH_FROM = 3
+# What the transport may hold for sockets that refuse more (a fan-out larger than the
+# link): past it copies are dropped, as a router would, and the members see a Seq gap.
+# Without a cap one fast sender in a big room could grow the server's memory forever.
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+
+
+class RelayEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, core: RelayCore, clock: Callable[[], float]) -> None:
+        self.core = core
+        self._clock = clock
+        self.transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None  # our own handle on the transport's socket
+        self._batch: BatchSender | None = None
+        self._queued: Callable[[], int] = lambda: 0
+        self.dropped = 0  # copies not sent because the transport's queue was full
+        self._next_drop_warning = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        # Every datagram transport of asyncio and uvloop has it, though the ABC does not.
+        queued = getattr(transport, "get_write_buffer_size", None)
+        if queued is not None:
+            self._queued = queued
+        if sys.platform == "win32" or sock is None or queued is None:
+            return  # the proactor owns its socket: the transport sends everything
+        try:
+            # The transport hands out a wrapper without sendto; a duplicate descriptor
+            # is a plain socket on the same file (and non-blocking like it).
+            self._sock = sock.dup()
+        except OSError:
+            return
+        self._batch = BatchSender.open(self._sock.fileno(), self._sock.family)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._batch = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            answer = self.core.answer(data, addr, self._clock())
+        except Exception:
+            # A bug must cost one datagram, never the relay.
+            log.exception("unexpected error handling a datagram from %s", addr[0])
+            return
+        if answer is not None:
+            self.send_to(answer[0], answer[1])
+
+    def send(self, outgoing: Iterable[Outgoing]) -> None:
+        for item in outgoing:
+            self.send_to(item.datagram, item.addresses)
+
+    def send_to(self, datagram: bytes, addresses: tuple[Address, ...]) -> None:
+        """Send ``datagram`` to each address, straight to the socket when possible."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        sock = self._sock
+        if sock is not None and not self._queued():
+            if self._batch is not None and len(addresses) >= BATCH_FROM:
+                sent = self._batch.send(datagram, addresses)
+            else:
+                sent = 0
+                for address in addresses:
+                    try:
+                        sock.sendto(datagram, address)
+                    except BlockingIOError:
+                        break  # the socket buffer is full: the transport queues the rest
+                    except OSError as error:
+                        self.error_received(error)  # what the transport would have done
+                    sent += 1
+            if sent == len(addresses):
+                return
+            addresses = addresses[sent:]
+        room_left = (MAX_QUEUED_BYTES - self._queued()) // max(len(datagram), 1)
+        if room_left < len(addresses):
+            self._drop(len(addresses) - max(room_left, 0))
+            addresses = addresses[: max(room_left, 0)]
+        for address in addresses:
+            transport.sendto(datagram, address)
+
+    def _drop(self, copies: int) -> None:
+        self.dropped += copies
+        now = self._clock()
+        if now >= self._next_drop_warning:  # at most one line a minute
+            self._next_drop_warning = now + 60.0
+            log.warning(
+                "UDP send queue full: %d relayed copies dropped so far (members see a gap)",
+                self.dropped,
+            )
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a client that went away: its idle timeout will
+        # remove it; nothing to do now.
+        log.debug("UDP error: %s", exc)
+
+
+# -- sendmmsg(2) through ctypes (Linux, glibc, 64-bit) ---------------------------
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+# The most one UDP datagram can carry (IPv4): the shared buffer holds any of them.
+_MAX_UDP_PAYLOAD = 65_507
+# The kernel takes at most UIO_MAXIOV messages per call.
+_MAX_BATCH = 1024
+# Destinations kept prepared, over all rooms (about 170 bytes each): past this, start
+# over. A bound on addresses, not rooms, so rooms that churn members cannot pile up
+# stale lists of a thousand addresses each.
+_MAX_PREPARED = 65_536
+
+
+class _Prepared:
+    """The messages of one destination tuple, all pointing at the shared buffer."""
+
+    __slots__ = ("addresses", "messages", "names", "pointer")
+
+    def __init__(self, addresses: tuple[Address, ...], messages: Any, names: list[Any]) -> None:
+        self.addresses = addresses  # kept alive, so its id() stays its own
+        self.messages = messages
+        self.names = names
+        self.pointer: int = ctypes.addressof(messages)
+
+
+class BatchSender:
+    """Sends one datagram to many addresses with one ``sendmmsg`` call.
+
+    Every message of a batch points at one buffer and one iovec, so a send is a copy
+    into the buffer and a single system call. Destination lists are prepared once per
+    address tuple (rooms keep theirs until a member comes or goes). Only built where
+    the structure layouts are known: Linux with glibc on a 64-bit machine.
+    """
+
+    def __init__(self, sendmmsg: Callable[..., int], fd: int, family: int) -> None:
+        self._sendmmsg = sendmmsg
+        self._fd = fd
+        self._family = family
+        self._buffer = ctypes.create_string_buffer(_MAX_UDP_PAYLOAD)
+        # Copying through a memoryview is several times cheaper than ctypes.memmove.
+        self._view = memoryview(self._buffer).cast("B")
+        self._iov = _IoVec(ctypes.addressof(self._buffer), 0)
+        self._prepared: dict[int, _Prepared] = {}
+        self._prepared_addresses = 0
+
+    @classmethod
+    def open(cls, fd: int, family: int) -> BatchSender | None:
+        """A sender for socket ``fd``, or None where sendmmsg is not to be had."""
+        if (
+            not sys.platform.startswith("linux")
+            or platform.libc_ver()[0] != "glibc"
+            or ctypes.sizeof(ctypes.c_void_p) != 8
+            or family not in (socket.AF_INET, socket.AF_INET6)
+        ):
+            return None
+        try:
+            # PyDLL keeps the GIL: the socket is non-blocking, so the call never waits,
+            # and skipping the release and retake is cheaper.
+            sendmmsg = ctypes.PyDLL(None).sendmmsg
+        except (OSError, AttributeError):
+            return None
+        sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        sendmmsg.restype = ctypes.c_int
+        return cls(sendmmsg, fd, family)
+
+    def send(self, datagram: bytes, addresses: tuple[Address, ...]) -> int:
+        """Send ``datagram`` to the first addresses; return how many it reached.
+
+        Fewer than all (even 0) when the socket buffer fills or an address cannot be
+        expressed here; the caller hands the rest to the transport.
+        """
+        size = len(datagram)
+        if size > _MAX_UDP_PAYLOAD:
+            return 0  # the socket would refuse it too; the transport will say why
+        prepared = self._prepared.get(id(addresses))
+        if prepared is None or prepared.addresses is not addresses:
+            prepared = self._prepare(addresses)
+            if prepared is None:
+                return 0
+        self._view[:size] = datagram
+        self._iov.iov_len = size
+        sent = 0
+        count = len(addresses)
+        while sent < count:
+            chunk = min(count - sent, _MAX_BATCH)
+            done = self._sendmmsg(self._fd, prepared.pointer + sent * _MMSG_SIZE, chunk, 0)
+            if done <= 0:
+                break  # EAGAIN or an error: the transport retries and reports
+            sent += done
+            if done < chunk:
+                break
+        return sent
+
+    def _prepare(self, addresses: tuple[Address, ...]) -> _Prepared | None:
+        if len(addresses) > _MAX_PREPARED:
+            return None
+        names: list[Any] = []
+        try:
+            for address in addresses:
+                names.append(self._sockaddr(address))
+        except (OSError, ValueError, TypeError, struct.error):
+            return None  # not an address of this family: leave it to the transport
+        messages = (_MMsgHdr * len(addresses))()
+        iov = ctypes.addressof(self._iov)
+        for message, name in zip(messages, names, strict=True):
+            header = message.msg_hdr
+            header.msg_name = ctypes.addressof(name)
+            header.msg_namelen = ctypes.sizeof(name)
+            header.msg_iov = iov
+            header.msg_iovlen = 1
+        if self._prepared_addresses + len(addresses) > _MAX_PREPARED:
+            self._prepared.clear()
+            self._prepared_addresses = 0
+        prepared = _Prepared(addresses, messages, names)
+        self._prepared[id(addresses)] = prepared
+        self._prepared_addresses += len(addresses)
+        return prepared
+
+    def _sockaddr(self, address: Address) -> Any:
+        """``address`` as a struct sockaddr_in or sockaddr_in6, in a ctypes buffer."""
+        # An IPv6 address from asyncio is (ip, port, flowinfo, scope_id).
+        ip, port, *rest = address
+        family = struct.pack("=H", self._family)
+        port_bytes = struct.pack("!H", port)
+        if self._family == socket.AF_INET:
+            raw = family + port_bytes + socket.inet_pton(socket.AF_INET, ip) + bytes(8)
+        else:
+            if ":" not in ip:
+                ip = "::ffff:" + ip  # an IPv4 peer of a dual-stack socket
+            flow, scope = (rest[0], rest[1]) if len(rest) >= 2 else (0, 0)
+            packed = socket.inet_pton(socket.AF_INET6, ip.split("%", 1)[0])
+            raw = family + port_bytes + struct.pack("!I", flow) + packed + struct.pack("=I", scope)
+        return ctypes.create_string_buffer(raw, len(raw))
+
+
+_MMSG_SIZE = ctypes.sizeof(_MMsgHdr)

@@ -1,0 +1,175 @@
+"""Pipe mode: the ``ocm`` client when stdin is not a terminal (scripts, bots, tests).
+
+Each stdin line is sent as one message; each event is one stdout line in the format of
+:func:`ocm.ui.chatview.pipe_line`; end of input leaves the room, once the server's copies
+of the lines already sent have come back (so ``echo hi | ocm join lobby`` delivers
+"hi"). A line the client refuses (too long) is reported on stderr and skipped. Lines go
+out no faster than the server confirms them (the client's window). A line refused or
+whose copy never came back makes the exit status 1, so a script never loses lines
+silently.
+
+Stdin is read by a daemon thread with ``os.read`` on the file descriptor: it works for
+pipes, files and consoles on every platform, and a thread blocked on a quiet pipe never
+holds up the exit (a buffered ``sys.stdin`` read would hold its lock at shutdown). The
+thread stops reading while :data:`MAX_QUEUED_READS` reads wait to be sent, so ``yes |
+ocm join ...`` does not fill the memory, and a line longer than :data:`MAX_LINE` is
+dropped as it is read (``cat /dev/urandom | ocm join ...`` has no newline to wait for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from ocm.client import ChatClient
+from ocm.errors import ConnectionLost, ProtocolError
+from ocm.ui.chatview import pipe_line
+
+__all__ = ["MAX_LINE", "MAX_QUEUED_READS", "LongLine", "read_lines", "run_pipe"]
+
+_CHUNK = 64 * 1024
+# Reads (each up to 64 KiB of lines) waiting to be sent at most: 1 MiB of input.
+MAX_QUEUED_READS = 16
+# Characters of one line kept at most while its newline has not come. No message may be
+# longer than 4 KiB (section 2), so a longer line would be refused anyway; 64 KiB is far
+# past that and bounds the memory that input without newlines can take.
+MAX_LINE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """In place of a line longer than :data:`MAX_LINE` characters: dropped unread."""
+
+
+def read_lines(fd: int, encoding: str) -> AsyncIterator[str | LongLine]:
+    """Lines from file descriptor ``fd`` without their line ending, until end of file.
+
+    Undecodable bytes become U+FFFD rather than an error. A line longer than
+    :data:`MAX_LINE` characters comes as one :class:`LongLine`.
+    """
+    loop = asyncio.get_running_loop()
+    # The lines of one read at a time; an empty list is the end of the input. The thread
+    # takes a slot for each read it queues and the reader gives it back: the backpressure.
+    queue: asyncio.Queue[list[str | LongLine]] = asyncio.Queue()
+    slots = threading.Semaphore(MAX_QUEUED_READS)
+
+    def put(lines: list[str | LongLine]) -> bool:
+        while not slots.acquire(timeout=0.2):
+            if loop.is_closed():
+                return False  # nobody is listening any more
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, lines)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    def pump() -> None:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        pending = ""
+        dropping = False  # in a line too long to keep: skip to its end
+        while True:
+            try:
+                chunk = os.read(fd, _CHUNK)
+            except OSError:
+                chunk = b""
+            pending += decoder.decode(chunk, final=not chunk)
+            *complete, pending = pending.split("\n")
+            lines: list[str | LongLine] = []
+            for line in complete:
+                lines.append(LongLine() if dropping else line.removesuffix("\r"))
+                dropping = False
+            if dropping or len(pending) > MAX_LINE:
+                dropping, pending = True, ""
+            if lines and not put(lines):
+                return
+            if not chunk:
+                if dropping or pending:
+                    put([LongLine() if dropping else pending])
+                put([])
+                return
+
+    threading.Thread(target=pump, name="ocm-stdin", daemon=True).start()
+
+    async def lines() -> AsyncIterator[str | LongLine]:
+        while batch := await queue.get():
+            slots.release()
+            for line in batch:
+                yield line
+
+    return lines()
+
+
+def _emit(out: TextIO, line: str) -> None:
+    out.write(line + "\n")
+    out.flush()
+
+
+async def run_pipe(
+    chat: ChatClient, lines: AsyncIterator[str | LongLine], out: TextIO, err: TextIO
+) -> int:
+    """Chat between ``lines`` and ``out`` until end of input or the room ends; leave.
+
+    The exit status: 0, or 1 when a line was refused (too long: not sent) or the server
+    did not confirm every line sent.
+    """
+    refused = 0
+
+    async def show() -> None:
+        async for event in chat:
+            _emit(out, pipe_line(event))
+
+    async def send() -> None:
+        nonlocal refused
+        async for line in lines:
+            if isinstance(line, LongLine):
+                refused += 1
+                _emit(err, f"ocm: line longer than {MAX_LINE} characters dropped (not sent)")
+                continue
+            if not line.strip():
+                continue
+            try:
+                await chat.send(line)  # waits while the window is full, and always yields
+            except ProtocolError as error:  # too long: say so, keep going
+                refused += 1
+                _emit(err, f"ocm: {error.message}")
+            except ConnectionLost:
+                return  # the room ended; show() prints why
+
+    printer = asyncio.create_task(show(), name="ocm-pipe-out")
+    reader = asyncio.create_task(send(), name="ocm-pipe-in")
+    try:
+        done, _ = await asyncio.wait({printer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            # End of input. Every line still in flight was sent less than confirm_timeout
+            # ago, so by then its copy is back or it is counted Undelivered.
+            await chat.flush(chat.confirm_timeout)
+    finally:
+        reader.cancel()
+        await chat.close()  # waits for our last copies, then LEAVE_ROOM
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        try:
+            await printer
+        except BrokenPipeError:
+            # Nobody reads our output any more; keep Python's exit flush quiet.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
+    lost = chat.undelivered + chat.unconfirmed
+    if refused:
+        _emit(err, f"ocm: {refused} line{'' if refused == 1 else 's'} refused (not sent)")
+    if lost:
+        _emit(err, f"ocm: {lost} message{'' if lost == 1 else 's'} not confirmed by the server")
+    return 1 if refused or lost else 0
+
+
+def stdin_lines() -> AsyncIterator[str | LongLine]:
+    """:func:`read_lines` on this process's stdin, in its configured encoding."""
+    return read_lines(sys.stdin.fileno(), sys.stdin.encoding or "utf-8")

@@ -1,0 +1,436 @@
+"""The interactive terminal client: prompt_toolkit around a :class:`~ocm.client.ChatClient`.
+
+The input line stays at the bottom while chat scrolls above it, the way irssi and
+weechat behave: each incoming line is printed above the prompt (prompt_toolkit erases
+the prompt, prints, and redraws it with the half-typed text and cursor intact). The
+terminal's own scrollback keeps the history. What the lines look like is
+:mod:`ocm.ui.chatview`'s business; this module only wires keys, prompts and output.
+
+Only :mod:`ocm.cli.client` imports this module, and only for a terminal, so ``ocm server``
+and pipe mode never load prompt_toolkit. Nothing here is POSIX-only: Ctrl-C arrives as a key
+(or KeyboardInterrupt), never through ``add_signal_handler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import in_terminal
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion, WordCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.renderer import print_formatted_text as render_fragments
+from prompt_toolkit.styles import Style
+from prompt_toolkit.validation import ValidationError, Validator
+
+from ocm.client import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    ChatClient,
+    Closed,
+    Message,
+    format_server_address,
+    list_rooms,
+    parse_server_address,
+)
+from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ProtocolError, ServerError
+from ocm.ui.chatview import (
+    HELP,
+    Fragments,
+    Roster,
+    event_lines,
+    info_line,
+    parse_input,
+    sanitize,
+    toolbar,
+    who_lines,
+)
+from ocm.wire.names import validate_name
+from ocm.wire.tcrp import RoomInfo
+
+__all__ = ["STYLE", "NameCompleter", "Prompter", "TerminalChat", "interactive"]
+
+STYLE = Style.from_dict(
+    {
+        "time": "ansibrightblack",
+        "bracket": "ansibrightblack",
+        "text": "",
+        "mention": "bold ansiblack bg:ansiyellow",
+        "action": "italic",
+        "notice": "italic ansibrightblack",
+        "info": "ansibrightblack",
+        "warning": "bold ansiyellow",
+        "error": "ansired",
+        "closed": "bold ansired",
+        "prompt": "bold",
+        "question": "bold",
+        "bottom-toolbar": "noreverse bg:ansiblue ansiwhite",
+        "bottom-toolbar.room": "bold",
+        "bottom-toolbar.sending": "bold",
+    }
+)
+
+
+class _Ended(Exception):
+    """Raised out of the prompt when the room ends while the user is typing."""
+
+
+class NameCompleter(Completer):
+    """Tab completes member names: recent speakers first (weechat's order).
+
+    At the start of the line a name is completed as ``"bob: "``, elsewhere as ``"bob "``.
+    """
+
+    def __init__(self, roster: Roster, members: Callable[[], Sequence[str]]) -> None:
+        self.roster = roster
+        self.members = members
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterable[Completion]:
+        word = document.get_word_before_cursor(WORD=True)
+        if not word and not complete_event.completion_requested:
+            return
+        alone = document.text_before_cursor.strip() == word
+        for name in self.roster.complete(word, self.members()):
+            yield Completion(
+                name + (": " if alone else " "), start_position=-len(word), display=name
+            )
+
+
+class TerminalChat:
+    """The chat screen for one room. ``await TerminalChat(chat).run()`` returns the exit
+    status; it always leaves the room (the host's leave closes it)."""
+
+    def __init__(
+        self,
+        chat: ChatClient,
+        *,
+        input: Input | None = None,
+        output: Output | None = None,
+        clock: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.chat = chat
+        self.clock = clock
+        self.roster = Roster(chat.name)
+        self.ended: Closed | None = None
+        self._day = clock().date()
+        self.session: PromptSession[str] = PromptSession(
+            message=[("class:prompt", f"{sanitize(chat.name)}> ")],
+            input=input,
+            output=output,
+            style=STYLE,
+            # Redrawn with every line printed above the prompt, so the count of messages
+            # on their way stays current: each copy that comes back is such a line.
+            bottom_toolbar=lambda: FormattedText(
+                toolbar(chat.room, chat.members, chat.host, chat.name, chat.unconfirmed)
+            ),
+            completer=NameCompleter(self.roster, lambda: chat.members),
+            complete_while_typing=False,
+            # The typed line is erased on Enter; it shows up again when the server's copy
+            # comes back, which is the delivery confirmation. Until then the toolbar
+            # counts it, and if the copy never comes the client reports it Undelivered
+            # ("not delivered: TEXT"), so a lost line never just vanishes.
+            erase_when_done=True,
+            reserve_space_for_menu=0,
+        )
+
+    @property
+    def output(self) -> Output:
+        return self.session.app.output
+
+    async def show(self, lines: Iterable[Fragments]) -> None:
+        """Print lines above the prompt (or plainly when no prompt is running)."""
+        async with in_terminal():
+            for fragments in lines:
+                render_fragments(self.output, FormattedText([*fragments, ("", "\n")]), STYLE)
+            self.output.flush()
+
+    async def info(self, text: str, style: str = "class:info") -> None:
+        await self.show([info_line(text, self.clock(), style)])
+
+    async def run(self) -> int:
+        chat = self.chat
+        with patch_stdout(raw=True):
+            await self._introduce()
+            receiver = asyncio.create_task(self._receive(), name="ocm-terminal-receive")
+            try:
+                await self._read_input()
+            finally:
+                await chat.close()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiver
+            if self.ended is not None:
+                await self.show(event_lines(self.ended, self.clock(), chat.name))
+            elif chat.is_host:
+                await self.info(f'you left "{chat.room}"; the room is closed', "class:warning")
+            else:
+                await self.info(f'you left "{chat.room}"')
+        return 0
+
+    async def _introduce(self) -> None:
+        chat = self.chat
+        now = self.clock()
+        # Push what the screen holds up into the scrollback, so the input line starts at
+        # the bottom, above the toolbar, and stays there.
+        self.output.write_raw("\n" * max(0, self.output.get_size().rows - 1))
+        where = format_server_address(chat.server)
+        role = "host" if chat.is_host else "member"
+        lines = [
+            info_line(f'in room "{chat.room}" on {where} as {chat.name} ({role})', now),
+            *who_lines(chat.members, chat.host, now),
+        ]
+        if chat.is_host:
+            lines.append(
+                info_line(
+                    "you are the host: when you leave, the room closes for everyone",
+                    now,
+                    "class:warning",
+                )
+            )
+        lines.append(info_line("type a message and Enter to send; /help for commands", now))
+        await self.show(lines)
+
+    async def _receive(self) -> None:
+        async for event in self.chat:
+            if isinstance(event, Closed):
+                self._end(event)  # printed once the prompt is gone, as the last line
+                break
+            if isinstance(event, Message):
+                self.roster.spoke(event.sender)
+            await self.show(self._dated(event_lines(event, self.clock(), self.chat.name)))
+        self._end(None)
+
+    def _dated(self, lines: list[Fragments]) -> list[Fragments]:
+        now = self.clock()
+        if now.date() == self._day:
+            return lines
+        self._day = now.date()
+        return [info_line(now.strftime("day changed to %A %d %B %Y"), now), *lines]
+
+    def _end(self, closed: Closed | None) -> None:
+        if closed is not None and self.ended is None:
+            self.ended = closed
+        self._exit_prompt()
+
+    def _exit_prompt(self) -> None:
+        app = self.session.app
+        if app.future is not None and not app.future.done():
+            app.exit(exception=_Ended())
+
+    def _exit_if_ended(self) -> None:
+        # pre_run: the room may have ended between two prompts.
+        if self.ended is not None or self.chat.closed is not None:
+            self._exit_prompt()
+
+    async def _read_input(self) -> None:
+        chat = self.chat
+        kept = ""  # a line the client refused, given back to edit
+        while self.ended is None:
+            try:
+                line = await self.session.prompt_async(default=kept, pre_run=self._exit_if_ended)
+            except (_Ended, EOFError, KeyboardInterrupt):
+                return  # Ctrl-D, Ctrl-C, or the room ended
+            kept = ""
+            command = parse_input(line)
+            match command.kind:
+                case "exit":
+                    return
+                case "send":
+                    try:
+                        await chat.send(command.text)
+                    except ProtocolError as error:  # too long: say why, give the text back
+                        kept = line
+                        await self.info(
+                            f"{error.message}; it is back in the input line to shorten",
+                            "class:error",
+                        )
+                    except OCMError as error:
+                        await self.info(error.message, "class:error")
+                case "who":
+                    await self.show(who_lines(chat.members, chat.host, self.clock()))
+                case "help":
+                    await self.show(info_line(text, self.clock()) for text in HELP)
+                case "unknown":
+                    await self.info(
+                        f"unknown command {sanitize(command.text)} — /help lists the commands",
+                        "class:error",
+                    )
+
+
+# ---------------------------------------------------------------------------
+# Questions before the chat: server, name, create or join, room, password
+# ---------------------------------------------------------------------------
+
+
+class Prompter:
+    """Asks one question at a time on the terminal (echo off for passwords)."""
+
+    def __init__(self, *, input: Input | None = None, output: Output | None = None) -> None:
+        self.session: PromptSession[str] = PromptSession(input=input, output=output, style=STYLE)
+
+    async def say(self, text: str, style: str = "") -> None:
+        async with in_terminal():
+            output = self.session.app.output
+            render_fragments(output, FormattedText([(style, text), ("", "\n")]), STYLE)
+            output.flush()
+
+    async def ask(
+        self,
+        question: str,
+        *,
+        default: str = "",
+        check: Callable[[str], object] | None = None,
+        password: bool = False,
+        choices: Sequence[str] = (),
+    ) -> str:
+        """Ask until ``check`` accepts the answer (it raises ValueError or OCMError to
+        refuse, with the reason shown under the prompt). Empty means ``default``."""
+
+        def explain(document: Document) -> None:
+            if check is None:
+                return
+            try:
+                check((document.text if password else document.text.strip(" ")) or default)
+            except (ValueError, OCMError) as error:
+                message = error.message if isinstance(error, OCMError) else str(error)
+                raise ValidationError(len(document.text), message) from None
+
+        hint = f" [{default}]" if default else ""
+        answer = await self.session.prompt_async(
+            [("class:question", f"{question}{hint}: ")],
+            is_password=password,
+            completer=WordCompleter(list(choices), sentence=True) if choices else None,
+            validator=_FunctionValidator(explain),
+            validate_while_typing=False,
+        )
+        if password:
+            return answer or default  # spaces may be part of a password: never strip it
+        # Trimmed as the server trims names: U+0020 only (docs/protocol.md, Username).
+        return answer.strip(" ") or default
+
+
+class _FunctionValidator(Validator):
+    def __init__(self, check: Callable[[Document], None]) -> None:
+        self.check = check
+
+    def validate(self, document: Document) -> None:
+        self.check(document)
+
+
+def check_name(text: str) -> str:
+    """A username as the server will take it (trimmed, 1-255 bytes, no controls)."""
+    return validate_name(text.strip(" "), "name", error=LocalProtocolError)
+
+
+async def ask_name(prompter: Prompter) -> str:
+    return await prompter.ask("your name", check=check_name)
+
+
+async def ask_password(prompter: Prompter, room: str) -> str:
+    return await prompter.ask(f'password for "{room}"', password=True)
+
+
+def _room_lines(rooms: Sequence[RoomInfo]) -> list[str]:
+    lines = []
+    for room in rooms:
+        access = "password" if room.protected else "open"
+        members = f"{room.members} member" + ("" if room.members == 1 else "s")
+        lines.append(f"  {sanitize(room.name)}  ({members}, {access})")
+    return lines
+
+
+async def interactive(
+    default_server: str,
+    *,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    input: Input | None = None,
+    output: Output | None = None,
+) -> int:
+    """``ocm`` alone: ask where and who, create or join, then chat.
+
+    A refusal from the server (name taken, wrong password, room exists ...) is shown
+    and the questions about the room are asked again.
+    """
+    prompter = Prompter(input=input, output=output)
+    try:
+        server_text = await prompter.ask(
+            "server", default=default_server, check=parse_server_address
+        )
+        server = parse_server_address(server_text)
+        rooms = await list_rooms(server)
+        name = await ask_name(prompter)
+        while True:
+            try:
+                chat = await _choose_room(prompter, server, name, rooms, heartbeat_interval)
+            except ServerError as error:
+                await prompter.say(f"! {error.message}", "class:error")
+                if error.code is ErrorCode.NAME_TAKEN:
+                    name = await ask_name(prompter)
+                rooms = await list_rooms(server)
+                continue
+            break
+    except (EOFError, KeyboardInterrupt):
+        return 0
+    return await TerminalChat(chat, input=input, output=output).run()
+
+
+async def _choose_room(
+    prompter: Prompter,
+    server: tuple[str, int],
+    name: str,
+    rooms: Sequence[RoomInfo],
+    heartbeat_interval: float,
+) -> ChatClient:
+    where = format_server_address(server)
+    if rooms:
+        await prompter.say(f"rooms on {where}:")
+        for line in _room_lines(rooms):
+            await prompter.say(line)
+        choice = await prompter.ask(
+            "join a room or create one? (join/create)",
+            default="join",
+            check=_check_choice,
+            choices=["join", "create"],
+        )
+    else:
+        await prompter.say(f"no rooms on {where} yet: create the first one")
+        choice = "create"
+    if choice.lower().startswith("c"):
+        room = await prompter.ask(
+            "new room name",
+            check=lambda t: validate_name(t, "room name", error=LocalProtocolError),
+        )
+        secret = await prompter.ask("password (empty for an open room)", password=True)
+        return await ChatClient.create(
+            server, room, name, secret or None, heartbeat_interval=heartbeat_interval
+        )
+    by_name = {r.name: r for r in rooms}
+    room = await prompter.ask(
+        "room",
+        default=rooms[0].name if len(rooms) == 1 else "",
+        check=lambda t: _check_listed(t, by_name),
+        choices=list(by_name),
+    )
+    password: str | None = None
+    if by_name[room].protected:
+        password = await ask_password(prompter, room)
+    return await ChatClient.join(
+        server, room, name, password, heartbeat_interval=heartbeat_interval
+    )
+
+
+def _check_choice(text: str) -> None:
+    if text.strip().lower() not in ("j", "join", "c", "create"):
+        raise ValueError('type "join" or "create"')
+
+
+def _check_listed(text: str, rooms: dict[str, RoomInfo]) -> None:
+    if text not in rooms:
+        raise ValueError(f'no room named "{text}"; Tab shows the rooms')

@@ -1,0 +1,432 @@
+"""TCRP, the room-control protocol on TCP (section 1 of docs/protocol.md): pure
+encode/decode, no I/O.
+
+Two levels:
+
+* frames: :class:`TcrpHeader` and :class:`TcrpMessage` (operation, state, room, JSON
+  payload), read and written by :func:`decode_header`, :func:`decode_tcrp_body`,
+  :func:`decode_tcrp` and :func:`encode_tcrp` (and fed from a byte stream by
+  :class:`ocm.wire.framer.TcrpReader`);
+* typed messages: the requests (:class:`CreateRoom`, :class:`JoinRoom`,
+  :class:`ListRooms`, :class:`LeaveRoom`) and replies (:class:`Ack`,
+  :class:`Admission`, :class:`RoomList`, :class:`Left`), converted with
+  :func:`parse_request` / :func:`encode_request` and :func:`parse_reply` /
+  :func:`encode_reply`. Field rules are checked here.
+
+Malformed input raises :class:`~ocm.errors.RemoteProtocolError` with the wire error
+code; a message we cannot encode raises :class:`~ocm.errors.LocalProtocolError`.
+Nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from ocm.errors import ErrorCode, RemoteProtocolError
+from ocm.wire._util import bad, refuse, utf8
+from ocm.wire.constants import (
+    MAX_NAME_BYTES,
+    MAX_TCRP_PAYLOAD,
+    MAX_TOKEN_BYTES,
+    PAYLOAD_SIZE_BYTES,
+    TCRP_HEADER_SIZE,
+)
+from ocm.wire.names import validate_name
+
+__all__ = [
+    "Ack",
+    "Admission",
+    "CreateRoom",
+    "JoinRoom",
+    "LeaveRoom",
+    "Left",
+    "ListRooms",
+    "Operation",
+    "Reply",
+    "Request",
+    "RoomInfo",
+    "RoomList",
+    "State",
+    "TcrpHeader",
+    "TcrpMessage",
+    "decode_header",
+    "decode_tcrp",
+    "decode_tcrp_body",
+    "encode_error_ack",
+    "encode_header",
+    "encode_reply",
+    "encode_request",
+    "encode_tcrp",
+    "parse_reply",
+    "parse_request",
+    "reply_message",
+    "request_message",
+]
+
+
+class Operation(IntEnum):
+    CREATE_ROOM = 1
+    JOIN_ROOM = 2
+    LIST_ROOMS = 3
+    LEAVE_ROOM = 4
+
+
+class State(IntEnum):
+    REQUEST = 0
+    ACK = 1
+    COMPLETE = 2
+
+
+# ---------------------------------------------------------------------------
+# TCRP frames (section 1)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcrpHeader:
+    """The 32-byte TCRP header. ``operation`` is an :class:`Operation`."""
+
+    room_name_size: int
+    operation: Operation
+    state: State
+    payload_size: int
+
+    @property
+    def body_size(self) -> int:
+        return self.room_name_size + self.payload_size
+
+
+@dataclass(frozen=True, slots=True)
+class TcrpMessage:
+    """One TCRP message: header fields plus the decoded room name and JSON object."""
+
+    operation: Operation
+    state: State
+    room: str
+    payload: dict[str, Any]
+
+
+def decode_header(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpHeader:
+    """Decode a 32-byte TCRP header.
+
+    Raises ProtocolError: ``bad_request`` for a short header or unknown state,
+    ``unknown_operation`` for an operation outside 1-4, ``too_large`` for a payload
+    size over ``max_payload``. The checks run in that order so that a server can
+    still answer an unknown operation (it knows the state was a request).
+    """
+    if len(data) != TCRP_HEADER_SIZE:
+        raise bad(f"TCRP header must be {TCRP_HEADER_SIZE} bytes, got {len(data)}")
+    room_name_size, raw_operation, raw_state = data[0], data[1], data[2]
+    if raw_state not in State._value2member_map_:
+        raise bad(f"unknown state {raw_state}")
+    if raw_operation not in Operation._value2member_map_:
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {raw_operation}")
+    payload_size = int.from_bytes(data[3:TCRP_HEADER_SIZE], "big")
+    if payload_size > max_payload:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_LARGE, f"payload of {payload_size} bytes exceeds {max_payload}"
+        )
+    return TcrpHeader(room_name_size, Operation(raw_operation), State(raw_state), payload_size)
+
+
+def _decode_payload(data: bytes) -> dict[str, Any]:
+    if not data:
+        return {}  # section 1: an empty payload means {}
+    text = utf8(data, "payload")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise bad("payload is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad("payload must be a JSON object")
+    return value
+
+
+def decode_tcrp_body(header: TcrpHeader, body: bytes) -> TcrpMessage:
+    """Decode the body that follows ``header`` (exactly ``header.body_size`` bytes)."""
+    if len(body) != header.body_size:
+        raise bad(f"body must be {header.body_size} bytes, got {len(body)}")
+    room = utf8(body[: header.room_name_size], "room name")
+    payload = _decode_payload(body[header.room_name_size :])
+    return TcrpMessage(header.operation, header.state, room, payload)
+
+
+def decode_tcrp(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpMessage:
+    """Decode one whole TCRP message; the bytes must hold exactly one."""
+    header = decode_header(data[:TCRP_HEADER_SIZE], max_payload=max_payload)
+    body = data[TCRP_HEADER_SIZE:]
+    if len(body) < header.body_size:
+        raise bad("sizes point past the end of the message")
+    if len(body) > header.body_size:
+        raise bad("trailing bytes after the message")
+    return decode_tcrp_body(header, body)
+
+
+def encode_header(room_name_size: int, operation: int, state: int, payload_size: int) -> bytes:
+    return bytes((room_name_size, operation, state)) + payload_size.to_bytes(
+        PAYLOAD_SIZE_BYTES, "big"
+    )
+
+
+def encode_tcrp(message: TcrpMessage) -> bytes:
+    room = message.room.encode("utf-8")
+    if len(room) > MAX_NAME_BYTES:
+        raise refuse(f"room name must be at most {MAX_NAME_BYTES} bytes")
+    payload = json.dumps(message.payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return encode_header(len(room), message.operation, message.state, len(payload)) + room + payload
+
+
+# ---------------------------------------------------------------------------
+# Typed requests and replies (section 1, the operation table)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRoom:
+    room: str
+    username: str
+    password: str | None = None  # None or "": an open room
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRoom:
+    room: str
+    username: str
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListRooms:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    room: str
+    token: str
+
+
+Request = CreateRoom | JoinRoom | ListRooms | LeaveRoom
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The server's immediate answer. ``error`` is None for ``{"status": "ok"}``."""
+
+    operation: Operation
+    room: str = ""
+    error: ErrorCode | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """COMPLETE of CREATE_ROOM and JOIN_ROOM: the member's ticket into the room."""
+
+    operation: Operation
+    room: str
+    token: str
+    udp_port: int
+    host: str
+    members: tuple[str, ...]
+    # OCM extension: the server's idle timeout in seconds, so a client can heartbeat at
+    # least every idle_timeout / 3 as section 2 asks. None when the server does not say.
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    name: str
+    members: int
+    protected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    """COMPLETE of LIST_ROOMS."""
+
+    rooms: tuple[RoomInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """COMPLETE of LEAVE_ROOM."""
+
+    room: str
+
+
+Reply = Ack | Admission | RoomList | Left
+
+
+def _field(payload: dict[str, Any], key: str, kind: type, *, required: bool = True) -> Any:
+    if key not in payload or (not required and payload[key] is None):
+        if required:
+            raise bad(f'missing field "{key}"')
+        return None
+    value = payload[key]
+    # bool is an int subclass: a JSON true is not a port number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise bad(f'field "{key}" must be {kind.__name__}')
+    return value
+
+
+def _username(payload: dict[str, Any]) -> str:
+    # Section 1: trimmed of spaces. Only spaces: a tab or newline is a control
+    # character, refused by validate_name rather than silently removed.
+    return validate_name(_field(payload, "username", str).strip(" "), "username")
+
+
+def _password(payload: dict[str, Any]) -> str | None:
+    password: str | None = _field(payload, "password", str, required=False)
+    if password:
+        try:
+            password.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON "\\ud800" escape
+            raise bad("password is not valid Unicode") from None
+    return password or None
+
+
+def _token(value: str) -> str:
+    if not 1 <= len(value) <= MAX_TOKEN_BYTES or not value.isascii():
+        raise bad(f"token must be 1-{MAX_TOKEN_BYTES} ASCII characters")
+    return value
+
+
+def parse_request(message: TcrpMessage) -> Request:
+    """Turn a decoded REQUEST into a typed request, checking every field rule."""
+    if message.state is not State.REQUEST:
+        raise bad(f"expected a REQUEST, got {message.state.name}")
+    payload = message.payload
+    match message.operation:
+        case Operation.CREATE_ROOM | Operation.JOIN_ROOM:
+            room = validate_name(message.room, "room name")
+            cls = CreateRoom if message.operation is Operation.CREATE_ROOM else JoinRoom
+            return cls(room, _username(payload), _password(payload))
+        case Operation.LIST_ROOMS:
+            return ListRooms()
+        case Operation.LEAVE_ROOM:
+            room = validate_name(message.room, "room name")
+            return LeaveRoom(room, _token(_field(payload, "token", str)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def request_message(request: Request) -> TcrpMessage:
+    match request:
+        case CreateRoom(room, username, password) | JoinRoom(room, username, password):
+            operation = (
+                Operation.CREATE_ROOM if isinstance(request, CreateRoom) else Operation.JOIN_ROOM
+            )
+            payload: dict[str, Any] = {"username": username}
+            if password:
+                payload["password"] = password
+            return TcrpMessage(operation, State.REQUEST, room, payload)
+        case ListRooms():
+            return TcrpMessage(Operation.LIST_ROOMS, State.REQUEST, "", {})
+        case LeaveRoom(room, token):
+            return TcrpMessage(Operation.LEAVE_ROOM, State.REQUEST, room, {"token": token})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def encode_request(request: Request) -> bytes:
+    return encode_tcrp(request_message(request))
+
+
+def reply_message(reply: Reply) -> TcrpMessage:
+    match reply:
+        case Ack(operation, room, None, _):
+            return TcrpMessage(operation, State.ACK, room, {"status": "ok"})
+        case Ack(operation, room, error, text):
+            payload: dict[str, Any] = {"status": "error", "code": str(error), "message": text}
+            return TcrpMessage(operation, State.ACK, room, payload)
+        case Admission(operation, room, token, udp_port, host, members, idle_timeout):
+            payload = {"token": token, "udp_port": udp_port, "host": host, "members": list(members)}
+            if idle_timeout is not None:
+                payload["idle_timeout"] = idle_timeout
+            return TcrpMessage(operation, State.COMPLETE, room, payload)
+        case RoomList(rooms):
+            listed = [
+                {"name": r.name, "members": r.members, "protected": r.protected} for r in rooms
+            ]
+            return TcrpMessage(Operation.LIST_ROOMS, State.COMPLETE, "", {"rooms": listed})
+        case Left(room):
+            return TcrpMessage(Operation.LEAVE_ROOM, State.COMPLETE, room, {})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return encode_tcrp(reply_message(reply))
+
+
+def encode_error_ack(operation: int, room: str, error: ErrorCode, text: str) -> bytes:
+    """An error ACK that may answer an operation byte outside :class:`Operation`."""
+    payload = {"status": "error", "code": str(error), "message": text}
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    room_bytes = room.encode("utf-8")[:MAX_NAME_BYTES] if room else b""
+    return encode_header(len(room_bytes), operation, State.ACK, len(body)) + room_bytes + body
+
+
+def _idle_timeout(payload: dict[str, Any]) -> float | None:
+    if payload.get("idle_timeout") is None:
+        return None  # a server that does not say (the field is an OCM extension)
+    value = payload["idle_timeout"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise bad('field "idle_timeout" must be a positive number')
+    return float(value)
+
+
+def _room_info(value: Any) -> RoomInfo:
+    if not isinstance(value, dict):
+        raise bad("each room must be a JSON object")
+    return RoomInfo(
+        _field(value, "name", str), _field(value, "members", int), _field(value, "protected", bool)
+    )
+
+
+def parse_reply(message: TcrpMessage) -> Reply:
+    """Turn a decoded ACK or COMPLETE into a typed reply (the client side)."""
+    payload = message.payload
+    if message.state is State.ACK:
+        status = _field(payload, "status", str)
+        if status == "ok":
+            return Ack(message.operation, message.room)
+        if status != "error":
+            raise bad(f'unknown ACK status "{status}"')
+        raw_code = _field(payload, "code", str)
+        try:
+            code = ErrorCode(raw_code)
+        except ValueError:
+            raise bad(f'unknown error code "{raw_code}"') from None
+        text = _field(payload, "message", str, required=False) or ""
+        return Ack(message.operation, message.room, code, text)
+    if message.state is not State.COMPLETE:
+        raise bad("expected an ACK or COMPLETE, got a REQUEST")
+    match message.operation:
+        case Operation.CREATE_ROOM | Operation.JOIN_ROOM:
+            members = _field(payload, "members", list)
+            if not all(isinstance(m, str) for m in members):
+                raise bad('field "members" must be a list of strings')
+            udp_port = _field(payload, "udp_port", int)
+            if not 0 < udp_port < 65536:
+                raise bad(f"udp_port {udp_port} out of range")
+            return Admission(
+                message.operation,
+                message.room,
+                _token(_field(payload, "token", str)),
+                udp_port,
+                _field(payload, "host", str),
+                tuple(members),
+                _idle_timeout(payload),
+            )
+        case Operation.LIST_ROOMS:
+            rooms = _field(payload, "rooms", list)
+            return RoomList(tuple(_room_info(r) for r in rooms))
+        case Operation.LEAVE_ROOM:
+            return Left(message.room)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,577 @@
+"""The ``ocm`` command's client side, run as real processes (pipe mode: stdin is not a
+terminal). The interactive UI on a terminal is tests/test_terminal.py."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ocm.cli import build_parser, main
+from ocm.client import ChatClient, Event, Message, Notice, list_rooms
+from ocm.wire import RoomInfo
+from tests.kit import LOOPBACK, MS, create_rooms, ready, registered, running_server, until
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+# A clean environment: no OCM_* from the developer's shell, the checkout's code.
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("OCM_")}
+ENV["PYTHONPATH"] = str(SRC)
+PIPE = asyncio.subprocess.PIPE
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """``python -m ocm ARGS`` with its three standard streams piped to the test."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocm",
+        *args,
+        stdin=PIPE,
+        stdout=PIPE,
+        stderr=PIPE,
+        env={**ENV, **(env or {})},
+    )
+
+
+async def ocm(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: float = 15
+) -> Result:
+    """Run ``python -m ocm ARGS`` to the end with ``stdin`` piped in."""
+    process = await spawn(*args, env=env)
+    async with asyncio.timeout(timeout):
+        out, err = await process.communicate(stdin.encode())
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+class Piped:
+    """An ``ocm`` process whose stdin the test writes and whose stdout it reads."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Piped:
+        return cls(await spawn(*args, env=env))
+
+    async def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def line(self, timeout: float = 5) -> str:
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout):
+            raw = await self.process.stdout.readline()
+        assert raw, f"no more output; stderr: {await self.stderr()}"
+        return raw.decode().rstrip("\n")
+
+    async def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return (await self.process.stderr.read()).decode()
+
+    async def finish(self, timeout: float = 5) -> tuple[int, str, str]:
+        """Close stdin (end of input) and wait for the exit: (status, rest of stdout, stderr)."""
+        async with asyncio.timeout(timeout):
+            out, err = await self.process.communicate(b"")
+        assert self.process.returncode is not None
+        return self.process.returncode, out.decode(), err.decode()
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@asynccontextmanager
+async def server_process() -> AsyncIterator[int]:
+    """A real ``python -m ocm server`` on loopback, port 0; yields its TCP port."""
+    process = await spawn("server", "--host", LOOPBACK, "--port", "0")
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(10):
+            line = (await process.stderr.readline()).decode()
+        assert "listening" in line, line
+        yield int(line.split("TCP port ")[1].split(",")[0])
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+
+
+async def wait_for_room(server: str, room: str) -> None:
+    async with asyncio.timeout(5):
+        while room not in {r.name for r in await list_rooms(server)}:
+            await asyncio.sleep(20 * MS)
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------
+
+
+def test_client_commands_and_their_options() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["join", "lobby", "--server", "[::1]:9100", "--name", "bob"])
+    assert (args.command, args.room, args.server, args.name) == (
+        "join",
+        "lobby",
+        ("::1", 9100),
+        "bob",
+    )
+    assert args.password is None and not args.ask_password and args.heartbeat == 15.0
+    assert parser.parse_args(["rooms"]).server == ("localhost", 9001)
+    assert parser.parse_args([]).command is None
+    # the server subcommand is untouched
+    server = parser.parse_args(["server", "--host", "::", "--port", "0", "--idle-timeout", "5"])
+    assert (server.host, server.port, server.idle_timeout) == ("::", 0, 5.0)
+
+
+def test_password_flags_take_no_positional_by_surprise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["join", "--password", "s3cret", "lobby", "--name", "bob"])
+    assert (args.password, args.room, args.name) == ("s3cret", "lobby", "bob")
+    args = parser.parse_args(["join", "--ask-password", "lobby", "--name", "bob"])
+    assert (args.ask_password, args.password, args.room) == (True, None, "lobby")
+    for argv in (
+        ["create", "vault", "--password"],  # a value is required, never "ask"
+        ["join", "lobby", "--password", "x", "--ask-password"],  # one or the other
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2, argv
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_ocm_server_loads_nothing_but_the_standard_library() -> None:
+    """The server half must run from a bare checkout: no prompt_toolkit, no site."""
+    code = (
+        "import sys\n"
+        "from ocm import cli\n"
+        "from ocm.cli import server\n"
+        "async def serve(config): pass\n"
+        "server.serve = serve\n"
+        "assert cli.main(['server', '--port', '0']) == 0\n"
+        "tops = {name.split('.')[0] for name in sys.modules}\n"
+        "print(sorted(tops - set(sys.stdlib_module_names) - {'__main__'}))\n"
+    )
+    # -S: no site-packages at all, so nothing third party could even be found.
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=ENV, capture_output=True, text=True, timeout=15
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "['ocm']\n"
+
+
+def test_client_commands_load_no_server_module() -> None:
+    """``ocm join`` (parsing, the library, the pipe and terminal UIs) never imports a
+    module of ocm.server: the client shares only ocm.wire with it (issue 10)."""
+    code = (
+        "import sys\n"
+        "from ocm import cli\n"
+        "from ocm.cli import client\n"
+        "seen = {}\n"
+        "async def chat(args):\n"
+        "    import ocm.ui.pipe, ocm.ui.chatview, ocm.client\n"
+        "    seen['args'] = args\n"
+        "    return 0\n"
+        "client._chat = chat\n"
+        "assert cli.main(['join', 'lobby', '--name', 'bob']) == 0\n"
+        "assert seen['args'].room == 'lobby'\n"
+        "print(sorted(m for m in sys.modules if m.startswith('ocm.')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=15
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    loaded = ast.literal_eval(result.stdout)
+    assert "ocm.client.chat" in loaded and "ocm.ui.pipe" in loaded  # the check saw them
+    assert [m for m in loaded if m.startswith(("ocm.server", "ocm.cli.server"))] == []
+
+
+def test_ocm_help_lists_the_server_command_without_building_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "run an OCM server" in capsys.readouterr().out
+
+
+def test_server_default_comes_from_ocm_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCM_SERVER", "chat.example:9100")
+    assert build_parser().parse_args(["rooms"]).server == ("chat.example", 9100)
+
+
+def test_a_bad_server_address_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["rooms", "--server", "host:port"])
+    assert exit_.value.code == 2
+    assert '"port" is not a port number' in capsys.readouterr().err
+
+
+def test_a_bad_ocm_server_is_named_as_the_culprit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OCM_SERVER", "host:port")
+    for args in (["rooms"], ["join", "lobby", "--name", "bob"]):
+        assert main(args) == 2
+        assert capsys.readouterr().err == 'ocm: $OCM_SERVER: "port" is not a port number\n'
+    # An explicit --server replaces it: the variable is not even looked at.
+    assert build_parser().parse_args(["rooms", "--server", "h:1"]).server == ("h", 1)
+
+
+def test_help_shows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("server", "create", "join", "rooms"):
+        assert command in out
+
+
+# ---------------------------------------------------------------------------
+# Errors: one line, non-zero, never a traceback
+# ---------------------------------------------------------------------------
+
+
+async def test_errors_are_one_clear_line() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ChatClient.create(where, "lobby", "alice"):
+            cases = [
+                (
+                    ["join", "nowhere", "--name", "bob"],
+                    1,
+                    'ocm: no room named "nowhere" — see: ocm rooms',
+                ),
+                (
+                    ["create", "lobby", "--name", "bob"],
+                    1,
+                    'ocm: room "lobby" already exists — join it with: ocm join lobby',
+                ),
+                (
+                    ["join", "lobby", "--name", "Alice"],
+                    1,
+                    'ocm: the name "Alice" is taken in "lobby" — choose another with --name',
+                ),
+                (["join", "lobby", "--name", " "], 1, "ocm: name must be 1-255 bytes, got 0"),
+                (["join", "lobby"], 2, "ocm: --name NAME is required when stdin is not a terminal"),
+                (
+                    ["join", "lobby", "--name", "bob", "--ask-password"],
+                    2,
+                    "ocm: --ask-password needs a terminal; in scripts set OCM_PASSWORD",
+                ),
+                (
+                    [],
+                    2,
+                    "ocm: interactive mode needs a terminal;"
+                    " in scripts use: ocm join ROOM --name NAME",
+                ),
+            ]
+            results = await asyncio.gather(
+                *(ocm(*args, "--server", where) if args else ocm() for args, _, _ in cases)
+            )
+    for (args, code, line), result in zip(cases, results, strict=True):
+        assert (result.code, result.err) == (code, line + "\n"), args
+        assert result.out == ""
+
+
+async def test_an_unreachable_server_is_one_line() -> None:
+    async with running_server() as server:
+        port = server.tcp_port  # closed again on exit: nothing listens there now
+    for args in (["rooms"], ["join", "lobby", "--name", "bob"]):
+        result = await ocm(*args, "--server", f"127.0.0.1:{port}")
+        assert result.code == 1
+        assert result.err == f"ocm: cannot reach server 127.0.0.1:{port} (connection refused)\n"
+
+
+async def test_rooms_lists_hundreds_of_rooms_with_long_names() -> None:
+    """The LIST_ROOMS reply is ~120 KB, far over the 64 KiB limit on requests."""
+    names = [f"{n:03d}" + "r" * 252 for n in range(400)]  # 255 bytes each
+    async with running_server(max_rooms_per_ip=len(names)) as server:
+        await create_rooms(server.tcp_port, names)
+        listed = await ocm("rooms", "--server", f"127.0.0.1:{server.tcp_port}")
+    assert (listed.code, listed.err) == (0, "")
+    assert listed.out.splitlines()[1:] == [f"      1  open      {name}" for name in names]
+
+
+async def test_rooms_lists_members_access_and_name() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        empty = await ocm("rooms", "--server", where)
+        assert (empty.code, empty.out) == (
+            0,
+            f"no rooms on {where} — create one with: ocm create ROOM\n",
+        )
+        async with (
+            await ChatClient.create(where, "lobby", "alice"),
+            await ChatClient.create(where, "the vault", "carol", "pw"),
+        ):
+            listed = await ocm("rooms", "--server", where)
+    assert listed.code == 0
+    assert listed.out.splitlines() == [
+        "MEMBERS  ACCESS    ROOM",
+        "      1  open      lobby",
+        "      1  password  the vault",
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Pipe mode
+# ---------------------------------------------------------------------------
+
+
+async def test_end_of_input_delivers_every_line_then_leaves() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            lines = [f"line {n}" for n in range(10)]
+            result = await ocm(
+                "join", "lobby", "--name", "bob", "--server", where, stdin="\n".join(lines)
+            )
+            assert result.code == 0, result.err
+            assert result.out.splitlines() == [f"bob: {line}" for line in lines]
+            assert result.err == ""
+            events: list[Event] = []
+            async with asyncio.timeout(1):
+                while len(events) < 12:
+                    events.append(await anext(alice))
+            assert events[0] == Notice("bob joined", 1)
+            assert [e.text for e in events[1:11] if isinstance(e, Message)] == lines
+            assert events[11] == Notice("bob left", 12)
+
+
+async def test_a_name_with_a_unicode_space_at_its_edge_gets_its_lines_confirmed() -> None:
+    """The server trims U+0020 only: "bob\u00a0" stays "bob\u00a0" there, and the
+    client must recognise the server's copies under that name (else: exit 1)."""
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            result = await ocm(
+                "join", "lobby", "--name", " bob\u00a0 ", "--server", where, stdin="hi\n"
+            )
+            assert (result.code, result.err) == (0, "")
+            assert "not delivered" not in result.out
+            async with asyncio.timeout(1):
+                events = [await anext(alice) for _ in range(3)]
+            assert events == [
+                Notice("bob\u00a0 joined", 1),
+                Message("bob\u00a0", "hi", 2),
+                Notice("bob\u00a0 left", 3),
+            ]
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be delivered on Windows")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", 1)])
+async def test_a_signal_leaves_the_room_before_the_exit(signum: int) -> None:
+    """SIGTERM (service manager, timeout(1)) or SIGHUP (the terminal closed) ends the
+    client as Ctrl-C does: LEAVE_ROOM first, so a host's room closes at once. The exit
+    status is 128 + the signal number, as a shell reports a process the signal killed."""
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        host = await Piped.start("create", "lobby", "--name", "alice", "--server", where)
+        try:
+            await wait_for_room(where, "lobby")
+            await host.say("hello")
+            assert await host.line() == "alice: hello"  # in the room, chatting
+            host.process.send_signal(signum)
+            async with asyncio.timeout(1):
+                while await list_rooms(where):
+                    await asyncio.sleep(10 * MS)
+            code, _, err = await host.finish()
+            assert (code, err) == (128 + signum, "")
+        finally:
+            await host.kill()
+
+
+async def test_a_flood_of_piped_lines_arrives_whole_and_in_order() -> None:
+    """Flow control: lines as fast as a pipe gives them, through a server process."""
+    lines = [f"line {n}" for n in range(5000)]
+    async with server_process() as port:
+        where = f"127.0.0.1:{port}"
+        async with await ChatClient.create(where, "flood", "alice") as alice:
+            await alice.send("ready?")  # its copy proves the server has alice's address
+            assert await anext(alice) == Message("alice", "ready?", 1)
+            received = asyncio.create_task(messages_until(alice, Notice("bob left", 5003)))
+            result = await ocm(
+                "join", "flood", "--name", "bob", "--server", where, stdin="\n".join(lines)
+            )
+            async with asyncio.timeout(5):
+                texts = await received
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [f"bob: {line}" for line in lines]
+    assert texts == lines  # every line, once, in order, and no Gap on the way
+
+
+async def messages_until(chat: ChatClient, last: Event) -> list[str]:
+    """The texts of the messages ``chat`` receives before ``last``; fails on a Gap."""
+    texts: list[str] = []
+    async for event in chat:
+        if event == last:
+            return texts
+        assert isinstance(event, Message | Notice), event
+        if isinstance(event, Message):
+            texts.append(event.text)
+    raise AssertionError(f"the stream ended before {last}")
+
+
+async def test_a_password_room_through_the_cli() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        host = await Piped.start(
+            "create", "vault", "--name", "alice", "--server", where, env={"OCM_PASSWORD": "s3cret"}
+        )
+        try:
+            await wait_for_room(where, "vault")
+            assert await list_rooms(where) == (RoomInfo("vault", 1, protected=True),)
+
+            wrong = await ocm(
+                "join", "vault", "--name", "mallory", "--password", "guess", "--server", where
+            )
+            assert (wrong.code, wrong.out) == (1, "")
+            assert wrong.err == 'ocm: wrong password for room "vault"\n'
+            missing = await ocm("join", "vault", "--name", "mallory", "--server", where)
+            assert missing.err == 'ocm: wrong password for room "vault"\n'
+
+            by_flag = await ocm(
+                "join",
+                "vault",
+                "--name",
+                "bob",
+                "--password",
+                "s3cret",
+                "--server",
+                where,
+                stdin="hi from bob\n",
+            )
+            assert (by_flag.code, by_flag.out, by_flag.err) == (0, "bob: hi from bob\n", "")
+            by_env = await ocm(
+                "join",
+                "vault",
+                "--name",
+                "carol",
+                "--server",
+                where,
+                stdin="hi from carol\n",
+                env={"OCM_PASSWORD": "s3cret"},
+            )
+            assert (by_env.code, by_env.out) == (0, "carol: hi from carol\n")
+
+            assert [await host.line() for _ in range(6)] == [
+                "* bob joined",
+                "bob: hi from bob",
+                "* bob left",
+                "* carol joined",
+                "carol: hi from carol",
+                "* carol left",
+            ]
+            code, out, err = await host.finish()
+            assert (code, out, err) == (0, "", "")
+            assert await list_rooms(where) == ()
+        finally:
+            await host.kill()
+
+
+async def test_two_piped_clients_chat_through_a_server_process() -> None:
+    async with server_process() as port:
+        where = f"127.0.0.1:{port}"
+        alice = await Piped.start("create", "lobby", "--name", "alice", "--server", where)
+        bob = None
+        try:
+            await wait_for_room(where, "lobby")
+            bob = await Piped.start("join", "lobby", "--name", "bob", "--server", where)
+            assert await alice.line() == "* bob joined"
+            await bob.say("hi alice")  # bob's own copy proves he is registered for UDP
+            assert await bob.line() == "bob: hi alice"
+            assert await alice.line() == "bob: hi alice"
+
+            await alice.say("hi bob, ça va ✓")
+            assert await alice.line() == "alice: hi bob, ça va ✓"
+            assert await bob.line() == "alice: hi bob, ça va ✓"
+
+            code, out, err = await bob.finish()  # end of bob's input: he leaves
+            assert (code, out, err) == (0, "", "")
+            assert await alice.line() == "* bob left"
+            code, out, err = await alice.finish()
+            assert (code, out, err) == (0, "", "")
+        finally:
+            await alice.kill()
+            if bob is not None:
+                await bob.kill()
+
+
+async def test_the_host_leaving_ends_a_member_whose_input_is_still_open() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        alice = await ready(server, await ChatClient.create(where, "lobby", "alice"))
+        bob = await Piped.start("join", "lobby", "--name", "bob", "--server", where)
+        try:
+            assert await anext(alice) == Notice("bob joined", 1)
+            await until(lambda: registered(server, "lobby", "bob"), 5000 * MS)
+            await alice.close()
+            assert await bob.line() == "! room closed: host alice left; the room is closed"
+            assert bob.process.stdin is not None
+            async with asyncio.timeout(5):
+                assert await bob.process.wait() == 0  # stdin still open: it exits anyway
+        finally:
+            await bob.kill()
+
+
+async def test_names_the_console_cannot_encode_never_crash() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            result = await ocm(
+                "join",
+                "lobby",
+                "--name",
+                "zoë☃",
+                "--server",
+                where,
+                stdin="héllo\n",
+                env={"PYTHONIOENCODING": "ascii"},
+            )
+            assert result.code == 0, result.err
+            assert result.err == ""
+            assert result.out == "zo??: h??llo\n"  # the console's ASCII, with replacements
+            events = [await anext(alice) for _ in range(3)]
+            assert events[1] == Message("zoë☃", "h\ufffd\ufffdllo", 2)
+
+
+async def test_interrupt_leaves_the_room() -> None:
+    if sys.platform == "win32":
+        pytest.skip("SIGINT cannot be sent to a child process on Windows")
+    import signal
+
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            bob = await Piped.start("join", "lobby", "--name", "bob", "--server", where)
+            try:
+                assert await anext(alice) == Notice("bob joined", 1)
+                await until(lambda: registered(server, "lobby", "bob"), 5000 * MS)
+                bob.process.send_signal(signal.SIGINT)
+                code, _, err = await bob.finish()
+                assert (code, err) == (130, "")
+                async with asyncio.timeout(1):
+                    assert await anext(alice) == Notice("bob left", 2)
+            finally:
+                await bob.kill()

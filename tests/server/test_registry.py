@@ -1,0 +1,675 @@
+"""Unit tests of ocm.server.registry: rooms, members, tokens, passwords, expiry, limits.
+
+Time is always passed in as ``now``; nothing here sleeps. Datagrams the registry
+produces are decoded with ocm.wire, so their kind, Seq and text are checked on
+the wire format itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from ocm.errors import ErrorCode, RoomError
+from ocm.server.guards import FailureLimiter
+from ocm.server.passwords import PasswordHash
+from ocm.server.registry import Member, Outgoing, RoomRegistry, new_token
+from ocm.wire import Kind, RoomInfo, ServerDatagram, decode_server_datagram
+from ocm.wire.texts import ServerShutdown
+
+IP = "127.0.0.1"
+OTHER_IP = "127.0.0.2"
+ADDR = (IP, 40001)
+
+
+def decoded(outgoing: list[Outgoing]) -> list[ServerDatagram]:
+    return [decode_server_datagram(o.datagram) for o in outgoing]
+
+
+def check_code(info: pytest.ExceptionInfo[RoomError], code: ErrorCode) -> None:
+    assert info.value.code is code, info.value
+
+
+@pytest.fixture
+def registry() -> RoomRegistry:
+    return RoomRegistry(idle_timeout=60.0)
+
+
+def join(registry: RoomRegistry, room: str, name: str, ip: str = IP, now: float = 0.0) -> Member:
+    member, _ = registry.join_room(room, name, None, ip, now)
+    return member
+
+
+# ---------------------------------------------------------------------------
+# create, join, list, leave
+# ---------------------------------------------------------------------------
+
+
+def test_create_makes_the_creator_host(registry: RoomRegistry) -> None:
+    host = registry.create_room("lobby", "alice", None, IP, 0.0)
+    room = registry.rooms["lobby"]
+    assert room.host is host
+    assert host.room is room
+    assert host.name == "alice"
+    assert host.ip == IP
+    assert host.address is None
+    assert registry.by_token[host.token.encode()] is host
+    assert registry.list_rooms() == [RoomInfo("lobby", 1, False)]
+
+
+def test_tokens_are_long_random_ascii() -> None:
+    tokens = {new_token() for _ in range(100)}
+    assert len(tokens) == 100
+    for token in tokens:
+        assert token.isascii()
+        assert 22 <= len(token) <= 255  # >= 128 bits in URL-safe base64
+
+
+def test_join_announces_and_lists(registry: RoomRegistry) -> None:
+    host = registry.create_room("lobby", "alice", None, IP, 0.0)
+    registry.touch(host, ADDR, 0.0)
+    bob, outgoing = registry.join_room("lobby", "bob", None, OTHER_IP, 1.0)
+    assert bob.name == "bob"
+    assert bob.ip == OTHER_IP
+    assert bob.token != host.token
+    assert len(outgoing) == 1
+    assert outgoing[0].addresses == (ADDR,)  # bob has no address yet
+    assert decoded(outgoing) == [ServerDatagram(Kind.NOTICE, 1, "", "bob joined")]
+    assert registry.list_rooms() == [RoomInfo("lobby", 2, False)]
+
+
+def test_list_is_sorted_and_shows_protection(registry: RoomRegistry) -> None:
+    registry.create_room("zeta", "a", None, IP, 0.0)
+    registry.create_room("alpha", "a", PasswordHash.create("pw"), IP, 0.0)
+    join(registry, "zeta", "b")
+    join(registry, "zeta", "c")
+    assert registry.list_rooms() == [RoomInfo("alpha", 1, True), RoomInfo("zeta", 3, False)]
+    assert RoomRegistry().list_rooms() == []
+
+
+def test_member_leave_announces_and_kills_the_token(registry: RoomRegistry) -> None:
+    host = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob = join(registry, "lobby", "bob")
+    registry.touch(host, ADDR, 1.0)
+    registry.touch(bob, (IP, 40002), 1.0)
+    outgoing = registry.leave("lobby", bob.token, IP)
+    assert decoded(outgoing) == [ServerDatagram(Kind.NOTICE, 2, "", "bob left")]
+    assert outgoing[0].addresses == (ADDR,)  # bob is no longer in the fan-out
+    assert registry.authenticate(b"lobby", bob.token.encode(), IP) is None
+    assert registry.list_rooms() == [RoomInfo("lobby", 1, False)]
+    # The name is free again.
+    assert join(registry, "lobby", "bob").name == "bob"
+
+
+def test_host_leave_closes_the_room(registry: RoomRegistry) -> None:
+    host = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob = join(registry, "lobby", "bob", OTHER_IP)
+    carol = join(registry, "lobby", "carol")
+    registry.touch(host, ADDR, 1.0)
+    registry.touch(bob, (OTHER_IP, 40002), 1.0)
+    registry.touch(carol, (IP, 40003), 1.0)
+    outgoing = registry.leave("lobby", host.token, IP)
+    assert decoded(outgoing) == [
+        ServerDatagram(Kind.CLOSED, 3, "", "host alice left; the room is closed")
+    ]
+    # Every member, the host included, is told.
+    assert set(outgoing[0].addresses) == {ADDR, (OTHER_IP, 40002), (IP, 40003)}
+    assert registry.rooms == {}
+    assert registry.by_token == {}
+    for member, ip in [(host, IP), (bob, OTHER_IP), (carol, IP)]:
+        assert registry.authenticate(b"lobby", member.token.encode(), ip) is None
+    assert registry.next_deadline() is None
+    # The room name can be used again.
+    registry.create_room("lobby", "bob", None, IP, 3.0)
+
+
+def test_duplicate_room(registry: RoomRegistry) -> None:
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    with pytest.raises(RoomError) as info:
+        registry.create_room("lobby", "bob", None, OTHER_IP, 1.0)
+    check_code(info, ErrorCode.ROOM_EXISTS)
+    assert registry.list_rooms() == [RoomInfo("lobby", 1, False)]
+
+
+def test_check_create_refuses_without_creating() -> None:
+    registry = RoomRegistry(max_rooms=1)
+    registry.check_create("lobby", IP)  # a free name on a server with room: no error
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    with pytest.raises(RoomError) as info:
+        registry.check_create("lobby", IP)
+    check_code(info, ErrorCode.ROOM_EXISTS)
+    with pytest.raises(RoomError) as info:
+        registry.check_create("other", IP)
+    check_code(info, ErrorCode.SERVER_FULL)
+    assert list(registry.rooms) == ["lobby"]
+
+
+def test_join_unknown_room(registry: RoomRegistry) -> None:
+    with pytest.raises(RoomError) as info:
+        registry.join_room("nowhere", "bob", None, IP, 0.0)
+    check_code(info, ErrorCode.NO_SUCH_ROOM)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("alice", "alice"), ("Alice", "alice"), ("alice", "ALICE"), ("Straße", "STRASSE")],
+)
+def test_name_taken_case_insensitively(registry: RoomRegistry, first: str, second: str) -> None:
+    registry.create_room("lobby", first, None, IP, 0.0)
+    with pytest.raises(RoomError) as info:
+        join(registry, "lobby", second, OTHER_IP)
+    check_code(info, ErrorCode.NAME_TAKEN)
+    assert registry.list_rooms() == [RoomInfo("lobby", 1, False)]
+
+
+def test_same_name_in_another_room_is_fine(registry: RoomRegistry) -> None:
+    registry.create_room("a", "alice", None, IP, 0.0)
+    registry.create_room("b", "alice", None, IP, 0.0)
+    assert registry.list_rooms() == [RoomInfo("a", 1, False), RoomInfo("b", 1, False)]
+
+
+# ---------------------------------------------------------------------------
+# passwords
+# ---------------------------------------------------------------------------
+
+
+def test_password_hash_keeps_no_clear_text() -> None:
+    password = "correct horse battery staple"
+    hashed = PasswordHash.create(password)
+    assert PasswordHash.__slots__ == ("salt", "digest")
+    clear = password.encode()
+    assert clear not in hashed.salt
+    assert clear not in hashed.digest
+    assert password not in repr(hashed)
+    assert len(hashed.salt) >= 16
+    assert len(hashed.digest) == 32
+    assert hashed.verify(password)
+    assert not hashed.verify("correct horse battery stapl")
+    assert not hashed.verify("")
+    assert not hashed.verify(None)
+    # Salted: the same password hashes differently each time.
+    again = PasswordHash.create(password)
+    assert again.salt != hashed.salt
+    assert again.digest != hashed.digest
+    assert again.verify(password)
+
+
+def test_wrong_and_right_password(registry: RoomRegistry) -> None:
+    registry.create_room("vault", "alice", PasswordHash.create("s3cret"), IP, 0.0)
+    for wrong in ["S3cret", "", None]:
+        with pytest.raises(RoomError) as info:
+            registry.join_room("vault", "bob", wrong, OTHER_IP, 1.0)
+        check_code(info, ErrorCode.WRONG_PASSWORD)
+    assert registry.list_rooms() == [RoomInfo("vault", 1, True)]
+    bob, outgoing = registry.join_room("vault", "bob", "s3cret", OTHER_IP, 2.0)
+    assert bob.room is registry.rooms["vault"]
+    assert decoded(outgoing) == [ServerDatagram(Kind.NOTICE, 1, "", "bob joined")]
+
+
+def test_open_room_ignores_a_password(registry: RoomRegistry) -> None:
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob, _ = registry.join_room("lobby", "bob", "anything", IP, 0.0)
+    assert bob.name == "bob"
+
+
+def test_admit_then_complete_join(registry: RoomRegistry) -> None:
+    hashed = PasswordHash.create("pw")
+    registry.create_room("vault", "alice", hashed, IP, 0.0)
+    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
+    with pytest.raises(RoomError) as info:
+        registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=None)
+    check_code(info, ErrorCode.WRONG_PASSWORD)
+    bob, _ = registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=hashed)
+    assert bob.name == "bob"
+
+
+def test_complete_join_rechecks_what_changed_meanwhile(registry: RoomRegistry) -> None:
+    hashed = PasswordHash.create("pw")
+    host = registry.create_room("vault", "alice", hashed, IP, 0.0)
+    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
+    assert registry.admit("vault", "carol", OTHER_IP, 1.0) is hashed
+    # While bob's hash is computed, carol takes the name "Bob" ...
+    registry.complete_join("vault", "Bob", IP, 1.0, verified=hashed)
+    with pytest.raises(RoomError) as info:
+        registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=hashed)
+    check_code(info, ErrorCode.NAME_TAKEN)
+    # ... and then the host leaves.
+    registry.leave("vault", host.token, IP)
+    with pytest.raises(RoomError) as info:
+        registry.complete_join("vault", "carol", OTHER_IP, 2.0, verified=hashed)
+    check_code(info, ErrorCode.NO_SUCH_ROOM)
+    # ... and someone creates "vault" anew with another password: the old match counts
+    # for nothing.
+    registry.create_room("vault", "mallory", PasswordHash.create("other"), IP, 3.0)
+    with pytest.raises(RoomError) as info:
+        registry.complete_join("vault", "carol", OTHER_IP, 3.0, verified=hashed)
+    check_code(info, ErrorCode.WRONG_PASSWORD)
+
+
+def test_protected_room_hides_its_members_from_wrong_passwords(registry: RoomRegistry) -> None:
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    with pytest.raises(RoomError) as info:
+        registry.join_room("vault", "alice", "guess", OTHER_IP, 1.0)
+    check_code(info, ErrorCode.WRONG_PASSWORD)  # not name_taken: that would leak a name
+
+
+# ---------------------------------------------------------------------------
+# rate limiting
+# ---------------------------------------------------------------------------
+
+
+def test_wrong_passwords_are_rate_limited_per_ip() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=5, window=60.0))
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    for attempt in range(5):
+        with pytest.raises(RoomError) as info:
+            registry.join_room("vault", "guesser", f"guess{attempt}", OTHER_IP, float(attempt))
+        check_code(info, ErrorCode.WRONG_PASSWORD)
+    # The sixth try is refused before the password is even looked at.
+    with pytest.raises(RoomError) as info:
+        registry.join_room("vault", "guesser", "pw", OTHER_IP, 5.0)
+    check_code(info, ErrorCode.RATE_LIMITED)
+    with pytest.raises(RoomError) as info:
+        registry.admit("vault", "guesser", OTHER_IP, 59.9)
+    check_code(info, ErrorCode.RATE_LIMITED)
+    # Another IP still joins at once.
+    bob, _ = registry.join_room("vault", "bob", "pw", IP, 5.0)
+    assert bob.name == "bob"
+    # The window slides: at 60 the first failure (at 0) is forgotten and four remain.
+    registry.admit("vault", "guesser", OTHER_IP, 60.0)
+    guesser, _ = registry.join_room("vault", "guesser", "pw", OTHER_IP, 64.0)
+    assert guesser.ip == OTHER_IP
+
+
+def test_rate_limit_only_guards_protected_rooms() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=1, window=60.0))
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    registry.failures.record(OTHER_IP, 0.0)
+    with pytest.raises(RoomError) as info:
+        registry.admit("vault", "bob", OTHER_IP, 1.0)
+    check_code(info, ErrorCode.RATE_LIMITED)
+    assert join(registry, "lobby", "bob", OTHER_IP, 1.0).name == "bob"
+
+
+def test_bad_leave_tokens_are_refused_but_not_counted_as_failures() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=3, window=10.0))
+    hashed = PasswordHash.create("pw")
+    registry.create_room("lobby", "alice", hashed, IP, 0.0)
+    for i in range(5):
+        with pytest.raises(RoomError) as info:
+            registry.leave("lobby", f"guess{i}", OTHER_IP)
+        check_code(info, ErrorCode.INVALID_TOKEN)
+    # A late goodbye for a closed room costs nothing: the right password still joins.
+    assert registry.join_room("lobby", "bob", "pw", OTHER_IP, 1.0)[0].name == "bob"
+
+
+def test_password_failures_do_not_stop_a_member_leaving() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=2, window=10.0))
+    host = registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    for _ in range(3):
+        with pytest.raises(RoomError):
+            registry.join_room("vault", "mallory", "guess", IP, 1.0)
+    assert decoded(registry.leave("vault", host.token, IP))[0].kind is Kind.CLOSED
+
+
+def test_expiry_follows_activity_order_without_scanning() -> None:
+    registry = RoomRegistry(idle_timeout=10.0)
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob, _ = registry.join_room("lobby", "bob", None, IP, 1.0)
+    registry.join_room("lobby", "carol", None, IP, 2.0)
+    registry.touch(bob, (IP, 2), 5.0)  # bob moves to the back of the line
+    assert registry.next_deadline() == 10.0  # alice, created at 0
+    registry.touch(alice, ADDR, 6.0)
+    assert registry.next_deadline() == 12.0  # carol, joined at 2
+    assert [d.text for d in decoded(registry.expire(12.0))] == ["carol timed out"]
+    assert registry.next_deadline() == 15.0  # bob, heard at 5
+    assert registry.expire(14.9) == []
+    assert [d.text for d in decoded(registry.expire(15.0))] == ["bob timed out"]
+    closed = decoded(registry.expire(16.0))
+    assert [d.kind for d in closed] == [Kind.CLOSED]
+    assert registry.next_deadline() is None and registry.rooms == {}
+
+
+def test_rooms_per_ip_are_capped_and_freed_on_close() -> None:
+    registry = RoomRegistry(max_rooms_per_ip=2)
+    first = registry.create_room("a", "alice", None, IP, 0.0)
+    registry.create_room("b", "alice", None, "::ffff:" + IP, 0.0)  # the same client
+    with pytest.raises(RoomError) as info:
+        registry.create_room("c", "alice", None, IP, 0.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+    assert registry.create_room("c", "bob", None, OTHER_IP, 0.0).name == "bob"
+    registry.leave("a", first.token, IP)
+    assert registry.create_room("d", "alice", None, IP, 1.0).name == "alice"
+
+
+def test_after_close_all_nothing_opens_again() -> None:
+    registry = RoomRegistry()
+    hashed = PasswordHash.create("pw")
+    registry.create_room("vault", "alice", hashed, IP, 0.0)
+    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
+    registry.close_all(ServerShutdown())  # while bob's hash is being checked
+    for attempt in (
+        lambda: registry.create_room("lobby", "carol", None, IP, 2.0),
+        lambda: registry.complete_join("vault", "bob", OTHER_IP, 2.0, verified=hashed),
+    ):
+        with pytest.raises(RoomError) as info:
+            attempt()
+        check_code(info, ErrorCode.SERVER_FULL)
+    assert registry.rooms == {}
+
+
+def test_failure_limiter_window() -> None:
+    limiter = FailureLimiter(max_failures=2, window=10.0)
+    assert not limiter.blocked("a", 0.0)
+    limiter.record("a", 0.0)
+    assert not limiter.blocked("a", 0.0)
+    limiter.record("a", 5.0)
+    assert limiter.blocked("a", 5.0)
+    assert limiter.blocked("a", 9.99)
+    assert not limiter.blocked("b", 5.0)
+    assert not limiter.blocked("a", 10.0)  # the failure at 0 left the window
+    assert limiter.blocked("a", 10.0) is False
+    assert not limiter.blocked("a", 15.0)
+    assert limiter._failures == {}  # fully forgotten, not kept as an empty entry
+
+
+def test_failure_limiter_is_bounded_by_default() -> None:
+    limiter = FailureLimiter()
+    assert limiter.max_tracked <= 100_000
+    assert limiter.max_failures == 5
+    assert RoomRegistry().failures.max_tracked == limiter.max_tracked
+
+
+def test_failure_limiter_table_is_bounded() -> None:
+    limiter = FailureLimiter(max_failures=1, window=60.0, max_tracked=3)
+    for i in range(1000):
+        limiter.record(f"10.0.{i // 256}.{i % 256}", 0.0)
+        assert len(limiter._failures) <= 3
+    # The most recent IPs are remembered, the oldest were forgotten.
+    assert limiter.blocked("10.0.3.231", 0.0)
+    assert not limiter.blocked("10.0.0.0", 0.0)
+    # Many failures from one IP take one entry of bounded size.
+    for _ in range(100):
+        limiter.record("10.0.3.231", 1.0)
+    assert len(limiter._failures["10.0.3.231"]) == 1
+
+
+# ---------------------------------------------------------------------------
+# tokens and the relay's view
+# ---------------------------------------------------------------------------
+
+
+def test_authenticate_binds_token_to_room_and_ip(registry: RoomRegistry) -> None:
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    other = registry.create_room("other", "oscar", None, IP, 0.0)
+    token = alice.token.encode()
+    assert registry.authenticate(b"lobby", token, IP) is alice
+    assert registry.authenticate(b"lobby", token, OTHER_IP) is None
+    assert registry.authenticate(b"lobby", token, "::1") is None
+    assert registry.authenticate(b"other", token, IP) is None  # token of another room
+    assert registry.authenticate(b"Lobby", token, IP) is None
+    assert registry.authenticate(b"lobby", other.token.encode(), IP) is None
+    assert registry.authenticate(b"lobby", b"guess", IP) is None
+    assert registry.authenticate(b"lobby", token[:-1], IP) is None
+
+
+def test_authenticate_accepts_the_ipv4_mapped_form_of_the_same_ip(
+    registry: RoomRegistry,
+) -> None:
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob = join(registry, "lobby", "bob", "::ffff:127.0.0.2")
+    assert registry.authenticate(b"lobby", alice.token.encode(), "::ffff:127.0.0.1") is alice
+    assert registry.authenticate(b"lobby", bob.token.encode(), "127.0.0.2") is bob
+    assert registry.authenticate(b"lobby", alice.token.encode(), "::ffff:127.0.0.2") is None
+    assert registry.authenticate(b"lobby", bob.token.encode(), "127.0.0.1") is None
+
+
+def test_leave_checks_token_room_and_ip() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=100))
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    oscar = registry.create_room("other", "oscar", None, IP, 0.0)
+    attempts = [
+        ("lobby", "no-such-token", IP),
+        ("lobby", oscar.token, IP),  # a real token of another room
+        ("lobby", alice.token, OTHER_IP),  # the right token from another IP
+        ("nowhere", alice.token, IP),
+        ("lobby", "tökén", IP),
+    ]
+    for room, token, ip in attempts:
+        with pytest.raises(RoomError) as info:
+            registry.leave(room, token, ip)
+        check_code(info, ErrorCode.INVALID_TOKEN)
+    assert registry.list_rooms() == [RoomInfo("lobby", 1, False), RoomInfo("other", 1, False)]
+    # The mapped form of the right IP may leave.
+    assert decoded(registry.leave("lobby", alice.token, "::ffff:127.0.0.1"))[0].kind is (
+        Kind.CLOSED
+    )
+
+
+def test_touch_sets_and_replaces_the_address(registry: RoomRegistry) -> None:
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob = join(registry, "lobby", "bob")
+    room = registry.rooms["lobby"]
+    assert not room.addresses
+    registry.touch(alice, (IP, 1000), 1.0)
+    assert alice.address == (IP, 1000)
+    assert alice.last_seen == 1.0
+    assert room.addresses == ((IP, 1000),)
+    registry.touch(bob, (IP, 2000), 2.0)
+    assert set(room.addresses) == {(IP, 1000), (IP, 2000)}
+    registry.touch(alice, (IP, 1001), 3.0)  # a new port from the same IP replaces the old
+    assert set(room.addresses) == {(IP, 1001), (IP, 2000)}
+    assert alice.last_seen == 3.0
+
+
+# ---------------------------------------------------------------------------
+# idle expiry
+# ---------------------------------------------------------------------------
+
+
+def test_next_deadline(registry: RoomRegistry) -> None:
+    assert registry.next_deadline() is None
+    alice = registry.create_room("lobby", "alice", None, IP, 10.0)
+    assert registry.next_deadline() == 70.0
+    bob = join(registry, "lobby", "bob", now=15.0)
+    assert registry.next_deadline() == 70.0
+    registry.touch(alice, ADDR, 30.0)
+    assert registry.next_deadline() == 75.0  # bob, silent since 15
+    registry.touch(bob, (IP, 2), 40.0)
+    assert registry.next_deadline() == 90.0
+    registry.leave("lobby", bob.token, IP)
+    assert registry.next_deadline() == 90.0
+
+
+def test_idle_member_times_out(registry: RoomRegistry) -> None:
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob = join(registry, "lobby", "bob")
+    registry.touch(alice, ADDR, 0.0)
+    registry.touch(bob, (IP, 2), 10.0)
+    registry.touch(alice, ADDR, 50.0)
+    assert registry.expire(69.9) == []
+    assert registry.list_rooms() == [RoomInfo("lobby", 2, False)]
+    outgoing = registry.expire(70.0)
+    # Seq 1 was "bob joined"; the timeout notice takes the next number.
+    assert decoded(outgoing) == [ServerDatagram(Kind.NOTICE, 2, "", "bob timed out")]
+    assert outgoing[0].addresses == (ADDR,)
+    assert registry.authenticate(b"lobby", bob.token.encode(), IP) is None
+    assert registry.authenticate(b"lobby", alice.token.encode(), IP) is alice
+    assert registry.list_rooms() == [RoomInfo("lobby", 1, False)]
+    assert registry.next_deadline() == 110.0
+    assert registry.expire(70.0) == []
+
+
+def test_idle_host_closes_the_room(registry: RoomRegistry) -> None:
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob = join(registry, "lobby", "bob")
+    carol = join(registry, "lobby", "carol")
+    registry.touch(bob, (IP, 2), 30.0)
+    registry.touch(carol, (IP, 3), 30.0)
+    outgoing = registry.expire(60.0)
+    assert decoded(outgoing) == [
+        ServerDatagram(Kind.CLOSED, 3, "", "host alice timed out; the room is closed")
+    ]
+    assert set(outgoing[0].addresses) == {(IP, 2), (IP, 3)}
+    assert registry.rooms == {}
+    for member in (alice, bob, carol):
+        assert registry.authenticate(b"lobby", member.token.encode(), IP) is None
+    assert registry.next_deadline() is None
+
+
+def test_host_and_members_idle_together_close_once(registry: RoomRegistry) -> None:
+    join_at = 1.0
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    join(registry, "lobby", "bob", now=join_at)
+    registry.create_room("other", "oscar", None, IP, 100.0)
+    outgoing = registry.expire(90.0)
+    assert [d.kind for d in decoded(outgoing)] == [Kind.CLOSED]
+    assert list(registry.rooms) == ["other"]
+
+
+def test_close_all(registry: RoomRegistry) -> None:
+    a = registry.create_room("a", "alice", None, IP, 0.0)
+    b = registry.create_room("b", "bob", None, IP, 0.0)
+    registry.touch(a, (IP, 1), 0.0)
+    registry.touch(b, (IP, 2), 0.0)
+    outgoing = registry.close_all(ServerShutdown())
+    assert decoded(outgoing) == [ServerDatagram(Kind.CLOSED, 1, "", "server shutting down")] * 2
+    assert {o.addresses for o in outgoing} == {((IP, 1),), ((IP, 2),)}
+    assert registry.rooms == {}
+    assert registry.by_token == {}
+    assert registry.close_all(ServerShutdown()) == []
+
+
+# ---------------------------------------------------------------------------
+# sequence numbers
+# ---------------------------------------------------------------------------
+
+
+def test_seq_is_consecutive_across_notice_and_closed(registry: RoomRegistry) -> None:
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    _, joined_b = registry.join_room("lobby", "bob", None, IP, 0.0)
+    carol, joined_c = registry.join_room("lobby", "carol", None, IP, 0.0)
+    left = registry.leave("lobby", carol.token, IP)
+    closed = registry.leave("lobby", alice.token, IP)
+    datagrams = decoded(joined_b + joined_c + left + closed)
+    assert [(d.kind, d.seq) for d in datagrams] == [
+        (Kind.NOTICE, 1),
+        (Kind.NOTICE, 2),
+        (Kind.NOTICE, 3),
+        (Kind.CLOSED, 4),
+    ]
+
+
+def test_seq_is_per_room(registry: RoomRegistry) -> None:
+    registry.create_room("a", "alice", None, IP, 0.0)
+    registry.create_room("b", "bob", None, IP, 0.0)
+    for name in ("x", "y"):
+        join(registry, "a", name)
+    _, joined = registry.join_room("b", "z", None, IP, 0.0)
+    assert decoded(joined)[0].seq == 1
+    assert registry.rooms["a"].seq == 2
+
+
+def test_seq_wraps_after_2_to_the_32_minus_1(registry: RoomRegistry) -> None:
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    room = alice.room
+    room.seq = 2**32 - 3
+    seqs = [decoded([room.announce(Kind.NOTICE, "x")])[0].seq for _ in range(4)]
+    assert seqs == [2**32 - 2, 2**32 - 1, 1, 2]  # 0 is ERROR's, never a room's
+
+
+# ---------------------------------------------------------------------------
+# limits
+# ---------------------------------------------------------------------------
+
+
+def test_room_full() -> None:
+    registry = RoomRegistry(max_members=3)
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    join(registry, "lobby", "bob")
+    join(registry, "lobby", "carol")
+    with pytest.raises(RoomError) as info:
+        join(registry, "lobby", "dave")
+    check_code(info, ErrorCode.ROOM_FULL)
+    assert registry.list_rooms() == [RoomInfo("lobby", 3, False)]
+
+
+def test_server_full() -> None:
+    registry = RoomRegistry(max_rooms=2)
+    registry.create_room("a", "alice", None, IP, 0.0)
+    host = registry.create_room("b", "alice", None, IP, 0.0)
+    with pytest.raises(RoomError) as info:
+        registry.create_room("c", "alice", None, IP, 0.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+    assert [r.name for r in registry.list_rooms()] == ["a", "b"]
+    registry.leave("b", host.token, IP)  # a closed room frees its place
+    registry.create_room("c", "alice", None, IP, 1.0)
+
+
+def test_token_factory_collisions_are_retried() -> None:
+    issued = iter(["same", "same", "same", "fresh"])
+    registry = RoomRegistry(token_factory=lambda: next(issued))
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0)
+    bob = join(registry, "lobby", "bob")
+    assert (alice.token, bob.token) == ("same", "fresh")
+
+
+# ---------------------------------------------------------------------------
+# logging
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def room_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.DEBUG, logger="ocm.rooms"):
+        yield caplog
+
+
+def test_logs_every_event_and_never_a_password_or_token(
+    room_log: pytest.LogCaptureFixture,
+) -> None:
+    password = "pa55-Sekr1t-42"
+    wrong = "wr0ng-Guess-17"
+    registry = RoomRegistry(idle_timeout=60.0)
+    alice = registry.create_room("vault", "alice", PasswordHash.create(password), IP, 0.0)
+    bob, _ = registry.join_room("vault", "bob", password, OTHER_IP, 1.0)
+    with pytest.raises(RoomError):
+        registry.join_room("vault", "mallory", wrong, OTHER_IP, 1.0)
+    with pytest.raises(RoomError):
+        registry.leave("vault", alice.token + "x", OTHER_IP)
+    carol, _ = registry.join_room("vault", "carol", password, IP, 2.0)
+    dave, _ = registry.join_room("vault", "dave", password, IP, 2.0)
+    registry.touch(alice, ADDR, 50.0)
+    registry.touch(carol, (IP, 3), 50.0)
+    registry.touch(dave, (IP, 4), 50.0)
+    registry.leave("vault", carol.token, IP)
+    registry.expire(61.0)  # bob times out
+    registry.leave("vault", alice.token, IP)  # closes the room
+    lobby = registry.create_room("lobby", "erin", None, IP, 63.0)
+    registry.close_all(ServerShutdown())
+
+    lines = [record.getMessage() for record in room_log.records]
+    secrets = [password, wrong, alice.token, bob.token, carol.token, dave.token, lobby.token]
+    for line in lines:
+        for secret in secrets:
+            assert secret not in line, line
+    # The events are there (so the test would notice if logging moved elsewhere).
+    assert lines == [
+        'room "vault" created by alice (protected)',
+        'bob joined room "vault"',
+        'carol joined room "vault"',
+        'dave joined room "vault"',
+        'carol left room "vault"',
+        'bob timed out in room "vault"',
+        'room "vault" closed: host alice left; the room is closed',
+        'room "lobby" created by erin (open)',
+        'room "lobby" closed: server shutting down',
+    ]
+    # Nor in the raw arguments a formatter might print.
+    for record in room_log.records:
+        for arg in record.args or ():
+            for secret in secrets:
+                assert secret not in str(arg)

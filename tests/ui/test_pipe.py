@@ -1,0 +1,168 @@
+"""ocm.ui.pipe: reading stdin lines off a file descriptor, and pipe mode over a real server.
+
+The ``ocm`` processes themselves are driven in tests/test_cli.py; here the pieces run
+in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+from collections.abc import AsyncIterator
+
+from ocm.client import ChatClient, Event, Message, Notice
+from ocm.ui.pipe import MAX_LINE, MAX_QUEUED_READS, LongLine, read_lines, run_pipe
+from ocm.wire import Kind
+from tests.kit import LOOPBACK, MS, alice_and_bob, fake_server, running_server
+
+
+async def collect(chunks: list[bytes], encoding: str = "utf-8") -> list[str | LongLine]:
+    read_end, write_end = os.pipe()
+    try:
+        lines = read_lines(read_end, encoding)
+        for chunk in chunks:
+            os.write(write_end, chunk)
+            await asyncio.sleep(5 * MS)  # separate reads: exercise the incremental decoder
+        os.close(write_end)
+        async with asyncio.timeout(1000 * MS):
+            return [line async for line in lines]
+    finally:
+        os.close(read_end)
+
+
+async def test_lines_without_their_endings() -> None:
+    assert await collect([b"one\ntwo\r\nthree"]) == ["one", "two", "three"]
+    assert await collect([b"a\n\nb\n"]) == ["a", "", "b"]
+    assert await collect([]) == []
+
+
+async def test_characters_split_across_reads_and_bad_bytes() -> None:
+    snowman = "☃".encode()
+    assert await collect([b"x" + snowman[:1], snowman[1:] + b"\n"]) == ["x☃"]
+    assert await collect([b"bad \xff\xfe end\n"]) == ["bad \ufffd\ufffd end"]
+    assert await collect(["café\n".encode("latin-1")], "latin-1") == ["café"]
+
+
+async def test_a_line_without_end_is_dropped_past_the_limit() -> None:
+    """Input without newlines must not grow the memory: past MAX_LINE characters the
+    rest of the line is dropped, and the line comes as one LongLine."""
+    endless = b"y" * (MAX_LINE + 1)
+    huge = [endless[i : i + 4096] for i in range(0, len(endless), 4096)]
+    assert await collect([b"before\n", *huge, b"y" * 1000, b"\nafter\n"]) == [
+        "before",
+        LongLine(),
+        "after",
+    ]
+    assert await collect([b"ok\n", endless]) == ["ok", LongLine()]  # no newline at the end
+    just_fits = b"z" * MAX_LINE
+    assert await collect([just_fits + b"\n"]) == [just_fits.decode()]
+
+
+async def test_the_reader_stops_reading_while_lines_wait_to_be_sent() -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        lines = read_lines(read_end, "utf-8")
+        chunk = b"x" * 1023 + b"\n"
+        written = 0
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(10_000):  # 10 MiB offered: far more than may be held
+                written += os.write(write_end, chunk)
+                await asyncio.sleep(0)  # let the reader thread hand its lines over
+        # Nobody took a line: the thread holds a bounded number of reads, then stops
+        # reading, and the pipe fills up behind it.
+        assert written < (MAX_QUEUED_READS + 2) * 64 * 1024 + 1024 * 1024
+        first = await anext(lines)
+        assert first == "x" * 1023
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+async def test_run_pipe_sends_lines_prints_events_and_leaves_at_the_end() -> None:
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+        too_long = "x" * 5000
+
+        async def stdin() -> AsyncIterator[str]:
+            for line in ["hello", "", "   ", too_long, "bye"]:
+                yield line
+
+        out, err = io.StringIO(), io.StringIO()
+        # The refused line is not lost silently: the exit status says so.
+        assert await run_pipe(bob, stdin(), out, err) == 1
+
+        assert out.getvalue() == "bob: hello\nbob: bye\n"
+        first, summary = err.getvalue().splitlines()
+        assert first.startswith("ocm: message too long: 5000 bytes, at most ")
+        assert summary == "ocm: 1 line refused (not sent)"
+        events: list[Event] = []
+        async with asyncio.timeout(1000 * MS):
+            while len(events) < 4:
+                events.append(await anext(alice))
+        assert events == [
+            Notice("bob joined", 1),
+            Message("bob", "hello", 2),
+            Message("bob", "bye", 3),
+            Notice("bob left", 4),
+        ]
+        await alice.close()
+
+
+async def test_lines_the_server_never_confirmed_make_the_exit_status_1() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", confirm_timeout=100 * MS
+        )
+
+        async def stdin() -> AsyncIterator[str]:
+            for line in ["one", "two", "three"]:
+                yield line
+            await fake.udp.recv_raw()  # the first heartbeat
+            for _ in range(3):
+                await fake.udp.recv_raw()
+            fake.send(Kind.MESSAGE, 1, "two", "bob")  # only "two" comes back
+
+        out, err = io.StringIO(), io.StringIO()
+        async with asyncio.timeout(2000 * MS):
+            assert await run_pipe(bob, stdin(), out, err) == 1
+        assert out.getvalue() == ("bob: two\n! not delivered: one\n! not delivered: three\n")
+        assert err.getvalue() == "ocm: 2 messages not confirmed by the server\n"
+
+
+async def test_a_dropped_long_line_is_reported_once_and_makes_the_exit_status_1() -> None:
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+
+        async def stdin() -> AsyncIterator[str | LongLine]:
+            yield "hello"
+            yield LongLine()
+
+        out, err = io.StringIO(), io.StringIO()
+        assert await run_pipe(bob, stdin(), out, err) == 1
+        assert out.getvalue() == "bob: hello\n"
+        assert err.getvalue() == (
+            f"ocm: line longer than {MAX_LINE} characters dropped (not sent)\n"
+            "ocm: 1 line refused (not sent)\n"
+        )
+        await alice.close()
+
+
+async def test_run_pipe_ends_when_the_room_closes_while_input_is_open() -> None:
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+        forever = asyncio.Event()
+
+        async def stdin() -> AsyncIterator[str]:
+            await forever.wait()
+            yield "never"
+
+        out = io.StringIO()
+        session = asyncio.create_task(run_pipe(bob, stdin(), out, io.StringIO()))
+        await asyncio.sleep(20 * MS)
+        await alice.close()
+        async with asyncio.timeout(1000 * MS):
+            assert await session == 0
+        assert out.getvalue() == "! room closed: host alice left; the room is closed\n"
