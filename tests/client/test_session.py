@@ -325,3 +325,35 @@ def test_room_state_an_error_drops_only_the_message_it_refused() -> None:
         assert state.datagram_received(datagram(Kind.ERROR, 0, text)) == [ErrorReply(text)]
     assert [text for text, _ in state.pending] == ["good", "also good"]
     assert state.expire(2.3) == [Undelivered("good"), Undelivered("also good")]
+
+
+# ---------------------------------------------------------------------------
+# The heartbeat schedule (section 2: at least one datagram every interval)
+# ---------------------------------------------------------------------------
+
+
+def test_a_heartbeat_is_due_one_interval_after_the_last_datagram() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"], heartbeat_interval=5.0, now=100.0)
+    assert state.next_deadline() == 105.0
+    assert not state.heartbeat_due(104.9)
+    assert state.heartbeat_due(105.0)
+    state.datagram_sent(105.0)  # the heartbeat went out
+    assert state.next_deadline() == 110.0 and not state.heartbeat_due(109.0)
+
+
+def test_a_chat_line_postpones_the_heartbeat() -> None:
+    """Any datagram keeps us in the room, so a chatty member sends no heartbeats."""
+    state = RoomState("bob", "alice", ["alice", "bob"], heartbeat_interval=5.0, now=0.0)
+    for now in (3.0, 6.0, 9.0):
+        assert not state.heartbeat_due(now)
+        state.sent("hi", now + 2.0)
+        state.datagram_sent(now)
+    assert state.next_deadline() == 5.0  # the oldest copy, due before the heartbeat
+    assert state.expire(11.0) == [Undelivered("hi")] * 3
+    assert state.next_deadline() == 14.0 and state.heartbeat_due(14.0)
+
+
+def test_no_heartbeat_once_the_room_is_over() -> None:
+    state = RoomState("bob", "alice", ["alice", "bob"], heartbeat_interval=5.0, now=0.0)
+    state.end("left the room")
+    assert state.next_deadline() is None and not state.heartbeat_due(99.0)

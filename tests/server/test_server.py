@@ -150,6 +150,26 @@ async def test_silent_member_is_dropped_after_idle_timeout() -> None:
         assert (await bob.peer.recv()).kind is Kind.ERROR
 
 
+async def test_the_expiry_timer_follows_the_registry_deadline() -> None:
+    """One timer, re-armed from registry.next_deadline() after every TCRP request and
+    every expiry pass: armed when the first member arrives, at the oldest member's
+    deadline, and not armed at all on a server without members."""
+    async with running_server(idle_timeout=300 * MS) as server:
+        assert server._expiry_timer is None  # nobody to expire: no wake-ups
+        alice = await enter(server, CreateRoom("lobby", "alice"))
+        deadline = server.registry.next_deadline()
+        assert deadline is not None and server._expiry_timer is not None
+        # Armed at the join; alice's first heartbeat only moved her deadline later.
+        assert deadline - 300 * MS < server._expiry_at <= deadline
+        # A refused request changes nothing, and leaves the timer armed.
+        ack, _ = await call(server.tcp_port, JoinRoom("lobby", "alice"))
+        assert ack.error is ErrorCode.NAME_TAKEN and server._expiry_timer is not None
+        # Alice never beats again: the timer fires, closes her room, and disarms.
+        closed = await alice.peer.recv(timeout=1500 * MS)
+        assert closed.kind is Kind.CLOSED
+        assert server.registry.next_deadline() is None and server._expiry_timer is None
+
+
 async def test_silent_host_closes_the_room() -> None:
     async with running_server(idle_timeout=300 * MS) as server:
         await enter(server, CreateRoom("lobby", "alice"))

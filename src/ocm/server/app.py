@@ -174,11 +174,13 @@ class OCMServer:
             udp_port=lambda: self.udp_port,
             send=self._endpoint.send,
             clock=self._loop.time,
-            on_join=self._wake_expiry,
+            after_request=self._arm_expiry,
         )
         self._tcp_server: asyncio.Server | None = None
-        self._members_added = asyncio.Event()
-        self._expiry_task: asyncio.Task[None] | None = None
+        # One timer for the registry's next deadline (aioquic's get_timer), re-armed
+        # after every TCRP request and every expiry pass.
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
         self._closed = asyncio.Event()
         self._closing = False
         self.tcp_port = 0
@@ -211,7 +213,6 @@ class OCMServer:
         self._tcp_server = await asyncio.start_server(
             self.tcrp, sock=tcp_sock, limit=config.tcp.max_payload + 1024, backlog=TCP_BACKLOG
         )
-        self._expiry_task = asyncio.create_task(self._expire_idle(), name="ocm-expiry")
         log.info(
             "OCM server listening on %s: TCP port %d, UDP port %d (idle timeout %gs, %s loop)",
             config.host,
@@ -224,27 +225,39 @@ class OCMServer:
     def _send(self, outgoing: Iterable[Outgoing]) -> None:
         self._endpoint.send(outgoing)
 
-    def _wake_expiry(self) -> None:
-        self._members_added.set()
+    def _arm_expiry(self) -> None:
+        """Arm the expiry timer for :meth:`RoomRegistry.next_deadline`.
 
-    async def _expire_idle(self) -> None:
-        """Sleep until the registry's next deadline, expire, repeat (aioquic's timer)."""
-        while True:
-            deadline = self.registry.next_deadline()
-            if deadline is None:
-                self._members_added.clear()
-                await self._members_added.wait()
-                continue
-            delay = deadline - self._loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                self._send(self.registry.expire(self._loop.time()))
-            except Exception:
-                # Expiry must outlive a bug: without it hosts never time out. Pause so
-                # a bug that repeats cannot spin the loop.
-                log.exception("unexpected error expiring idle members")
-                await asyncio.sleep(1.0)
+        Called after every registry change that can bring the deadline closer (a TCRP
+        request, an expiry pass). Datagrams only push deadlines later, so they need no
+        call: a timer that fires early finds nobody idle and re-arms for the new one.
+        """
+        if self._closing:
+            return
+        deadline = self.registry.next_deadline()
+        if self._expiry_timer is not None:
+            if deadline is not None and self._expiry_at <= deadline:
+                return  # armed for sooner already
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if deadline is not None:
+            self._expiry_at = deadline
+            self._expiry_timer = self._loop.call_at(deadline, self._expire_idle)
+
+    def _expire_idle(self) -> None:
+        self._expiry_timer = None
+        # The loop may run a timer a clock tick early; it is due all the same.
+        now = max(self._loop.time(), self._expiry_at)
+        try:
+            self._send(self.registry.expire(now))
+        except Exception:
+            # Expiry must outlive a bug: without it hosts never time out. Retry in a
+            # second, so a bug that repeats cannot spin the loop.
+            log.exception("unexpected error expiring idle members")
+            self._expiry_at = now + 1.0
+            self._expiry_timer = self._loop.call_at(self._expiry_at, self._expire_idle)
+            return
+        self._arm_expiry()
 
     async def close(self) -> None:
         """Stop accepting, send CLOSED to every member, close connections. Idempotent."""
@@ -255,10 +268,9 @@ class OCMServer:
         try:
             if self._tcp_server is not None:
                 self._tcp_server.close()
-            if self._expiry_task is not None:
-                self._expiry_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._expiry_task
+            if self._expiry_timer is not None:
+                self._expiry_timer.cancel()
+                self._expiry_timer = None
             self._send(self.registry.close_all(ServerShutdown()))
             await self.tcrp.close(timeout=2.0)
             if self._tcp_server is not None:

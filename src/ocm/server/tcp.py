@@ -82,14 +82,17 @@ class TcrpHandler:
         udp_port: Callable[[], int],
         send: Callable[[list[Outgoing]], None],
         clock: Callable[[], float],
-        on_join: Callable[[], None] = lambda: None,
+        after_request: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
         self.limits = limits
         self._udp_port = udp_port
         self._send = send
         self._clock = clock
-        self._on_join = on_join
+        # Called after every request, whatever it did to the registry: the server
+        # re-arms its expiry timer from registry.next_deadline() there (aioquic's
+        # get_timer after each event), so no admission path can forget it.
+        self._after_request = after_request
         self.connections: dict[str, int] = {}  # client IP -> open connections
         self.writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # one per open connection
@@ -182,6 +185,8 @@ class TcrpHandler:
                 )
             else:
                 answer = encode_reply(Ack(message.operation, message.room)) + encode_reply(reply)
+            finally:
+                self._after_request()
             await self._write(writer, answer)
 
     async def _next_message(
@@ -218,7 +223,6 @@ class TcrpHandler:
                         registry.check_create(room, ip)  # no hash for a create bound to fail
                         secret = await asyncio.to_thread(PasswordHash.create, password)
                 member = registry.create_room(room, username, secret, ip, self._clock())
-                self._on_join()
                 return self._admission(Operation.CREATE_ROOM, member)
             case JoinRoom(room, username, password):
                 expected = registry.admit(room, username, ip, self._clock())
@@ -236,7 +240,6 @@ class TcrpHandler:
                     room, username, ip, self._clock(), verified=verified
                 )
                 self._send(outgoing)
-                self._on_join()
                 return self._admission(Operation.JOIN_ROOM, member)
             case ListRooms():
                 return RoomList(tuple(registry.list_rooms()))
