@@ -43,16 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
+from ocm.client.exchange import read_message
 from ocm.server import registry
 from ocm.wire import (
-    TCRP_HEADER_SIZE,
+    MAX_REPLY_PAYLOAD,
     Ack,
     Admission,
     CreateRoom,
     JoinRoom,
     Reply,
-    decode_header,
-    decode_tcrp_body,
+    TcrpReader,
     encode_request,
     parse_reply,
 )
@@ -330,22 +330,22 @@ def room_addresses(rooms: int) -> list[str]:
     return addresses
 
 
-async def _read_reply(reader: asyncio.StreamReader) -> Reply:
-    header = decode_header(await reader.readexactly(TCRP_HEADER_SIZE))
-    return parse_reply(decode_tcrp_body(header, await reader.readexactly(header.body_size)))
+async def _read_reply(reader: asyncio.StreamReader, framer: TcrpReader) -> Reply:
+    return parse_reply(await read_message(reader, framer))
 
 
 async def _exchange(port: int, ip: str, requests: list[bytes]) -> list[str]:
     """Send requests back to back on one connection; return each admission's token."""
     reader, writer = await asyncio.open_connection(HOST, port, local_addr=(ip, 0))
     tokens: list[str] = []
+    framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
     try:
         writer.write(b"".join(requests))
         for _ in requests:
-            ack = await _read_reply(reader)
+            ack = await _read_reply(reader, framer)
             if not isinstance(ack, Ack) or not ack.ok:
                 raise BenchError(f"the server refused a request: {ack}")
-            admission = await _read_reply(reader)
+            admission = await _read_reply(reader, framer)
             if not isinstance(admission, Admission):
                 raise BenchError(f"expected an admission, got {admission}")
             tokens.append(admission.token)

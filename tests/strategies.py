@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from ocm.errors import ErrorCode
@@ -284,3 +285,21 @@ def mutated(draw: st.DrawFn, valid: st.SearchStrategy[bytes]) -> bytes:
         elif how == "delete" and data:
             del data[position]
     return bytes(data)
+
+
+# Enough examples to find the edge cases the strategies aim at, few enough that the
+# whole module runs in a few seconds. No deadline: a slow CI runner is not a bug.
+FAST = settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+# For the tests whose examples are nested structures (about 3 ms each to generate).
+HEAVY = settings(FAST, max_examples=300)
+
+
+def repeated(limit: int) -> st.SearchStrategy[bytes]:
+    """Random bytes repeated up to around ``limit``: cheap long inputs for size checks."""
+    return st.tuples(st.binary(min_size=1, max_size=16), st.integers(1, limit)).map(
+        lambda t: (t[0] * (t[1] // len(t[0]) + 1))[: t[1]]
+    )

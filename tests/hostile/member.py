@@ -16,13 +16,12 @@ import sys
 import time
 
 from ocm.wire import (
-    TCRP_HEADER_SIZE,
+    MAX_REPLY_PAYLOAD,
     Admission,
     ClientDatagram,
     CreateRoom,
     JoinRoom,
-    decode_header,
-    decode_tcrp_body,
+    TcrpReader,
     encode_client_datagram,
     encode_request,
     parse_reply,
@@ -31,18 +30,14 @@ from ocm.wire import (
 HEARTBEAT = 0.1  # seconds; well under the suite's idle timeout
 
 
-def _read_reply(sock: socket.socket) -> object:
-    def exactly(size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = sock.recv(size - len(data))
-            if not chunk:
-                raise SystemExit("member: the server closed the connection")
-            data += chunk
-        return data
-
-    header = decode_header(exactly(TCRP_HEADER_SIZE))
-    return parse_reply(decode_tcrp_body(header, exactly(header.body_size)))
+def _read_reply(sock: socket.socket, framer: TcrpReader) -> object:
+    """The next reply off a blocking socket, through the wire's framer."""
+    while (message := framer.next_message()) is None:
+        chunk = sock.recv(64 * 1024)
+        if not chunk:
+            raise SystemExit("member: the server closed the connection")
+        framer.feed(chunk)
+    return parse_reply(message)
 
 
 def main(argv: list[str]) -> int:
@@ -56,8 +51,9 @@ def main(argv: list[str]) -> int:
     kind = CreateRoom if args.create else JoinRoom
     with socket.create_connection(("127.0.0.1", args.port), timeout=5) as tcp:
         tcp.sendall(encode_request(kind(args.room, args.name)))
-        _read_reply(tcp)  # the ACK
-        admission = _read_reply(tcp)
+        framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
+        _read_reply(tcp, framer)  # the ACK
+        admission = _read_reply(tcp, framer)
     if not isinstance(admission, Admission):
         raise SystemExit(f"member: not admitted: {admission}")
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

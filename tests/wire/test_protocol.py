@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from ocm.errors import ErrorCode, OCMError, ProtocolError
+from ocm.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    OCMError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from ocm.wire import (
     MAX_DATAGRAM,
     MAX_TCRP_PAYLOAD,
@@ -739,6 +745,29 @@ def test_encoders_refuse_oversize_fields() -> None:
         encode_server_datagram(ServerDatagram(Kind.MESSAGE, 1, "s" * 256))
     with expect(ErrorCode.TOO_LARGE):
         encode_server_datagram(ServerDatagram(Kind.NOTICE, 1, "", "x" * (MAX_DATAGRAM - 5)))
+
+
+def test_decoders_blame_the_peer_and_encoders_blame_us() -> None:
+    """h11's split: RemoteProtocolError for bytes we received, LocalProtocolError for
+    what we were asked to send; both are ProtocolErrors with the wire code."""
+    for decode in (
+        lambda: decode_header(b"\x00"),
+        lambda: decode_client_datagram(b"\x01"),
+        lambda: decode_server_datagram(b"\x01"),
+        lambda: parse_request(TcrpMessage(Operation.JOIN_ROOM, State.REQUEST, "", {})),
+        lambda: validate_name("", "username"),
+    ):
+        with pytest.raises(RemoteProtocolError):
+            decode()
+    for encode in (
+        lambda: encode_client_datagram(ClientDatagram("r", "t", "x" * MAX_DATAGRAM)),
+        lambda: encode_server_datagram(ServerDatagram(Kind.NOTICE, 1, "bob")),
+        lambda: encode_tcrp(TcrpMessage(Operation.LIST_ROOMS, State.REQUEST, "r" * 256, {})),
+        lambda: validate_name("", "your name", error=LocalProtocolError),
+    ):
+        with pytest.raises(LocalProtocolError) as info:
+            encode()
+        assert isinstance(info.value, ProtocolError) and info.value.code is not None
 
 
 def test_protocol_error_is_an_ocm_error_with_its_code() -> None:

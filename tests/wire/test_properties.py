@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) over every decoder of the protocol and the relay core.
+"""Property tests (hypothesis) over every decoder of the wire protocol.
 
 Two claims, for every decoder:
 
@@ -14,22 +14,19 @@ the last two reach the branches behind the size checks that random bytes never p
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ocm.errors import ErrorCode, ProtocolError
-from ocm.server.registry import Address, RoomRegistry
-from ocm.server.relay import RelayCore
 from ocm.wire import (
     MAX_DATAGRAM,
     MAX_NAME_BYTES,
     MAX_TCRP_PAYLOAD,
     MAX_TOKEN_BYTES,
     PAYLOAD_SIZE_BYTES,
-    SERVER_HEADER_SIZE,
     TCRP_HEADER_SIZE,
     Ack,
     Admission,
@@ -65,15 +62,8 @@ from tests import strategies as ocm_st
 
 T = TypeVar("T")
 
-# Enough examples to find the edge cases the strategies aim at, few enough that the
-# whole module runs in a few seconds. No deadline: a slow CI runner is not a bug.
-FAST = settings(
-    max_examples=400,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-# For the tests whose examples are nested structures (about 3 ms each to generate).
-HEAVY = settings(FAST, max_examples=300)
+FAST = ocm_st.FAST
+HEAVY = ocm_st.HEAVY
 
 
 def decode_or_protocol_error(decoder: Callable[[bytes], T], data: bytes) -> T | None:
@@ -164,13 +154,6 @@ header_inputs = st.one_of(
 )
 
 
-def _repeated(limit: int) -> st.SearchStrategy[bytes]:
-    """Random bytes repeated up to around ``limit``: cheap long inputs for size checks."""
-    return st.tuples(st.binary(min_size=1, max_size=16), st.integers(1, limit)).map(
-        lambda t: (t[0] * (t[1] // len(t[0]) + 1))[: t[1]]
-    )
-
-
 def _with_header(header: st.SearchStrategy[bytes], body_size: int) -> st.SearchStrategy[bytes]:
     """A random header followed by random or UTF-8 bytes: sizes land near the body."""
     body = st.binary(max_size=body_size) | ocm_st.texts(body_size).map(str.encode)
@@ -181,7 +164,7 @@ _small = st.integers(0, 12)
 client_inputs = st.one_of(
     st.binary(max_size=64),
     _with_header(st.tuples(_small, _small).map(bytes), 30),
-    _repeated(MAX_DATAGRAM + 64),
+    ocm_st.repeated(MAX_DATAGRAM + 64),
     ocm_st.mutated(ocm_st.client_datagrams().map(encode_client_datagram)),
 )
 
@@ -196,7 +179,7 @@ server_inputs = st.one_of(
         ),
         30,
     ),
-    _repeated(MAX_DATAGRAM + 64),
+    ocm_st.repeated(MAX_DATAGRAM + 64),
     ocm_st.mutated(ocm_st.server_datagrams().map(encode_server_datagram)),
 )
 
@@ -376,97 +359,3 @@ def test_server_datagram_round_trip(datagram: ServerDatagram) -> None:
     data = encode_server_datagram(datagram)
     assert len(data) <= MAX_DATAGRAM
     assert decode_server_datagram(data) == datagram
-
-
-# ---------------------------------------------------------------------------
-# the relay core
-# ---------------------------------------------------------------------------
-
-IP = "127.0.0.1"
-OTHER_IP = "127.0.0.2"
-# Fixed tokens so that the strategies can build datagrams that authenticate.
-TOKENS = ["A" * 32, "B" * 32, "C" * 32]
-# alice (host of "lobby") and carol (host of "other") from IP, bob (lobby) from OTHER_IP.
-MEMBERS = [("lobby", TOKENS[0], IP), ("lobby", TOKENS[1], OTHER_IP), ("other", TOKENS[2], IP)]
-SOURCES: list[Address] = [
-    (IP, 1001),
-    (IP, 1002),
-    (OTHER_IP, 2001),
-    ("::ffff:127.0.0.1", 1003),
-    ("10.0.0.9", 4001),
-]
-
-
-def relay_with_rooms() -> RelayCore:
-    tokens: Iterator[str] = iter(TOKENS)
-    registry = RoomRegistry(idle_timeout=60.0, token_factory=lambda: next(tokens))
-    registry.create_room("lobby", "alice", None, IP, 0.0)
-    registry.join_room("lobby", "b" * 250, None, OTHER_IP, 0.0)  # a long name: long relays
-    registry.create_room("other", "carol", None, IP, 0.0)
-    return RelayCore(registry)
-
-
-@st.composite
-def member_datagrams(draw: st.DrawFn) -> bytes:
-    room, token, _ = draw(st.sampled_from(MEMBERS))
-    room = draw(st.sampled_from([room, room, "lobby", "other", "Lobby"]))
-    text = draw(ocm_st.texts(MAX_DATAGRAM - 2 - len(room) - len(token)))
-    return encode_client_datagram(ClientDatagram(room, token, text))
-
-
-relay_inputs = st.one_of(
-    st.binary(max_size=64),
-    _repeated(MAX_DATAGRAM + 64),
-    member_datagrams(),
-    ocm_st.mutated(member_datagrams()),
-    ocm_st.mutated(ocm_st.client_datagrams().map(encode_client_datagram)),
-)
-
-
-def _authenticates(relay: RelayCore, data: bytes, address: Address) -> bool:
-    try:
-        room, token, _ = split_client_datagram(data)
-    except ProtocolError:
-        return False
-    return relay.registry.authenticate(room, token, address[0]) is not None
-
-
-@HEAVY
-@given(st.lists(st.tuples(relay_inputs, st.sampled_from(SOURCES)), min_size=1, max_size=6))
-def test_relay_never_crashes_and_never_amplifies(
-    datagrams: list[tuple[bytes, Address]],
-) -> None:
-    relay = relay_with_rooms()
-    seqs = {name: room.seq for name, room in relay.registry.rooms.items()}
-    for step, (data, source) in enumerate(datagrams):
-        authenticated = _authenticates(relay, data, source)
-        outgoing = relay.datagram_received(data, source, 1.0 + step * 0.01)
-        assert isinstance(outgoing, list)
-        for out in outgoing:
-            assert len(out.datagram) <= MAX_DATAGRAM
-            reply = decode_server_datagram(out.datagram)  # always well-formed
-            if reply.kind is Kind.ERROR:
-                assert out.addresses == (source,)
-                assert reply.seq == 0
-            if not authenticated:
-                assert reply.kind is Kind.ERROR
-                assert len(out.datagram) <= len(data)
-        if not authenticated:
-            assert len(data) >= SERVER_HEADER_SIZE or outgoing == []
-            continue
-        room_name, _, text = split_client_datagram(data)
-        room = relay.registry.rooms[room_name.decode()]
-        messages = [decode_server_datagram(o.datagram) for o in outgoing]
-        if not text:
-            assert outgoing == []  # a heartbeat is never relayed
-        elif messages and messages[0].kind is Kind.MESSAGE:
-            # Relayed verbatim, with the room's next Seq, to every registered member.
-            (message,) = messages
-            assert message.text.encode() == text
-            seqs[room.name] += 1
-            assert message.seq == room.seq == seqs[room.name]
-            assert set(outgoing[0].addresses) == set(room.addresses)
-            assert source in outgoing[0].addresses
-        else:
-            assert room.seq == seqs[room.name]  # a refused text takes no Seq
-            assert [m.kind for m in messages] in ([Kind.ERROR], [])

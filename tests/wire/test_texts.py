@@ -1,0 +1,85 @@
+"""Unit tests of ocm.wire.texts: every fixed text parses back to what made it.
+
+The server writes these texts and clients read them back; a formatter and its parser
+that drift apart would make clients misread the room (a member list that never
+shrinks, a refusal taken for a loss). Version 1's exact wording is pinned too: other
+clients match it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ocm.wire.names import name_problem
+from ocm.wire.texts import (
+    SHUTDOWN_REASON,
+    HostGone,
+    MemberEvent,
+    NotUtf8,
+    Presence,
+    ServerShutdown,
+    TooLong,
+    UnknownToken,
+    format_closed,
+    format_notice,
+    format_refusal,
+    parse_closed,
+    parse_notice,
+    parse_refusal,
+)
+
+# Any valid member name, spaces and the words of the texts included.
+names = st.text(min_size=1, max_size=40).filter(lambda n: name_problem(n, "name") is None)
+
+
+@given(names, st.sampled_from(Presence))
+def test_notices_round_trip(name: str, what: Presence) -> None:
+    event = MemberEvent(name, what)
+    assert parse_notice(format_notice(event)) == event
+
+
+@given(names, st.sampled_from([Presence.LEFT, Presence.TIMED_OUT]))
+def test_closed_reasons_round_trip(name: str, what: Presence) -> None:
+    reason = HostGone(name, what)
+    assert parse_closed(format_closed(reason)) == reason
+
+
+@given(st.integers(min_value=0, max_value=4096))
+def test_refusals_round_trip(limit: int) -> None:
+    for refusal in (UnknownToken(), TooLong(limit), NotUtf8()):
+        assert parse_refusal(format_refusal(refusal)) == refusal
+
+
+def test_the_version_1_wording_is_kept() -> None:
+    assert format_notice(MemberEvent("bob", Presence.JOINED)) == "bob joined"
+    assert format_notice(MemberEvent("bob", Presence.LEFT)) == "bob left"
+    assert format_notice(MemberEvent("bob", Presence.TIMED_OUT)) == "bob timed out"
+    host_left = format_closed(HostGone("alice", Presence.LEFT))
+    assert host_left == "host alice left; the room is closed"
+    assert format_closed(ServerShutdown()) == SHUTDOWN_REASON == "server shutting down"
+    assert format_refusal(UnknownToken()) == "unknown token for this room"
+    assert format_refusal(TooLong(4087)) == "message too long: max 4087 bytes"
+    assert format_refusal(NotUtf8()) == "message text is not valid UTF-8"
+
+
+def test_a_name_that_looks_like_a_notice_keeps_its_words() -> None:
+    """Names may hold spaces and even the notice words: the suffix is the last one."""
+    assert parse_notice("bob left joined") == MemberEvent("bob left", Presence.JOINED)
+    assert parse_notice("a b timed out") == MemberEvent("a b", Presence.TIMED_OUT)
+
+
+def test_an_unknown_token_error_cut_short_is_still_recognised() -> None:
+    """ERRORs to unknown senders are cut to the size of the datagram they answer."""
+    assert parse_refusal("unknown token for th") == UnknownToken()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "bob", "joined", "bob came", "host alice gone", "message too long: max x bytes"],
+)
+def test_other_texts_parse_to_none_and_never_raise(text: str) -> None:
+    assert parse_notice(text) is None
+    assert parse_closed(text) is None
+    assert parse_refusal(text) is None

@@ -1,0 +1,1 @@
+"""Tooling for OCM's own checks (not part of the package)."""
