@@ -102,11 +102,17 @@ def passwords() -> st.SearchStrategy[str | None]:
 # -- TCRP ----------------------------------------------------------------------------
 
 
+# Feature lists as clients send them: none (version 1), the known one, unknown names.
+_features = st.lists(
+    st.sampled_from(["delivery", "tunnel", "x" * 64, "é"]), max_size=4, unique=True
+).map(tuple)
+
+
 @cache
 def requests() -> st.SearchStrategy[Request]:
     return st.one_of(
-        st.builds(CreateRoom, names(), usernames(), passwords()),
-        st.builds(JoinRoom, names(), usernames(), passwords()),
+        st.builds(CreateRoom, names(), usernames(), passwords(), _features),
+        st.builds(JoinRoom, names(), usernames(), passwords(), _features),
         st.just(ListRooms()),
         st.builds(LeaveRoom, names(), tokens()),
     )
@@ -129,6 +135,11 @@ def replies() -> st.SearchStrategy[Reply]:
             st.integers(1, 65535),
             usernames(),
             st.lists(usernames(), max_size=8).map(tuple),
+            st.none() | st.floats(0.001, 1e6),
+            _features,
+            st.none() | st.integers(0, 2**32 - 1),
+            st.none() | st.binary(min_size=8, max_size=8).map(bytes.hex),
+            st.none() | st.integers(0, 2**32 - 1),
         ),
         st.builds(
             RoomList,
@@ -187,6 +198,10 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "host": _near(usernames()),
     "members": _near(st.lists(_near(usernames()), max_size=3)),
     "rooms": _near(st.lists(st.one_of(_room_entries, _room_entries, _json_scalars), max_size=3)),
+    "features": _near(st.lists(_near(st.sampled_from(["delivery", "", "x" * 65])), max_size=3)),
+    "seq": _near(st.integers(-1, 2**32) | st.sampled_from([0, 2**32 - 1, 2**32])),
+    "boot": _near(st.sampled_from(["0123456789abcdef", "0123456789ABCDEF", "12", ""])),
+    "history": _near(st.integers(-1, 2**32)),
 }
 FIELD_KEYS = tuple(FIELD_VALUES)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ocm.wire import (
+    Admission,
     State,
     decode_client_datagram,
     decode_server_datagram,
@@ -18,6 +19,14 @@ from ocm.wire import (
     encode_server_datagram,
     parse_reply,
     parse_request,
+)
+from ocm.wire.delivery import (
+    ClientType,
+    DeliveryKind,
+    decode_extended,
+    decode_received,
+    encode_extended,
+    encode_received,
 )
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -33,6 +42,10 @@ def reencode(kind: str, data: bytes) -> bytes:
         return encode_reply(parse_reply(message))
     if kind == "client":
         return encode_client_datagram(decode_client_datagram(data))
+    if kind == "extended":
+        return encode_extended(decode_extended(data))
+    if kind == "received":
+        return encode_received(decode_received(data))
     assert kind == "server"
     return encode_server_datagram(decode_server_datagram(data))
 
@@ -42,6 +55,22 @@ def test_every_message_kind_has_an_example() -> None:
     assert {"create-request", "join-request", "list-request", "leave-request"} <= names
     assert {"create-ack", "join-error-ack", "create-complete", "list-complete"} <= names
     assert {"heartbeat", "chat", "message", "notice", "closed", "error"} <= names
+
+
+def test_every_delivery_datagram_has_an_example() -> None:
+    """Section 3: each extended Type and each new Kind, and the negotiation."""
+    examples = {(kind, name) for kind, name, _ in EXAMPLES}
+    types = {("extended", t.name.lower()) for t in ClientType}
+    kinds = {("received", k.name.lower()) for k in DeliveryKind}
+    negotiation = {("tcrp", "join-delivery-request"), ("tcrp", "join-delivery-complete")}
+    assert types | kinds | negotiation <= examples
+
+
+def test_the_delivery_complete_example_grants_delivery() -> None:
+    (hex_dump,) = [h for _, name, h in EXAMPLES if name == "join-delivery-complete"]
+    admission = parse_reply(decode_tcrp(bytes.fromhex(hex_dump)))
+    assert isinstance(admission, Admission)
+    assert (admission.features, admission.seq, admission.history) == (("delivery",), 12, 1024)
 
 
 @pytest.mark.parametrize(("kind", "name", "hex_dump"), EXAMPLES, ids=[e[1] for e in EXAMPLES])

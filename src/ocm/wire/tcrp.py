@@ -189,6 +189,9 @@ class CreateRoom:
     room: str
     username: str
     password: str | None = None  # None or "": an open room
+    # Extensions the client speaks (section 3 of docs/protocol.md), e.g. ("delivery",).
+    # Empty: a version 1 request, byte for byte.
+    features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,7 @@ class JoinRoom:
     room: str
     username: str
     password: str | None = None
+    features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +243,14 @@ class Admission:
     # OCM extension: the server's idle timeout in seconds, so a client can heartbeat at
     # least every idle_timeout / 3 as section 2 asks. None when the server does not say.
     idle_timeout: float | None = None
+    # Section 3: the extensions the server granted (a subset of those asked for) and,
+    # with "delivery": the room's last Seq when the member entered (it receives every
+    # later one), the server's incarnation id (16 hex digits) and how many Seqs of the
+    # room the server keeps for repair.
+    features: tuple[str, ...] = ()
+    seq: int | None = None
+    boot: str | None = None
+    history: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +320,7 @@ def parse_request(message: TcrpMessage) -> Request:
         case Operation.CREATE_ROOM | Operation.JOIN_ROOM:
             room = validate_name(message.room, "room name")
             cls = CreateRoom if message.operation is Operation.CREATE_ROOM else JoinRoom
-            return cls(room, _username(payload), _password(payload))
+            return cls(room, _username(payload), _password(payload), _features(payload))
         case Operation.LIST_ROOMS:
             return ListRooms()
         case Operation.LEAVE_ROOM:
@@ -319,13 +331,17 @@ def parse_request(message: TcrpMessage) -> Request:
 
 def request_message(request: Request) -> TcrpMessage:
     match request:
-        case CreateRoom(room, username, password) | JoinRoom(room, username, password):
+        case CreateRoom(room, username, password, features) | JoinRoom(
+            room, username, password, features
+        ):
             operation = (
                 Operation.CREATE_ROOM if isinstance(request, CreateRoom) else Operation.JOIN_ROOM
             )
             payload: dict[str, Any] = {"username": username}
             if password:
                 payload["password"] = password
+            if features:
+                payload["features"] = list(features)
             return TcrpMessage(operation, State.REQUEST, room, payload)
         case ListRooms():
             return TcrpMessage(Operation.LIST_ROOMS, State.REQUEST, "", {})
@@ -345,10 +361,17 @@ def reply_message(reply: Reply) -> TcrpMessage:
         case Ack(operation, room, error, text):
             payload: dict[str, Any] = {"status": "error", "code": str(error), "message": text}
             return TcrpMessage(operation, State.ACK, room, payload)
-        case Admission(operation, room, token, udp_port, host, members, idle_timeout):
+        case Admission(
+            operation, room, token, udp_port, host, members, idle_timeout, features, seq, boot
+        ):
             payload = {"token": token, "udp_port": udp_port, "host": host, "members": list(members)}
             if idle_timeout is not None:
                 payload["idle_timeout"] = idle_timeout
+            if features:
+                payload["features"] = list(features)
+            for key, value in (("seq", seq), ("boot", boot), ("history", reply.history)):
+                if value is not None:
+                    payload[key] = value
             return TcrpMessage(operation, State.COMPLETE, room, payload)
         case RoomList(rooms):
             listed = [
@@ -379,6 +402,38 @@ def _idle_timeout(payload: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise bad('field "idle_timeout" must be a positive number')
     return float(value)
+
+
+# A client may name this many features, each this long at most: bounded, and far more
+# than the protocol will ever define.
+MAX_FEATURES = 32
+MAX_FEATURE_NAME = 64
+
+
+def _features(payload: dict[str, Any]) -> tuple[str, ...]:
+    """The "features" list of a request or COMPLETE (section 3): absent means none."""
+    value = _field(payload, "features", list, required=False)
+    if value is None:
+        return ()
+    if len(value) > MAX_FEATURES or not all(
+        isinstance(f, str) and 0 < len(f) <= MAX_FEATURE_NAME for f in value
+    ):
+        raise bad(f'field "features" must list at most {MAX_FEATURES} names')
+    return tuple(dict.fromkeys(value))  # in order, once each
+
+
+def _optional_count(payload: dict[str, Any], key: str, limit: int) -> int | None:
+    value: int | None = _field(payload, key, int, required=False)
+    if value is not None and not 0 <= value <= limit:
+        raise bad(f'field "{key}" out of range')
+    return value
+
+
+def _boot(payload: dict[str, Any]) -> str | None:
+    value: str | None = _field(payload, "boot", str, required=False)
+    if value is not None and (len(value) != 16 or not all(c in "0123456789abcdef" for c in value)):
+        raise bad('field "boot" must be 16 lowercase hex digits')
+    return value
 
 
 def _room_info(value: Any) -> RoomInfo:
@@ -423,6 +478,10 @@ def parse_reply(message: TcrpMessage) -> Reply:
                 _field(payload, "host", str),
                 tuple(members),
                 _idle_timeout(payload),
+                _features(payload),
+                _optional_count(payload, "seq", 0xFFFFFFFF),
+                _boot(payload),
+                _optional_count(payload, "history", 0xFFFFFFFF),
             )
         case Operation.LIST_ROOMS:
             rooms = _field(payload, "rooms", list)
