@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["busy_seconds", "cpu_count", "cpu_seconds", "memory_kib", "pin"]
+__all__ = ["busy_seconds", "cpu_count", "cpu_seconds", "memory_kib", "pin", "thread_count"]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -41,6 +41,15 @@ def busy_seconds() -> float | None:
 
 def memory_kib(pid: int, field: str = "VmRSS") -> int | None:
     """A memory figure of ``/proc/<pid>/status`` in KiB: VmRSS now, VmHWM the peak."""
+    return _status_number(pid, field)
+
+
+def thread_count(pid: int) -> int | None:
+    """How many threads process ``pid`` has now (``Threads`` of ``/proc/<pid>/status``)."""
+    return _status_number(pid, "Threads")
+
+
+def _status_number(pid: int, field: str) -> int | None:
     try:
         lines = Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines()
     except OSError:

@@ -44,7 +44,7 @@ from typing import Any
 
 from bench import procstat
 from ocm.client.exchange import read_message
-from ocm.server import registry
+from ocm.server.limits import Limits
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
     Ack,
@@ -317,7 +317,7 @@ def room_addresses(rooms: int) -> list[str]:
     on their own host. Linux answers on all of 127.0.0.0/8; where only 127.0.0.1 is
     up, every room uses it and the server may refuse the extra rooms.
     """
-    per_address = getattr(registry, "DEFAULT_MAX_ROOMS_PER_IP", rooms) or rooms
+    per_address = Limits().max_rooms_per_ip
     count = -(-rooms // per_address)
     if count <= 1:
         return [HOST]

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 from ocm.client import ChatClient, Event
 from ocm.client.exchange import read_message
 from ocm.server.app import OCMServer, ServerConfig
+from ocm.server.limits import Limits
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
     Ack,
@@ -59,8 +60,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[OCMServer]:
-    """A real OCMServer on 127.0.0.1, port 0, closed on exit."""
-    config = replace(ServerConfig(host=LOOPBACK, port=0), **overrides)
+    """A real OCMServer on 127.0.0.1, port 0, closed on exit.
+
+    ``overrides`` are fields of ServerConfig (``host="::"``) or of Limits
+    (``idle_timeout=0.2``, ``max_members=2``), the latter on top of the defaults.
+    """
+    limit_names = {f.name for f in fields(Limits)}
+    limits = {name: value for name, value in overrides.items() if name in limit_names}
+    others = {name: value for name, value in overrides.items() if name not in limit_names}
+    config = replace(ServerConfig(host=LOOPBACK, port=0), **others)
+    config = replace(config, limits=replace(config.limits, **limits))
     server = await OCMServer.start(config)
     try:
         yield server

@@ -109,3 +109,25 @@ def test_the_python_load_generator_works_too(tmp_path: Path) -> None:
     assert set(rows) == {("room10", "ocm-uvloop"), ("room10", "bare")}
     for row in rows.values():
         assert_sane_chat(row)
+
+
+@pytest.mark.timeout(120)
+def test_the_hash_memory_bench_runs() -> None:
+    """bench/hash_memory.py in miniature: a few protected joins, sane figures."""
+    command = [sys.executable, "-m", "bench.hash_memory", "--joins", "6", "--clients", "3"]
+    result = subprocess.run(
+        [*command, "--hashes", "1,2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
+    if sys.platform.startswith("linux"):
+        for row, hashes in zip(rows, (1, 2), strict=True):
+            cells = [cell.strip() for cell in row.split("|")[2:-1]]
+            assert float(cells[1]) >= float(cells[0]) > 0  # RSS after >= before
+            most, after = (int(n) for n in cells[3].split(" / "))
+            assert after <= most <= 1 + hashes  # the main thread and the hash workers

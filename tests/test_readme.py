@@ -1,4 +1,5 @@
-"""The README's server flag table lists exactly the flags of ``ocm server``."""
+"""The README's server flag table lists exactly the flags of ``ocm server``, and its
+limit rows are the ones :func:`ocm.server.limits.markdown_rows` makes from ``Limits``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from pathlib import Path
 
 from ocm.cli import build_parser
+from ocm.server.limits import flags, markdown_rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,9 +23,13 @@ def server_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_server_flag_table_matches_the_parser() -> None:
+def server_section() -> str:
     text = README.read_text(encoding="utf-8")
-    section = text.split("## Running a server", 1)[1].split("\n## ", 1)[0]
+    return text.split("## Running a server", 1)[1].split("\n## ", 1)[0]
+
+
+def test_server_flag_table_matches_the_parser() -> None:
+    section = server_section()
     documented = dict(re.findall(r"^\| `(--[a-z-]+)` \| `?([^|`]*)`? \|", section, re.M))
     parser = server_parser()
     flags = {
@@ -41,3 +47,12 @@ def test_server_flag_table_matches_the_parser() -> None:
             assert float(default) == float(actual), flag
         else:
             assert default == actual, flag
+
+
+def test_limit_rows_are_generated_from_the_limits() -> None:
+    """To refresh them, paste in one block what this prints: ``PYTHONPATH=src python -c
+    'from ocm.server.limits import markdown_rows; print(*markdown_rows(), sep="\\n")'``."""
+    section = server_section()
+    options = tuple(f"| `{flag.option}` |" for flag in flags())
+    assert [line for line in section.splitlines() if line.startswith(options)] == markdown_rows()
+    assert "\n".join(markdown_rows()) in section  # one block, not scattered

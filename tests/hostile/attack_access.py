@@ -50,7 +50,7 @@ async def attack_4_guessed_tokens(ctx: Context) -> Attack:
     seconds = await ctx.flood(attacker, guesses, rate=5_000)
     attacker.close()
     record = attacker.record
-    bound = int(ctx.limits.error_rate * (1 + seconds)) + 1
+    bound = int(ctx.limits.error_replies_per_second * (1 + seconds)) + 1
     facts = {
         "guesses": record.sent,
         "accepted": record.relayed,

@@ -23,10 +23,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ocm.server.limits import Limits
+from ocm.server.limits import flags as limit_flags
 from ocm.wire import (
     TCRP_HEADER_SIZE,
     CreateRoom,
@@ -46,28 +48,29 @@ CLIENT_RECEIVE_BUFFER = 1 << 20
 T = TypeVar("T")
 
 
+DEFAULTS = Limits()
+
+
 @dataclass(frozen=True, slots=True)
 class SuiteLimits:
-    """The server flags of the suite: defaults, except the timeouts, shortened to run fast."""
+    """The server flags of the suite: defaults, except the timeouts, shortened to run fast.
 
-    idle_timeout: float = 2.0  # --idle-timeout: attack 8 waits for it twice
-    message_timeout: float = 2.0  # --message-timeout: slow senders are cut after it
-    tcp_idle_timeout: float = 3.0  # --tcp-idle-timeout: the 500 idle connections
-    max_connections_per_ip: int = 32  # --max-connections-per-ip (the default)
-    max_payload: int = 64 * 1024  # --max-payload (the default)
-    error_rate: int = 5  # --error-replies-per-second (the default)
-    max_failures: int = 5  # --max-password-failures per minute (the default)
+    Each field is the field of :class:`~ocm.server.limits.Limits` of the same name, and
+    its flag (``idle_timeout`` is ``--idle-timeout``).
+    """
+
+    idle_timeout: float = 2.0  # attack 8 waits for it twice
+    message_timeout: float = 2.0  # slow senders are cut after it
+    tcp_idle_timeout: float = 3.0  # the 500 idle connections
+    max_connections_per_ip: int = DEFAULTS.max_connections_per_ip
+    max_payload: int = DEFAULTS.max_payload
+    error_replies_per_second: int = DEFAULTS.error_replies_per_second
+    # per --failure-window, a minute by default
+    max_password_failures: int = DEFAULTS.max_password_failures
 
     def flags(self) -> list[str]:
-        return [
-            f"--idle-timeout={self.idle_timeout}",
-            f"--message-timeout={self.message_timeout}",
-            f"--tcp-idle-timeout={self.tcp_idle_timeout}",
-            f"--max-connections-per-ip={self.max_connections_per_ip}",
-            f"--max-payload={self.max_payload}",
-            f"--error-replies-per-second={self.error_rate}",
-            f"--max-password-failures={self.max_failures}",
-        ]
+        ours = {f.name for f in fields(self)}
+        return [f"{f.option}={getattr(self, f.name)}" for f in limit_flags() if f.name in ours]
 
 
 @dataclass(slots=True)

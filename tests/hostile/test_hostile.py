@@ -55,7 +55,7 @@ def per_second_cap(suite: SuiteResult) -> float:
     2 x rate in one window. Receive times jitter on a loaded machine and can squeeze a
     few more into a window; an uncapped source would see thousands.
     """
-    return 3 * suite.limits.error_rate
+    return 3 * suite.limits.error_replies_per_second
 
 
 def within_rate(errors: int, seconds: float, rate: float) -> bool:
@@ -101,7 +101,9 @@ def test_the_suite_runs_in_under_a_minute(suite: SuiteResult) -> None:
 def test_1_random_datagrams_and_streams_are_refused_and_throttled(suite: SuiteResult) -> None:
     facts = suite.attack(1).facts
     assert facts["datagrams"] == DATAGRAMS
-    assert within_rate(facts["errors"], facts["flood_seconds"], suite.limits.error_rate)
+    assert within_rate(
+        facts["errors"], facts["flood_seconds"], suite.limits.error_replies_per_second
+    )
     assert facts["errors_max_per_second"] <= per_second_cap(suite)
     assert facts["streams"] == STREAMS
     assert facts["endings"].get("hung", 0) == 0
@@ -152,7 +154,7 @@ def test_4_guessed_tokens_are_never_accepted_and_the_guesser_is_throttled(
 
 def test_5_password_guessing_is_rate_limited_per_ip(suite: SuiteResult) -> None:
     facts = suite.attack(5).facts
-    allowed = suite.limits.max_failures
+    allowed = suite.limits.max_password_failures
     assert facts["sequential"] == ["wrong_password"] * allowed + ["rate_limited"] * (
         SEQUENTIAL_GUESSES - allowed
     )
@@ -168,7 +170,9 @@ def test_6_a_token_replayed_from_another_ip_is_refused(suite: SuiteResult) -> No
     facts = suite.attack(6).facts
     assert facts["accepted"] == 0  # and alice still got every line (the room test)
     assert facts["leave"] == "invalid_token"
-    assert within_rate(facts["errors"], facts["flood_seconds"], suite.limits.error_rate)
+    assert within_rate(
+        facts["errors"], facts["flood_seconds"], suite.limits.error_replies_per_second
+    )
 
 
 def test_7_no_reply_is_larger_than_what_it_answers(suite: SuiteResult) -> None:

@@ -15,7 +15,14 @@ import pytest
 from ocm.errors import ErrorCode, RoomError
 from ocm.server.guards import FailureLimiter
 from ocm.server.passwords import PasswordHash
-from ocm.server.registry import Member, Outgoing, RoomRegistry, new_token
+from ocm.server.registry import (
+    Member,
+    Outgoing,
+    PendingCreate,
+    PendingJoin,
+    RoomRegistry,
+    new_token,
+)
 from ocm.wire import Kind, RoomInfo, ServerDatagram, decode_server_datagram
 from ocm.wire.texts import ServerShutdown
 
@@ -133,17 +140,36 @@ def test_duplicate_room(registry: RoomRegistry) -> None:
     assert registry.list_rooms() == [RoomInfo("lobby", 1, False)]
 
 
-def test_check_create_refuses_without_creating() -> None:
+def test_begin_create_refuses_without_creating() -> None:
     registry = RoomRegistry(max_rooms=1)
-    registry.check_create("lobby", IP)  # a free name on a server with room: no error
+    pending = registry.begin_create("lobby", "alice", IP)  # a free name, a server with room
+    assert pending == PendingCreate("lobby", "alice", IP)
+    assert registry.rooms == {}  # nothing is created before finish_create
     registry.create_room("lobby", "alice", None, IP, 0.0)
     with pytest.raises(RoomError) as info:
-        registry.check_create("lobby", IP)
+        registry.begin_create("lobby", "bob", IP)
     check_code(info, ErrorCode.ROOM_EXISTS)
     with pytest.raises(RoomError) as info:
-        registry.check_create("other", IP)
+        registry.begin_create("other", "bob", IP)
     check_code(info, ErrorCode.SERVER_FULL)
     assert list(registry.rooms) == ["lobby"]
+
+
+def test_finish_create_rechecks_what_changed_while_hashing(registry: RoomRegistry) -> None:
+    hashed = PasswordHash.create("pw")
+    first = registry.begin_create("vault", "alice", IP)
+    second = registry.begin_create("vault", "bob", OTHER_IP)
+    registry.check_pending(first, 1.0)  # alice's turn to hash: still worth it
+    alice = registry.finish_create(first, hashed, 1.0)
+    assert alice.room.password is hashed and alice.room.host is alice
+    # bob's turn comes: refused before his hash, and again after it.
+    with pytest.raises(RoomError) as info:
+        registry.check_pending(second, 1.0)
+    check_code(info, ErrorCode.ROOM_EXISTS)
+    with pytest.raises(RoomError) as info:
+        registry.finish_create(second, PasswordHash.create("other"), 1.0)
+    check_code(info, ErrorCode.ROOM_EXISTS)
+    assert registry.rooms["vault"].host is alice
 
 
 def test_join_unknown_room(registry: RoomRegistry) -> None:
@@ -214,45 +240,175 @@ def test_open_room_ignores_a_password(registry: RoomRegistry) -> None:
     assert bob.name == "bob"
 
 
-def test_admit_then_complete_join(registry: RoomRegistry) -> None:
+def test_begin_then_finish_join(registry: RoomRegistry) -> None:
     hashed = PasswordHash.create("pw")
     registry.create_room("vault", "alice", hashed, IP, 0.0)
-    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
+    pending = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
+    assert pending == PendingJoin("vault", "bob", OTHER_IP, hashed)
+    assert "pw" not in repr(pending)  # the hash to check, never the password
     with pytest.raises(RoomError) as info:
-        registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=None)
+        registry.finish_join(pending, False, 1.0)
     check_code(info, ErrorCode.WRONG_PASSWORD)
-    bob, _ = registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=hashed)
+    bob, outgoing = registry.finish_join(pending, True, 1.0)
+    assert bob.name == "bob" and bob.ip == OTHER_IP and bob.room is registry.rooms["vault"]
+    assert decoded(outgoing) == [ServerDatagram(Kind.NOTICE, 1, "", "bob joined")]
+
+
+def test_an_open_room_needs_no_hash_and_refuses_at_once(registry: RoomRegistry) -> None:
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    pending = registry.begin_join("lobby", "bob", OTHER_IP, 1.0)
+    assert pending.expected is None  # nothing to verify
+    with pytest.raises(RoomError) as info:
+        registry.begin_join("lobby", "ALICE", OTHER_IP, 1.0)
+    check_code(info, ErrorCode.NAME_TAKEN)
+    bob, _ = registry.finish_join(pending, False, 1.0)  # password_ok is not looked at
     assert bob.name == "bob"
 
 
-def test_complete_join_rechecks_what_changed_meanwhile(registry: RoomRegistry) -> None:
+def test_finish_join_rechecks_what_changed_meanwhile(registry: RoomRegistry) -> None:
     hashed = PasswordHash.create("pw")
     host = registry.create_room("vault", "alice", hashed, IP, 0.0)
-    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
-    assert registry.admit("vault", "carol", OTHER_IP, 1.0) is hashed
-    # While bob's hash is computed, carol takes the name "Bob" ...
-    registry.complete_join("vault", "Bob", IP, 1.0, verified=hashed)
+    bob = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
+    carol = registry.begin_join("vault", "carol", OTHER_IP, 1.0)
+    # While bob's hash is computed, someone else takes the name "Bob" ...
+    registry.join_room("vault", "Bob", "pw", IP, 1.0)
     with pytest.raises(RoomError) as info:
-        registry.complete_join("vault", "bob", OTHER_IP, 1.0, verified=hashed)
+        registry.finish_join(bob, True, 1.0)
     check_code(info, ErrorCode.NAME_TAKEN)
-    # ... and then the host leaves.
+    # ... and then the host leaves: carol is refused before her hash, and after it.
     registry.leave("vault", host.token, IP)
+    for attempt in (
+        lambda: registry.check_pending(carol, 2.0),
+        lambda: registry.finish_join(carol, True, 2.0),
+    ):
+        with pytest.raises(RoomError) as info:
+            attempt()
+        check_code(info, ErrorCode.NO_SUCH_ROOM)
+
+
+def test_a_room_created_anew_with_another_password_refuses_the_old_match() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=1, window=60.0))
+    old = PasswordHash.create("pw")
+    host = registry.create_room("vault", "alice", old, IP, 0.0)
+    before_hash = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
+    during_hash = registry.begin_join("vault", "carol", OTHER_IP, 1.0)
+    registry.check_pending(during_hash, 1.0)  # carol's hash starts against the old room
+    registry.leave("vault", host.token, IP)
+    registry.create_room("vault", "mallory", PasswordHash.create("pw"), IP, 2.0)
+    # The same password, but another hash: the old match counts for nothing ...
     with pytest.raises(RoomError) as info:
-        registry.complete_join("vault", "carol", OTHER_IP, 2.0, verified=hashed)
-    check_code(info, ErrorCode.NO_SUCH_ROOM)
-    # ... and someone creates "vault" anew with another password: the old match counts
-    # for nothing.
-    registry.create_room("vault", "mallory", PasswordHash.create("other"), IP, 3.0)
-    with pytest.raises(RoomError) as info:
-        registry.complete_join("vault", "carol", OTHER_IP, 3.0, verified=hashed)
+        registry.finish_join(during_hash, True, 3.0)
     check_code(info, ErrorCode.WRONG_PASSWORD)
+    # ... and bob, still waiting for a hash slot, is refused without a hash.
+    with pytest.raises(RoomError) as info:
+        registry.check_pending(before_hash, 3.0)
+    check_code(info, ErrorCode.WRONG_PASSWORD)
+    # Neither was a guess at the new room: not counted (one failure would block).
+    assert not registry.failures.blocked(OTHER_IP, 3.0)
+    assert registry.join_room("vault", "bob", "pw", OTHER_IP, 3.0)[0].name == "bob"
 
 
-def test_protected_room_hides_its_members_from_wrong_passwords(registry: RoomRegistry) -> None:
+def test_a_room_created_anew_open_admits_the_waiting_join(registry: RoomRegistry) -> None:
+    host = registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    pending = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
+    registry.leave("vault", host.token, IP)
+    registry.create_room("vault", "mallory", None, IP, 2.0)
+    bob, _ = registry.finish_join(pending, False, 3.0)  # an open room asks no password
+    assert bob.room.host is not None and bob.room.host.name == "mallory"
+
+
+def test_a_wrong_password_is_counted_once() -> None:
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=2, window=60.0))
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    pending = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
+    registry.check_pending(pending, 1.0)
+    with pytest.raises(RoomError) as info:
+        registry.finish_join(pending, False, 1.0)
+    check_code(info, ErrorCode.WRONG_PASSWORD)
+    assert not registry.failures.blocked(OTHER_IP, 1.0)  # one failure of two: not twice
+    with pytest.raises(RoomError) as info:
+        registry.join_room("vault", "bob", "guess", OTHER_IP, 2.0)
+    check_code(info, ErrorCode.WRONG_PASSWORD)
+    assert registry.failures.blocked(OTHER_IP, 2.0)  # the second: at least once each
+
+
+def test_a_blocked_ip_is_refused_before_any_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    hashes: list[str | None] = []
+    verify = PasswordHash.verify
+
+    def counting(self: PasswordHash, password: str | None) -> bool:
+        hashes.append(password)
+        return verify(self, password)
+
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=2, window=60.0))
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    monkeypatch.setattr(PasswordHash, "verify", counting)
+    # Three tries arrive at once; the first two are hashed while the third waits.
+    tries = [registry.begin_join("vault", f"guess{n}", OTHER_IP, 1.0) for n in range(3)]
+    for pending in tries[:2]:
+        registry.check_pending(pending, 1.0)
+    for pending in tries[:2]:
+        with pytest.raises(RoomError) as info:
+            registry.finish_join(pending, False, 1.0)
+        check_code(info, ErrorCode.WRONG_PASSWORD)
+    # The IP is now blocked: the third try is refused when its slot comes, without a
+    # hash, and a new one (even with the right password) before one is asked for.
+    with pytest.raises(RoomError) as info:
+        registry.check_pending(tries[2], 1.0)
+    check_code(info, ErrorCode.RATE_LIMITED)
+    with pytest.raises(RoomError) as info:
+        registry.finish_join(tries[2], True, 1.0)
+    check_code(info, ErrorCode.RATE_LIMITED)
+    with pytest.raises(RoomError) as info:
+        registry.join_room("vault", "honest", "pw", OTHER_IP, 2.0)
+    check_code(info, ErrorCode.RATE_LIMITED)
+    assert hashes == []  # join_room, the server's sequence, hashed nothing
+    # Refusals while blocked do not extend the block: it ends 60 s after the failures.
+    assert registry.join_room("vault", "honest", "pw", OTHER_IP, 61.0)[0].name == "honest"
+    assert hashes == ["pw"]
+
+
+def test_the_server_closing_meanwhile_refuses_both(registry: RoomRegistry) -> None:
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    joining = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
+    creating = registry.begin_create("lobby", "carol", IP)
+    registry.close_all(ServerShutdown())  # while their hashes are computed
+    for attempt in (
+        lambda: registry.check_pending(joining, 2.0),
+        lambda: registry.finish_join(joining, True, 2.0),
+        lambda: registry.check_pending(creating, 2.0),
+        lambda: registry.finish_create(creating, PasswordHash.create("pw"), 2.0),
+        lambda: registry.begin_join("vault", "dave", OTHER_IP, 2.0),
+        lambda: registry.begin_create("lobby", "dave", IP),
+    ):
+        with pytest.raises(RoomError) as info:
+            attempt()
+        check_code(info, ErrorCode.SERVER_FULL)
+    assert registry.rooms == {} and registry.by_token == {}
+
+
+def test_protected_room_hides_its_members_from_wrong_passwords() -> None:
+    registry = RoomRegistry(max_members=2)
     registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
     with pytest.raises(RoomError) as info:
         registry.join_room("vault", "alice", "guess", OTHER_IP, 1.0)
     check_code(info, ErrorCode.WRONG_PASSWORD)  # not name_taken: that would leak a name
+    registry.join_room("vault", "bob", "pw", IP, 1.0)  # the room is now full
+    # Before the hash, nothing about the members: a taken name and a full room pass.
+    taken = registry.begin_join("vault", "alice", OTHER_IP, 2.0)
+    full = registry.begin_join("vault", "carol", OTHER_IP, 2.0)
+    for pending in (taken, full):
+        registry.check_pending(pending, 2.0)
+        with pytest.raises(RoomError) as info:
+            registry.finish_join(pending, False, 2.0)
+        check_code(info, ErrorCode.WRONG_PASSWORD)
+    # With the right password, the truth.
+    with pytest.raises(RoomError) as info:
+        registry.finish_join(taken, True, 3.0)
+    check_code(info, ErrorCode.NAME_TAKEN)
+    with pytest.raises(RoomError) as info:
+        registry.finish_join(full, True, 3.0)
+    check_code(info, ErrorCode.ROOM_FULL)
 
 
 # ---------------------------------------------------------------------------
@@ -272,13 +428,13 @@ def test_wrong_passwords_are_rate_limited_per_ip() -> None:
         registry.join_room("vault", "guesser", "pw", OTHER_IP, 5.0)
     check_code(info, ErrorCode.RATE_LIMITED)
     with pytest.raises(RoomError) as info:
-        registry.admit("vault", "guesser", OTHER_IP, 59.9)
+        registry.begin_join("vault", "guesser", OTHER_IP, 59.9)
     check_code(info, ErrorCode.RATE_LIMITED)
     # Another IP still joins at once.
     bob, _ = registry.join_room("vault", "bob", "pw", IP, 5.0)
     assert bob.name == "bob"
     # The window slides: at 60 the first failure (at 0) is forgotten and four remain.
-    registry.admit("vault", "guesser", OTHER_IP, 60.0)
+    registry.begin_join("vault", "guesser", OTHER_IP, 60.0)
     guesser, _ = registry.join_room("vault", "guesser", "pw", OTHER_IP, 64.0)
     assert guesser.ip == OTHER_IP
 
@@ -289,7 +445,7 @@ def test_rate_limit_only_guards_protected_rooms() -> None:
     registry.create_room("lobby", "alice", None, IP, 0.0)
     registry.failures.record(OTHER_IP, 0.0)
     with pytest.raises(RoomError) as info:
-        registry.admit("vault", "bob", OTHER_IP, 1.0)
+        registry.begin_join("vault", "bob", OTHER_IP, 1.0)
     check_code(info, ErrorCode.RATE_LIMITED)
     assert join(registry, "lobby", "bob", OTHER_IP, 1.0).name == "bob"
 
@@ -347,13 +503,13 @@ def test_rooms_per_ip_are_capped_and_freed_on_close() -> None:
 
 def test_after_close_all_nothing_opens_again() -> None:
     registry = RoomRegistry()
-    hashed = PasswordHash.create("pw")
-    registry.create_room("vault", "alice", hashed, IP, 0.0)
-    assert registry.admit("vault", "bob", OTHER_IP, 1.0) is hashed
-    registry.close_all(ServerShutdown())  # while bob's hash is being checked
+    registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    registry.create_room("lobby", "alice", None, IP, 0.0)
+    registry.close_all(ServerShutdown())
     for attempt in (
         lambda: registry.create_room("lobby", "carol", None, IP, 2.0),
-        lambda: registry.complete_join("vault", "bob", OTHER_IP, 2.0, verified=hashed),
+        lambda: registry.join_room("lobby", "bob", None, OTHER_IP, 2.0),
+        lambda: registry.join_room("vault", "bob", "pw", OTHER_IP, 2.0),
     ):
         with pytest.raises(RoomError) as info:
             attempt()

@@ -50,7 +50,7 @@ async def test_create_then_join_shows_in_list() -> None:
         assert host.admission.host == "alice"
         assert guest.admission.members == ("alice", "bob")
         assert guest.admission.udp_port == server.udp_port
-        assert guest.admission.idle_timeout == server.config.idle_timeout
+        assert guest.admission.idle_timeout == server.config.limits.idle_timeout
         await enter(server, CreateRoom("vault", "carol", "s3cret"))
 
         ack, complete = await call(server.tcp_port, ListRooms())
@@ -311,9 +311,7 @@ async def test_malformed_request_gets_error_ack_then_close(raw: bytes, code: Err
 
 
 async def test_truncated_header_then_silence_is_cut_off() -> None:
-    from ocm.server.tcp import TcpLimits
-
-    async with running_server(tcp=TcpLimits(message_timeout=200 * MS)) as server:
+    async with running_server(message_timeout=200 * MS) as server:
         connection = await TcrpConnection.open(server.tcp_port)
         connection.writer.write(encode_header(0, 3, 0, 2)[: TCRP_HEADER_SIZE // 2])
         async with asyncio.timeout(1000 * MS):
@@ -325,9 +323,7 @@ async def test_truncated_header_then_silence_is_cut_off() -> None:
 
 
 async def test_idle_tcp_connection_is_closed() -> None:
-    from ocm.server.tcp import TcpLimits
-
-    async with running_server(tcp=TcpLimits(idle_timeout=200 * MS)) as server:
+    async with running_server(tcp_idle_timeout=200 * MS) as server:
         connection = await TcrpConnection.open(server.tcp_port)
         async with asyncio.timeout(1000 * MS):
             assert await connection.reader.read() == b""
@@ -407,4 +403,4 @@ def test_connection_cap_fits_the_open_file_limit(
     fitted = fit_connections_to_file_limit(ServerConfig())
 
     assert calls == ([] if raised_to is None else [(raised_to, hard)])
-    assert fitted.tcp.max_connections == connections
+    assert fitted.limits.max_connections == connections

@@ -1,26 +1,20 @@
 """Argument types the ``ocm`` commands share: each parses one flag value or says why not.
 
-Standard library only: the client commands use them without loading the server.
+Standard library only: the client commands use them without loading the server. The
+server's limit flags take theirs from :mod:`ocm.server.limits`, with the limits.
 """
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["port", "positive_float", "positive_int"]
+__all__ = ["port", "positive_float"]
 
 
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 

@@ -11,81 +11,14 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
 
 from ocm.cli import SERVER_SUMMARY
-from ocm.cli.args import port, positive_float, positive_int
+from ocm.cli.args import port
 from ocm.server.app import ServerConfig, serve
-from ocm.server.tcp import TcpLimits
+from ocm.server.limits import Limits, flags
 from ocm.wire.constants import DEFAULT_PORT
 
-__all__ = ["add_parser", "run"]
-
-
-def _limit_flags() -> list[tuple[str, Callable[[str], object], object, str]]:
-    """Every limit flag: name, parser, default (from the code's own constants), meaning."""
-    tcp = TcpLimits()
-    config = ServerConfig()
-    return [
-        (
-            "--idle-timeout",
-            positive_float,
-            config.idle_timeout,
-            "seconds of silence after which a member is dropped",
-        ),
-        ("--max-rooms", positive_int, config.max_rooms, "rooms on the server"),
-        ("--max-members", positive_int, config.max_members, "members per room"),
-        (
-            "--max-rooms-per-ip",
-            positive_int,
-            config.max_rooms_per_ip,
-            "rooms one client IP may host at once",
-        ),
-        (
-            "--max-connections-per-ip",
-            positive_int,
-            tcp.max_connections_per_ip,
-            "open TCP connections per IP",
-        ),
-        ("--max-connections", positive_int, tcp.max_connections, "open TCP connections in all"),
-        ("--max-payload", positive_int, tcp.max_payload, "largest TCRP payload in bytes"),
-        (
-            "--message-timeout",
-            positive_float,
-            tcp.message_timeout,
-            "seconds a peer has to send a whole TCRP message once started",
-        ),
-        (
-            "--tcp-idle-timeout",
-            positive_float,
-            tcp.idle_timeout,
-            "seconds an idle TCP connection is kept open",
-        ),
-        (
-            "--max-concurrent-hashes",
-            positive_int,
-            tcp.max_concurrent_hashes,
-            "password hashes computed at once, 16 MiB each",
-        ),
-        (
-            "--max-password-failures",
-            positive_int,
-            config.max_failures,
-            "wrong passwords per client IP per --failure-window before rate_limited",
-        ),
-        (
-            "--failure-window",
-            positive_float,
-            config.failure_window,
-            "seconds over which wrong passwords are counted",
-        ),
-        (
-            "--error-replies-per-second",
-            positive_int,
-            int(config.error_rate),
-            "UDP ERROR replies per source IP per second, after a burst of as many",
-        ),
-    ]
+__all__ = ["add_parser", "limits_of", "run"]
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -109,9 +42,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     server.add_argument(
         "--udp-port", type=port, default=None, help="UDP port (default: the TCP port)"
     )
-    for flag, parse, default, meaning in _limit_flags():
+    # Every limit flag, from the fields of Limits: its default, its unit, its meaning.
+    for flag in flags(Limits):
         server.add_argument(
-            flag, type=parse, default=default, help=f"{meaning} (default: %(default)s)"
+            flag.option,
+            dest=flag.name,
+            type=flag.type,
+            default=flag.default,
+            metavar=flag.unit.upper(),
+            help=flag.help.replace("%", "%%") + " (default: %(default)s)",
         )
     server.add_argument(
         "--log-level",
@@ -122,6 +61,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
 
+def limits_of(args: argparse.Namespace) -> Limits:
+    """The limits the parsed flags ask for: one field per flag of :func:`add_parser`."""
+    return Limits(**{flag.name: getattr(args, flag.name) for flag in flags(Limits)})
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level,
@@ -129,24 +73,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        udp_port=args.udp_port,
-        idle_timeout=args.idle_timeout,
-        max_rooms=args.max_rooms,
-        max_members=args.max_members,
-        max_rooms_per_ip=args.max_rooms_per_ip,
-        max_failures=args.max_password_failures,
-        failure_window=args.failure_window,
-        error_rate=float(args.error_replies_per_second),
-        tcp=TcpLimits(
-            max_payload=args.max_payload,
-            idle_timeout=args.tcp_idle_timeout,
-            message_timeout=args.message_timeout,
-            max_connections_per_ip=args.max_connections_per_ip,
-            max_connections=args.max_connections,
-            max_concurrent_hashes=args.max_concurrent_hashes,
-        ),
+        host=args.host, port=args.port, udp_port=args.udp_port, limits=limits_of(args)
     )
     # uvloop (pip install ocm[fast]) when present: the relay then spends about a fifth
     # less CPU per datagram (docs/performance.md); plain asyncio otherwise.

@@ -16,25 +16,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from ocm.server.guards import (
-    DEFAULT_ERROR_RATE,
-    DEFAULT_FAILURE_WINDOW,
-    DEFAULT_MAX_FAILURES,
-    ErrorReplyLimiter,
-    FailureLimiter,
-)
-from ocm.server.registry import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_MEMBERS,
-    DEFAULT_MAX_ROOMS,
-    DEFAULT_MAX_ROOMS_PER_IP,
-    Outgoing,
-    RoomRegistry,
-)
+from ocm.server.guards import ErrorReplyLimiter, FailureLimiter
+from ocm.server.limits import Limits
+from ocm.server.registry import Outgoing, RoomRegistry
 from ocm.server.relay import RelayCore
-from ocm.server.tcp import TcpLimits, TcrpHandler
+from ocm.server.tcp import TcrpHandler
 from ocm.server.udp import RelayEndpoint
 from ocm.wire.constants import DEFAULT_PORT
 from ocm.wire.texts import ServerShutdown
@@ -54,14 +43,7 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     udp_port: int | None = None  # None: the same number as the TCP port
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    max_rooms: int = DEFAULT_MAX_ROOMS
-    max_members: int = DEFAULT_MAX_MEMBERS
-    max_rooms_per_ip: int = DEFAULT_MAX_ROOMS_PER_IP
-    max_failures: int = DEFAULT_MAX_FAILURES  # wrong passwords per IP per failure_window
-    failure_window: float = DEFAULT_FAILURE_WINDOW
-    error_rate: float = DEFAULT_ERROR_RATE  # UDP ERROR replies per source IP per second
-    tcp: TcpLimits = field(default_factory=TcpLimits)
+    limits: Limits = field(default_factory=Limits)  # every other flag of ocm server
 
 
 UDP_SEND_BUFFER = 4 * 1024 * 1024
@@ -158,22 +140,32 @@ class OCMServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        limits = config.limits
         self.registry = RoomRegistry(
-            idle_timeout=config.idle_timeout,
-            max_rooms=config.max_rooms,
-            max_members=config.max_members,
-            max_rooms_per_ip=config.max_rooms_per_ip,
-            failures=FailureLimiter(config.max_failures, config.failure_window),
+            idle_timeout=limits.idle_timeout,
+            max_rooms=limits.max_rooms,
+            max_members=limits.max_members,
+            max_rooms_per_ip=limits.max_rooms_per_ip,
+            failures=FailureLimiter(limits.max_password_failures, limits.failure_window),
         )
-        self.relay = RelayCore(self.registry, ErrorReplyLimiter(config.error_rate))
+        self.relay = RelayCore(self.registry, ErrorReplyLimiter(limits.error_replies_per_second))
         self._loop = asyncio.get_running_loop()
         self._endpoint = RelayEndpoint(self.relay, self._loop.time)
+        # Password hashes (scrypt) run here, not on the loop's default executor: each
+        # worker thread keeps the 16 MiB its last hash used, and the default executor
+        # grows to min(32, CPUs + 4) threads, so only a pool of its own makes
+        # --max-concurrent-hashes bound the memory (docs/security.md). Threads start on
+        # the first hash.
+        self.hash_executor = ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_hashes, thread_name_prefix="ocm-hash"
+        )
         self.tcrp = TcrpHandler(
             self.registry,
-            config.tcp,
+            limits,
             udp_port=lambda: self.udp_port,
             send=self._endpoint.send,
             clock=self._loop.time,
+            hash_executor=self.hash_executor,
             after_request=self._arm_expiry,
         )
         self._tcp_server: asyncio.Server | None = None
@@ -211,14 +203,14 @@ class OCMServer:
         await self._loop.create_datagram_endpoint(lambda: self._endpoint, sock=udp_sock)
         # start_server listens again with its own backlog: pass ours, or it is 100.
         self._tcp_server = await asyncio.start_server(
-            self.tcrp, sock=tcp_sock, limit=config.tcp.max_payload + 1024, backlog=TCP_BACKLOG
+            self.tcrp, sock=tcp_sock, limit=config.limits.max_payload + 1024, backlog=TCP_BACKLOG
         )
         log.info(
             "OCM server listening on %s: TCP port %d, UDP port %d (idle timeout %gs, %s loop)",
             config.host,
             self.tcp_port,
             self.udp_port,
-            config.idle_timeout,
+            config.limits.idle_timeout,
             "uvloop" if type(self._loop).__module__.startswith("uvloop") else "asyncio",
         )
 
@@ -281,6 +273,9 @@ class OCMServer:
                 self._endpoint.transport.close()
             log.info("OCM server stopped")
         finally:
+            # Without waiting: a hash still running (tens of ms) ends in its thread, which
+            # then exits; its request's handler is gone, and nothing is queued behind it.
+            self.hash_executor.shutdown(wait=False, cancel_futures=True)
             self._closed.set()
 
     async def __aenter__(self) -> OCMServer:
@@ -356,7 +351,7 @@ def fit_connections_to_file_limit(config: ServerConfig) -> ServerConfig:
         return config
     import resource  # POSIX only
 
-    wanted = config.tcp.max_connections + SPARE_FILES
+    wanted = config.limits.max_connections + SPARE_FILES
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -369,7 +364,7 @@ def fit_connections_to_file_limit(config: ServerConfig) -> ServerConfig:
     log.warning(
         "open-file limit %d allows %d TCP connections, not %d", soft, fitted, wanted - SPARE_FILES
     )
-    return replace(config, tcp=replace(config.tcp, max_connections=fitted))
+    return replace(config, limits=replace(config.limits, max_connections=fitted))
 
 
 async def serve(config: ServerConfig) -> None:

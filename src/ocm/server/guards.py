@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from collections import deque
 
+from ocm.server.limits import Limits
+
 __all__ = ["ErrorReplyLimiter", "FailureLimiter", "canonical_ip"]
 
-# Wrong passwords per client IP before rate_limited, and the window they are counted
-# in: a person mistyping gets a few tries, a guesser gets 5 a minute.
-DEFAULT_MAX_FAILURES = 5
-DEFAULT_FAILURE_WINDOW = 60.0
-# ERROR replies per source IP per second: enough for a person to see why a message
-# bounced, too few to make the server a useful reflector.
-DEFAULT_ERROR_RATE = 5.0
+_DEFAULTS = Limits()  # the defaults of a limiter made alone (in a unit test)
 
 
 def canonical_ip(ip: str) -> str:
@@ -34,8 +30,8 @@ class FailureLimiter:
 
     def __init__(
         self,
-        max_failures: int = DEFAULT_MAX_FAILURES,
-        window: float = DEFAULT_FAILURE_WINDOW,
+        max_failures: int = _DEFAULTS.max_password_failures,
+        window: float = _DEFAULTS.failure_window,
         max_tracked: int = 10_000,
     ) -> None:
         self.max_failures = max_failures
@@ -71,7 +67,9 @@ class FailureLimiter:
 class ErrorReplyLimiter:
     """A token bucket per source IP, bounded in how many IPs it remembers."""
 
-    def __init__(self, rate: float = DEFAULT_ERROR_RATE, max_tracked: int = 10_000) -> None:
+    def __init__(
+        self, rate: float = _DEFAULTS.error_replies_per_second, max_tracked: int = 10_000
+    ) -> None:
         self.rate = rate
         self.max_tracked = max_tracked
         self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, last refill)

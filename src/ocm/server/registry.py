@@ -21,6 +21,7 @@ from typing import Any
 
 from ocm.errors import ErrorCode, RoomError
 from ocm.server.guards import FailureLimiter, canonical_ip
+from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
 from ocm.wire.datagrams import Kind, next_seq, server_datagram_prefix
 from ocm.wire.tcrp import RoomInfo
@@ -37,6 +38,8 @@ __all__ = [
     "Address",
     "Member",
     "Outgoing",
+    "PendingCreate",
+    "PendingJoin",
     "Room",
     "RoomRegistry",
     "new_token",
@@ -48,13 +51,7 @@ log = logging.getLogger("ocm.rooms")
 # as (ip, port, flowinfo, scope_id), kept whole so that replies reach the same scope.
 Address = tuple[Any, ...]
 
-DEFAULT_IDLE_TIMEOUT = 60.0
-# Generous defaults for a laptop or small VPS; each is a server flag.
-DEFAULT_MAX_ROOMS = 10_000
-DEFAULT_MAX_MEMBERS = 1_000
-# Rooms one client IP may host at once: without it one address could take every room
-# (server_full for everyone else) and make LIST_ROOMS megabytes long.
-DEFAULT_MAX_ROOMS_PER_IP = 20
+_DEFAULTS = Limits()  # the limits of a registry made alone (in a unit test)
 # 24 random bytes, URL-safe base64: 192 bits, 32 ASCII characters (the spec asks >= 128).
 TOKEN_BYTES = 24
 
@@ -69,6 +66,29 @@ class Outgoing:
 
     datagram: bytes
     addresses: tuple[Address, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCreate:
+    """A CREATE_ROOM between :meth:`RoomRegistry.begin_create` and ``finish_create``."""
+
+    room: str
+    username: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJoin:
+    """A JOIN_ROOM between :meth:`RoomRegistry.begin_join` and ``finish_join``.
+
+    ``expected`` is the hash the password must match, which the adapter verifies off the
+    event loop, or None for an open room: nothing to verify. Never the password itself.
+    """
+
+    room: str
+    username: str
+    ip: str
+    expected: PasswordHash | None
 
 
 @dataclass(eq=False, slots=True)
@@ -129,10 +149,10 @@ class RoomRegistry:
     def __init__(
         self,
         *,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        max_rooms: int = DEFAULT_MAX_ROOMS,
-        max_members: int = DEFAULT_MAX_MEMBERS,
-        max_rooms_per_ip: int = DEFAULT_MAX_ROOMS_PER_IP,
+        idle_timeout: float = _DEFAULTS.idle_timeout,
+        max_rooms: int = _DEFAULTS.max_rooms,
+        max_members: int = _DEFAULTS.max_members,
+        max_rooms_per_ip: int = _DEFAULTS.max_rooms_per_ip,
         failures: FailureLimiter | None = None,
         token_factory: Callable[[], str] = new_token,
     ) -> None:
@@ -165,80 +185,115 @@ class RoomRegistry:
         return None if oldest is None else oldest.last_seen + self.idle_timeout
 
     # -- create and join -------------------------------------------------------
+    #
+    # Both happen in two steps around the password hash, which is slow on purpose and
+    # so computed off the event loop by the adapter: begin_* refuses at once what can be
+    # refused without the hash; check_pending asks again when a hash slot is free (the
+    # wait may have been long); finish_* checks everything once more, since anything may
+    # have changed while the hash was computed, and makes the change. Nothing here waits:
+    # the adapter (ocm.server.tcp) runs the hash between the calls; create_room and
+    # join_room make the same calls in the same order, with the hash computed in line.
+
+    def begin_create(self, name: str, username: str, ip: str) -> PendingCreate:
+        """First half of CREATE_ROOM: refuse now a create bound to fail, before any hash."""
+        pending = PendingCreate(name, username, ip)
+        self._check_create(pending)
+        return pending
+
+    def finish_create(
+        self, pending: PendingCreate, password: PasswordHash | None, now: float
+    ) -> Member:
+        """Second half of CREATE_ROOM: create the room with its creator as host.
+
+        ``password`` is the hash of the request's password (None: an open room). Checked
+        again first: the name may have been taken, or the server filled or closed, while
+        it was computed.
+        """
+        self._check_create(pending)
+        name = pending.room
+        room = Room(name, password)
+        self.rooms[name] = room
+        host = self._add_member(room, pending.username, pending.ip, now)
+        room.host = host
+        host_ip = canonical_ip(pending.ip)
+        self._rooms_by_ip[host_ip] = self._rooms_by_ip.get(host_ip, 0) + 1
+        log.info(
+            'room "%s" created by %s (%s)',
+            name,
+            pending.username,
+            "protected" if password else "open",
+        )
+        return host
+
+    def begin_join(self, name: str, username: str, ip: str, now: float) -> PendingJoin:
+        """First half of JOIN_ROOM: what the password must match, or a refusal now.
+
+        An open room is checked in full (name_taken, room_full): ``expected`` is None and
+        nothing needs hashing. A protected room tells nothing about its members to someone
+        who has not given its password: only a blocked IP (rate_limited) is refused before
+        the hash, so that a guesser's tries cost no scrypt.
+        """
+        self._check_open()
+        pending = PendingJoin(name, username, ip, self._room(name).password)
+        self._check_join(pending, now)
+        return pending
+
+    def finish_join(
+        self, pending: PendingJoin, password_ok: bool, now: float
+    ) -> tuple[Member, list[Outgoing]]:
+        """Second half of JOIN_ROOM: add the member, and the NOTICE that says so.
+
+        ``password_ok`` says whether the password matched ``pending.expected`` (ignored for
+        an open room). Everything is checked again: while the hash was computed the room
+        may have closed or been created anew with another password, the name been taken,
+        the IP been blocked by its other tries, or the server begun to close. A wrong
+        password counts once against its IP, and only if it was checked against the
+        room's current hash.
+        """
+        room = self._check_join(pending, now)
+        if room.password is not None:
+            if not password_ok:
+                self.failures.record(pending.ip, now)
+                raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{room.name}"')
+            self._check_vacancy(room, pending.username)  # only now: the password is right
+        username = pending.username
+        notice = room.announce(Kind.NOTICE, format_notice(MemberEvent(username, Presence.JOINED)))
+        member = self._add_member(room, username, pending.ip, now)
+        log.info('%s joined room "%s"', username, room.name)
+        return member, [notice]
+
+    def check_pending(self, pending: PendingCreate | PendingJoin, now: float) -> None:
+        """Raise what finishing ``pending`` would refuse whatever its password.
+
+        The adapter calls it when a hash slot frees up, right before the hash: a request
+        that the wait has doomed costs no hash (a guesser's queued tries once its IP is
+        blocked, a create whose name was taken meanwhile).
+        """
+        if isinstance(pending, PendingCreate):
+            self._check_create(pending)
+        else:
+            self._check_join(pending, now)
 
     def create_room(
         self, name: str, username: str, password: PasswordHash | None, ip: str, now: float
     ) -> Member:
-        """Create ``name`` with ``username`` as its host. Hash the password beforehand."""
-        self.check_create(name, ip)
-        room = Room(name, password)
-        self.rooms[name] = room
-        host = self._add_member(room, username, ip, now)
-        room.host = host
-        host_ip = canonical_ip(ip)
-        self._rooms_by_ip[host_ip] = self._rooms_by_ip.get(host_ip, 0) + 1
-        log.info(
-            'room "%s" created by %s (%s)', name, username, "protected" if password else "open"
-        )
-        return host
-
-    def check_create(self, name: str, ip: str) -> None:
-        """Raise what :meth:`create_room` would refuse, so no password is hashed in vain."""
-        self._check_open()
-        if name in self.rooms:
-            raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
-        if len(self.rooms) >= self.max_rooms:
-            raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
-        if self._rooms_by_ip.get(canonical_ip(ip), 0) >= self.max_rooms_per_ip:
-            raise RoomError(
-                ErrorCode.SERVER_FULL, f"your address hosts {self.max_rooms_per_ip} rooms already"
-            )
-
-    def admit(self, name: str, username: str, ip: str, now: float) -> PasswordHash | None:
-        """First half of a join: the hash the password must match, or None (open room).
-
-        Split from :meth:`complete_join` so the adapter can verify the (deliberately
-        slow) hash off the event loop. A protected room tells nothing about its members
-        (name_taken, room_full) to someone who has not given its password.
-        """
-        room = self._room(name)
-        if room.password is None:
-            self._check_vacancy(room, username)
-            return None
-        if self.failures.blocked(ip, now):
-            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
-        return room.password
-
-    def complete_join(
-        self, name: str, username: str, ip: str, now: float, *, verified: PasswordHash | None
-    ) -> tuple[Member, list[Outgoing]]:
-        """Second half of a join: add the member.
-
-        ``verified`` is the hash :meth:`admit` returned if the password matched it, else
-        None. Everything is checked again: while the hash was computed the room may have
-        closed or been created anew with another password, or the name been taken.
-        """
-        self._check_open()
-        room = self._room(name)
-        if room.password is not None:
-            if self.failures.blocked(ip, now):
-                raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
-            if verified is not room.password:
-                self.failures.record(ip, now)
-                raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{name}"')
-        self._check_vacancy(room, username)
-        notice = room.announce(Kind.NOTICE, format_notice(MemberEvent(username, Presence.JOINED)))
-        member = self._add_member(room, username, ip, now)
-        log.info('%s joined room "%s"', username, name)
-        return member, [notice]
+        """:meth:`begin_create` and :meth:`finish_create` in one call (password hashed)."""
+        return self.finish_create(self.begin_create(name, username, ip), password, now)
 
     def join_room(
         self, name: str, username: str, password: str | None, ip: str, now: float
     ) -> tuple[Member, list[Outgoing]]:
-        """:meth:`admit`, verify the password and :meth:`complete_join`, in one call."""
-        expected = self.admit(name, username, ip, now)
-        verified = expected if expected is not None and expected.verify(password) else None
-        return self.complete_join(name, username, ip, now, verified=verified)
+        """:meth:`begin_join`, the password check and :meth:`finish_join`, in one call.
+
+        The server's sequence (:class:`ocm.server.tcp.TcrpHandler`), with the hash
+        verified in line: tests that join through it exercise the server's path.
+        """
+        pending = self.begin_join(name, username, ip, now)
+        password_ok = False
+        if pending.expected is not None:
+            self.check_pending(pending, now)
+            password_ok = pending.expected.verify(password)
+        return self.finish_join(pending, password_ok, now)
 
     # -- leave, expire, close --------------------------------------------------
 
@@ -303,6 +358,32 @@ class RoomRegistry:
     def _check_open(self) -> None:
         if self.closed:
             raise RoomError(ErrorCode.SERVER_FULL, "the server is shutting down")
+
+    def _check_create(self, pending: PendingCreate) -> None:
+        self._check_open()
+        if pending.room in self.rooms:
+            raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{pending.room}" already exists')
+        if len(self.rooms) >= self.max_rooms:
+            raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+        if self._rooms_by_ip.get(canonical_ip(pending.ip), 0) >= self.max_rooms_per_ip:
+            raise RoomError(
+                ErrorCode.SERVER_FULL, f"your address hosts {self.max_rooms_per_ip} rooms already"
+            )
+
+    def _check_join(self, pending: PendingJoin, now: float) -> Room:
+        """Every check of a join but the password's; the room it would join."""
+        self._check_open()
+        room = self._room(pending.room)
+        if room.password is None:
+            self._check_vacancy(room, pending.username)
+            return room
+        if self.failures.blocked(pending.ip, now):
+            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+        if room.password is not pending.expected:
+            # Created anew with another password since begin_join: the password was not
+            # checked against this one, so it is refused, but not counted as a guess.
+            raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{room.name}"')
+        return room
 
     def _check_vacancy(self, room: Room, username: str) -> None:
         if username.casefold() in room.members:

@@ -5,7 +5,7 @@ passed in. It checks every datagram on its own (size, layout, token, room, sourc
 UTF-8), so one malformed datagram costs its sender an ERROR and nobody else anything.
 
 Reflection: an unauthenticated datagram is never answered with more bytes than it
-carried, and each source IP gets at most ``error_rate`` ERRORs per second.
+carried, and each source IP gets at most ``Limits.error_replies_per_second`` ERRORs a second.
 """
 
 from __future__ import annotations

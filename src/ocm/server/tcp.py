@@ -9,16 +9,17 @@ and COMPLETE. No protocol decisions are made here. Datagrams the registry produc
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from ocm.errors import ErrorCode, OCMError, ProtocolError
+from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
-from ocm.server.registry import Member, Outgoing, RoomRegistry
-from ocm.wire.constants import MAX_TCRP_PAYLOAD
+from ocm.server.registry import Member, Outgoing, PendingCreate, PendingJoin, RoomRegistry
 from ocm.wire.framer import TcrpReader
 from ocm.wire.tcrp import (
     Ack,
@@ -38,37 +39,15 @@ from ocm.wire.tcrp import (
     parse_request,
 )
 
-__all__ = ["TcpLimits", "TcrpHandler"]
+__all__ = ["TcrpHandler"]
 
 log = logging.getLogger("ocm.server.tcp")
 
-# Section 1: a connection that sends nothing for this long is closed.
-DEFAULT_TCP_IDLE_TIMEOUT = 10.0
-# A message that has started must be complete within this time: a peer trickling one
-# byte a second holds a connection for at most this long. The same bound applies to a
-# reply the peer will not read (a write that stalls this long aborts the connection).
-DEFAULT_MESSAGE_TIMEOUT = 5.0
-# Per client IP, and in all: bounds the file descriptors and buffers an attacker can pin.
-DEFAULT_MAX_CONNECTIONS_PER_IP = 32
-DEFAULT_MAX_CONNECTIONS = 4096
+T = TypeVar("T")
+
 # What one read takes off a connection: a whole request almost always, and a bound on
 # what a pipelining peer makes us buffer beyond the message being decoded.
 _READ_SIZE = 16 * 1024
-# Password hashes (scrypt, 16 MiB and ~40 ms of CPU each) computed at once: bounds the
-# memory and CPU that a crowd of password guesses can take from the relay.
-DEFAULT_MAX_CONCURRENT_HASHES = 2
-
-
-@dataclass(frozen=True, slots=True)
-class TcpLimits:
-    """Caps on what one TCP peer can make the server hold (each is a server flag)."""
-
-    max_payload: int = MAX_TCRP_PAYLOAD
-    idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
-    message_timeout: float = DEFAULT_MESSAGE_TIMEOUT
-    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    max_concurrent_hashes: int = DEFAULT_MAX_CONCURRENT_HASHES
 
 
 class TcrpHandler:
@@ -77,11 +56,12 @@ class TcrpHandler:
     def __init__(
         self,
         registry: RoomRegistry,
-        limits: TcpLimits,
+        limits: Limits,
         *,
         udp_port: Callable[[], int],
         send: Callable[[list[Outgoing]], None],
         clock: Callable[[], float],
+        hash_executor: Executor,
         after_request: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
@@ -96,6 +76,13 @@ class TcrpHandler:
         self.connections: dict[str, int] = {}  # client IP -> open connections
         self.writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # one per open connection
+        # Password hashes run on the server's executor, whose max_concurrent_hashes
+        # threads bound the memory scrypt holds (16 MiB a thread, kept between hashes).
+        # The semaphore has as many slots, so a job never waits in the executor's queue:
+        # it waits here, on the event loop, where the registry can be asked again right
+        # before its hash starts (see _hash); a worker thread never touches the registry.
+        # The waiting requests are bounded by the connection limits (one per connection).
+        self._hash_executor = hash_executor
         self._hashing = asyncio.Semaphore(limits.max_concurrent_hashes)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -203,7 +190,7 @@ class TcrpHandler:
         while (message := framer.next_message()) is None:
             if framer.started and deadline is None:
                 deadline = loop.time() + self.limits.message_timeout
-            limit = deadline if deadline is not None else loop.time() + self.limits.idle_timeout
+            limit = deadline if deadline is not None else loop.time() + self.limits.tcp_idle_timeout
             async with asyncio.timeout_at(limit):
                 data = await reader.read(_READ_SIZE)
             if not data:
@@ -217,28 +204,20 @@ class TcrpHandler:
         registry = self.registry
         match request:
             case CreateRoom(room, username, password):
+                creating = registry.begin_create(room, username, ip)
                 secret = None
                 if password:
-                    async with self._hashing:
-                        registry.check_create(room, ip)  # no hash for a create bound to fail
-                        secret = await asyncio.to_thread(PasswordHash.create, password)
-                member = registry.create_room(room, username, secret, ip, self._clock())
+                    hashing = functools.partial(PasswordHash.create, password)
+                    secret = await self._hash(creating, hashing)
+                member = registry.finish_create(creating, secret, self._clock())
                 return self._admission(Operation.CREATE_ROOM, member)
             case JoinRoom(room, username, password):
-                expected = registry.admit(room, username, ip, self._clock())
-                verified = None
-                if expected is not None:
-                    async with self._hashing:
-                        # Checked again after the wait: a guesser's queued tries are
-                        # refused (rate_limited) without a hash once the IP is blocked.
-                        expected = registry.admit(room, username, ip, self._clock())
-                        if expected is not None and await asyncio.to_thread(
-                            expected.verify, password
-                        ):
-                            verified = expected
-                member, outgoing = registry.complete_join(
-                    room, username, ip, self._clock(), verified=verified
-                )
+                joining = registry.begin_join(room, username, ip, self._clock())
+                password_ok = False
+                if joining.expected is not None:
+                    checking = functools.partial(joining.expected.verify, password)
+                    password_ok = await self._hash(joining, checking)
+                member, outgoing = registry.finish_join(joining, password_ok, self._clock())
                 self._send(outgoing)
                 return self._admission(Operation.JOIN_ROOM, member)
             case ListRooms():
@@ -247,6 +226,18 @@ class TcrpHandler:
                 self._send(registry.leave(room, token, ip))
                 return Left(room)
         raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
+
+    async def _hash(self, pending: PendingCreate | PendingJoin, work: Callable[[], T]) -> T:
+        """Run ``work`` (scrypt) on the hash executor, once a slot is free.
+
+        The registry is asked again first, after the wait, which may have been long: a
+        guesser's queued tries are refused (rate_limited) without a hash once its IP is
+        blocked, and a create whose name was taken meanwhile costs no hash.
+        """
+        async with self._hashing:
+            self.registry.check_pending(pending, self._clock())
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._hash_executor, work)
 
     def _admission(self, operation: Operation, member: Member) -> Admission:
         room = member.room
