@@ -1,0 +1,114 @@
+"""What the server remembers for the delivery extension (docs/protocol.md, section 3).
+
+Three small bounded structures, pure and with time passed in:
+
+* :class:`History` -- a room's last datagrams by Seq (at most N of them and M bytes), so
+  a member can ask for what it missed (REPAIR);
+* :class:`RelayedLog` -- which message numbers one member has had relayed, so a DATA that
+  arrives again is confirmed (ACCEPTED) instead of relayed twice;
+* :class:`Budget` -- a token bucket, here the repair datagrams one member may get.
+
+Nothing here knows about sockets or members; the registry and the relay own them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ocm.wire.constants import SEQ_CYCLE
+
+__all__ = ["RELAYED_WINDOW", "Budget", "History", "RelayedLog"]
+
+# Message numbers a member's log remembers exactly. OCM's client keeps at most 32
+# messages in flight, so a retransmission is never more than 32 numbers old; 1024
+# leaves room for any client that keeps a bigger window.
+RELAYED_WINDOW = 1024
+
+
+class History:
+    """The last datagrams of one room, oldest first, by Seq.
+
+    Bounded by ``max_messages`` and ``max_bytes`` (whichever is reached first drops the
+    oldest). Seqs are consecutive (section 2), so a datagram is found by its offset from
+    the oldest one kept: no index to maintain.
+    """
+
+    __slots__ = ("_datagrams", "bytes", "first_seq", "max_bytes", "max_messages")
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._datagrams: deque[bytes] = deque()
+        self.first_seq = 1  # the Seq of the oldest datagram kept (or of the next one)
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._datagrams)
+
+    def append(self, seq: int, datagram: bytes) -> None:
+        """Keep ``datagram``, sent as ``seq`` (the one after the newest kept)."""
+        datagrams = self._datagrams
+        if not datagrams:
+            self.first_seq = seq
+        datagrams.append(datagram)
+        self.bytes += len(datagram)
+        while len(datagrams) > self.max_messages or (
+            self.bytes > self.max_bytes and len(datagrams) > 1
+        ):
+            self.bytes -= len(datagrams.popleft())
+            self.first_seq = self.first_seq % SEQ_CYCLE + 1
+
+    def get(self, seq: int) -> bytes | None:
+        """The datagram sent as ``seq``, or None if it is not (or no longer) kept."""
+        offset = (seq - self.first_seq) % SEQ_CYCLE
+        return self._datagrams[offset] if offset < len(self._datagrams) else None
+
+
+class RelayedLog:
+    """The message numbers one member has had relayed, and as which Seq.
+
+    Exact for the newest :data:`RELAYED_WINDOW` numbers; every number at or below
+    ``floor`` counts as dealt with (relayed long ago, or skipped over by the sender).
+    """
+
+    __slots__ = ("_seqs", "floor")
+
+    def __init__(self) -> None:
+        self.floor = 0
+        self._seqs: dict[int, int] = {}  # msg_no -> seq, in the order relayed
+
+    def seen(self, msg_no: int) -> int | None:
+        """The Seq ``msg_no`` was relayed as (0 when it was too long ago to say), or
+        None if it was never relayed."""
+        seq = self._seqs.get(msg_no)
+        if seq is not None:
+            return seq
+        return 0 if msg_no <= self.floor else None
+
+    def record(self, msg_no: int, seq: int) -> None:
+        seqs = self._seqs
+        seqs[msg_no] = seq
+        if len(seqs) > RELAYED_WINDOW:
+            oldest = next(iter(seqs))
+            del seqs[oldest]
+            self.floor = max(self.floor, oldest)
+
+
+class Budget:
+    """A token bucket: ``rate`` a second, at most ``burst`` saved up."""
+
+    __slots__ = ("_at", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = now
+
+    def take(self, wanted: int, now: float) -> int:
+        """Take up to ``wanted`` tokens at ``now``; return how many were granted."""
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted

@@ -1,0 +1,70 @@
+"""Unit tests of ocm.server.history: the bounded room history, the relayed-message log
+and the repair budget, with time passed in."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ocm.server.history import RELAYED_WINDOW, Budget, History, RelayedLog
+from ocm.wire import SEQ_CYCLE
+
+
+def test_history_keeps_the_newest_by_count() -> None:
+    history = History(max_messages=3, max_bytes=1000)
+    for seq in range(1, 6):
+        history.append(seq, b"m%d" % seq)
+    assert len(history) == 3 and history.first_seq == 3
+    assert [history.get(s) for s in range(1, 7)] == [None, None, b"m3", b"m4", b"m5", None]
+
+
+def test_history_keeps_the_newest_by_bytes_but_always_the_last() -> None:
+    history = History(max_messages=100, max_bytes=10)
+    history.append(1, b"x" * 6)
+    history.append(2, b"y" * 6)
+    assert (history.first_seq, history.bytes, history.get(2)) == (2, 6, b"y" * 6)
+    history.append(3, b"z" * 50)  # over the cap alone: still kept, it is the newest
+    assert (history.first_seq, len(history), history.get(3)) == (3, 1, b"z" * 50)
+
+
+def test_history_across_the_seq_wrap() -> None:
+    history = History(max_messages=4, max_bytes=1000)
+    seqs = [SEQ_CYCLE - 2, SEQ_CYCLE - 1, SEQ_CYCLE, 1, 2]
+    for seq in seqs:
+        history.append(seq, str(seq).encode())
+    assert history.first_seq == SEQ_CYCLE - 1
+    assert [history.get(s) for s in seqs] == [None, *(str(s).encode() for s in seqs[1:])]
+
+
+@given(st.integers(1, 50), st.integers(1, 400), st.lists(st.integers(0, 40), max_size=80))
+def test_history_bounds_hold(max_messages: int, max_bytes: int, sizes: list[int]) -> None:
+    history = History(max_messages, max_bytes)
+    for seq, size in enumerate(sizes, 1):
+        history.append(seq, bytes(size))
+        assert len(history) <= max_messages
+        assert history.bytes <= max_bytes or len(history) == 1
+        assert history.get(seq) == bytes(size)  # the newest is always there
+
+
+def test_relayed_log_remembers_recent_numbers_exactly() -> None:
+    log = RelayedLog()
+    assert log.seen(1) is None
+    log.record(1, 10)
+    log.record(3, 11)  # 2 is still in flight
+    assert (log.seen(1), log.seen(2), log.seen(3)) == (10, None, 11)
+
+
+def test_relayed_log_forgets_old_numbers_as_dealt_with() -> None:
+    log = RelayedLog()
+    for msg_no in range(1, RELAYED_WINDOW + 2):
+        log.record(msg_no, msg_no + 100)
+    assert log.seen(1) == 0  # too long ago to say under which Seq, but not relayed again
+    assert log.seen(2) == 102 and log.seen(RELAYED_WINDOW + 2) is None
+
+
+def test_budget_grants_a_burst_then_the_rate() -> None:
+    budget = Budget(rate=10.0, burst=5.0, now=0.0)
+    assert budget.take(8, 0.0) == 5
+    assert budget.take(8, 0.0) == 0
+    assert budget.take(8, 0.3) == 3
+    assert budget.take(100, 100.0) == 5  # never more than the burst saved up
