@@ -63,10 +63,13 @@ async def running_server(**overrides: Any) -> AsyncIterator[OCMServer]:
     """A real OCMServer on 127.0.0.1, port 0, closed on exit.
 
     ``overrides`` are fields of ServerConfig (``host="::"``) or of Limits
-    (``idle_timeout=0.2``, ``max_members=2``), the latter on top of the defaults.
+    (``idle_timeout=0.2``, ``max_members=2``), the latter on top of the defaults, except
+    that a closing server re-sends its CLOSED to delivery members at a test's pace
+    (``closed_resend_interval``, 10 ms, unless a test says otherwise).
     """
     limit_names = {f.name for f in fields(Limits)}
-    limits = {name: value for name, value in overrides.items() if name in limit_names}
+    limits: dict[str, Any] = {"closed_resend_interval": 10 * MS}
+    limits |= {name: value for name, value in overrides.items() if name in limit_names}
     others = {name: value for name, value in overrides.items() if name not in limit_names}
     config = replace(ServerConfig(host=LOOPBACK, port=0), **others)
     config = replace(config, limits=replace(config.limits, **limits))

@@ -37,6 +37,11 @@ FLAGS = {
     "--max-password-failures": 5,
     "--failure-window": 60.0,
     "--error-replies-per-second": 5,
+    # The delivery extension (issue 11).
+    "--history-messages": 1024,
+    "--history-bytes": 262144,
+    "--repair-rate": 1000,
+    "--closed-resend-interval": 0.2,
 }
 
 
@@ -184,10 +189,18 @@ async def test_the_server_hands_each_limit_to_its_layer() -> None:
         failure_window=3.0,
         error_replies_per_second=2,
         max_payload=1000,
+        history_messages=9,
+        history_bytes=999,
+        repair_rate=8,
+        closed_resend_interval=0.5,
     ) as server:
         limits = server.config.limits
         assert limits == replace(
             Limits(),
+            history_messages=9,
+            history_bytes=999,
+            repair_rate=8,
+            closed_resend_interval=0.5,
             idle_timeout=30.0,
             max_rooms=7,
             max_members=6,
@@ -204,6 +217,12 @@ async def test_the_server_hands_each_limit_to_its_layer() -> None:
             registry.max_members,
             registry.max_rooms_per_ip,
         ) == (30.0, 7, 6, 5)
+        assert (
+            registry.history_messages,
+            registry.history_bytes,
+            registry.repair_rate,
+            registry.closed_resend_interval,
+        ) == (9, 999, 8, 0.5)
         assert (registry.failures.max_failures, registry.failures.window) == (4, 3.0)
         assert server.relay.errors.rate == 2
         assert server.tcrp.limits is limits

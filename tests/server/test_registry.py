@@ -101,7 +101,7 @@ def test_member_leave_announces_and_kills_the_token(registry: RoomRegistry) -> N
     bob = join(registry, "lobby", "bob")
     registry.touch(host, ADDR, 1.0)
     registry.touch(bob, (IP, 40002), 1.0)
-    outgoing = registry.leave("lobby", bob.token, IP)
+    outgoing = registry.leave("lobby", bob.token, IP, 0.0)
     assert decoded(outgoing) == [ServerDatagram(Kind.NOTICE, 2, "", "bob left")]
     assert outgoing[0].addresses == (ADDR,)  # bob is no longer in the fan-out
     assert registry.authenticate(b"lobby", bob.token.encode(), IP) is None
@@ -117,7 +117,7 @@ def test_host_leave_closes_the_room(registry: RoomRegistry) -> None:
     registry.touch(host, ADDR, 1.0)
     registry.touch(bob, (OTHER_IP, 40002), 1.0)
     registry.touch(carol, (IP, 40003), 1.0)
-    outgoing = registry.leave("lobby", host.token, IP)
+    outgoing = registry.leave("lobby", host.token, IP, 0.0)
     assert decoded(outgoing) == [
         ServerDatagram(Kind.CLOSED, 3, "", "host alice left; the room is closed")
     ]
@@ -276,7 +276,7 @@ def test_finish_join_rechecks_what_changed_meanwhile(registry: RoomRegistry) -> 
         registry.finish_join(bob, True, 1.0)
     check_code(info, ErrorCode.NAME_TAKEN)
     # ... and then the host leaves: carol is refused before her hash, and after it.
-    registry.leave("vault", host.token, IP)
+    registry.leave("vault", host.token, IP, 0.0)
     for attempt in (
         lambda: registry.check_pending(carol, 2.0),
         lambda: registry.finish_join(carol, True, 2.0),
@@ -293,7 +293,7 @@ def test_a_room_created_anew_with_another_password_refuses_the_old_match() -> No
     before_hash = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
     during_hash = registry.begin_join("vault", "carol", OTHER_IP, 1.0)
     registry.check_pending(during_hash, 1.0)  # carol's hash starts against the old room
-    registry.leave("vault", host.token, IP)
+    registry.leave("vault", host.token, IP, 0.0)
     registry.create_room("vault", "mallory", PasswordHash.create("pw"), IP, 2.0)
     # The same password, but another hash: the old match counts for nothing ...
     with pytest.raises(RoomError) as info:
@@ -311,7 +311,7 @@ def test_a_room_created_anew_with_another_password_refuses_the_old_match() -> No
 def test_a_room_created_anew_open_admits_the_waiting_join(registry: RoomRegistry) -> None:
     host = registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
     pending = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
-    registry.leave("vault", host.token, IP)
+    registry.leave("vault", host.token, IP, 0.0)
     registry.create_room("vault", "mallory", None, IP, 2.0)
     bob, _ = registry.finish_join(pending, False, 3.0)  # an open room asks no password
     assert bob.room.host is not None and bob.room.host.name == "mallory"
@@ -372,7 +372,7 @@ def test_the_server_closing_meanwhile_refuses_both(registry: RoomRegistry) -> No
     registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
     joining = registry.begin_join("vault", "bob", OTHER_IP, 1.0)
     creating = registry.begin_create("lobby", "carol", IP)
-    registry.close_all(ServerShutdown())  # while their hashes are computed
+    registry.close_all(ServerShutdown(), 0.0)  # while their hashes are computed
     for attempt in (
         lambda: registry.check_pending(joining, 2.0),
         lambda: registry.finish_join(joining, True, 2.0),
@@ -456,7 +456,7 @@ def test_bad_leave_tokens_are_refused_but_not_counted_as_failures() -> None:
     registry.create_room("lobby", "alice", hashed, IP, 0.0)
     for i in range(5):
         with pytest.raises(RoomError) as info:
-            registry.leave("lobby", f"guess{i}", OTHER_IP)
+            registry.leave("lobby", f"guess{i}", OTHER_IP, 0.0)
         check_code(info, ErrorCode.INVALID_TOKEN)
     # A late goodbye for a closed room costs nothing: the right password still joins.
     assert registry.join_room("lobby", "bob", "pw", OTHER_IP, 1.0)[0].name == "bob"
@@ -468,7 +468,7 @@ def test_password_failures_do_not_stop_a_member_leaving() -> None:
     for _ in range(3):
         with pytest.raises(RoomError):
             registry.join_room("vault", "mallory", "guess", IP, 1.0)
-    assert decoded(registry.leave("vault", host.token, IP))[0].kind is Kind.CLOSED
+    assert decoded(registry.leave("vault", host.token, IP, 0.0))[0].kind is Kind.CLOSED
 
 
 def test_expiry_follows_activity_order_without_scanning() -> None:
@@ -497,7 +497,7 @@ def test_rooms_per_ip_are_capped_and_freed_on_close() -> None:
         registry.create_room("c", "alice", None, IP, 0.0)
     check_code(info, ErrorCode.SERVER_FULL)
     assert registry.create_room("c", "bob", None, OTHER_IP, 0.0).name == "bob"
-    registry.leave("a", first.token, IP)
+    registry.leave("a", first.token, IP, 0.0)
     assert registry.create_room("d", "alice", None, IP, 1.0).name == "alice"
 
 
@@ -505,7 +505,7 @@ def test_after_close_all_nothing_opens_again() -> None:
     registry = RoomRegistry()
     registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
     registry.create_room("lobby", "alice", None, IP, 0.0)
-    registry.close_all(ServerShutdown())
+    registry.close_all(ServerShutdown(), 0.0)
     for attempt in (
         lambda: registry.create_room("lobby", "carol", None, IP, 2.0),
         lambda: registry.join_room("lobby", "bob", None, OTHER_IP, 2.0),
@@ -596,11 +596,11 @@ def test_leave_checks_token_room_and_ip() -> None:
     ]
     for room, token, ip in attempts:
         with pytest.raises(RoomError) as info:
-            registry.leave(room, token, ip)
+            registry.leave(room, token, ip, 0.0)
         check_code(info, ErrorCode.INVALID_TOKEN)
     assert registry.list_rooms() == [RoomInfo("lobby", 1, False), RoomInfo("other", 1, False)]
     # The mapped form of the right IP may leave.
-    assert decoded(registry.leave("lobby", alice.token, "::ffff:127.0.0.1"))[0].kind is (
+    assert decoded(registry.leave("lobby", alice.token, "::ffff:127.0.0.1", 0.0))[0].kind is (
         Kind.CLOSED
     )
 
@@ -636,7 +636,7 @@ def test_next_deadline(registry: RoomRegistry) -> None:
     assert registry.next_deadline() == 75.0  # bob, silent since 15
     registry.touch(bob, (IP, 2), 40.0)
     assert registry.next_deadline() == 90.0
-    registry.leave("lobby", bob.token, IP)
+    registry.leave("lobby", bob.token, IP, 0.0)
     assert registry.next_deadline() == 90.0
 
 
@@ -691,12 +691,12 @@ def test_close_all(registry: RoomRegistry) -> None:
     b = registry.create_room("b", "bob", None, IP, 0.0)
     registry.touch(a, (IP, 1), 0.0)
     registry.touch(b, (IP, 2), 0.0)
-    outgoing = registry.close_all(ServerShutdown())
+    outgoing = registry.close_all(ServerShutdown(), 0.0)
     assert decoded(outgoing) == [ServerDatagram(Kind.CLOSED, 1, "", "server shutting down")] * 2
     assert {o.addresses for o in outgoing} == {((IP, 1),), ((IP, 2),)}
     assert registry.rooms == {}
     assert registry.by_token == {}
-    assert registry.close_all(ServerShutdown()) == []
+    assert registry.close_all(ServerShutdown(), 0.0) == []
 
 
 # ---------------------------------------------------------------------------
@@ -708,8 +708,8 @@ def test_seq_is_consecutive_across_notice_and_closed(registry: RoomRegistry) -> 
     alice = registry.create_room("lobby", "alice", None, IP, 0.0)
     _, joined_b = registry.join_room("lobby", "bob", None, IP, 0.0)
     carol, joined_c = registry.join_room("lobby", "carol", None, IP, 0.0)
-    left = registry.leave("lobby", carol.token, IP)
-    closed = registry.leave("lobby", alice.token, IP)
+    left = registry.leave("lobby", carol.token, IP, 0.0)
+    closed = registry.leave("lobby", alice.token, IP, 0.0)
     datagrams = decoded(joined_b + joined_c + left + closed)
     assert [(d.kind, d.seq) for d in datagrams] == [
         (Kind.NOTICE, 1),
@@ -761,7 +761,7 @@ def test_server_full() -> None:
         registry.create_room("c", "alice", None, IP, 0.0)
     check_code(info, ErrorCode.SERVER_FULL)
     assert [r.name for r in registry.list_rooms()] == ["a", "b"]
-    registry.leave("b", host.token, IP)  # a closed room frees its place
+    registry.leave("b", host.token, IP, 0.0)  # a closed room frees its place
     registry.create_room("c", "alice", None, IP, 1.0)
 
 
@@ -795,17 +795,17 @@ def test_logs_every_event_and_never_a_password_or_token(
     with pytest.raises(RoomError):
         registry.join_room("vault", "mallory", wrong, OTHER_IP, 1.0)
     with pytest.raises(RoomError):
-        registry.leave("vault", alice.token + "x", OTHER_IP)
+        registry.leave("vault", alice.token + "x", OTHER_IP, 0.0)
     carol, _ = registry.join_room("vault", "carol", password, IP, 2.0)
     dave, _ = registry.join_room("vault", "dave", password, IP, 2.0)
     registry.touch(alice, ADDR, 50.0)
     registry.touch(carol, (IP, 3), 50.0)
     registry.touch(dave, (IP, 4), 50.0)
-    registry.leave("vault", carol.token, IP)
+    registry.leave("vault", carol.token, IP, 0.0)
     registry.expire(61.0)  # bob times out
-    registry.leave("vault", alice.token, IP)  # closes the room
+    registry.leave("vault", alice.token, IP, 0.0)  # closes the room
     lobby = registry.create_room("lobby", "erin", None, IP, 63.0)
-    registry.close_all(ServerShutdown())
+    registry.close_all(ServerShutdown(), 0.0)
 
     lines = [record.getMessage() for record in room_log.records]
     secrets = [password, wrong, alice.token, bob.token, carol.token, dave.token, lobby.token]

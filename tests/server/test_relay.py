@@ -143,7 +143,7 @@ def test_token_for_another_room_is_refused(room: Room) -> None:
 
 
 def test_closed_room_tokens_stop_working(room: Room) -> None:
-    room.registry.leave("lobby", room.alice.token, IP)
+    room.registry.leave("lobby", room.alice.token, IP, 0.0)
     reply, _ = only(room.send(room.bob, BOB, "anyone?", now=3.0))
     assert reply.kind is Kind.ERROR
 
@@ -158,9 +158,9 @@ def test_seq_is_consecutive_across_all_room_datagrams(room: Room) -> None:
     room.send(carol, (IP, 40003), "")
     stream = [*joined]
     stream += room.send(room.alice, ALICE, "hi carol")
-    stream += room.registry.leave("lobby", carol.token, IP)
+    stream += room.registry.leave("lobby", carol.token, IP, 0.0)
     stream += room.send(room.bob, BOB, "bye carol")
-    stream += room.registry.leave("lobby", room.alice.token, IP)
+    stream += room.registry.leave("lobby", room.alice.token, IP, 0.0)
     decoded = [decode_server_datagram(o.datagram) for o in stream]
     assert [(d.kind, d.seq) for d in decoded] == [
         (Kind.NOTICE, 2),

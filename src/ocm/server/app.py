@@ -146,6 +146,10 @@ class OCMServer:
             max_rooms=limits.max_rooms,
             max_members=limits.max_members,
             max_rooms_per_ip=limits.max_rooms_per_ip,
+            history_messages=limits.history_messages,
+            history_bytes=limits.history_bytes,
+            repair_rate=limits.repair_rate,
+            closed_resend_interval=limits.closed_resend_interval,
             failures=FailureLimiter(limits.max_password_failures, limits.failure_window),
         )
         self.relay = RelayCore(self.registry, ErrorReplyLimiter(limits.error_replies_per_second))
@@ -263,8 +267,9 @@ class OCMServer:
             if self._expiry_timer is not None:
                 self._expiry_timer.cancel()
                 self._expiry_timer = None
-            self._send(self.registry.close_all(ServerShutdown()))
+            self._send(self.registry.close_all(ServerShutdown(), self._loop.time()))
             await self.tcrp.close(timeout=2.0)
+            await self._resend_closed()
             if self._tcp_server is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2.0):
@@ -277,6 +282,16 @@ class OCMServer:
             # then exits; its request's handler is gone, and nothing is queued behind it.
             self.hash_executor.shutdown(wait=False, cancel_futures=True)
             self._closed.set()
+
+    async def _resend_closed(self) -> None:
+        """Linger while delivery members' CLOSED copies are due again, so that one whose
+        first copy was lost still learns the server is shutting down; meanwhile the relay
+        answers their tokens with the CLOSED too (section 3). Version 1 members, and a
+        server without delivery members, add no wait."""
+        registry = self.registry
+        while (deadline := registry.next_deadline()) is not None:
+            await asyncio.sleep(max(0.0, deadline - self._loop.time()))
+            self._send(registry.expire(max(self._loop.time(), deadline)))
 
     async def __aenter__(self) -> OCMServer:
         return self

@@ -107,8 +107,9 @@ class Budget:
 
     def take(self, wanted: int, now: float) -> int:
         """Take up to ``wanted`` tokens at ``now``; return how many were granted."""
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
+        if now > self._at:  # a clock never goes back, but be safe if one does
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
         granted = min(wanted, int(self._tokens))
         self._tokens -= granted
         return granted

@@ -114,6 +114,23 @@ class Limits:
     error_replies_per_second: int = count(
         5, "replies", "UDP ERROR replies per source IP per second"
     )
+    # The delivery extension (docs/protocol.md, section 3). A room keeps its last Seqs so
+    # that a member can fetch what UDP lost: 1,024 is minutes of a busy room, and what a
+    # reader whose socket overflowed during a flood needs back. Memory: at most
+    # --history-bytes per room, so --max-rooms x --history-bytes in all (2.5 GiB for
+    # 10,000 full rooms; a room of short lines holds far less).
+    history_messages: int = count(1024, "messages", "datagrams of history kept per room")
+    history_bytes: int = count(256 * 1024, "bytes", "bytes of history kept per room")
+    # Repair datagrams one member may get a second (and as many in a burst): a member
+    # that missed a whole flood gets it back in about a second, and a member cannot make
+    # the server send more than this however it asks.
+    repair_rate: int = count(1000, "datagrams", "repair datagrams per member per second")
+    # Delivery members get a room's CLOSED three times: at once, after one interval and
+    # after three, so one lost copy does not leave them waiting. A server shutting down
+    # lingers this long times three before it stops answering.
+    closed_resend_interval: float = seconds(
+        0.2, "seconds between the copies of a CLOSED (delivery members)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,17 @@ says when the adapter should next call :meth:`RoomRegistry.expire`. Refusals rai
 What happens to a room is returned as :class:`Outgoing` datagrams (NOTICE and CLOSED,
 already numbered with the room's Seq), which the UDP adapter only has to send. Room
 events are logged here, one line each, never with a password or a token.
+
+For members that negotiated the delivery extension (docs/protocol.md, section 3) the
+registry also keeps each room's :class:`~ocm.server.history.History`, what each such
+member had relayed, and for a while after they are gone, what to answer their tokens
+(the room's CLOSED, or DEPARTED); it re-sends their CLOSED on a schedule that
+:meth:`RoomRegistry.next_deadline` includes.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import secrets
 from collections import OrderedDict
@@ -21,9 +28,11 @@ from typing import Any
 
 from ocm.errors import ErrorCode, RoomError
 from ocm.server.guards import FailureLimiter, canonical_ip
+from ocm.server.history import Budget, History, RelayedLog
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
 from ocm.wire.datagrams import Kind, next_seq, server_datagram_prefix
+from ocm.wire.delivery import BOOT_SIZE, Departed, encode_received
 from ocm.wire.tcrp import RoomInfo
 from ocm.wire.texts import (
     ClosedReason,
@@ -54,6 +63,13 @@ Address = tuple[Any, ...]
 _DEFAULTS = Limits()  # the limits of a registry made alone (in a unit test)
 # 24 random bytes, URL-safe base64: 192 bits, 32 ASCII characters (the spec asks >= 128).
 TOKEN_BYTES = 24
+# Tokens of delivery members that are gone (room closed, member left), remembered so a
+# late datagram of theirs gets the room's CLOSED or a DEPARTED, not "unknown token":
+# for idle_timeout seconds, and this many at most (the oldest are forgotten first).
+MAX_GONE = 10_000
+# A delivery member's CLOSED is sent again after 1 and 3 resend intervals.
+CLOSED_RESENDS = (1, 3)
+_DEPARTED = encode_received(Departed())
 
 
 def new_token() -> str:
@@ -101,23 +117,43 @@ class Member:
     address: Address | None = None  # set by the first valid datagram (section 2)
     name_bytes: bytes = b""
     token_bytes: bytes = b""
+    # The delivery extension: set for a member that negotiated it (section 3).
+    relayed: RelayedLog | None = None  # its message numbers already relayed
+    repairs: Budget | None = None  # the repair datagrams it may still get
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
         self.token_bytes = self.token.encode("ascii")
+
+    @property
+    def delivery(self) -> bool:
+        return self.relayed is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """What to answer a delivery member's token after it is gone, from its IP."""
+
+    ip: str
+    reply: bytes  # the room's CLOSED, or DEPARTED
+    until: float
 
 
 @dataclass(eq=False, slots=True)
 class Room:
     name: str
     password: PasswordHash | None
+    history: History
     host: Member | None = None
     members: dict[str, Member] = field(default_factory=dict)  # casefolded name -> member
     seq: int = 0
     name_bytes: bytes = b""
-    # Addresses of members that have sent a datagram: the relay's fan-out list, kept
-    # ready so a chat datagram costs no dict walk.
+    # Addresses of members that have sent a datagram: the relay's fan-out lists, kept
+    # ready so a chat datagram costs no dict walk. NOTICE and CLOSED go to all of them;
+    # a chat line goes as MESSAGE to version 1 members and as CHAT to delivery members.
     addresses: tuple[Address, ...] = ()
+    v1_addresses: tuple[Address, ...] = ()
+    delivery_addresses: tuple[Address, ...] = ()
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -127,7 +163,18 @@ class Room:
         return self.password is not None
 
     def refresh_addresses(self) -> None:
-        self.addresses = tuple(m.address for m in self.members.values() if m.address)
+        every: list[Address] = []
+        delivery: list[Address] = []
+        v1: list[Address] = []
+        for member in self.members.values():
+            if member.address is not None:
+                every.append(member.address)
+                (delivery if member.delivery else v1).append(member.address)
+        self.addresses, self.delivery_addresses, self.v1_addresses = (
+            tuple(every),
+            tuple(delivery),
+            tuple(v1),
+        )
 
     def next_seq(self) -> int:
         # Section 2: MESSAGE, NOTICE and CLOSED of one room carry consecutive numbers
@@ -136,7 +183,9 @@ class Room:
         return self.seq
 
     def announce(self, kind: Kind, text: str) -> Outgoing:
-        datagram = server_datagram_prefix(kind, self.next_seq()) + text.encode("utf-8")
+        seq = self.next_seq()
+        datagram = server_datagram_prefix(kind, seq) + text.encode("utf-8")
+        self.history.append(seq, datagram)
         return Outgoing(datagram, self.addresses)
 
     def info(self) -> RoomInfo:
@@ -153,15 +202,32 @@ class RoomRegistry:
         max_rooms: int = _DEFAULTS.max_rooms,
         max_members: int = _DEFAULTS.max_members,
         max_rooms_per_ip: int = _DEFAULTS.max_rooms_per_ip,
+        history_messages: int = _DEFAULTS.history_messages,
+        history_bytes: int = _DEFAULTS.history_bytes,
+        repair_rate: int = _DEFAULTS.repair_rate,
+        closed_resend_interval: float = _DEFAULTS.closed_resend_interval,
         failures: FailureLimiter | None = None,
         token_factory: Callable[[], str] = new_token,
+        boot: bytes | None = None,
     ) -> None:
         self.idle_timeout = idle_timeout
         self.max_rooms = max_rooms
         self.max_members = max_members
         self.max_rooms_per_ip = max_rooms_per_ip
+        self.history_messages = history_messages
+        self.history_bytes = history_bytes
+        self.repair_rate = repair_rate
+        self.closed_resend_interval = closed_resend_interval
         self.failures = failures or FailureLimiter()
         self._new_token = token_factory
+        # This incarnation of the server (section 3): a delivery member's PING names the
+        # one it joined, so one that joined before a restart is told so.
+        self.boot = boot if boot is not None else secrets.token_bytes(BOOT_SIZE)
+        # Delivery members gone, by token (what to answer them), oldest first.
+        self.gone: OrderedDict[bytes, Gone] = OrderedDict()
+        # CLOSED copies due again: (when, tie-breaker, datagram and addresses).
+        self._resends: list[tuple[float, int, Outgoing]] = []
+        self._resend_count = 0
         self.rooms: dict[str, Room] = {}
         # The relay routes by token bytes: one dict lookup per datagram.
         self.by_token: dict[bytes, Member] = {}
@@ -180,9 +246,14 @@ class RoomRegistry:
         return [room.info() for room in sorted(self.rooms.values(), key=lambda r: r.name)]
 
     def next_deadline(self) -> float | None:
-        """When the next member falls idle, or None if there are no members."""
+        """When :meth:`expire` has something to do next: the next member falls idle, or a
+        CLOSED is due again. None if neither will happen."""
         oldest = next(iter(self._activity), None)
-        return None if oldest is None else oldest.last_seen + self.idle_timeout
+        idle = None if oldest is None else oldest.last_seen + self.idle_timeout
+        resend = self._resends[0][0] if self._resends else None
+        if idle is None or resend is None:
+            return idle if resend is None else resend
+        return min(idle, resend)
 
     # -- create and join -------------------------------------------------------
     #
@@ -201,7 +272,12 @@ class RoomRegistry:
         return pending
 
     def finish_create(
-        self, pending: PendingCreate, password: PasswordHash | None, now: float
+        self,
+        pending: PendingCreate,
+        password: PasswordHash | None,
+        now: float,
+        *,
+        delivery: bool = False,
     ) -> Member:
         """Second half of CREATE_ROOM: create the room with its creator as host.
 
@@ -211,9 +287,9 @@ class RoomRegistry:
         """
         self._check_create(pending)
         name = pending.room
-        room = Room(name, password)
+        room = Room(name, password, History(self.history_messages, self.history_bytes))
         self.rooms[name] = room
-        host = self._add_member(room, pending.username, pending.ip, now)
+        host = self._add_member(room, pending.username, pending.ip, now, delivery)
         room.host = host
         host_ip = canonical_ip(pending.ip)
         self._rooms_by_ip[host_ip] = self._rooms_by_ip.get(host_ip, 0) + 1
@@ -239,7 +315,7 @@ class RoomRegistry:
         return pending
 
     def finish_join(
-        self, pending: PendingJoin, password_ok: bool, now: float
+        self, pending: PendingJoin, password_ok: bool, now: float, *, delivery: bool = False
     ) -> tuple[Member, list[Outgoing]]:
         """Second half of JOIN_ROOM: add the member, and the NOTICE that says so.
 
@@ -258,7 +334,7 @@ class RoomRegistry:
             self._check_vacancy(room, pending.username)  # only now: the password is right
         username = pending.username
         notice = room.announce(Kind.NOTICE, format_notice(MemberEvent(username, Presence.JOINED)))
-        member = self._add_member(room, username, pending.ip, now)
+        member = self._add_member(room, username, pending.ip, now, delivery)
         log.info('%s joined room "%s"', username, room.name)
         return member, [notice]
 
@@ -275,13 +351,28 @@ class RoomRegistry:
             self._check_join(pending, now)
 
     def create_room(
-        self, name: str, username: str, password: PasswordHash | None, ip: str, now: float
+        self,
+        name: str,
+        username: str,
+        password: PasswordHash | None,
+        ip: str,
+        now: float,
+        *,
+        delivery: bool = False,
     ) -> Member:
         """:meth:`begin_create` and :meth:`finish_create` in one call (password hashed)."""
-        return self.finish_create(self.begin_create(name, username, ip), password, now)
+        pending = self.begin_create(name, username, ip)
+        return self.finish_create(pending, password, now, delivery=delivery)
 
     def join_room(
-        self, name: str, username: str, password: str | None, ip: str, now: float
+        self,
+        name: str,
+        username: str,
+        password: str | None,
+        ip: str,
+        now: float,
+        *,
+        delivery: bool = False,
     ) -> tuple[Member, list[Outgoing]]:
         """:meth:`begin_join`, the password check and :meth:`finish_join`, in one call.
 
@@ -293,11 +384,11 @@ class RoomRegistry:
         if pending.expected is not None:
             self.check_pending(pending, now)
             password_ok = pending.expected.verify(password)
-        return self.finish_join(pending, password_ok, now)
+        return self.finish_join(pending, password_ok, now, delivery=delivery)
 
     # -- leave, expire, close --------------------------------------------------
 
-    def leave(self, name: str, token: str, ip: str) -> list[Outgoing]:
+    def leave(self, name: str, token: str, ip: str, now: float) -> list[Outgoing]:
         """LEAVE_ROOM: the token's member leaves; the host's leave closes the room.
 
         A wrong token is not counted as a failure: 192-bit tokens need no guess limit,
@@ -307,7 +398,16 @@ class RoomRegistry:
         member = self.by_token.get(token.encode("ascii", "replace"))
         if member is None or member.room.name != name or not self._same_ip(member, ip):
             raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
-        return self._remove(member, Presence.LEFT)
+        return self.leave_member(member, now)
+
+    def leave_member(self, member: Member, now: float) -> list[Outgoing]:
+        """``member`` leaves (LEAVE_ROOM, or a delivery member's LEAVE): the others get
+        NOTICE, or CLOSED if it was the host. A delivery member's token is answered
+        DEPARTED from then on (for ``idle_timeout``), so a repeated LEAVE is confirmed."""
+        outgoing = self._remove(member, Presence.LEFT, now)
+        if member.delivery:
+            self._remember_gone(member, _DEPARTED, now)
+        return outgoing
 
     def expire(self, now: float) -> list[Outgoing]:
         """Drop every member silent for ``idle_timeout``; a silent host closes its room."""
@@ -317,16 +417,30 @@ class RoomRegistry:
             oldest = next(iter(self._activity))
             if oldest.last_seen > limit:
                 break
-            outgoing += self._remove(oldest, Presence.TIMED_OUT)  # takes it off _activity
+            outgoing += self._remove(oldest, Presence.TIMED_OUT, now)  # off _activity
+        resends = self._resends
+        while resends and resends[0][0] <= now:
+            outgoing.append(heapq.heappop(resends)[2])
+        gone = self.gone
+        while gone and next(iter(gone.values())).until <= now:
+            gone.popitem(last=False)
         return outgoing
 
-    def close_all(self, reason: ClosedReason) -> list[Outgoing]:
+    def close_all(self, reason: ClosedReason, now: float) -> list[Outgoing]:
         """Close every room (server shutdown): each member gets CLOSED with ``reason``.
 
-        The registry then refuses every create and join.
+        The registry then refuses every create and join. Delivery members' copies are
+        due again (:meth:`next_deadline`) for a while after.
         """
         self.closed = True
-        return [self._close(room, reason) for room in list(self.rooms.values())]
+        return [out for room in list(self.rooms.values()) for out in self._close(room, reason, now)]
+
+    def gone_reply(self, token: bytes, ip: str, now: float) -> bytes | None:
+        """What to answer a gone delivery member's token from ``ip``, or None."""
+        gone = self.gone.get(token)
+        if gone is None or gone.until <= now or canonical_ip(gone.ip) != canonical_ip(ip):
+            return None
+        return gone.reply
 
     # -- the relay's view --------------------------------------------------------
 
@@ -336,6 +450,14 @@ class RoomRegistry:
         if member is None or member.room.name_bytes != room_name:
             return None
         if member.ip != ip and not self._same_ip(member, ip):
+            return None
+        return member
+
+    def authenticate_token(self, token: bytes, ip: str) -> Member | None:
+        """The member an extended datagram speaks for (section 3: token and IP; the
+        token names its room)."""
+        member = self.by_token.get(token)
+        if member is None or (member.ip != ip and not self._same_ip(member, ip)):
             return None
         return member
 
@@ -393,11 +515,14 @@ class RoomRegistry:
         if len(room.members) >= self.max_members:
             raise RoomError(ErrorCode.ROOM_FULL, f'room "{room.name}" is full')
 
-    def _add_member(self, room: Room, username: str, ip: str, now: float) -> Member:
+    def _add_member(self, room: Room, username: str, ip: str, now: float, delivery: bool) -> Member:
         token = self._new_token()
         while token.encode("ascii") in self.by_token:  # never with a real CSPRNG
             token = self._new_token()
         member = Member(username, token, ip, room, now)
+        if delivery:
+            member.relayed = RelayedLog()
+            member.repairs = Budget(self.repair_rate, self.repair_rate, now)
         room.members[username.casefold()] = member
         self.by_token[member.token_bytes] = member
         self._activity[member] = None
@@ -407,10 +532,17 @@ class RoomRegistry:
     def _same_ip(member: Member, ip: str) -> bool:
         return canonical_ip(member.ip) == canonical_ip(ip)
 
-    def _remove(self, member: Member, how: Presence) -> list[Outgoing]:
+    def _remember_gone(self, member: Member, reply: bytes, now: float) -> None:
+        gone = self.gone
+        gone.pop(member.token_bytes, None)
+        gone[member.token_bytes] = Gone(member.ip, reply, now + self.idle_timeout)
+        while len(gone) > MAX_GONE:
+            gone.popitem(last=False)
+
+    def _remove(self, member: Member, how: Presence, now: float) -> list[Outgoing]:
         room = member.room
         if member is room.host:
-            return [self._close(room, HostGone(member.name, how))]
+            return self._close(room, HostGone(member.name, how), now)
         del room.members[member.name.casefold()]
         del self.by_token[member.token_bytes]
         del self._activity[member]
@@ -423,10 +555,18 @@ class RoomRegistry:
         )
         return [room.announce(Kind.NOTICE, format_notice(MemberEvent(member.name, how)))]
 
-    def _close(self, room: Room, reason: ClosedReason) -> Outgoing:
+    def _close(self, room: Room, reason: ClosedReason, now: float) -> list[Outgoing]:
         text = format_closed(reason)
         closed = room.announce(Kind.CLOSED, text)
+        if room.delivery_addresses:  # once more later, for those whose copy was lost
+            again = Outgoing(closed.datagram, room.delivery_addresses)
+            for intervals in CLOSED_RESENDS:
+                self._resend_count += 1
+                due = now + intervals * self.closed_resend_interval
+                heapq.heappush(self._resends, (due, self._resend_count, again))
         for member in room.members.values():
+            if member.delivery:
+                self._remember_gone(member, closed.datagram, now)
             del self.by_token[member.token_bytes]
             del self._activity[member]
         room.members.clear()
@@ -438,4 +578,4 @@ class RoomRegistry:
             if not self._rooms_by_ip[host_ip]:
                 del self._rooms_by_ip[host_ip]
         log.info('room "%s" closed: %s', room.name, text)
-        return closed
+        return [closed]

@@ -1,56 +1,104 @@
-"""The relay core: what the server does with each UDP datagram (section 2).
+"""The relay core: what the server does with each UDP datagram (sections 2 and 3).
 
-Bytes and a source address in, :class:`~ocm.server.registry.Outgoing` datagrams out, time
-passed in. It checks every datagram on its own (size, layout, token, room, source IP,
-UTF-8), so one malformed datagram costs its sender an ERROR and nobody else anything.
+Bytes and a source address in, datagrams out, time passed in. It checks every datagram
+on its own (size, layout, token, room, source IP, UTF-8), so one malformed datagram
+costs its sender an ERROR and nobody else anything.
+
+Version 1 datagrams take the fast path: one chat line, one datagram to the room. A
+delivery member's extended datagrams (first byte 0) are DATA (relayed once per message
+number, as CHAT to delivery members and MESSAGE to version 1 members), PING (answered
+with STATUS), REPAIR (answered from the room's history, within the member's budget)
+and LEAVE (answered with DEPARTED). Every chat line, NOTICE and CLOSED of a room goes
+into its history.
 
 Reflection: an unauthenticated datagram is never answered with more bytes than it
-carried, and each source IP gets at most ``Limits.error_replies_per_second`` ERRORs a second.
+carried, and each source IP gets at most ``Limits.error_replies_per_second`` ERRORs a
+second (RESTARTED, the answer to a PING from before a restart: 100 a second, since a
+whole office behind one address may be asking at once).
 """
 
 from __future__ import annotations
 
+import struct
+
 from ocm.errors import ProtocolError
 from ocm.server.guards import ErrorReplyLimiter
-from ocm.server.registry import Address, Outgoing, RoomRegistry
-from ocm.wire.constants import CLIENT_HEADER_SIZE, MAX_DATAGRAM, SERVER_HEADER_SIZE
+from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
+from ocm.wire.constants import CLIENT_HEADER_SIZE, MAX_DATAGRAM, SEQ_CYCLE, SERVER_HEADER_SIZE
 from ocm.wire.datagrams import Kind, server_datagram_prefix, split_client_datagram
+from ocm.wire.delivery import (
+    BOOT_SIZE,
+    MAX_REPAIR_RANGES,
+    Accepted,
+    ClientType,
+    DeliveryKind,
+    Lost,
+    Restarted,
+    Status,
+    chat_prefix,
+    encode_received,
+    split_extended,
+)
 from ocm.wire.texts import NotUtf8, TooLong, UnknownToken, format_refusal
 
-__all__ = ["Answer", "RelayCore"]
+__all__ = ["Answer", "Answers", "RelayCore"]
 
-# What the relay sends for one datagram: one datagram, to each of these addresses.
+# What the relay sends for one datagram: one datagram, to each of these addresses; or,
+# for the few datagrams that need more than one (a chat line in a room of both kinds of
+# member, a REPAIR), a list of them.
 Answer = tuple[bytes, tuple[Address, ...]]
+Answers = Answer | list[Answer]
+# RESTARTED replies per source IP per second (and as many in a burst).
+RESTARTED_RATE = 100.0
+RESTARTED_TEXT = "the server restarted"
 
 _MESSAGE = Kind.MESSAGE
 _ERROR_PREFIX = server_datagram_prefix(Kind.ERROR, 0)
 _UNKNOWN_TOKEN = format_refusal(UnknownToken())
 _NOT_UTF8 = format_refusal(NotUtf8())
+_CHAT_OVERHEAD = SERVER_HEADER_SIZE + 4  # header and MsgNo: a CHAT is this + sender + text
+_U32 = struct.Struct("!I")
+_RANGE = struct.Struct("!IH")
+_RESTARTED = encode_received(Restarted(RESTARTED_TEXT))
 
 
 class RelayCore:
     """Turns client datagrams into relayed MESSAGEs and ERROR replies."""
 
-    def __init__(self, registry: RoomRegistry, errors: ErrorReplyLimiter | None = None) -> None:
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        errors: ErrorReplyLimiter | None = None,
+        restarts: ErrorReplyLimiter | None = None,
+    ) -> None:
         self.registry = registry
         self.errors = errors or ErrorReplyLimiter()
+        self.restarts = restarts or ErrorReplyLimiter(RESTARTED_RATE)
         # Counters for logs and tests: what was dropped and why.
         self.relayed = 0
         self.rejected = 0
+        self.duplicates = 0  # DATA that arrived again: confirmed, not relayed
+        self.repaired = 0  # datagrams sent again on request
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> list[Outgoing]:
         """Handle one client datagram from ``address``; return what to send."""
         answer = self.answer(data, address, now)
-        return [] if answer is None else [Outgoing(*answer)]
+        if answer is None:
+            return []
+        if isinstance(answer, tuple):
+            return [Outgoing(*answer)]
+        return [Outgoing(*item) for item in answer]
 
-    def answer(self, data: bytes, address: Address, now: float) -> Answer | None:
+    def answer(self, data: bytes, address: Address, now: float) -> Answers | None:
         """:meth:`datagram_received` for the UDP adapter's hot path.
 
-        The relay answers a datagram with at most one datagram (to the room, or an
+        The relay answers most datagrams with at most one datagram (to the room, or an
         ERROR to the sender), so it returns that pair, or None, and a relayed chat line
-        allocates nothing but the datagram itself.
+        allocates nothing but the datagram itself; the few that need more get a list.
         """
         size = len(data)
+        if size and not data[0]:
+            return self._extended(data, address, now)
         # Fast path, inlined from wire.datagrams.split_client_datagram: a chat datagram
         # is parsed with two index reads and three slices.
         if CLIENT_HEADER_SIZE <= size <= MAX_DATAGRAM and data[0] and data[1]:
@@ -78,22 +126,171 @@ class RelayCore:
                     except UnicodeDecodeError:
                         return self._refuse(address, now, None, _NOT_UTF8)
                 self.relayed += 1
-                prefix = server_datagram_prefix(_MESSAGE, room.next_seq(), member.name_bytes)
-                return prefix + text, room.addresses
+                seq = room.next_seq()
+                message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
+                room.history.append(seq, message)
+                if not room.delivery_addresses:
+                    return message, room.addresses
+                chat = chat_prefix(seq, member.name_bytes, 0) + text  # MsgNo 0: version 1
+                return [(message, room.v1_addresses), (chat, room.delivery_addresses)]
         try:
             split_client_datagram(data)
         except ProtocolError as error:
             return self._refuse(address, now, size, error.message)
         raise AssertionError("fast path and decoder disagree")  # pragma: no cover
 
-    def _refuse(self, address: Address, now: float, cap: int | None, why: str) -> Answer | None:
+    # -- the delivery extension (section 3) ---------------------------------------------
+
+    def _extended(self, data: bytes, address: Address, now: float) -> Answers | None:
+        size = len(data)
+        try:
+            kind, token, body = split_extended(data)
+        except ProtocolError as error:
+            return self._refuse(address, now, size, error.message)
+        member = self.registry.authenticate_token(token, address[0])
+        if member is None or member.relayed is None:
+            return self._stranger(kind, token, body, address, now, size)
+        self.registry.touch(member, address, now)
+        try:
+            match kind:
+                case ClientType.DATA:
+                    return self._data(member, body, address, now)
+                case ClientType.PING:
+                    if len(body) != 4 + BOOT_SIZE:
+                        raise ValueError("a Ping body is 12 bytes")
+                    nonce = _U32.unpack_from(body)[0]
+                    return encode_received(Status(member.room.seq, nonce)), (address,)
+                case ClientType.REPAIR:
+                    return self._repair(member, body, address, now)
+                case ClientType.LEAVE:
+                    if body:
+                        raise ValueError("a Leave has no body")
+                    return self._leave(member, address, now)
+        except (ValueError, struct.error) as error:
+            return self._refuse(address, now, None, f"malformed extended datagram: {error}")
+        return self._refuse(address, now, None, f"unknown extended datagram type {kind}")
+
+    def _stranger(
+        self, kind: int, token: bytes, body: bytes, address: Address, now: float, size: int
+    ) -> Answer | None:
+        """An extended datagram whose token is not a delivery member's (from that IP)."""
+        restarted = kind == ClientType.PING and len(body) == 4 + BOOT_SIZE
+        if restarted and body[4:] != self.registry.boot:
+            # Joined an earlier incarnation: every room of that one is gone.
+            self.rejected += 1
+            if len(_RESTARTED) > size or not self.restarts.allow(address[0], now):
+                return None
+            return _RESTARTED, (address,)
+        reply = self.registry.gone_reply(token, address[0], now)
+        if reply is not None:  # its room closed, or it left: say so again
+            return reply, (address,)
+        return self._refuse(address, now, size, _UNKNOWN_TOKEN)
+
+    def _data(self, member: Member, body: bytes, address: Address, now: float) -> Answers | None:
+        relayed = member.relayed
+        assert relayed is not None
+        msg_no = _U32.unpack_from(body)[0]
+        text = body[4:]
+        if msg_no == 0 or not text:
+            raise ValueError("a Data has a message number from 1 and text")
+        seq = relayed.seen(msg_no)
+        if seq is not None:  # a retransmission or a network duplicate
+            self.duplicates += 1
+            return encode_received(Accepted(seq, msg_no)), (address,)
+        if _CHAT_OVERHEAD + len(member.name_bytes) + len(text) > MAX_DATAGRAM:
+            limit = MAX_DATAGRAM - _CHAT_OVERHEAD - len(member.name_bytes)
+            return self._refuse(address, now, None, format_refusal(TooLong(limit)), msg_no)
+        if not text.isascii():
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._refuse(address, now, None, _NOT_UTF8, msg_no)
+        self.relayed += 1
+        room = member.room
+        seq = room.next_seq()
+        relayed.record(msg_no, seq)
+        chat = chat_prefix(seq, member.name_bytes, msg_no) + text
+        room.history.append(seq, chat)
+        if not room.v1_addresses:
+            return chat, room.delivery_addresses
+        message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
+        return [(chat, room.delivery_addresses), (message, room.v1_addresses)]
+
+    def _repair(self, member: Member, body: bytes, address: Address, now: float) -> Answers | None:
+        """The Seqs asked for, as first sent, within the member's budget; one LOST for the
+        part of a range older than the history; nothing for Seqs not sent yet.
+
+        The work is bounded by the budget, not by what was asked: the ranges are cut by
+        arithmetic (the history holds the newest Seqs, consecutive), then only the
+        granted datagrams are looked up.
+        """
+        if not body or len(body) % _RANGE.size or len(body) // _RANGE.size > MAX_REPAIR_RANGES:
+            raise ValueError(f"a Repair holds 1-{MAX_REPAIR_RANGES} ranges")
+        room = member.room
+        latest = room.seq
+        kept = len(room.history)  # the Seqs latest - kept + 1 .. latest
+        plan: list[tuple[int, int, int]] = []  # (first, lost, available) per range
+        wanted = 0
+        for first, count in _RANGE.iter_unpack(body):
+            if first == 0 or count == 0:
+                raise ValueError("a repair range starts at Seq 1 and is not empty")
+            behind = (latest - first) % SEQ_CYCLE  # how many Seqs before the newest
+            if latest == 0 or behind >= SEQ_CYCLE // 2:
+                continue  # not sent yet: the whole range is in the future
+            count = min(count, behind + 1)
+            lost = min(count, max(0, behind - kept + 1))
+            plan.append((first, lost, count - lost))
+            wanted += (1 if lost else 0) + count - lost
+        budget = member.repairs
+        assert budget is not None
+        left = budget.take(wanted, now)
+        self.repaired += left
+        to = (address,)
+        answers: list[Answer] = []
+        for first, lost, available in plan:
+            if lost and left:
+                answers.append((encode_received(Lost(first, lost)), to))
+                left -= 1
+            start = first + lost
+            for offset in range(min(available, left)):
+                datagram = room.history.get((start + offset - 1) % SEQ_CYCLE + 1)
+                assert datagram is not None  # within the newest ``kept``
+                answers.append((_as_chat(datagram), to))
+            left -= min(available, left)
+        return answers or None
+
+    def _leave(self, member: Member, address: Address, now: float) -> Answers:
+        outgoing = self.registry.leave_member(member, now)
+        reply = self.registry.gone_reply(member.token_bytes, address[0], now)
+        assert reply is not None  # leave_member just remembered it
+        return [(reply, (address,)), *((out.datagram, out.addresses) for out in outgoing)]
+
+    def _refuse(
+        self, address: Address, now: float, cap: int | None, why: str, msg_no: int = 0
+    ) -> Answer | None:
         """An ERROR to ``address``; ``cap`` bounds its size for unauthenticated senders."""
         self.rejected += 1
         if not self.errors.allow(address[0], now):
             return None
-        reply = _ERROR_PREFIX + why.encode("utf-8")
+        # Section 3: an ERROR that answers a DATA carries its MsgNo where Seq would be.
+        prefix = _ERROR_PREFIX if not msg_no else server_datagram_prefix(Kind.ERROR, msg_no)
+        reply = prefix + why.encode("utf-8")
         if cap is not None:
             if cap < SERVER_HEADER_SIZE:
                 return None  # even a bare header would be more than we received
             reply = reply[:cap]
         return reply, (address,)
+
+
+def _as_chat(datagram: bytes) -> bytes:
+    """A datagram from the history as a delivery member receives it: a version 1
+    member's MESSAGE becomes a CHAT with MsgNo 0."""
+    if datagram[0] != Kind.MESSAGE:
+        return datagram
+    sender_end = SERVER_HEADER_SIZE + datagram[5]
+    return (
+        bytes((DeliveryKind.CHAT,))
+        + datagram[1:sender_end]
+        + b"\x00\x00\x00\x00"
+        + datagram[sender_end:]
+    )

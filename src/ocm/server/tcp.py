@@ -14,12 +14,14 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from ocm.errors import ErrorCode, OCMError, ProtocolError
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
 from ocm.server.registry import Member, Outgoing, PendingCreate, PendingJoin, RoomRegistry
+from ocm.wire.delivery import DELIVERY
 from ocm.wire.framer import TcrpReader
 from ocm.wire.tcrp import (
     Ack,
@@ -203,27 +205,30 @@ class TcrpHandler:
     async def _handle(self, request: Request, ip: str) -> Reply:
         registry = self.registry
         match request:
-            case CreateRoom(room, username, password):
+            case CreateRoom(room, username, password, features):
                 creating = registry.begin_create(room, username, ip)
                 secret = None
                 if password:
                     hashing = functools.partial(PasswordHash.create, password)
                     secret = await self._hash(creating, hashing)
-                member = registry.finish_create(creating, secret, self._clock())
+                delivery = DELIVERY in features  # section 3: granted to whoever asks
+                member = registry.finish_create(creating, secret, self._clock(), delivery=delivery)
                 return self._admission(Operation.CREATE_ROOM, member)
-            case JoinRoom(room, username, password):
+            case JoinRoom(room, username, password, features):
                 joining = registry.begin_join(room, username, ip, self._clock())
                 password_ok = False
                 if joining.expected is not None:
                     checking = functools.partial(joining.expected.verify, password)
                     password_ok = await self._hash(joining, checking)
-                member, outgoing = registry.finish_join(joining, password_ok, self._clock())
+                member, outgoing = registry.finish_join(
+                    joining, password_ok, self._clock(), delivery=DELIVERY in features
+                )
                 self._send(outgoing)
                 return self._admission(Operation.JOIN_ROOM, member)
             case ListRooms():
                 return RoomList(tuple(registry.list_rooms()))
             case LeaveRoom(room, token):
-                self._send(registry.leave(room, token, ip))
+                self._send(registry.leave(room, token, ip, self._clock()))
                 return Left(room)
         raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
 
@@ -243,8 +248,9 @@ class TcrpHandler:
         room = member.room
         assert room.host is not None
         members = tuple(m.name for m in room.members.values())
-        idle_timeout = self.registry.idle_timeout
-        return Admission(
+        registry = self.registry
+        idle_timeout = registry.idle_timeout
+        admission = Admission(
             operation,
             room.name,
             member.token,
@@ -254,4 +260,15 @@ class TcrpHandler:
             # Tell the client how often to heartbeat (an OCM extension); an endless
             # timeout has no JSON number, and needs no heartbeat.
             idle_timeout if math.isfinite(idle_timeout) else None,
+        )
+        if not member.delivery:
+            return admission  # version 1, byte for byte
+        # Section 3: the member receives every Seq after this one (its own join NOTICE
+        # was the last), whether or not the server knows its UDP address yet.
+        return replace(
+            admission,
+            features=(DELIVERY,),
+            seq=room.seq,
+            boot=registry.boot.hex(),
+            history=registry.history_messages,
         )

@@ -82,8 +82,13 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             # A bug must cost one datagram, never the relay.
             log.exception("unexpected error handling a datagram from %s", addr[0])
             return
-        if answer is not None:
+        if answer is None:
+            return
+        if isinstance(answer, tuple):
             self.send_to(answer[0], answer[1])
+        else:
+            for datagram, addresses in answer:
+                self.send_to(datagram, addresses)
 
     def send(self, outgoing: Iterable[Outgoing]) -> None:
         for item in outgoing:

@@ -1,0 +1,355 @@
+"""Unit tests of the delivery extension on the server (docs/protocol.md, section 3):
+the relay and the registry with delivery members, time passed in, no sockets.
+
+Each test drives RelayCore with encoded datagrams from a source address and decodes
+what comes out with ocm.wire.delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ocm.client.exchange import read_message
+from ocm.server.guards import ErrorReplyLimiter
+from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
+from ocm.server.relay import RESTARTED_RATE, RelayCore
+from ocm.wire import (
+    ClientDatagram,
+    CreateRoom,
+    JoinRoom,
+    Kind,
+    ServerDatagram,
+    decode_server_datagram,
+    encode_client_datagram,
+    encode_request,
+)
+from ocm.wire.delivery import (
+    Accepted,
+    Chat,
+    Data,
+    Departed,
+    Extended,
+    Leave,
+    Lost,
+    Ping,
+    Received,
+    Repair,
+    Restarted,
+    Status,
+    decode_received,
+    encode_extended,
+)
+from ocm.wire.texts import ServerShutdown
+from tests.kit import LOOPBACK, MS, TcrpConnection, UdpPeer, admit, running_server
+
+IP = "127.0.0.1"
+OTHER_IP = "127.0.0.2"
+ALICE = (IP, 40001)
+BOB = (OTHER_IP, 40002)
+CAROL = (IP, 40003)
+BOOT = bytes.fromhex("0011223344556677")
+
+
+class Room:
+    """A relay with "lobby": alice (host) and bob speak delivery, carol (optional)
+    version 1; everyone registered (one datagram each)."""
+
+    def __init__(self, *, carol: bool = False, **registry: int | float) -> None:
+        self.registry = RoomRegistry(idle_timeout=60.0, boot=BOOT, **registry)  # type: ignore[arg-type]
+        self.relay = RelayCore(self.registry, ErrorReplyLimiter(rate=1000.0))
+        self.alice = self.registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+        self.bob, _ = self.registry.join_room("lobby", "bob", None, OTHER_IP, 0.0, delivery=True)
+        self.ping(self.alice, ALICE)
+        self.ping(self.bob, BOB)
+        self.carol: Member | None = None
+        if carol:
+            self.carol, _ = self.registry.join_room("lobby", "carol", None, IP, 0.0)
+            v1 = encode_client_datagram(ClientDatagram("lobby", self.carol.token))
+            assert self.relay.datagram_received(v1, CAROL, 0.0) == []
+
+    def send(self, datagram: Extended, source: Address, now: float = 1.0) -> list[Outgoing]:
+        return self.relay.datagram_received(encode_extended(datagram), source, now)
+
+    def ping(self, member: Member, source: Address, nonce: int = 1) -> Status:
+        (status,) = replies(self.send(Ping(member.token, nonce, BOOT), source))
+        assert isinstance(status, Status) and status.nonce == nonce
+        return status
+
+    def say(self, member: Member, source: Address, msg_no: int, text: str) -> list[Outgoing]:
+        return self.send(Data(member.token, msg_no, text), source)
+
+
+def replies(outgoing: list[Outgoing]) -> list[Received]:
+    return [decode_received(out.datagram) for out in outgoing]
+
+
+def test_a_message_is_relayed_once_however_often_it_arrives() -> None:
+    room = Room()
+    (chat,) = room.say(room.alice, ALICE, 1, "hi")
+    assert decode_received(chat.datagram) == Chat(2, "alice", 1, "hi")  # Seq 1: bob joined
+    assert set(chat.addresses) == {ALICE, BOB}
+    for _ in range(3):  # the retransmissions, or the network's duplicates
+        (accepted,) = room.say(room.alice, ALICE, 1, "hi")
+        assert decode_received(accepted.datagram) == Accepted(2, 1)
+        assert accepted.addresses == (ALICE,)
+    assert (room.registry.rooms["lobby"].seq, room.relay.relayed, room.relay.duplicates) == (
+        2,
+        1,
+        3,
+    )
+
+
+def test_message_numbers_may_arrive_out_of_order() -> None:
+    room = Room()
+    assert replies(room.say(room.bob, BOB, 2, "second")) == [Chat(2, "bob", 2, "second")]
+    assert replies(room.say(room.bob, BOB, 1, "first")) == [Chat(3, "bob", 1, "first")]
+    assert replies(room.say(room.bob, BOB, 2, "second")) == [Accepted(2, 2)]
+
+
+def test_a_mixed_room_gets_chat_and_message() -> None:
+    room = Room(carol=True)
+    assert room.carol is not None
+    out = room.say(room.alice, ALICE, 1, "hi")
+    by_kind = {decode_received(o.datagram).__class__: o for o in out}
+    assert decode_received(by_kind[Chat].datagram) == Chat(3, "alice", 1, "hi")
+    assert set(by_kind[Chat].addresses) == {ALICE, BOB}
+    assert decode_server_datagram(by_kind[ServerDatagram].datagram) == ServerDatagram(
+        Kind.MESSAGE, 3, "alice", "hi"
+    )
+    assert by_kind[ServerDatagram].addresses == (CAROL,)
+    # And carol's version 1 message reaches the delivery members as a CHAT numbered 0.
+    v1 = encode_client_datagram(ClientDatagram("lobby", room.carol.token, "yo"))
+    out = room.relay.datagram_received(v1, CAROL, 1.0)
+    assert {(type(r), getattr(r, "seq", None)) for r in replies(out)} == {
+        (ServerDatagram, 4),
+        (Chat, 4),
+    }
+    (chat,) = [o for o in out if o.addresses != (CAROL,)]
+    assert decode_received(chat.datagram) == Chat(4, "carol", 0, "yo")
+
+
+def test_a_ping_is_answered_with_the_latest_seq() -> None:
+    room = Room()
+    room.say(room.bob, BOB, 1, "a")
+    room.say(room.bob, BOB, 2, "b")
+    assert room.ping(room.alice, ALICE, nonce=77) == Status(3, 77)
+
+
+def test_a_ping_from_an_earlier_incarnation_is_told_restarted() -> None:
+    room = Room()
+    # Any token, a boot that is not ours: the server restarted since that member joined.
+    ping = encode_extended(Ping("x" * 32, 5, bytes(8)))
+    (reply,) = replies(room.relay.datagram_received(ping, ("10.0.0.1", 5), 1.0))
+    assert isinstance(reply, Restarted)
+    assert len(room.relay.datagram_received(ping, ("10.0.0.1", 5), 1.0)[0].datagram) <= len(ping)
+
+
+def test_restarted_reaches_a_whole_office_behind_one_address() -> None:
+    """150 clients behind one NAT address all learn it within a second; the version 1
+    ERROR budget (5 a second) would have told 5."""
+    room = Room()
+    told = 0
+    for n in range(150):
+        ping = encode_extended(Ping(f"{n:032d}", 1, bytes(8)))
+        told += len(room.relay.datagram_received(ping, ("10.0.0.1", 1000 + n), 0.5))
+    assert told == min(150, int(RESTARTED_RATE))
+    assert RESTARTED_RATE >= 100
+
+
+def test_a_repair_sends_the_datagrams_again_as_first_sent() -> None:
+    room = Room()
+    for n in range(1, 4):
+        room.say(room.bob, BOB, n, f"m{n}")
+    out = room.send(Repair(room.alice.token, ((2, 2), (4, 10))), ALICE)
+    assert [o.addresses for o in out] == [(ALICE,)] * 3
+    assert replies(out) == [
+        Chat(2, "bob", 1, "m1"),
+        Chat(3, "bob", 2, "m2"),
+        Chat(4, "bob", 3, "m3"),  # and nothing for Seqs 5 to 13: not sent yet
+    ]
+    # The join NOTICE (Seq 1) comes back as it was.
+    (notice,) = replies(room.send(Repair(room.alice.token, ((1, 1),)), ALICE))
+    assert notice == ServerDatagram(Kind.NOTICE, 1, "", "bob joined")
+
+
+def test_a_repair_of_forgotten_seqs_is_answered_lost() -> None:
+    room = Room(history_messages=3)
+    for n in range(1, 7):  # Seqs 2..7; the history keeps 5, 6, 7
+        room.say(room.bob, BOB, n, f"m{n}")
+    out = replies(room.send(Repair(room.alice.token, ((1, 6),)), ALICE))
+    assert out == [Lost(1, 4), Chat(5, "bob", 4, "m4"), Chat(6, "bob", 5, "m5")]
+
+
+def test_repairs_are_paced_and_the_work_is_bounded() -> None:
+    room = Room(repair_rate=5)
+    for n in range(1, 21):
+        room.say(room.bob, BOB, n, "x")
+    ask = Repair(room.alice.token, ((1, 0xFFFF),) * 64)  # millions of Seqs asked
+    assert len(room.send(ask, ALICE, now=2.0)) == 5  # the burst
+    assert room.send(ask, ALICE, now=2.0) == []  # spent
+    assert len(room.send(ask, ALICE, now=2.5)) == 2  # 5 a second
+
+
+def test_a_member_can_fetch_what_came_before_it_entered() -> None:
+    room = Room()
+    room.say(room.alice, ALICE, 1, "before dave")
+    dave, _ = room.registry.join_room("lobby", "dave", None, IP, 2.0, delivery=True)
+    # Dave has sent nothing yet: the server does not know his address, but he can ask.
+    out = room.send(Repair(dave.token, ((1, 3),)), ("127.0.0.1", 40009), now=3.0)
+    texts = [r.text for r in replies(out)]  # type: ignore[union-attr]
+    assert texts == ["bob joined", "before dave", "dave joined"]
+
+
+def test_leave_is_confirmed_every_time_it_arrives() -> None:
+    room = Room()
+    out = room.send(Leave(room.bob.token), BOB)
+    assert replies(out) == [Departed(), ServerDatagram(Kind.NOTICE, 2, "", "bob left")]
+    assert out[0].addresses == (BOB,)
+    # The DEPARTED was lost: bob asks again, and is told again, and nobody else hears.
+    assert replies(room.send(Leave(room.bob.token), BOB)) == [Departed()]
+    # From another address, the token is just unknown.
+    (error,) = replies(room.send(Leave(room.bob.token), ("10.9.9.9", 1)))
+    assert isinstance(error, ServerDatagram) and error.kind is Kind.ERROR
+
+
+def test_a_closed_rooms_members_are_told_closed_again_and_again() -> None:
+    room = Room(closed_resend_interval=0.2)
+    out = room.send(Leave(room.alice.token), ALICE, now=5.0)  # the host leaves
+    closed = ServerDatagram(Kind.CLOSED, 2, "", "host alice left; the room is closed")
+    assert replies(out) == [Departed(), closed]
+    # Bob missed it; his next datagram is answered with the room's CLOSED.
+    (again,) = replies(room.say(room.bob, BOB, 1, "anyone?"))
+    assert again == closed
+    # And the registry sends it again, after 0.2 s and 0.6 s.
+    registry = room.registry
+    assert registry.next_deadline() == 5.2
+    (first,) = registry.expire(5.2)
+    assert decode_received(first.datagram) == closed and set(first.addresses) == {ALICE, BOB}
+    assert registry.next_deadline() == 5.6
+    assert len(registry.expire(5.6)) == 1 and registry.next_deadline() is None
+
+
+def test_shutdown_resends_closed_to_delivery_members_only() -> None:
+    room = Room(carol=True, closed_resend_interval=0.1)
+    (closed,) = room.registry.close_all(ServerShutdown(), 3.0)
+    assert set(closed.addresses) == {ALICE, BOB, CAROL}
+    assert room.registry.next_deadline() == 3.1
+    (again,) = room.registry.expire(3.1)
+    assert set(again.addresses) == {ALICE, BOB}  # version 1 gets version 1: one copy
+
+
+def test_gone_tokens_are_forgotten_after_the_idle_timeout() -> None:
+    room = Room()
+    room.send(Leave(room.bob.token), BOB, now=1.0)
+    room.registry.expire(61.0)
+    (error,) = replies(room.send(Leave(room.bob.token), BOB, now=61.0))
+    assert isinstance(error, ServerDatagram) and error.kind is Kind.ERROR
+
+
+def test_a_too_long_message_is_refused_with_its_number() -> None:
+    """A CHAT carries the sender's name: with a long name, a DATA that fits can make a
+    CHAT that does not."""
+    room = Room()
+    name = "n" * 200
+    long, _ = room.registry.join_room("lobby", name, None, IP, 1.0, delivery=True)
+    text = "x" * (4096 - 3 - len(long.token) - 4)
+    (error,) = replies(room.say(long, ALICE, 7, text))
+    assert isinstance(error, ServerDatagram) and error.kind is Kind.ERROR
+    assert error.seq == 7 and error.text.startswith("message too long: max ")
+
+
+def test_strangers_get_no_more_bytes_than_they_sent() -> None:
+    room = Room()
+    for datagram in (
+        Data("t" * 8, 1, "x"),
+        Repair("t", ((1, 1),)),
+        Leave("t"),
+        Ping("t" * 20, 1, BOOT),
+    ):
+        data = encode_extended(datagram)
+        for out in room.relay.datagram_received(data, ("10.0.0.7", 9), 1.0):
+            assert len(out.datagram) <= len(data)
+    for data in (b"\x00", b"\x00\x01", b"\x00\x09\x01t", b"\x00\x01\x05tok"):
+        for out in room.relay.datagram_received(data, ("10.0.0.7", 9), 1.0):
+            assert len(out.datagram) <= len(data)
+
+
+def test_a_version_1_member_cannot_speak_the_extension() -> None:
+    room = Room(carol=True)
+    assert room.carol is not None
+    (error,) = replies(room.send(Ping(room.carol.token, 1, BOOT), CAROL))
+    assert isinstance(error, ServerDatagram) and error.kind is Kind.ERROR
+
+
+def test_malformed_bodies_from_a_member_are_refused_and_the_relay_goes_on() -> None:
+    room = Room()
+    token = room.alice.token.encode()
+    for body in (
+        b"\x00\x01\x20" + token,
+        b"\x00\x02\x20" + token + b"\x00",
+        b"\x00\x07\x20" + token,
+    ):
+        (error,) = replies(room.relay.datagram_received(body, ALICE, 1.0))
+        assert isinstance(error, ServerDatagram) and error.kind is Kind.ERROR
+    assert replies(room.say(room.alice, ALICE, 1, "still here")) == [
+        Chat(2, "alice", 1, "still here")
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Over real sockets
+# ---------------------------------------------------------------------------
+
+
+async def test_delivery_is_granted_to_those_who_ask_and_v1_stays_byte_exact() -> None:
+    async with running_server() as server:
+        asked = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, ("delivery",)))
+        assert (asked.features, asked.seq, asked.history) == (("delivery",), 0, 1024)
+        assert asked.boot == server.registry.boot.hex()
+        plain = TcrpConnection(*await asyncio.open_connection(LOOPBACK, server.tcp_port))
+        try:
+            plain.writer.write(encode_request(JoinRoom("lobby", "bob")))
+            await plain.writer.drain()
+            await plain.replies.next()  # the ACK
+            message = await read_message(plain.reader, plain.replies.framer)
+        finally:
+            await plain.close()
+        # Version 1: exactly the fields of section 1 and OCM's idle_timeout.
+        assert set(message.payload) == {"token", "udp_port", "host", "members", "idle_timeout"}
+        unknown = await admit(server.tcp_port, JoinRoom("lobby", "carol", None, ("teleport",)))
+        assert unknown.features == () and unknown.seq is None
+
+
+async def test_a_delivery_member_over_udp() -> None:
+    async with running_server() as server:
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, ("delivery",)))
+        boot = bytes.fromhex(alice.boot or "")
+        peer = await UdpPeer.open(alice.udp_port)
+        try:
+            peer.send_raw(encode_extended(Ping(alice.token, 9, boot)))
+            assert decode_received(await peer.recv_raw()) == Status(0, 9)
+            peer.send_raw(encode_extended(Data(alice.token, 1, "hi")))
+            assert decode_received(await peer.recv_raw()) == Chat(1, "alice", 1, "hi")
+            peer.send_raw(encode_extended(Data(alice.token, 1, "hi")))
+            assert decode_received(await peer.recv_raw()) == Accepted(1, 1)
+            peer.send_raw(encode_extended(Leave(alice.token)))
+            assert decode_received(await peer.recv_raw()) == Departed()
+            closed = decode_received(await peer.recv_raw())
+            assert isinstance(closed, ServerDatagram) and closed.kind is Kind.CLOSED
+        finally:
+            peer.close()
+        assert server.registry.rooms == {}
+
+
+async def test_shutdown_tells_delivery_members_three_times() -> None:
+    async with running_server(closed_resend_interval=20 * MS) as server:
+        bob = await admit(server.tcp_port, CreateRoom("lobby", "bob", None, ("delivery",)))
+        peer = await UdpPeer.open(bob.udp_port)
+        try:
+            peer.send_raw(encode_extended(Ping(bob.token, 1, bytes.fromhex(bob.boot or ""))))
+            await peer.recv_raw()  # STATUS
+            await server.close()
+            copies = [decode_received(await peer.recv_raw()) for _ in range(3)]
+            assert copies == [ServerDatagram(Kind.CLOSED, 1, "", "server shutting down")] * 3
+        finally:
+            peer.close()
