@@ -336,6 +336,8 @@ async def test_a_clean_proxy_relays_everything_in_order_both_ways() -> None:
 
 
 async def test_the_library_client_works_through_the_proxy_and_sees_its_losses() -> None:
+    """Version 1 clients (delivery=False) see the loss as a Gap; tests/test_delivery_faults.py
+    shows delivery clients getting the same message back by repair."""
     async with (
         running_server() as server,
         FaultProxy.start(server.tcp_port, server.udp_port, seed=2) as proxy,
@@ -343,10 +345,17 @@ async def test_the_library_client_works_through_the_proxy_and_sees_its_losses() 
         alice = await ready(
             server,
             await ChatClient.create(
-                proxy.address, "lobby", "alice", linger=50 * MS, confirm_timeout=200 * MS
+                proxy.address,
+                "lobby",
+                "alice",
+                linger=50 * MS,
+                confirm_timeout=200 * MS,
+                delivery=False,
             ),
         )
-        bob = await ready(server, await ChatClient.join(proxy.address, "lobby", "bob"))
+        bob = await ready(
+            server, await ChatClient.join(proxy.address, "lobby", "bob", delivery=False)
+        )
         async with alice, bob:
             assert alice.udp_port == proxy.udp_port
             await alice.send("hello")

@@ -48,7 +48,7 @@ def test_the_core_does_no_io_and_reads_no_clock() -> None:
             imported.add(node.module.split(".")[0])
     io = {"asyncio", "selectors", "socket", "ssl", "subprocess", "threading", "time"}
     assert imported & io == set()
-    assert imported - {"__future__"} <= {"collections", "dataclasses", "ocm", "re"}
+    assert imported - {"__future__"} <= {"bisect", "collections", "dataclasses", "ocm", "typing"}
 
 
 # ---------------------------------------------------------------------------
@@ -357,3 +357,18 @@ def test_no_heartbeat_once_the_room_is_over() -> None:
     state = RoomState("bob", "alice", ["alice", "bob"], heartbeat_interval=5.0, now=0.0)
     state.end("left the room")
     assert state.next_deadline() is None and not state.heartbeat_due(99.0)
+
+
+def test_room_state_knows_when_the_server_said_we_are_out() -> None:
+    """close() returns True without leaving when the server ended the room for us."""
+    state = RoomState("bob", "alice", ["alice", "bob"])
+    assert not state.out
+    state.end("lost contact with the server")  # our conclusion, not the server's word
+    assert not state.out
+    for last in (
+        datagram(Kind.CLOSED, 1, "server shutting down"),
+        datagram(Kind.ERROR, 0, "unknown token"),
+    ):
+        state = RoomState("bob", "alice", ["alice", "bob"])
+        state.datagram_received(last)
+        assert state.out and state.ended is not None

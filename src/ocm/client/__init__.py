@@ -3,12 +3,15 @@
 ``from ocm.client import ChatClient, Message`` is all a script needs:
 
 * :class:`ChatClient` (:mod:`ocm.client.chat`) -- one member of one room: create or join,
-  send, iterate the events, close;
+  send, iterate the events, close. It asks for the delivery extension (every message
+  once and in order, ours resent until confirmed, a dead server noticed) and speaks
+  version 1 to a server that does not grant it;
 * :func:`list_rooms` (:mod:`ocm.client.exchange`) -- the rooms on a server;
 * the events (:mod:`ocm.client.events`): :class:`Message`, :class:`Notice`,
   :class:`Closed`, :class:`ErrorReply`, :class:`Gap`, :class:`Undelivered`,
   :class:`Overflow`;
-* the sans-I/O core (:mod:`ocm.client.session`): :class:`RoomState`, :class:`SeqTracker`;
+* the sans-I/O core (:mod:`ocm.client.session`): :class:`RoomState` and
+  :class:`SeqTracker` (version 1), :class:`DeliveryState` (the delivery extension);
 * server addresses (:mod:`ocm.client.address`).
 
 Nothing here imports :mod:`ocm.server`: the two share only :mod:`ocm.wire`.
@@ -33,7 +36,12 @@ from ocm.client.events import (
     Undelivered,
 )
 from ocm.client.exchange import DEFAULT_TIMEOUT, list_rooms
-from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, RoomState, SeqTracker
+from ocm.client.session import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DeliveryState,
+    RoomState,
+    SeqTracker,
+)
 from ocm.wire.constants import DEFAULT_PORT
 from ocm.wire.tcrp import RoomInfo
 
@@ -47,6 +55,7 @@ __all__ = [
     "ChatClient",
     "ChatOptions",
     "Closed",
+    "DeliveryState",
     "ErrorReply",
     "Event",
     "Gap",

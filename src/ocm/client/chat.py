@@ -1,12 +1,22 @@
 """The client's asyncio adapter: :class:`ChatClient`, one member of one room.
 
-Around the sans-I/O core of :mod:`ocm.client.session` (:class:`RoomState`: Seq order,
-members, confirmations, the heartbeat schedule; the event queue; the text limits), the
-same split as the server's registry under its adapters. :class:`ChatClient` enters and
-leaves over TCRP (:mod:`ocm.client.exchange`), holds one connected UDP socket for the
-chat, and one timer that it re-arms from :meth:`RoomState.next_deadline` after every
-change: when it fires, overdue copies are reported and a heartbeat is sent if one is due.
-Only this module reads the clock.
+Around the sans-I/O core of :mod:`ocm.client.session` (Seq order, members,
+confirmations, the heartbeat schedule; the event queue; the text limits), the same split
+as the server's registry under its adapters. :class:`ChatClient` enters and leaves over
+TCRP (:mod:`ocm.client.exchange`), holds one connected UDP socket for the chat, and one
+timer that it re-arms from the core's ``next_deadline()`` after every change. Only this
+module reads the clock (and draws the random numbers that jitter the heartbeat).
+
+It asks for the delivery extension (section 3 of docs/protocol.md) when it enters,
+unless the ``delivery`` option is False. When the server grants it, the core is a
+:class:`DeliveryState`: every message of the room arrives once and in order (gaps are
+repaired), ours are resent until the server confirms them, a silent or restarted server
+ends the session within three heartbeat intervals, and :meth:`ChatClient.close` leaves
+with a LEAVE datagram. The adapter sends whatever datagrams the core makes and feeds it
+what arrives. Otherwise (a version 1 server, or ``delivery=False``) the core is a
+:class:`RoomState` and everything is version 1: the adapter sends heartbeats and chat
+datagrams itself, when the timer fires overdue copies are reported, and close() leaves
+with LEAVE_ROOM over TCP.
 
 Refusals raise the one error tree of :mod:`ocm.errors`: an error ACK is a
 :class:`~ocm.errors.ServerError` with the wire code, an unreachable server is
@@ -15,10 +25,11 @@ Refusals raise the one error tree of :mod:`ocm.errors`: an error ACK is a
 
 UDP has no flow control of its own, so the client brings a little: at most ``window`` of
 our messages are in flight (sent, the server's copy not back yet) and :meth:`ChatClient.send`
-waits for room in the window. A copy that has not come back after ``confirm_timeout``
-seconds is reported as :class:`Undelivered`. Events wait for their reader in a bounded
-buffer; a reader that falls ``max_events`` behind loses the oldest, reported as
-:class:`Overflow`.
+waits for room in the window. Version 1: a copy that has not come back after
+``confirm_timeout`` seconds is reported as :class:`Undelivered`. With delivery a message
+is resent until confirmed, and Undelivered only when the room ends for us with it still
+in flight. Events wait for their reader in a bounded buffer; a reader that falls
+``max_events`` behind loses the oldest, reported as :class:`Overflow`.
 This module never prints and never touches the terminal: sanitising text for display is
 the front end's job (:mod:`ocm.ui.chatview`).
 """
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import Callable
 from typing import Any, TypedDict, Unpack
@@ -36,13 +48,16 @@ from ocm.client.events import Closed, Event
 from ocm.client.exchange import DEFAULT_TIMEOUT, Link, call, describe_error
 from ocm.client.session import (
     DEFAULT_HEARTBEAT_INTERVAL,
+    FEATURES,
+    DeliveryState,
     EventQueue,
     RoomState,
+    delivery_granted,
     encode_text,
     fit_text,
     text_limit,
 )
-from ocm.errors import ConnectionLost, ErrorCode, OCMError, RemoteProtocolError
+from ocm.errors import ConnectionLost, ErrorCode, OCMError, RemoteProtocolError, ServerError
 from ocm.wire.datagrams import ClientDatagram, encode_client_datagram
 from ocm.wire.tcrp import Admission, CreateRoom, JoinRoom, LeaveRoom
 
@@ -51,6 +66,7 @@ __all__ = [
     "DEFAULT_LINGER",
     "DEFAULT_MAX_EVENTS",
     "DEFAULT_WINDOW",
+    "LEAVE_WAIT",
     "ChatClient",
     "ChatOptions",
 ]
@@ -78,6 +94,10 @@ RECEIVE_BUFFER = 1024 * 1024
 # Events waiting for the reader at most. A send-only bot never reads its events; without
 # a bound a busy room would grow its memory forever. 10,000 is minutes of a busy room.
 DEFAULT_MAX_EVENTS = 10_000
+# With delivery, close() resends LEAVE until DEPARTED for this long at most, then falls
+# back to LEAVE_ROOM over TCP: a lossy path gets several tries (the LEAVE is resent
+# every retransmission timeout), and a host's room still closes within about a second.
+LEAVE_WAIT = 1.0
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -87,7 +107,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.client = client
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.client._feed(self.client._state.datagram_received(data))
+        self.client._datagram_received(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable on our connected socket: nothing listens on the server's
@@ -99,14 +119,16 @@ class _Endpoint(asyncio.DatagramProtocol):
 
 class ChatOptions(TypedDict, total=False):
     """The keyword options of :meth:`ChatClient.create` and :meth:`ChatClient.join`;
-    each must be positive."""
+    each number must be positive (``history``: zero or more)."""
 
     heartbeat_interval: float  # seconds between heartbeats
     timeout: float  # seconds for each TCP exchange (enter, leave)
     linger: float  # seconds close() waits for the copies of our last messages
     window: int  # our messages in flight at most: send() waits beyond
-    confirm_timeout: float  # seconds before a message without its copy is Undelivered
+    confirm_timeout: float  # version 1: seconds before a message without its copy is Undelivered
     max_events: int  # events kept for the reader at most: the oldest go first
+    delivery: bool  # ask for the delivery extension (False: a version 1 member)
+    history: int  # with delivery: the room's last N Seqs, delivered first (history=True)
 
 
 _DEFAULT_OPTIONS: ChatOptions = {
@@ -116,19 +138,33 @@ _DEFAULT_OPTIONS: ChatOptions = {
     "window": DEFAULT_WINDOW,
     "confirm_timeout": DEFAULT_CONFIRM_TIMEOUT,
     "max_events": DEFAULT_MAX_EVENTS,
+    "delivery": True,
+    "history": 0,
 }
 
 
 def _settled(options: ChatOptions) -> ChatOptions:
-    """``options`` with the defaults filled in; ValueError for a value not above 0."""
+    """``options`` with the defaults filled in; TypeError for an unknown option or a
+    ``delivery`` that is not a bool, ValueError for a number out of range."""
     unknown = set(options) - set(_DEFAULT_OPTIONS)
     if unknown:
         raise TypeError(f"unknown option {sorted(unknown)[0]!r}")
     settled: ChatOptions = {**_DEFAULT_OPTIONS, **options}
     for key, value in settled.items():
-        if not (isinstance(value, int | float) and value > 0):
+        if key == "delivery":
+            if not isinstance(value, bool):
+                raise TypeError(f"delivery must be True or False, got {value!r}")
+        elif key == "history":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"history must be a whole number, 0 or more, got {value!r}")
+        elif not (isinstance(value, int | float) and value > 0):
             raise ValueError(f"{key} must be positive, got {value!r}")
     return settled
+
+
+def _features(options: ChatOptions) -> tuple[str, ...]:
+    """What to ask for in CREATE_ROOM / JOIN_ROOM: the delivery extension by default."""
+    return FEATURES if options.get("delivery", True) else ()
 
 
 def _admitted_name(request: CreateRoom | JoinRoom, admission: Admission) -> str:
@@ -152,7 +188,8 @@ class ChatClient:
 
     Iterate it (``async for event in chat``) for :data:`Event` values; the iteration
     ends after :class:`Closed` or once :meth:`close` is called. Use it as an async
-    context manager to leave the room on the way out.
+    context manager to leave the room on the way out. :attr:`delivery` says whether the
+    server granted the delivery extension.
     """
 
     def __init__(
@@ -181,13 +218,37 @@ class ChatClient:
         self.max_events = settled["max_events"]
         self._link = link
         self._loop = asyncio.get_running_loop()
-        self._state = RoomState(
-            name,
-            admission.host,
-            admission.members,
-            heartbeat_interval=self.heartbeat_interval,
-            now=self._loop.time(),
-        )
+        # With delivery, close() waits this long for DEPARTED before LEAVE_ROOM.
+        self.leave_wait = LEAVE_WAIT
+        self._left = False  # what close() returns: the server confirmed we are out
+        self._state: RoomState | DeliveryState
+        self.delivery = delivery_granted(admission)
+        if self.delivery:
+            assert admission.seq is not None and admission.boot is not None
+            history = settled["history"]
+            if admission.history is not None:  # never more than the server keeps
+                history = min(history, admission.history)
+            self._state = DeliveryState(
+                name,
+                admission.host,
+                admission.members,
+                room=admission.room,
+                token=admission.token,
+                seq=admission.seq,
+                boot=bytes.fromhex(admission.boot),
+                heartbeat_interval=self.heartbeat_interval,
+                now=self._loop.time(),
+                history=history,
+                random=random.random,
+            )
+        else:
+            self._state = RoomState(
+                name,
+                admission.host,
+                admission.members,
+                heartbeat_interval=self.heartbeat_interval,
+                now=self._loop.time(),
+            )
         self._events = EventQueue(self.max_events)
         self._changed = asyncio.Event()  # replaced by a new one at every change
         self._transport: asyncio.DatagramTransport | None = None
@@ -211,7 +272,8 @@ class ChatClient:
         **options: Unpack[ChatOptions],
     ) -> ChatClient:
         """Create ``room`` (with ``password``, or open) and enter it as its host."""
-        return await cls._enter(server, CreateRoom(room, name, password or None), options)
+        request = CreateRoom(room, name, password or None, _features(options))
+        return await cls._enter(server, request, options)
 
     @classmethod
     async def join(
@@ -223,7 +285,8 @@ class ChatClient:
         **options: Unpack[ChatOptions],
     ) -> ChatClient:
         """Join the existing ``room`` as ``name``."""
-        return await cls._enter(server, JoinRoom(room, name, password or None), options)
+        request = JoinRoom(room, name, password or None, _features(options))
+        return await cls._enter(server, request, options)
 
     @classmethod
     async def _enter(
@@ -281,7 +344,10 @@ class ChatClient:
         if sock is not None:
             with contextlib.suppress(OSError):  # a bigger buffer helps, but is not needed
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        self._send_datagram("")  # section 2: the first heartbeat right after CREATE/JOIN
+        if isinstance(self._state, DeliveryState):
+            self._transmit()  # the first PING (and the history REPAIR) the core made
+        else:
+            self._send_datagram("")  # section 2: the first heartbeat right after CREATE/JOIN
         self._arm_timer()
 
     # -- state ------------------------------------------------------------------
@@ -318,7 +384,7 @@ class ChatClient:
     def max_text_bytes(self) -> int:
         """The longest text (UTF-8 bytes) :meth:`send` accepts for this member and room
         (:func:`~ocm.client.session.text_limit`)."""
-        return text_limit(self.room, self.token, self.name)
+        return text_limit(self.room, self.token, self.name, delivery=self.delivery)
 
     def fit(self, text: str) -> str:
         """``text`` cut to the longest prefix :meth:`send` accepts, on a character
@@ -335,11 +401,13 @@ class ChatClient:
     async def send(self, text: str) -> None:
         """Send chat text to everyone in the room (us included).
 
-        First waits while ``window`` of our messages are in flight: until a copy comes
-        back, or the oldest is given up as :class:`Undelivered` (``confirm_timeout``
-        after it was sent), so the wait is bounded. Raises ProtocolError (``too_large``,
-        ``bad_request``) for text that cannot be sent, and ConnectionLost once the room
-        is over for us.
+        First waits while ``window`` of our messages are in flight: until one is
+        confirmed, or (version 1) the oldest is given up as :class:`Undelivered`
+        (``confirm_timeout`` after it was sent). With delivery a message is resent until
+        confirmed; the wait ends at the latest when the room ends for us (a server that
+        stops answering does so within three heartbeat intervals). Raises ProtocolError
+        (``too_large``, ``bad_request``) for text that cannot be sent, and ConnectionLost
+        once the room is over for us.
         """
         self.check_text(text)
         self._check_open()
@@ -348,8 +416,13 @@ class ChatClient:
         await asyncio.sleep(0)
         await self._wait_until(lambda: self._state.unconfirmed < self.window or self._over)
         self._check_open()
-        self._send_datagram(text)
-        self._state.sent(text, self._loop.time() + self.confirm_timeout)
+        state = self._state
+        if isinstance(state, DeliveryState):
+            state.send(text, self._loop.time())
+            self._transmit()
+        else:
+            self._send_datagram(text)
+            state.sent(text, self._loop.time() + self.confirm_timeout)
         self._arm_timer()
 
     @property
@@ -363,11 +436,21 @@ class ChatClient:
             raise ConnectionLost(f"cannot send, no longer in the room: {why}")
 
     def _send_datagram(self, text: str) -> None:
-        assert self._transport is not None
+        """Version 1: send a chat datagram (or, with no text, a heartbeat)."""
+        assert self._transport is not None and isinstance(self._state, RoomState)
         if self._transport.is_closing():
             return
         self._transport.sendto(encode_client_datagram(ClientDatagram(self.room, self.token, text)))
         self._state.datagram_sent(self._loop.time())
+
+    def _transmit(self) -> None:
+        """With delivery: send every datagram the core has made."""
+        assert isinstance(self._state, DeliveryState)
+        datagrams = self._state.datagrams_to_send()
+        if self._transport is None or self._transport.is_closing():
+            return
+        for data in datagrams:
+            self._transport.sendto(data)
 
     def _arm_timer(self) -> None:
         """Arm the timer for the core's next deadline, unless it is armed for sooner
@@ -386,28 +469,43 @@ class ChatClient:
         self._timer = None
         # The loop may run a timer a clock tick early; it is due all the same.
         now = max(self._loop.time(), self._timer_at)
-        self._feed(self._state.expire(now))
-        if self._state.heartbeat_due(now):
-            self._send_datagram("")
+        state = self._state
+        if isinstance(state, DeliveryState):
+            self._feed(state.handle_timer(now))
+            self._transmit()
+        else:
+            self._feed(state.expire(now))
+            if state.heartbeat_due(now):
+                self._send_datagram("")
         self._arm_timer()
 
     async def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the server's copy of every message sent.
+        """Wait up to ``timeout`` seconds until the server confirmed every message sent.
 
-        True when none is in flight any more: each copy came back, or its message was
-        given up as :class:`Undelivered` (counted in :attr:`undelivered`). False at the
-        timeout, or at once when the room is over with messages still in flight.
+        True when none is in flight any more: each was confirmed, or given up as
+        :class:`Undelivered` (counted in :attr:`undelivered`; with delivery only when
+        the room ended). False at the timeout, or at once when the room is over with
+        messages still in flight.
         """
         try:
             async with asyncio.timeout(timeout):
                 await self._wait_until(
-                    lambda: not self._state.pending or self._state.ended is not None
+                    lambda: not self._state.unconfirmed or self._state.ended is not None
                 )
         except TimeoutError:
             return False
-        return not self._state.pending
+        return not self._state.unconfirmed
 
     # -- receiving ---------------------------------------------------------------
+
+    def _datagram_received(self, data: bytes) -> None:
+        state = self._state
+        if isinstance(state, DeliveryState):
+            self._feed(state.datagram_received(data, self._loop.time()))
+            self._transmit()
+            self._arm_timer()  # a gap to repair may be due sooner than the timer
+        else:
+            self._feed(state.datagram_received(data))
 
     def _feed(self, events: list[Event]) -> None:
         self._events.extend(events)
@@ -437,26 +535,39 @@ class ChatClient:
 
     # -- leaving -----------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Leave the room (LEAVE_ROOM) and stop. Idempotent; never raises for the network.
+    async def close(self) -> bool:
+        """Leave the room and stop. Idempotent; never raises for the network.
 
-        Waits up to ``linger`` seconds for the copies of our last messages first, so the
-        leave does not overtake them. The host's leave closes the room for everyone.
+        Waits up to ``linger`` seconds for the confirmation of our last messages first,
+        so the leave does not overtake them. With delivery it sends LEAVE and resends it
+        until the server answers DEPARTED, for ``leave_wait`` seconds (1 s) at most, then
+        falls back to LEAVE_ROOM over TCP; version 1 sends LEAVE_ROOM. The host's leave
+        closes the room for everyone.
+
+        Returns True when the server confirmed that we are out of the room (DEPARTED,
+        the COMPLETE of LEAVE_ROOM, or, when the room had ended already, the server's
+        CLOSED, RESTARTED or unknown-token ERROR); False when leaving failed (no answer
+        at all) or the room ended without the server's word (it stopped answering).
+        Every call returns the first call's answer.
         """
         if self._closing:
             await self._close_done.wait()
-            return
+            return self._left
         self._closing = True
         self._notify()  # a send waiting for the window gives up
+        state = self._state
         try:
-            if self._state.ended is None:
-                if self._state.pending:
-                    await self.flush(self.linger)
-                self._state.leaving = True
-                with contextlib.suppress(OCMError, OSError):
-                    await self._leave()
-                # Set directly, not fed: leaving ends the iteration without a Closed.
-                self._state.ended = self._state.ended or Closed("left the room")
+            if state.ended is None and state.unconfirmed:
+                await self.flush(self.linger)
+            if state.ended is not None:
+                self._left = state.out  # over already: nothing to leave
+            elif isinstance(state, DeliveryState):
+                self._left = await self._leave_by_datagram(state)
+            else:
+                state.leaving = True
+                self._left = await self._leave_by_tcp() or state.out
+            # Set directly, not fed: leaving ends the iteration without a Closed.
+            state.ended = state.ended or Closed("left the room")
             self._stop_timers()
             if self._transport is not None:
                 self._transport.close()
@@ -464,6 +575,41 @@ class ChatClient:
             self._notify()
         finally:
             self._close_done.set()
+        return self._left
+
+    async def _leave_by_datagram(self, state: DeliveryState) -> bool:
+        """LEAVE until DEPARTED (the core resends it), then LEAVE_ROOM as a fallback."""
+        self._feed(state.leave(self._loop.time()))  # Undelivered for what is in flight
+        self._transmit()
+        self._arm_timer()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.leave_wait):
+                await self._wait_until(lambda: state.ended is not None)
+        if state.out:
+            return True
+        # No DEPARTED: the LEAVEs or their answers were lost, or the UDP path is closed.
+        # The core keeps resending LEAVE meanwhile; whichever is answered first counts.
+        try:
+            await self._leave()
+        except ServerError as error:
+            if error.code is ErrorCode.INVALID_TOKEN:
+                # The server no longer knows the token: most likely a LEAVE arrived and
+                # its DEPARTED was lost. The server answers DEPARTED to a repeated LEAVE
+                # too, so wait for one once more.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.leave_wait):
+                        await self._wait_until(lambda: state.ended is not None)
+            return state.out
+        except (OCMError, OSError):
+            return state.out
+        return True
+
+    async def _leave_by_tcp(self) -> bool:
+        try:
+            await self._leave()
+        except (OCMError, OSError):
+            return False
+        return True
 
     async def _leave(self) -> None:
         await call(

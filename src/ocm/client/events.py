@@ -26,40 +26,51 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class Message:
     """Chat text from ``sender`` (our own messages come back too: the server's copy
-    is the delivery confirmation)."""
+    is the delivery confirmation). ``history`` is True for a message from before we
+    entered, asked for with the ``history`` option (the delivery extension only)."""
 
     sender: str
     text: str
     seq: int
+    history: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A server line about the room: ``"bob joined"``, ``"bob left"``, ``"bob timed out"``."""
+    """A server line about the room: ``"bob joined"``, ``"bob left"``, ``"bob timed out"``.
+    ``history`` as for :class:`Message`: a line from before we entered."""
 
     text: str
     seq: int
+    history: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Closed:
     """The room is over for us; always the last event. ``reason`` is the server's text
     (``"host alice left; the room is closed"``, ``"server shutting down"``) or says why
-    the client concluded it (token no longer valid, server unreachable)."""
+    the client concluded it (token no longer valid, ``"the server stopped answering"``,
+    ``"the server restarted; room lobby no longer exists"``)."""
 
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorReply:
-    """The server rejected one of our datagrams; ``text`` says why."""
+    """The server rejected one of our datagrams; ``text`` says why. With the delivery
+    extension an ERROR names the message it refused, which is then no longer in flight."""
 
     text: str
 
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Datagrams were lost: we expected Seq ``expected`` and got ``got``."""
+    """Datagrams were lost: we expected Seq ``expected`` and got ``got`` (``missed`` of
+    them). Version 1 reports every hole in the Seqs it sees. With the delivery extension
+    the client asks the server for the missing Seqs again, and a Gap means only that the
+    server no longer has them (it answered LOST), or that the client gave up on them to
+    bound its memory or because the room closed: each Seq is reported once, in order,
+    and never delivered afterwards."""
 
     expected: int
     got: int
@@ -71,9 +82,11 @@ class Gap:
 
 @dataclass(frozen=True, slots=True)
 class Undelivered:
-    """Our message ``text`` did not come back from the server within the confirm timeout:
-    most likely lost on the way (UDP does not retransmit). Nobody saw it; send it again
-    if it matters."""
+    """Our message ``text`` was not confirmed. Version 1: its copy did not come back
+    within the confirm timeout, most likely lost on the way (UDP does not retransmit).
+    With the delivery extension the client resends a message until the server confirms
+    it, so this is reported only for messages still unconfirmed when the room ends for
+    us (the server may or may not have relayed them)."""
 
     text: str
 

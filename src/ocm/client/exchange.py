@@ -2,7 +2,10 @@
 new TCP connection each (section 1).
 
 :func:`call` is the one exchange (used for LIST_ROOMS, CREATE/JOIN and LEAVE_ROOM), and
-:func:`list_rooms` the public call for LIST_ROOMS. Bytes are cut into messages by
+:func:`list_rooms` the public call for LIST_ROOMS. An exchange for a token (LEAVE_ROOM)
+connects from the IP address the token is bound to (:class:`Link`), letting the system
+pick the port at connect time where it can (Linux: ``IP_BIND_ADDRESS_NO_PORT``), so that
+many recent connections in TIME_WAIT do not make the bind fail. Bytes are cut into messages by
 :class:`~ocm.wire.framer.TcrpReader`; an error ACK becomes a
 :class:`~ocm.errors.ServerError`, an unreachable server a
 :class:`~ocm.errors.ConnectionLost`.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 from dataclasses import dataclass
 
 from ocm.client.address import format_server_address, parse_server_address
@@ -31,7 +35,15 @@ from ocm.wire.tcrp import (
     parse_reply,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "Link", "call", "describe_error", "list_rooms", "read_message"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Link",
+    "call",
+    "describe_error",
+    "list_rooms",
+    "open_from",
+    "read_message",
+]
 
 # One TCRP exchange (connect, ACK, COMPLETE). Creating a protected room costs the server
 # one scrypt hash (~40 ms); anything near 10 s means the server is not answering.
@@ -39,6 +51,13 @@ DEFAULT_TIMEOUT = 10.0
 # What one read takes off the connection; replies are read through the framer, so a
 # large LIST_ROOMS arrives in as many reads as it needs.
 _READ_SIZE = 64 * 1024
+# Linux: bind() to an address with port 0 only notes the address, and connect() picks the
+# port, free for this destination. A plain bind() must pick a port free for every
+# destination, which fails sooner when thousands of connections wait in TIME_WAIT.
+# (socket.IP_BIND_ADDRESS_NO_PORT is 24; Python names it from 3.12 on.)
+_BIND_ADDRESS_NO_PORT: int | None = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+if _BIND_ADDRESS_NO_PORT is None and sys.platform == "linux":
+    _BIND_ADDRESS_NO_PORT = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +92,28 @@ async def read_message(reader: asyncio.StreamReader, framer: TcrpReader) -> Tcrp
     return message
 
 
+async def open_from(
+    host: str, port: int, local_ip: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to ``host``:``port`` from ``local_ip`` (any port). OSError if
+    the address cannot be bound (it is no longer ours) or the connection fails."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        if _BIND_ADDRESS_NO_PORT is not None:
+            with contextlib.suppress(OSError):  # an older kernel: a plain bind
+                sock.setsockopt(socket.IPPROTO_IP, _BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((local_ip, 0))
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
 async def call(
     address: tuple[str, int],
     request: Request,
@@ -82,11 +123,12 @@ async def call(
 ) -> tuple[Reply, Link]:
     """One TCRP exchange on a new connection: the COMPLETE, or an exception."""
     where = format_server_address(address)
-    host, port = address if link is None else (link.server_ip, address[1])
-    local = None if link is None else (link.local_ip, 0)
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+            if link is None:
+                reader, writer = await asyncio.open_connection(*address)
+            else:  # the token is bound to our IP: keep it
+                reader, writer = await open_from(link.server_ip, address[1], link.local_ip)
     except (OSError, TimeoutError) as error:
         raise ConnectionLost(f"cannot reach server {where} ({describe_error(error)})") from None
     try:

@@ -1,0 +1,869 @@
+"""ocm.client.session.DeliveryState: the client's core for the delivery extension.
+
+Sans-I/O, like tests/client/test_session.py: datagram bytes made with ocm.wire go in,
+events and the datagrams to send come out, and every time is passed by hand. Nothing
+here sleeps. The adapter around this core is tested through real sockets with a fake
+delivery server in tests/client/test_delivery_client.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocm.client.events import Closed, ErrorReply, Event, Gap, Message, Notice, Undelivered
+from ocm.client.session import (
+    CLOSE_GRACE,
+    FEATURES,
+    INITIAL_RTO,
+    MAX_RTO,
+    MIN_RTO,
+    REORDER_HOLD,
+    REPAIR_INTERVAL,
+    STOPPED_ANSWERING,
+    DeliveryState,
+    delivery_granted,
+    text_limit,
+)
+from ocm.errors import LocalProtocolError
+from ocm.wire import MAX_DATAGRAM, SEQ_CYCLE, Admission, Kind, Operation, ServerDatagram
+from ocm.wire.delivery import (
+    DELIVERY,
+    MAX_REPAIR_COUNT,
+    MAX_REPAIR_RANGES,
+    Accepted,
+    Chat,
+    Data,
+    Departed,
+    Extended,
+    Leave,
+    Lost,
+    Ping,
+    Received,
+    Repair,
+    Restarted,
+    Status,
+    chat_prefix,
+    decode_extended,
+    encode_received,
+)
+
+TOKEN = "t" * 32
+BOOT = bytes.fromhex("5c2b7e0a91d3f468")
+# The heartbeat interval of most tests: the first ping's retry (at 25 s) and the
+# liveness limit (300 s) stay out of their way. The heartbeat tests choose their own.
+INTERVAL = 100.0
+
+
+def make(
+    seq: int = 10,
+    *,
+    now: float = 0.0,
+    history: int = 0,
+    interval: float = INTERVAL,
+    jitter: Iterable[float] | None = None,
+    max_held: int = 4096,
+) -> DeliveryState:
+    """bob in alice's lobby, entered after ``seq``. The first datagrams (the PING, and
+    the history REPAIR) are taken and checked, so each test starts from a clean outbox."""
+    values = iter(jitter) if jitter is not None else None
+    state = DeliveryState(
+        "bob",
+        "alice",
+        ["alice", "bob"],
+        room="lobby",
+        token=TOKEN,
+        seq=seq,
+        boot=BOOT,
+        heartbeat_interval=interval,
+        now=now,
+        history=history,
+        random=(lambda: next(values)) if values is not None else (lambda: 0.0),
+        max_held=max_held,
+    )
+    first = sent(state)
+    assert first[0] == Ping(TOKEN, 1, BOOT)
+    return state
+
+
+def sent(state: DeliveryState) -> list[Extended]:
+    return [decode_extended(data) for data in state.datagrams_to_send()]
+
+
+def repairs(state: DeliveryState) -> list[tuple[int, int]]:
+    """The ranges of every REPAIR waiting to be sent (the rest of the outbox is dropped)."""
+    return [r for d in sent(state) if isinstance(d, Repair) for r in d.ranges]
+
+
+def chat(seq: int, text: str, sender: str = "alice", msg_no: int = 1) -> bytes:
+    return encode_received(Chat(seq, sender, msg_no, text))
+
+
+def notice(seq: int, text: str) -> bytes:
+    return encode_received(ServerDatagram(Kind.NOTICE, seq, "", text))
+
+
+def closed(seq: int, text: str = "host alice left; the room is closed") -> bytes:
+    return encode_received(ServerDatagram(Kind.CLOSED, seq, "", text))
+
+
+def error(seq: int, text: str) -> bytes:
+    return encode_received(ServerDatagram(Kind.ERROR, seq, "", text))
+
+
+def received(datagram: Received) -> bytes:
+    return encode_received(datagram)
+
+
+def run(state: DeliveryState, until: float) -> list[Event]:
+    """Run the core's timer as an adapter would, at each deadline up to ``until``."""
+    events: list[Event] = []
+    for _ in range(10_000):
+        due = state.next_deadline()
+        if due is None or due > until:
+            return events
+        events += state.handle_timer(due)
+    raise AssertionError("the deadline does not move on")
+
+
+def feed(state: DeliveryState, now: float, *datagrams: bytes) -> list[Event]:
+    events: list[Event] = []
+    for data in datagrams:
+        events += state.datagram_received(data, now)
+    return events
+
+
+# ---------------------------------------------------------------------------
+# Negotiation
+# ---------------------------------------------------------------------------
+
+
+def test_the_client_asks_for_delivery_and_needs_seq_and_boot_to_use_it() -> None:
+    assert FEATURES == (DELIVERY,)
+
+    def admission(**fields: object) -> Admission:
+        return Admission(Operation.JOIN_ROOM, "lobby", TOKEN, 9001, "alice", ("alice",), **fields)  # type: ignore[arg-type]
+
+    granted = admission(features=("delivery",), seq=0, boot="5c2b7e0a91d3f468", history=1024)
+    assert delivery_granted(granted)
+    assert not delivery_granted(admission())  # a version 1 server
+    assert not delivery_granted(admission(features=("delivery",), boot="5c2b7e0a91d3f468"))
+    assert not delivery_granted(admission(features=("delivery",), seq=3))
+    assert not delivery_granted(admission(features=("other",), seq=3, boot="5c2b7e0a91d3f468"))
+
+
+def test_the_text_limit_counts_the_msg_no_of_data_and_chat() -> None:
+    # DATA: 3 + token + 4 + text; CHAT: 6 + sender + 4 + text. No room name on the way in.
+    assert text_limit("r" * 255, TOKEN, "al", delivery=True) == MAX_DATAGRAM - 3 - 32 - 4
+    assert text_limit("lobby", TOKEN, "b" * 100, delivery=True) == MAX_DATAGRAM - 6 - 100 - 4
+
+
+# ---------------------------------------------------------------------------
+# Every Seq once, in order
+# ---------------------------------------------------------------------------
+
+
+def test_events_start_after_the_admission_seq_in_order() -> None:
+    state = make(seq=10)
+    assert feed(state, 0.1, chat(9, "before I came"), chat(10, "mine: joined")) == []
+    assert feed(state, 0.1, chat(11, "one"), notice(12, "carol joined")) == [
+        Message("alice", "one", 11),
+        Notice("carol joined", 12),
+    ]
+    assert state.members == ["alice", "bob", "carol"]
+    assert state.delivered == 12 and state.next_deadline() == INTERVAL / 4  # the ping retry
+    assert sent(state) == []  # nothing missing: no REPAIR
+
+
+def test_a_new_room_starts_at_seq_1() -> None:
+    state = make(seq=0)  # the host of a room just created
+    assert feed(state, 0.0, notice(1, "bob joined")) == [Notice("bob joined", 1)]
+
+
+def test_duplicates_are_dropped_held_or_delivered() -> None:
+    state = make(seq=10)
+    assert feed(state, 0.0, chat(11, "a"), chat(11, "a")) == [Message("alice", "a", 11)]
+    assert feed(state, 0.0, chat(13, "c"), chat(13, "c")) == []  # held behind 12
+    assert state.held == 1
+    assert feed(state, 0.0, chat(12, "b"), chat(12, "b"), chat(11, "a")) == [
+        Message("alice", "b", 12),
+        Message("alice", "c", 13),
+    ]
+
+
+def test_a_reordered_datagram_within_the_hold_needs_no_repair() -> None:
+    state = make(seq=10)
+    assert feed(state, 1.000, chat(12, "second")) == []
+    assert state.next_deadline() == pytest.approx(1.000 + REORDER_HOLD)
+    assert feed(state, 1.020, chat(11, "first")) == [
+        Message("alice", "first", 11),
+        Message("alice", "second", 12),
+    ]
+    state.handle_timer(1.000 + REORDER_HOLD)
+    assert repairs(state) == []  # the gap closed before the hold ran out
+
+
+def test_a_gap_is_repaired_after_the_hold_then_every_repair_interval() -> None:
+    state = make(seq=10)
+    assert feed(state, 1.0, chat(11, "a"), chat(14, "d")) == [Message("alice", "a", 11)]
+    assert state.handle_timer(1.0 + REORDER_HOLD - 0.001) == []
+    assert repairs(state) == []
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(12, 2)]
+    retry = 1.0 + REORDER_HOLD + REPAIR_INTERVAL
+    assert state.next_deadline() == pytest.approx(retry)
+    state.handle_timer(retry - 0.001)
+    assert repairs(state) == []
+    state.handle_timer(retry)
+    assert repairs(state) == [(12, 2)]
+    # One answer arrives: only the rest is asked again.
+    assert feed(state, retry + 0.01, chat(12, "b")) == [Message("alice", "b", 12)]
+    state.handle_timer(retry + REPAIR_INTERVAL)
+    assert repairs(state) == [(13, 1)]
+    assert feed(state, retry + 0.3, chat(13, "c")) == [
+        Message("alice", "c", 13),
+        Message("alice", "d", 14),
+    ]
+    assert state.held == 0
+    state.handle_timer(retry + 2 * REPAIR_INTERVAL)
+    assert repairs(state) == []
+
+
+def test_two_gaps_each_wait_their_own_hold() -> None:
+    state = make(seq=10)
+    feed(state, 1.0, chat(12, "b"))  # 11 missing since 1.0
+    feed(state, 1.03, chat(14, "d"))  # 13 missing since 1.03
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(11, 1)]
+    assert state.next_deadline() == pytest.approx(1.03 + REORDER_HOLD)
+    state.handle_timer(1.03 + REORDER_HOLD)
+    assert repairs(state) == [(13, 1)]
+
+
+def test_the_repair_interval_is_twice_the_round_trip_when_longer() -> None:
+    state = make(seq=10)
+    feed(state, 0.4, received(Status(10, 1)))  # the first ping, answered 400 ms later
+    assert state.srtt == pytest.approx(0.4)
+    assert state.repair_interval() == pytest.approx(0.8)
+    feed(state, 1.0, chat(12, "b"))
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(11, 1)]
+    assert state.next_deadline() == pytest.approx(1.0 + REORDER_HOLD + 0.8)
+
+
+def test_lost_seqs_are_one_gap_and_delivery_moves_past_them() -> None:
+    state = make(seq=10)
+    feed(state, 1.0, chat(11, "a"), chat(15, "e"))
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(12, 3)]
+    # The server kept 14 but no longer has 12 and 13.
+    assert feed(state, 1.1, received(Lost(12, 2))) == [Gap(12, 14)]
+    assert feed(state, 1.1, received(Lost(12, 2))) == []  # the answer to a retry: once
+    assert feed(state, 1.1, chat(14, "d")) == [Message("alice", "d", 14), Message("alice", "e", 15)]
+    assert feed(state, 1.2, chat(13, "too late")) == []  # reported lost: never delivered
+    state.handle_timer(2.0)
+    assert repairs(state) == []
+
+
+def test_a_lost_run_after_a_missing_seq_is_reported_in_order() -> None:
+    state = make(seq=10)
+    feed(state, 1.0, chat(15, "e"))  # 11-14 missing
+    assert feed(state, 1.1, received(Lost(13, 2))) == []  # 11 and 12 still to come
+    assert feed(state, 1.2, chat(12, "b")) == []
+    assert feed(state, 1.2, chat(11, "a")) == [
+        Message("alice", "a", 11),
+        Message("alice", "b", 12),
+        Gap(13, 15),
+        Message("alice", "e", 15),
+    ]
+
+
+def test_lost_only_covers_what_is_missing() -> None:
+    state = make(seq=10)
+    feed(state, 1.0, chat(11, "a"), chat(13, "c"), chat(16, "f"))  # 12, 14, 15 missing
+    # A LOST from 5 to 20: seqs delivered (11) or held (13, 16) are not lost.
+    assert feed(state, 1.1, received(Lost(5, 16))) == [
+        Gap(12, 13),
+        Message("alice", "c", 13),
+        Gap(14, 16),
+        Message("alice", "f", 16),
+    ]
+
+
+def test_a_seq_said_lost_that_arrives_before_its_turn_is_delivered_not_reported() -> None:
+    state = make(seq=10)
+    feed(state, 1.0, chat(14, "d"))  # 11-13 missing
+    feed(state, 1.1, received(Lost(12, 2)))
+    assert feed(state, 1.2, chat(12, "b")) == []  # the server had it after all
+    assert feed(state, 1.2, chat(11, "a")) == [
+        Message("alice", "a", 11),
+        Message("alice", "b", 12),
+        Gap(13, 14),
+        Message("alice", "d", 14),
+    ]
+
+
+def test_a_status_reveals_trailing_loss() -> None:
+    state = make(seq=10)
+    feed(state, 0.5, chat(11, "a"))
+    # The last message (12) was lost; nothing follows it. The STATUS says it exists.
+    assert feed(state, 1.0, received(Status(12, 1))) == []
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(12, 1)]
+    assert feed(state, 1.1, chat(12, "b")) == [Message("alice", "b", 12)]
+    # A STATUS at or behind what we have changes nothing.
+    feed(state, 1.2, received(Status(12, 0)), received(Status(3, 0)), received(Status(0, 0)))
+    state.handle_timer(1.5)
+    assert repairs(state) == []
+
+
+def test_an_accepted_seq_also_reveals_loss() -> None:
+    state = make(seq=10)
+    state.send("hi", 0.0)
+    sent(state)
+    feed(state, 0.9, received(Accepted(11, 1)))  # relayed as 11, whose CHAT we lack
+    state.handle_timer(0.9 + REORDER_HOLD)
+    assert repairs(state) == [(11, 1)]
+
+
+def test_held_datagrams_are_bounded_and_the_oldest_gap_given_up() -> None:
+    state = make(seq=10, max_held=3)
+    feed(state, 1.0, chat(12, "b"), chat(13, "c"), chat(15, "e"))  # 11 and 14 missing
+    assert state.held == 3
+    # A fourth held datagram is one too many: 11 is given up, which releases 12 and 13;
+    # 14 still holds up 15 and 16, within the bound.
+    assert feed(state, 1.0, chat(16, "f")) == [
+        Gap(11, 12),
+        Message("alice", "b", 12),
+        Message("alice", "c", 13),
+    ]
+    assert state.held == 2
+    assert feed(state, 1.1, chat(11, "a")) == []  # given up: never delivered
+    assert feed(state, 1.1, chat(14, "d")) == [
+        Message("alice", "d", 14),
+        Message("alice", "e", 15),
+        Message("alice", "f", 16),
+    ]
+
+
+def test_a_huge_gap_is_asked_in_bounded_ranges() -> None:
+    state = make(seq=10)
+    feed(state, 1.0, received(Status(10 + 300 * MAX_REPAIR_COUNT, 5)))
+    state.handle_timer(1.0 + REORDER_HOLD)
+    datagrams = sent(state)
+    assert 1 < len(datagrams) <= 4
+    ranges = [r for d in datagrams if isinstance(d, Repair) for r in d.ranges]
+    assert all(len(d.ranges) <= MAX_REPAIR_RANGES for d in datagrams if isinstance(d, Repair))
+    assert ranges[0] == (11, MAX_REPAIR_COUNT)
+    assert all(count <= MAX_REPAIR_COUNT for _, count in ranges)
+    assert [first for first, _ in ranges] == [11 + n * MAX_REPAIR_COUNT for n in range(len(ranges))]
+    # The server answers LOST for most of it: the round after asks for the rest.
+    feed(state, 1.1, received(Lost(11, 299 * MAX_REPAIR_COUNT)))
+    state.handle_timer(1.0 + REORDER_HOLD + REPAIR_INTERVAL)
+    assert repairs(state) == [(11 + 299 * MAX_REPAIR_COUNT, MAX_REPAIR_COUNT)]
+
+
+def test_seq_wraps_from_the_top_to_1() -> None:
+    state = make(seq=SEQ_CYCLE - 1)
+    assert feed(state, 1.0, chat(SEQ_CYCLE, "top")) == [Message("alice", "top", SEQ_CYCLE)]
+    assert feed(state, 1.0, chat(2, "two")) == []  # 1 is missing (0 is not a Seq)
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(1, 1)]
+    assert feed(state, 1.1, chat(1, "one")) == [
+        Message("alice", "one", 1),
+        Message("alice", "two", 2),
+    ]
+    assert feed(state, 1.1, chat(SEQ_CYCLE, "top")) == []  # behind us now
+
+
+def test_a_gap_across_the_wrap_is_asked_as_two_ranges() -> None:
+    state = make(seq=SEQ_CYCLE - 3)
+    feed(state, 1.0, chat(3, "three"))  # SEQ_CYCLE-2 .. SEQ_CYCLE, 1, 2 missing
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(SEQ_CYCLE - 2, 3), (1, 2)]
+    assert feed(state, 1.1, received(Lost(SEQ_CYCLE - 2, 3))) == [Gap(SEQ_CYCLE - 2, 1)]
+    assert feed(state, 1.1, received(Lost(1, 2))) == [Gap(1, 3), Message("alice", "three", 3)]
+    assert Gap(SEQ_CYCLE - 2, 1).missed == 3
+
+
+def test_a_closed_after_a_gap_waits_for_the_repair() -> None:
+    state = make(seq=10)
+    assert feed(state, 1.0, closed(12)) == []
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(11, 1)]
+    assert feed(state, 1.1, chat(11, "last words")) == [
+        Message("alice", "last words", 11),
+        Closed("host alice left; the room is closed"),
+    ]
+    assert state.out and state.next_deadline() is None
+
+
+def test_a_closed_after_a_gap_ends_the_room_after_a_grace() -> None:
+    state = make(seq=10)
+    feed(state, 1.0, chat(11, "a"), closed(13))
+    assert state.next_deadline() == pytest.approx(1.0 + REORDER_HOLD)
+    state.handle_timer(1.0 + REORDER_HOLD)
+    assert repairs(state) == [(12, 1)]
+    assert state.handle_timer(1.0 + CLOSE_GRACE - 0.001) == []
+    assert state.handle_timer(1.0 + CLOSE_GRACE) == [
+        Gap(12, 13),
+        Closed("host alice left; the room is closed"),
+    ]
+    assert state.ended == Closed("host alice left; the room is closed")
+    assert feed(state, 2.0, chat(12, "b")) == []
+
+
+def test_malformed_datagrams_are_counted_and_ignored() -> None:
+    state = make(seq=10)
+    assert feed(state, 1.0, b"\x05\x00", b"\x0b" + bytes(9), b"") == []
+    assert state.malformed == 3
+
+
+# ---------------------------------------------------------------------------
+# Sending: MsgNo, retransmission, confirmation
+# ---------------------------------------------------------------------------
+
+
+def test_messages_are_numbered_and_sent_as_data() -> None:
+    state = make(seq=10)
+    assert state.send("one", 0.0) == 1
+    assert state.send("two", 0.0) == 2
+    assert sent(state) == [Data(TOKEN, 1, "one"), Data(TOKEN, 2, "two")]
+    assert state.unconfirmed == 2
+    with pytest.raises(LocalProtocolError):
+        state.send("x" * MAX_DATAGRAM, 0.0)  # does not fit in a DATA: no MsgNo used
+    assert state.send("three", 0.0) == 3
+
+
+def test_our_chat_confirms_by_msg_no_and_times_the_round_trip() -> None:
+    state = make(seq=10)
+    state.send("same", 1.0)
+    state.send("same", 1.0)
+    sent(state)
+    # Another member's message 2 is not ours; our name compares case-insensitively.
+    assert feed(state, 1.05, chat(11, "same", sender="alice", msg_no=2)) == [
+        Message("alice", "same", 11)
+    ]
+    assert state.unconfirmed == 2
+    assert feed(state, 1.05, chat(12, "same", sender="BOB", msg_no=2)) == [
+        Message("BOB", "same", 12)
+    ]
+    assert state.unconfirmed == 1
+    assert state.srtt == pytest.approx(0.05)
+    feed(state, 1.1, received(Accepted(0, 1)))  # "relayed already, too long ago to say"
+    assert state.unconfirmed == 0
+    state.handle_timer(5.0)
+    assert [d for d in sent(state) if isinstance(d, Data)] == []
+
+
+def test_data_is_resent_with_a_doubling_timeout_until_confirmed() -> None:
+    state = make(seq=10)
+    state.send("hi", 0.0)
+    sent(state)
+    assert INITIAL_RTO == 0.5  # no round trip measured yet
+    times = [0.5, 1.5, 3.5, 5.5, 7.5]  # +0.5, +1, +2, then +2 (the cap)
+    for now in times:
+        state.handle_timer(now - 0.001)
+        assert [d for d in sent(state) if isinstance(d, Data)] == []
+        state.handle_timer(now)
+        assert [d for d in sent(state) if isinstance(d, Data)] == [Data(TOKEN, 1, "hi")]
+        feed(state, now, received(Status(10, 0)))  # keep the server alive
+    # The copy of a retransmitted message confirms it but is not a round-trip sample.
+    feed(state, 7.6, chat(11, "hi", sender="bob", msg_no=1))
+    assert state.unconfirmed == 0 and state.srtt is None
+
+
+def test_the_retransmission_timeout_follows_the_round_trip_within_bounds() -> None:
+    state = make(seq=10)
+    assert state.rto() == INITIAL_RTO
+    feed(state, 0.01, received(Status(10, 1)))
+    assert state.rto() == MIN_RTO  # 4 x 10 ms is too eager
+    state = make(seq=10)
+    feed(state, 0.1, received(Status(10, 1)))
+    assert state.rto() == pytest.approx(0.4)
+    state = make(seq=10)
+    feed(state, 0.9, received(Status(10, 1)))
+    assert state.rto() == MAX_RTO
+    # SRTT is smoothed: 7/8 of the old value and 1/8 of the new sample.
+    state = make(seq=10)
+    feed(state, 0.1, received(Status(10, 1)))
+    state.handle_timer(INTERVAL)  # the next ping (nonce 2)
+    feed(state, INTERVAL + 0.5, received(Status(10, 2)))
+    assert state.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.5)
+
+
+def test_an_error_with_a_msg_no_refuses_that_message() -> None:
+    state = make(seq=10)
+    for text in ("ok", "x" * 4050, "also ok"):
+        state.send(text, 0.0)
+    sent(state)
+    refusal = "message too long: max 4083 bytes"
+    assert feed(state, 0.1, error(2, refusal)) == [ErrorReply(refusal)]
+    assert state.unconfirmed == 2
+    assert feed(state, 0.6, error(2, refusal)) == []  # the answer to a resend: once
+    # A version 1 ERROR (Seq 0) names no message: reported, nothing dropped.
+    assert feed(state, 0.7, error(0, "message text is not valid UTF-8")) == [
+        ErrorReply("message text is not valid UTF-8")
+    ]
+    assert state.unconfirmed == 2
+
+
+def test_unconfirmed_messages_are_undelivered_only_when_the_room_ends() -> None:
+    state = make(seq=10)
+    state.send("one", 0.0)
+    state.send("two", 0.0)
+    state.handle_timer(30.0 * INITIAL_RTO)  # long past any timeout: still resent, not lost
+    assert state.unconfirmed == 2
+    assert feed(state, 2.0, closed(11)) == [
+        Undelivered("one"),
+        Undelivered("two"),
+        Closed("host alice left; the room is closed"),
+    ]
+    assert state.undelivered == 2 and state.unconfirmed == 0
+
+
+def test_an_unknown_token_error_ends_the_room() -> None:
+    state = make(seq=10)
+    state.send("hello?", 0.0)
+    events = feed(state, 0.1, error(0, "unknown token for th"))
+    assert events[0] == Undelivered("hello?")
+    assert isinstance(events[1], Closed) and "unknown token for th" in events[1].reason
+    assert state.out and state.next_deadline() is None
+    assert state.end("again") == []
+
+
+def test_a_chat_of_ours_from_the_history_confirms_nothing() -> None:
+    state = make(seq=10, history=2)
+    state.send("hi", 0.0)
+    # An earlier member named bob wrote message 1 as Seq 9, before we entered.
+    feed(state, 0.1, chat(9, "old", sender="bob", msg_no=1))
+    assert state.unconfirmed == 1
+    feed(state, 0.1, chat(11, "hi", sender="bob", msg_no=1))
+    assert state.unconfirmed == 0
+
+
+# ---------------------------------------------------------------------------
+# Heartbeats, liveness, restarts
+# ---------------------------------------------------------------------------
+
+
+def test_pings_are_jittered_by_the_random_source_given() -> None:
+    state = make(seq=10, interval=10.0, jitter=[0.5, 0.0, 0.999])
+    # The first ping at 0 drew 0.5: the next is due at 10 x (1 - 0.2 x 0.5) = 9.
+    feed(state, 0.01, received(Status(10, 1)))
+    assert state.next_deadline() == pytest.approx(9.0)
+    state.handle_timer(9.0)
+    assert sent(state) == [Ping(TOKEN, 2, BOOT)]
+    feed(state, 9.01, received(Status(10, 2)))
+    assert state.next_deadline() == pytest.approx(19.0)  # drew 0.0: a full interval
+    state.handle_timer(19.0)
+    assert sent(state) == [Ping(TOKEN, 3, BOOT)]
+    feed(state, 19.01, received(Status(10, 3)))
+    assert state.next_deadline() == pytest.approx(19.0 + 10 * (1 - 0.2 * 0.999))
+
+
+def test_jitter_stays_within_80_to_100_percent_of_the_interval() -> None:
+    rng = random.Random(7)
+    state = make(seq=10, interval=10.0, jitter=iter(rng.random, None))
+    now = 0.0
+    for _ in range(200):
+        feed(state, now, received(Status(10, state._nonce)))
+        due = state.next_deadline()
+        assert due is not None and 8.0 <= due - now <= 10.0
+        now = due
+        state.handle_timer(now)
+        sent(state)
+
+
+def test_an_unanswered_ping_is_resent_every_quarter_interval() -> None:
+    state = make(seq=10, interval=1.0)
+    nonces = []
+    for now in (0.25, 0.5, 0.75):
+        assert state.handle_timer(now - 0.001) == [] and sent(state) == []
+        state.handle_timer(now)
+        (ping,) = sent(state)
+        assert isinstance(ping, Ping) and ping.boot == BOOT
+        nonces.append(ping.nonce)
+    assert nonces == [2, 3, 4]  # a new nonce each time
+    # The STATUS of the retry at 0.5 comes back: the retries stop, and its round trip
+    # (from 0.5, not from the first ping) is the sample.
+    feed(state, 0.8, received(Status(10, 3)))
+    assert state.srtt == pytest.approx(0.3)
+    assert state.next_deadline() == pytest.approx(0.75 + 1.0)  # the regular schedule
+    state.handle_timer(1.0)
+    assert sent(state) == []
+
+
+def test_a_silent_server_ends_the_room_after_three_intervals() -> None:
+    state = make(seq=10, interval=1.0)
+    state.send("anyone?", 0.0)
+    feed(state, 1.0, b"\x05")  # anything at all counts as a sign of life, even garbage
+    assert run(state, 3.999) == []  # pings and resends meanwhile, every one on time
+    pings = [d for d in sent(state) if isinstance(d, Ping)]
+    assert len(pings) == 15  # every quarter interval from 0.25 to 3.75
+    assert state.next_deadline() == pytest.approx(4.0)
+    assert state.handle_timer(4.0) == [Undelivered("anyone?"), Closed(STOPPED_ANSWERING)]
+    assert STOPPED_ANSWERING == "the server stopped answering"
+    assert state.next_deadline() is None and not state.out
+    assert sent(state) == []
+
+
+def test_time_the_client_did_not_run_is_not_the_server_s_silence() -> None:
+    state = make(seq=10, interval=1.0)
+    feed(state, 0.0, received(Status(10, 1)))
+    # The laptop sleeps: the timer due at 1.0 (a ping) runs at 60.0. The server was
+    # not heard for a minute, but neither could it be: a ping goes out, no end yet.
+    assert state.handle_timer(60.0) == []
+    assert sent(state) == [Ping(TOKEN, 2, BOOT)]
+    feed(state, 60.01, received(Status(10, 2)))
+    assert state.ended is None
+    # Running normally again, silence counts as usual.
+    assert run(state, 63.01) == [Closed(STOPPED_ANSWERING)]
+
+
+def test_an_unreadable_datagram_with_a_seq_is_a_gap_not_a_stall() -> None:
+    state = make(seq=10)
+
+    # A CHAT over 4096 bytes cannot be decoded, and a repair would bring the same bytes:
+    # its Seq (11) is reported lost at once, and what follows it is delivered.
+    def oversized(seq: int) -> bytes:  # as a server that forgot the MsgNo's 4 bytes sends it
+        return chat_prefix(seq, b"carol", 0) + b"x" * (MAX_DATAGRAM - 6 - 5)
+
+    assert len(oversized(11)) > MAX_DATAGRAM
+    assert feed(state, 1.0, chat(12, "after"), oversized(11)) == [
+        Gap(11, 12),
+        Message("alice", "after", 12),
+    ]
+    assert feed(state, 1.1, chat(14, "d"), oversized(13)) == [
+        Gap(13, 14),
+        Message("alice", "d", 14),
+    ]
+    assert feed(state, 1.2, oversized(15)) == [Gap(15, 16)]  # the latest one
+    assert feed(state, 1.2, oversized(11), b"\x01\x00") == []  # old, or no Seq
+    assert state.malformed == 5
+
+
+def test_the_liveness_deadline_is_the_next_deadline_when_nothing_else_is() -> None:
+    state = make(seq=10, interval=1.0)
+    # Unanswered pings every 0.25 s; the liveness deadline (3 s) follows the last datagram.
+    now = 0.0
+    while (due := state.next_deadline()) is not None and due < 3.0:
+        now = due
+        state.handle_timer(now)
+    assert state.next_deadline() == pytest.approx(3.0)
+    assert state.handle_timer(3.0) == [Closed(STOPPED_ANSWERING)]
+
+
+def test_restarted_ends_the_room() -> None:
+    state = make(seq=10)
+    assert feed(state, 1.0, received(Restarted("the server restarted"))) == [
+        Closed("the server restarted; room lobby no longer exists")
+    ]
+    assert state.out
+
+
+# ---------------------------------------------------------------------------
+# History
+# ---------------------------------------------------------------------------
+
+
+def test_history_is_asked_at_once_and_delivered_first_and_marked() -> None:
+    state = DeliveryState(
+        "bob", "alice", ["alice", "bob"], room="lobby", token=TOKEN, seq=10, boot=BOOT, history=3
+    )
+    assert sent(state) == [Ping(TOKEN, 1, BOOT), Repair(TOKEN, ((8, 3),))]
+    # A live message overtakes the history: it waits.
+    assert feed(state, 0.01, chat(11, "live")) == []
+    assert feed(state, 0.02, notice(8, "dave left"), notice(10, "bob joined")) == [
+        Notice("dave left", 8, history=True)
+    ]
+    assert state.members == ["alice", "bob"]  # the past does not change the member list
+    assert feed(state, 0.03, chat(9, "earlier")) == [
+        Message("alice", "earlier", 9, history=True),
+        Notice("bob joined", 10, history=True),
+        Message("alice", "live", 11),
+    ]
+
+
+def test_history_the_server_no_longer_has_is_skipped_without_a_gap() -> None:
+    state = make(seq=10, history=5)  # 6 to 10
+    assert feed(state, 0.1, chat(9, "also"), chat(10, "and")) == []
+    assert feed(state, 0.1, received(Lost(1, 7)), chat(8, "kept")) == [
+        Message("alice", "kept", 8, history=True),
+        Message("alice", "also", 9, history=True),
+        Message("alice", "and", 10, history=True),
+    ]
+    # A lost run across the boundary: only the live part is a Gap.
+    state = make(seq=10, history=2)
+    feed(state, 0.0, chat(13, "c"))
+    assert feed(state, 0.1, received(Lost(9, 4))) == [Gap(11, 13), Message("alice", "c", 13)]
+
+
+def test_history_is_clamped_to_seq_1() -> None:
+    state = DeliveryState(
+        "bob", "alice", ["alice"], room="lobby", token=TOKEN, seq=2, boot=BOOT, history=50
+    )
+    assert sent(state)[1:] == [Repair(TOKEN, ((1, 2),))]
+    state = DeliveryState(
+        "bob", "alice", ["alice"], room="lobby", token=TOKEN, seq=0, boot=BOOT, history=50
+    )
+    assert sent(state) == [Ping(TOKEN, 1, BOOT)]  # a new room has no history
+
+
+def test_an_unanswered_history_repair_is_asked_again() -> None:
+    state = make(seq=10, history=2)
+    state.handle_timer(REPAIR_INTERVAL)
+    assert repairs(state) == [(9, 2)]
+
+
+# ---------------------------------------------------------------------------
+# Leaving
+# ---------------------------------------------------------------------------
+
+
+def test_leave_is_resent_until_departed() -> None:
+    state = make(seq=10)
+    state.send("unconfirmed", 0.0)
+    sent(state)
+    assert state.leave(1.0) == [Undelivered("unconfirmed")]
+    assert sent(state) == [Leave(TOKEN)]
+    assert state.leave(1.0) == []  # once
+    assert state.next_deadline() == pytest.approx(1.0 + INITIAL_RTO)
+    state.handle_timer(1.0 + INITIAL_RTO)
+    assert sent(state) == [Leave(TOKEN)]  # and nothing else: no pings, no repairs
+    assert state.next_deadline() == pytest.approx(1.0 + 2 * INITIAL_RTO)  # every RTO
+    assert feed(state, 1.6, received(Departed())) == []  # no Closed: we left
+    assert state.ended == Closed("left the room") and state.out
+    assert state.next_deadline() is None
+
+
+def test_an_unasked_departed_is_ignored() -> None:
+    state = make(seq=10)
+    feed(state, 0.1, received(Departed()))
+    assert state.ended is None and not state.out
+
+
+def test_the_closed_a_host_leave_causes_is_not_news() -> None:
+    state = DeliveryState("alice", "alice", ["alice"], room="lobby", token=TOKEN, seq=0, boot=BOOT)
+    state.leave(1.0)
+    assert feed(state, 1.01, closed(1, "host alice left; the room is closed")) == []
+    assert state.out and state.ended is not None
+
+
+def test_a_local_end_while_leaving_is_silent() -> None:
+    state = make(seq=10)
+    state.leave(0.0)
+    assert state.end("lost contact with the server") == []
+    assert state.ended == Closed("left the room") and not state.out
+
+
+# ---------------------------------------------------------------------------
+# Everything at once: a lossy, reordering, duplicating network
+# ---------------------------------------------------------------------------
+
+
+class Network:
+    """A room of ``count`` Seqs after the admission seq 100, a server that keeps the
+    last ``keep`` of them, and a path that loses, duplicates and reorders datagrams in
+    both directions (driven by ``rng``)."""
+
+    def __init__(self, rng: random.Random, count: int, keep: int, loss: float) -> None:
+        self.rng = rng
+        self.keep = keep
+        self.loss = loss
+        self.room = {100 + n: chat(100 + n, f"m{n}") for n in range(1, count + 1)}
+        self.latest = 100
+        self.in_flight: list[tuple[float, bytes]] = []  # (arrival, datagram) to the client
+
+    def deliver(self, now: float, data: bytes) -> None:
+        for _ in range(2 if self.rng.random() < 0.1 else 1):  # duplicates
+            if self.rng.random() >= self.loss:
+                self.in_flight.append((now + self.rng.uniform(0.001, 0.08), data))
+
+    def publish(self, now: float) -> None:
+        self.latest += 1
+        self.deliver(now, self.room[self.latest])
+
+    def answer(self, now: float, data: bytes) -> None:
+        if self.rng.random() < self.loss:
+            return  # the request was lost
+        request = decode_extended(data)
+        if isinstance(request, Ping):
+            self.deliver(now, received(Status(self.latest, request.nonce)))
+        elif isinstance(request, Repair):
+            oldest = self.latest - self.keep + 1
+            for first, count in request.ranges:
+                seqs = [s for s in range(first, first + count) if s <= self.latest]
+                gone = [s for s in seqs if s < oldest]
+                if gone:
+                    self.deliver(now, received(Lost(gone[0], len(gone))))
+                for seq in seqs:
+                    if seq >= oldest:
+                        self.deliver(now, self.room[seq])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    st.integers(min_value=0, max_value=2**32),
+    st.integers(min_value=1, max_value=60),
+    st.sampled_from([0.0, 0.2, 0.4]),
+    st.sampled_from([5, 1000]),
+)
+def test_every_seq_arrives_once_in_order_or_as_one_gap(
+    seed: int, count: int, loss: float, keep: int
+) -> None:
+    rng = random.Random(seed)
+    net = Network(rng, count, keep, loss)
+    state = DeliveryState(
+        "bob", "alice", ["alice"], room="lobby", token=TOKEN, seq=100, boot=BOOT,
+        heartbeat_interval=5.0,  # a STATUS every 4-5 s finds a lost last message
+    )  # fmt: skip
+    events: list[Event] = []
+    now = 0.0
+    published = 0
+    while now < 120.0:
+        if published < count and rng.random() < 0.3:
+            net.publish(now)
+            published += 1
+        for data in state.datagrams_to_send():
+            net.answer(now, data)
+        arrived = sorted((t, d) for t, d in net.in_flight if t <= now)
+        net.in_flight = [(t, d) for t, d in net.in_flight if t > now]
+        for _, data in arrived:
+            events += state.datagram_received(data, now)
+        deadline = state.next_deadline()
+        if deadline is not None and deadline <= now:
+            events += state.handle_timer(now)
+        if published == count and state.delivered == 100 + count:
+            break
+        now += 0.01
+    assert state.delivered == 100 + count, "everything was delivered or reported"
+    covered: list[int] = []
+    for event in events:
+        match event:
+            case Message(_, text, seq):
+                assert text == f"m{seq - 100}"
+                covered.append(seq)
+            case Gap(expected, got):
+                covered.extend(range(expected, got))
+            case _:
+                raise AssertionError(event)
+    assert covered == list(range(101, 101 + count))  # each Seq once, in order
+    if keep >= count:
+        assert not any(isinstance(e, Gap) for e in events)  # nothing lost for good
+
+
+def test_lost_runs_that_cut_a_gap_into_pieces_are_bounded_too() -> None:
+    state = make(seq=10, max_held=2)  # 2 x (2 + 1) = 6 runs, missing or lost, at most
+    feed(state, 1.0, received(Status(100, 1)))  # 11-100 missing
+    events: list[Event] = []
+    for seq in range(20, 40, 2):  # a LOST for every other Seq: ever more pieces
+        events += feed(state, 1.1, received(Lost(seq, 1)))
+    assert len(state._gaps) + len(state._lost) <= 6
+    # What was given up is reported in order, once: Gaps from 11 onwards, no overlap.
+    covered = [s for e in events if isinstance(e, Gap) for s in range(e.expected, e.got)]
+    assert covered == list(range(11, 11 + len(covered))) and covered
