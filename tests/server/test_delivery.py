@@ -11,6 +11,7 @@ import asyncio
 
 from ocm.client.exchange import read_message
 from ocm.server.guards import ErrorReplyLimiter
+from ocm.server.history import HELD_BYTES, HELD_MESSAGES
 from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
 from ocm.server.relay import RESTARTED_RATE, RelayCore
 from ocm.wire import (
@@ -99,11 +100,35 @@ def test_a_message_is_relayed_once_however_often_it_arrives() -> None:
     )
 
 
-def test_message_numbers_may_arrive_out_of_order() -> None:
+def test_each_members_lines_keep_their_order() -> None:
+    """Message 2 overtook message 1 on the way: it waits, and the room sees 1 then 2."""
     room = Room()
-    assert replies(room.say(room.bob, BOB, 2, "second")) == [Chat(2, "bob", 2, "second")]
-    assert replies(room.say(room.bob, BOB, 1, "first")) == [Chat(3, "bob", 1, "first")]
-    assert replies(room.say(room.bob, BOB, 2, "second")) == [Accepted(2, 2)]
+    assert room.say(room.bob, BOB, 2, "second") == []
+    assert room.say(room.bob, BOB, 2, "second") == []  # a copy of the waiting one
+    assert replies(room.say(room.bob, BOB, 1, "first")) == [
+        Chat(2, "bob", 1, "first"),
+        Chat(3, "bob", 2, "second"),
+    ]
+    assert replies(room.say(room.bob, BOB, 2, "second")) == [Accepted(3, 2)]
+
+
+def test_a_refused_line_does_not_hold_up_the_next() -> None:
+    room = Room()
+    name = "n" * 200  # a long name: a DATA that fits can make a CHAT that does not
+    long, _ = room.registry.join_room("lobby", name, None, IP, 1.0, delivery=True)
+    too_long = "x" * (4096 - 3 - len(long.token) - 4)
+    assert room.say(long, ALICE, 2, "after") == []  # waits for 1
+    out = replies(room.say(long, ALICE, 1, too_long))
+    assert out[0] == Chat(3, name, 2, "after")
+    assert isinstance(out[1], ServerDatagram) and (out[1].kind, out[1].seq) == (Kind.ERROR, 1)
+
+
+def test_early_arrivals_are_bounded() -> None:
+    room = Room()
+    assert all(room.say(room.bob, BOB, n, "x" * 2000) == [] for n in range(2, 40))
+    log = room.bob.relayed
+    assert log is not None and log.held_bytes <= HELD_BYTES and len(log.held) <= HELD_MESSAGES
+    assert room.say(room.bob, BOB, 1000, "far ahead") == [] and 1000 not in log.held
 
 
 def test_a_mixed_room_gets_chat_and_message() -> None:
@@ -117,15 +142,12 @@ def test_a_mixed_room_gets_chat_and_message() -> None:
         Kind.MESSAGE, 3, "alice", "hi"
     )
     assert by_kind[ServerDatagram].addresses == (CAROL,)
-    # And carol's version 1 message reaches the delivery members as a CHAT numbered 0.
+    # And carol's version 1 message reaches everyone as one MESSAGE, which delivery
+    # members read too (a CHAT would not fit a line at the version 1 limit).
     v1 = encode_client_datagram(ClientDatagram("lobby", room.carol.token, "yo"))
-    out = room.relay.datagram_received(v1, CAROL, 1.0)
-    assert {(type(r), getattr(r, "seq", None)) for r in replies(out)} == {
-        (ServerDatagram, 4),
-        (Chat, 4),
-    }
-    (chat,) = [o for o in out if o.addresses != (CAROL,)]
-    assert decode_received(chat.datagram) == Chat(4, "carol", 0, "yo")
+    (out,) = room.relay.datagram_received(v1, CAROL, 1.0)
+    assert decode_received(out.datagram) == ServerDatagram(Kind.MESSAGE, 4, "carol", "yo")
+    assert set(out.addresses) == {ALICE, BOB, CAROL}
 
 
 def test_a_ping_is_answered_with_the_latest_seq() -> None:

@@ -46,20 +46,27 @@ def test_history_bounds_hold(max_messages: int, max_bytes: int, sizes: list[int]
         assert history.get(seq) == bytes(size)  # the newest is always there
 
 
-def test_relayed_log_remembers_recent_numbers_exactly() -> None:
+def test_relayed_log_deals_with_numbers_in_order() -> None:
     log = RelayedLog()
     assert log.seen(1) is None
-    log.record(1, 10)
-    log.record(3, 11)  # 2 is still in flight
-    assert (log.seen(1), log.seen(2), log.seen(3)) == (10, None, 11)
+    assert log.hold(3, b"three") and log.hold(2, None)  # 2 was refused
+    assert not log.hold(3, b"three")  # already waiting
+    log.dealt_with(10)  # message 1 relayed as Seq 10
+    assert log.take_held() == (True, None)
+    log.dealt_with(0)
+    assert log.take_held() == (True, b"three")
+    log.dealt_with(11)
+    assert log.take_held() == (False, None)
+    assert (log.seen(1), log.seen(2), log.seen(3), log.seen(4)) == (10, 0, 11, None)
+    assert (log.held, log.held_bytes) == ({}, 0)
 
 
 def test_relayed_log_forgets_old_numbers_as_dealt_with() -> None:
     log = RelayedLog()
-    for msg_no in range(1, RELAYED_WINDOW + 2):
-        log.record(msg_no, msg_no + 100)
+    for seq in range(RELAYED_WINDOW + 1):
+        log.dealt_with(seq + 100)
     assert log.seen(1) == 0  # too long ago to say under which Seq, but not relayed again
-    assert log.seen(2) == 102 and log.seen(RELAYED_WINDOW + 2) is None
+    assert log.seen(2) == 101 and log.seen(RELAYED_WINDOW + 2) is None
 
 
 def test_budget_grants_a_burst_then_the_rate() -> None:

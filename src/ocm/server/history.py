@@ -5,7 +5,8 @@ Three small bounded structures, pure and with time passed in:
 * :class:`History` -- a room's last datagrams by Seq (at most N of them and M bytes), so
   a member can ask for what it missed (REPAIR);
 * :class:`RelayedLog` -- which message numbers one member has had relayed, so a DATA that
-  arrives again is confirmed (ACCEPTED) instead of relayed twice;
+  arrives again is confirmed (ACCEPTED) instead of relayed twice, and one that arrives
+  early waits for those before it;
 * :class:`Budget` -- a token bucket, here the repair datagrams one member may get.
 
 Nothing here knows about sockets or members; the registry and the relay own them.
@@ -17,12 +18,16 @@ from collections import deque
 
 from ocm.wire.constants import SEQ_CYCLE
 
-__all__ = ["RELAYED_WINDOW", "Budget", "History", "RelayedLog"]
+__all__ = ["HELD_BYTES", "HELD_MESSAGES", "RELAYED_WINDOW", "Budget", "History", "RelayedLog"]
 
 # Message numbers a member's log remembers exactly. OCM's client keeps at most 32
 # messages in flight, so a retransmission is never more than 32 numbers old; 1024
 # leaves room for any client that keeps a bigger window.
 RELAYED_WINDOW = 1024
+# Early arrivals one member may have waiting for the messages before them: twice OCM's
+# window, and at most 64 KiB, so a member can pin no more than that.
+HELD_MESSAGES = 64
+HELD_BYTES = 64 * 1024
 
 
 class History:
@@ -65,33 +70,61 @@ class History:
 
 
 class RelayedLog:
-    """The message numbers one member has had relayed, and as which Seq.
+    """One member's messages, relayed in its own order: message number ``next`` is the
+    lowest not yet dealt with (relayed, or refused); a DATA that arrives before those
+    ahead of it waits in ``held`` until they come, so the room sees each member's lines
+    in the order they were written, whatever the network did to them.
 
-    Exact for the newest :data:`RELAYED_WINDOW` numbers; every number at or below
-    ``floor`` counts as dealt with (relayed long ago, or skipped over by the sender).
+    Remembers as which Seq each of the newest :data:`RELAYED_WINDOW` numbers was
+    relayed, to confirm a retransmission (ACCEPTED); older ones answer 0.
     """
 
-    __slots__ = ("_seqs", "floor")
+    __slots__ = ("_seqs", "held", "held_bytes", "next")
 
     def __init__(self) -> None:
-        self.floor = 0
+        self.next = 1
         self._seqs: dict[int, int] = {}  # msg_no -> seq, in the order relayed
+        # Early arrivals: msg_no -> text (None: refused, to be skipped over).
+        self.held: dict[int, bytes | None] = {}
+        self.held_bytes = 0
 
     def seen(self, msg_no: int) -> int | None:
-        """The Seq ``msg_no`` was relayed as (0 when it was too long ago to say), or
-        None if it was never relayed."""
-        seq = self._seqs.get(msg_no)
-        if seq is not None:
-            return seq
-        return 0 if msg_no <= self.floor else None
+        """The Seq ``msg_no`` was relayed as (0 when it was refused or too long ago to
+        say), or None if it was not dealt with yet."""
+        if msg_no >= self.next:
+            return None
+        return self._seqs.get(msg_no, 0)
 
-    def record(self, msg_no: int, seq: int) -> None:
+    def hold(self, msg_no: int, text: bytes | None) -> bool:
+        """Keep ``msg_no`` (ahead of ``next``) until its turn; False when there is no
+        room for it (the sender will send it again)."""
+        size = len(text) if text else 0
+        if (
+            msg_no in self.held
+            or msg_no - self.next > HELD_MESSAGES
+            or len(self.held) >= HELD_MESSAGES
+            or self.held_bytes + size > HELD_BYTES
+        ):
+            return False
+        self.held[msg_no] = text
+        self.held_bytes += size
+        return True
+
+    def dealt_with(self, seq: int) -> None:
+        """Message ``next`` was relayed as ``seq`` (0: refused); move on to the next."""
         seqs = self._seqs
-        seqs[msg_no] = seq
+        seqs[self.next] = seq
         if len(seqs) > RELAYED_WINDOW:
-            oldest = next(iter(seqs))
-            del seqs[oldest]
-            self.floor = max(self.floor, oldest)
+            del seqs[next(iter(seqs))]
+        self.next += 1
+
+    def take_held(self) -> tuple[bool, bytes | None]:
+        """Whether message ``next`` is waiting, and its text (None: it was refused)."""
+        if self.next not in self.held:
+            return False, None
+        text = self.held.pop(self.next)
+        self.held_bytes -= len(text) if text else 0
+        return True, text
 
 
 class Budget:

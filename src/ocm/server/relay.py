@@ -31,7 +31,6 @@ from ocm.wire.delivery import (
     MAX_REPAIR_RANGES,
     Accepted,
     ClientType,
-    DeliveryKind,
     Lost,
     Restarted,
     Status,
@@ -129,10 +128,10 @@ class RelayCore:
                 seq = room.next_seq()
                 message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
                 room.history.append(seq, message)
-                if not room.delivery_addresses:
-                    return message, room.addresses
-                chat = chat_prefix(seq, member.name_bytes, 0) + text  # MsgNo 0: version 1
-                return [(message, room.v1_addresses), (chat, room.delivery_addresses)]
+                # Delivery members read MESSAGE too: a version 1 member's line reaches
+                # everyone as one datagram (a CHAT would be 4 bytes longer, and a line at
+                # the version 1 limit would not fit).
+                return message, room.addresses
         try:
             split_client_datagram(data)
         except ProtocolError as error:
@@ -187,34 +186,67 @@ class RelayCore:
         return self._refuse(address, now, size, _UNKNOWN_TOKEN)
 
     def _data(self, member: Member, body: bytes, address: Address, now: float) -> Answers | None:
-        relayed = member.relayed
-        assert relayed is not None
+        """Relay a DATA once, in its sender's order (an early one waits for those before
+        it, see :class:`~ocm.server.history.RelayedLog`); confirm a repeat with ACCEPTED;
+        refuse a text that cannot be relayed with an ERROR carrying its MsgNo."""
+        log = member.relayed
+        assert log is not None
         msg_no = _U32.unpack_from(body)[0]
-        text = body[4:]
+        text: bytes | None = body[4:]
         if msg_no == 0 or not text:
             raise ValueError("a Data has a message number from 1 and text")
-        seq = relayed.seen(msg_no)
+        seq = log.seen(msg_no)
         if seq is not None:  # a retransmission or a network duplicate
             self.duplicates += 1
             return encode_received(Accepted(seq, msg_no)), (address,)
+        refusal = self._check_text(member, text)
+        error = None
+        if refusal is not None:
+            error = self._refuse(address, now, None, refusal, msg_no)
+            text = None  # dealt with: the numbers after it need not wait for it
+        if msg_no != log.next:
+            if log.hold(msg_no, text):
+                return error  # relayed when the messages before it have come
+            self.duplicates += msg_no in log.held
+            return error
+        answers: list[Answer] = []
+        waiting = True
+        while waiting:
+            if text is None:
+                log.dealt_with(0)
+            else:
+                self._relay_data(member, log.next, text, answers)
+            waiting, text = log.take_held()
+        if error is not None:
+            answers.append(error)
+        return answers[0] if len(answers) == 1 else answers or None
+
+    def _check_text(self, member: Member, text: bytes) -> str | None:
+        """Why ``text`` cannot be relayed as a CHAT of ``member``'s, or None."""
         if _CHAT_OVERHEAD + len(member.name_bytes) + len(text) > MAX_DATAGRAM:
-            limit = MAX_DATAGRAM - _CHAT_OVERHEAD - len(member.name_bytes)
-            return self._refuse(address, now, None, format_refusal(TooLong(limit)), msg_no)
+            return format_refusal(TooLong(MAX_DATAGRAM - _CHAT_OVERHEAD - len(member.name_bytes)))
         if not text.isascii():
             try:
                 text.decode("utf-8")
             except UnicodeDecodeError:
-                return self._refuse(address, now, None, _NOT_UTF8, msg_no)
+                return _NOT_UTF8
+        return None
+
+    def _relay_data(self, member: Member, msg_no: int, text: bytes, into: list[Answer]) -> None:
+        """Relay message ``msg_no`` of ``member``: CHAT to delivery members, MESSAGE to
+        version 1 members, into the history."""
+        log = member.relayed
+        assert log is not None
         self.relayed += 1
         room = member.room
         seq = room.next_seq()
-        relayed.record(msg_no, seq)
+        log.dealt_with(seq)
         chat = chat_prefix(seq, member.name_bytes, msg_no) + text
         room.history.append(seq, chat)
-        if not room.v1_addresses:
-            return chat, room.delivery_addresses
-        message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
-        return [(chat, room.delivery_addresses), (message, room.v1_addresses)]
+        into.append((chat, room.delivery_addresses))
+        if room.v1_addresses:
+            message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
+            into.append((message, room.v1_addresses))
 
     def _repair(self, member: Member, body: bytes, address: Address, now: float) -> Answers | None:
         """The Seqs asked for, as first sent, within the member's budget; one LOST for the
@@ -255,7 +287,7 @@ class RelayCore:
             for offset in range(min(available, left)):
                 datagram = room.history.get((start + offset - 1) % SEQ_CYCLE + 1)
                 assert datagram is not None  # within the newest ``kept``
-                answers.append((_as_chat(datagram), to))
+                answers.append((datagram, to))
             left -= min(available, left)
         return answers or None
 
@@ -280,17 +312,3 @@ class RelayCore:
                 return None  # even a bare header would be more than we received
             reply = reply[:cap]
         return reply, (address,)
-
-
-def _as_chat(datagram: bytes) -> bytes:
-    """A datagram from the history as a delivery member receives it: a version 1
-    member's MESSAGE becomes a CHAT with MsgNo 0."""
-    if datagram[0] != Kind.MESSAGE:
-        return datagram
-    sender_end = SERVER_HEADER_SIZE + datagram[5]
-    return (
-        bytes((DeliveryKind.CHAT,))
-        + datagram[1:sender_end]
-        + b"\x00\x00\x00\x00"
-        + datagram[sender_end:]
-    )
