@@ -145,9 +145,9 @@ def test_a_mixed_room_gets_chat_and_message() -> None:
     # And carol's version 1 message reaches everyone as one MESSAGE, which delivery
     # members read too (a CHAT would not fit a line at the version 1 limit).
     v1 = encode_client_datagram(ClientDatagram("lobby", room.carol.token, "yo"))
-    (out,) = room.relay.datagram_received(v1, CAROL, 1.0)
-    assert decode_received(out.datagram) == ServerDatagram(Kind.MESSAGE, 4, "carol", "yo")
-    assert set(out.addresses) == {ALICE, BOB, CAROL}
+    (message,) = room.relay.datagram_received(v1, CAROL, 1.0)
+    assert decode_received(message.datagram) == ServerDatagram(Kind.MESSAGE, 4, "carol", "yo")
+    assert set(message.addresses) == {ALICE, BOB, CAROL}
 
 
 def test_a_ping_is_answered_with_the_latest_seq() -> None:
