@@ -242,13 +242,14 @@ def test_a_closed_rooms_members_are_told_closed_again_and_again() -> None:
     # Bob missed it; his next datagram is answered with the room's CLOSED.
     (again,) = replies(room.say(room.bob, BOB, 1, "anyone?"))
     assert again == closed
-    # And the registry sends it again, after 0.2 s and 0.6 s.
+    # And the registry sends it again, after 0.2, 0.6 and 1.4 s.
     registry = room.registry
     assert registry.next_deadline() == 5.2
     (first,) = registry.expire(5.2)
     assert decode_received(first.datagram) == closed and set(first.addresses) == {ALICE, BOB}
     assert registry.next_deadline() == 5.6
-    assert len(registry.expire(5.6)) == 1 and registry.next_deadline() is None
+    assert len(registry.expire(5.6)) == 1 and registry.next_deadline() == 6.4
+    assert len(registry.expire(6.4)) == 1 and registry.next_deadline() is None
 
 
 def test_shutdown_resends_closed_to_delivery_members_only() -> None:
@@ -363,7 +364,7 @@ async def test_a_delivery_member_over_udp() -> None:
         assert server.registry.rooms == {}
 
 
-async def test_shutdown_tells_delivery_members_three_times() -> None:
+async def test_shutdown_tells_delivery_members_four_times() -> None:
     async with running_server(closed_resend_interval=20 * MS) as server:
         bob = await admit(server.tcp_port, CreateRoom("lobby", "bob", None, ("delivery",)))
         peer = await UdpPeer.open(bob.udp_port)
@@ -371,7 +372,7 @@ async def test_shutdown_tells_delivery_members_three_times() -> None:
             peer.send_raw(encode_extended(Ping(bob.token, 1, bytes.fromhex(bob.boot or ""))))
             await peer.recv_raw()  # STATUS
             await server.close()
-            copies = [decode_received(await peer.recv_raw()) for _ in range(3)]
-            assert copies == [ServerDatagram(Kind.CLOSED, 1, "", "server shutting down")] * 3
+            copies = [decode_received(await peer.recv_raw()) for _ in range(4)]
+            assert copies == [ServerDatagram(Kind.CLOSED, 1, "", "server shutting down")] * 4
         finally:
             peer.close()

@@ -276,6 +276,11 @@ class OCMServer:
                         await self._tcp_server.wait_closed()
             if self._endpoint.transport is not None:
                 self._endpoint.transport.close()
+                # The transport closes its socket on a later turn of the loop: wait, so
+                # that a server started next on the same port finds it free.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self._endpoint.closed.wait()
             log.info("OCM server stopped")
         finally:
             # Without waiting: a hash still running (tens of ms) ends in its thread, which

@@ -67,8 +67,8 @@ TOKEN_BYTES = 24
 # late datagram of theirs gets the room's CLOSED or a DEPARTED, not "unknown token":
 # for idle_timeout seconds, and this many at most (the oldest are forgotten first).
 MAX_GONE = 10_000
-# A delivery member's CLOSED is sent again after 1 and 3 resend intervals.
-CLOSED_RESENDS = (1, 3)
+# A delivery member's CLOSED is sent again after 1, 3 and 7 resend intervals.
+CLOSED_RESENDS = (1, 3, 7)
 _DEPARTED = encode_received(Departed())
 
 

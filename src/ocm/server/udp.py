@@ -50,6 +50,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._batch: BatchSender | None = None
         self._queued: Callable[[], int] = lambda: 0
         self.dropped = 0  # copies not sent because the transport's queue was full
+        self.closed = asyncio.Event()  # set once the socket is closed (its port is free)
         self._next_drop_warning = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +75,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self.closed.set()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
