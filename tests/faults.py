@@ -35,11 +35,9 @@ root, ``tc netem`` or a second machine::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import random
 import socket
-import sys
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -47,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict, Unpack
 
 from ocm.errors import ProtocolError
+from ocm.server.app import keep_receiving_after_unreachable
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
     TCRP_HEADER_SIZE,
@@ -268,48 +267,12 @@ class ReplyRewriter:
 # ---------------------------------------------------------------------------
 
 
-def _keep_receiving_after_unreachable(sock: socket.socket) -> None:
-    """Windows: a datagram to a departed peer must not stop the socket receiving
-    (WSAECONNRESET; the same cure as the server's, see ocm.server.app)."""
-    if sys.platform == "win32":
-        import ctypes
-        from ctypes import wintypes
-
-        prototype = ctypes.WINFUNCTYPE(
-            ctypes.c_int,
-            ctypes.c_size_t,
-            wintypes.DWORD,
-            ctypes.c_void_p,
-            wintypes.DWORD,
-            ctypes.c_void_p,
-            wintypes.DWORD,
-            ctypes.POINTER(wintypes.DWORD),
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        )
-        report = wintypes.BOOL(False)
-        returned = wintypes.DWORD(0)
-        with contextlib.suppress(AttributeError, OSError, ctypes.ArgumentError):
-            wsa_ioctl = prototype(("WSAIoctl", ctypes.windll.ws2_32))
-            wsa_ioctl(
-                sock.fileno(),
-                0x9800000C,  # SIO_UDP_CONNRESET
-                ctypes.byref(report),
-                ctypes.sizeof(report),
-                None,
-                0,
-                ctypes.byref(returned),
-                None,
-                None,
-            )
-
-
 def _udp_socket(host: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.bind((host, 0))
-        _keep_receiving_after_unreachable(sock)
+        keep_receiving_after_unreachable(sock)
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -59,7 +59,7 @@ def _bind_udp(host: str, port: int) -> socket.socket:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
-        _keep_receiving_after_unreachable(sock)
+        keep_receiving_after_unreachable(sock)
         # One chat line to a big room is many copies at once (4 KB x 1,000 members is
         # 4 MB): a send buffer that holds them keeps the relay on its fast path on a
         # real network card. A larger receive buffer absorbs bursts between two turns
@@ -78,7 +78,7 @@ def _bind_udp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _keep_receiving_after_unreachable(sock: socket.socket) -> None:
+def keep_receiving_after_unreachable(sock: socket.socket) -> None:
     """Windows: a relay to a client that has gone must not stop the socket receiving.
 
     Winsock reports the ICMP "port unreachable" for one departed client as
