@@ -123,9 +123,48 @@ def test_a_refused_line_does_not_hold_up_the_next() -> None:
     assert isinstance(out[1], ServerDatagram) and (out[1].kind, out[1].seq) == (Kind.ERROR, 1)
 
 
+def test_a_refused_message_is_refused_again_never_confirmed() -> None:
+    """Its ERROR may be lost: a resend must get the ERROR again, not ACCEPTED."""
+    room = Room()
+    long, _ = room.registry.join_room("lobby", "n" * 200, None, IP, 1.0, delivery=True)
+    too_long = "x" * (4096 - 3 - len(long.token) - 4)
+    for _ in range(2):
+        (error,) = replies(room.say(long, ALICE, 1, too_long))
+        assert isinstance(error, ServerDatagram) and (error.kind, error.seq) == (Kind.ERROR, 1)
+
+
+def test_a_refusal_that_cannot_wait_is_not_answered_so_it_is_sent_again() -> None:
+    """Message 1 lost, 2..33 waiting (the limit), 34 refused: with no room to remember
+    the refusal, the server says nothing, the sender resends 34, and nothing stalls."""
+    room = Room()
+    name = "n" * 200
+    long, _ = room.registry.join_room("lobby", name, None, IP, 1.0, delivery=True)
+    too_long = "x" * (4096 - 3 - len(long.token) - 4)
+    for n in range(2, 2 + HELD_MESSAGES):
+        assert room.say(long, ALICE, n, f"m{n}") == []
+    assert room.say(long, ALICE, 2 + HELD_MESSAGES, too_long) == []  # no room: silence
+    released = replies(room.say(long, ALICE, 1, "m1"))
+    assert [r.msg_no for r in released if isinstance(r, Chat)] == list(range(1, 2 + HELD_MESSAGES))
+    (error,) = replies(room.say(long, ALICE, 2 + HELD_MESSAGES, too_long))  # the resend
+    assert isinstance(error, ServerDatagram) and error.kind is Kind.ERROR
+    assert replies(room.say(long, ALICE, 3 + HELD_MESSAGES, "next")) != []  # not stalled
+
+
+def test_early_arrivals_are_bounded_per_member_and_in_all() -> None:
+    room = Room()
+    assert room.registry.held_bytes == 0
+    room.say(room.bob, BOB, 2, "x" * 100)
+    assert room.registry.held_bytes == 100
+    room.say(room.bob, BOB, 1, "y")
+    assert room.registry.held_bytes == 0
+    room.say(room.bob, BOB, 4, "x" * 100)
+    room.send(Leave(room.bob.token), BOB)  # what bob had waiting is let go
+    assert room.registry.held_bytes == 0
+
+
 def test_early_arrivals_are_bounded() -> None:
     room = Room()
-    assert all(room.say(room.bob, BOB, n, "x" * 2000) == [] for n in range(2, 40))
+    assert all(room.say(room.bob, BOB, n, "x" * 2000) == [] for n in range(2, 20))
     log = room.bob.relayed
     assert log is not None and log.held_bytes <= HELD_BYTES and len(log.held) <= HELD_MESSAGES
     assert room.say(room.bob, BOB, 1000, "far ahead") == [] and 1000 not in log.held
@@ -236,7 +275,9 @@ def test_leave_is_confirmed_every_time_it_arrives() -> None:
 
 def test_a_closed_rooms_members_are_told_closed_again_and_again() -> None:
     room = Room(closed_resend_interval=0.2)
+    room.registry.deadline_moved = False
     out = room.send(Leave(room.alice.token), ALICE, now=5.0)  # the host leaves
+    assert room.registry.deadline_moved  # the adapter must re-arm for the copies
     closed = ServerDatagram(Kind.CLOSED, 2, "", "host alice left; the room is closed")
     assert replies(out) == [Departed(), closed]
     # Bob missed it; his next datagram is answered with the room's CLOSED.
@@ -259,6 +300,16 @@ def test_shutdown_resends_closed_to_delivery_members_only() -> None:
     assert room.registry.next_deadline() == 3.1
     (again,) = room.registry.expire(3.1)
     assert set(again.addresses) == {ALICE, BOB}  # version 1 gets version 1: one copy
+
+
+def test_a_version_1_room_keeps_no_history() -> None:
+    registry = RoomRegistry(idle_timeout=60.0)
+    registry.create_room("old", "alice", None, IP, 0.0)
+    registry.join_room("old", "bob", None, IP, 0.0)
+    assert registry.rooms["old"].history is None
+    registry.join_room("old", "carol", None, IP, 0.0, delivery=True)
+    history = registry.rooms["old"].history
+    assert history is not None and len(history) == 0  # from carol's entry on
 
 
 def test_gone_tokens_are_forgotten_after_the_idle_timeout() -> None:
@@ -307,13 +358,12 @@ def test_a_version_1_member_cannot_speak_the_extension() -> None:
 def test_malformed_bodies_from_a_member_are_refused_and_the_relay_goes_on() -> None:
     room = Room()
     token = room.alice.token.encode()
-    for body in (
-        b"\x00\x01\x20" + token,
-        b"\x00\x02\x20" + token + b"\x00",
-        b"\x00\x07\x20" + token,
-    ):
+    for body in (b"\x00\x01\x20" + token, b"\x00\x02\x20" + token + b"\x00"):
         (error,) = replies(room.relay.datagram_received(body, ALICE, 1.0))
-        assert isinstance(error, ServerDatagram) and error.kind is Kind.ERROR
+        assert error == ServerDatagram(Kind.ERROR, 0, "", "malformed extended datagram")
+    # An unknown Type is dropped and counted (shared PROTOCOL.md, section 3).
+    assert room.relay.datagram_received(b"\x00\x07\x20" + token, ALICE, 1.0) == []
+    assert room.relay.unknown == 1
     assert replies(room.say(room.alice, ALICE, 1, "still here")) == [
         Chat(2, "alice", 1, "still here")
     ]
@@ -376,3 +426,24 @@ async def test_shutdown_tells_delivery_members_four_times() -> None:
             assert copies == [ServerDatagram(Kind.CLOSED, 1, "", "server shutting down")] * 4
         finally:
             peer.close()
+
+
+async def test_a_host_leaving_over_udp_gets_its_closed_copies_on_time() -> None:
+    """The datagram that closed the room brought the registry's deadline closer: the
+    server re-arms its timer, so the copies do not wait for the next idle deadline."""
+    async with running_server(closed_resend_interval=20 * MS) as server:
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, ("delivery",)))
+        bob = await admit(server.tcp_port, JoinRoom("lobby", "bob", None, ("delivery",)))
+        boot = bytes.fromhex(alice.boot or "")
+        host, member = await UdpPeer.open(alice.udp_port), await UdpPeer.open(bob.udp_port)
+        try:
+            for peer, who in ((host, alice), (member, bob)):
+                peer.send_raw(encode_extended(Ping(who.token, 1, boot)))
+                await peer.recv_raw()  # STATUS
+            host.send_raw(encode_extended(Leave(alice.token)))
+            copies = [decode_received(await member.recv_raw(500 * MS)) for _ in range(4)]
+            assert {c.kind for c in copies if isinstance(c, ServerDatagram)} == {Kind.CLOSED}
+            assert len(copies) == 4
+        finally:
+            host.close()
+            member.close()

@@ -154,7 +154,7 @@ class OCMServer:
         )
         self.relay = RelayCore(self.registry, ErrorReplyLimiter(limits.error_replies_per_second))
         self._loop = asyncio.get_running_loop()
-        self._endpoint = RelayEndpoint(self.relay, self._loop.time)
+        self._endpoint = RelayEndpoint(self.relay, self._loop.time, self._arm_expiry)
         # Password hashes (scrypt) run here, not on the loop's default executor: each
         # worker thread keeps the 16 MiB its last hash used, and the default executor
         # grows to min(32, CPUs + 4) threads, so only a pool of its own makes
@@ -224,10 +224,12 @@ class OCMServer:
     def _arm_expiry(self) -> None:
         """Arm the expiry timer for :meth:`RoomRegistry.next_deadline`.
 
-        Called after every registry change that can bring the deadline closer (a TCRP
-        request, an expiry pass). Datagrams only push deadlines later, so they need no
-        call: a timer that fires early finds nobody idle and re-arms for the new one.
+        Called after every TCRP request, every expiry pass, and every datagram that
+        brought a deadline closer (the registry says so: ``deadline_moved``, set when a
+        delivery member's LEAVE closed a room). Other datagrams only push deadlines later:
+        a timer that fires early finds nobody idle and re-arms for the new one.
         """
+        self.registry.deadline_moved = False
         if self._closing:
             return
         deadline = self.registry.next_deadline()
@@ -264,6 +266,10 @@ class OCMServer:
         try:
             if self._tcp_server is not None:
                 self._tcp_server.close()
+            # One turn of the loop: a connection accepted just now starts its handler,
+            # which tcrp.close() can then close and wait for (instead of asyncio
+            # cancelling a handler that never ran, with a traceback in the log).
+            await asyncio.sleep(0)
             if self._expiry_timer is not None:
                 self._expiry_timer.cancel()
                 self._expiry_timer = None

@@ -18,16 +18,29 @@ from collections import deque
 
 from ocm.wire.constants import SEQ_CYCLE
 
-__all__ = ["HELD_BYTES", "HELD_MESSAGES", "RELAYED_WINDOW", "Budget", "History", "RelayedLog"]
+__all__ = [
+    "HELD_BYTES",
+    "HELD_MESSAGES",
+    "REFUSED",
+    "RELAYED_WINDOW",
+    "Budget",
+    "History",
+    "RelayedLog",
+]
 
-# Message numbers a member's log remembers exactly. OCM's client keeps at most 32
-# messages in flight, so a retransmission is never more than 32 numbers old; 1024
-# leaves room for any client that keeps a bigger window.
-RELAYED_WINDOW = 1024
-# Early arrivals one member may have waiting for the messages before them: twice OCM's
-# window, and at most 64 KiB, so a member can pin no more than that.
-HELD_MESSAGES = 64
-HELD_BYTES = 64 * 1024
+# Message numbers a member's log remembers exactly (their Seq, to confirm a resend).
+# OCM's client keeps at most 32 messages in flight, so a retransmission is never more
+# than 32 numbers old; 128 leaves room for a client with a bigger window, at about
+# 12 KiB per member.
+RELAYED_WINDOW = 128
+# Early arrivals one member may have waiting for the messages before them: OCM's window
+# in count, and 16 KiB (four long lines; short lines are the usual case), so a member
+# pins at most that; the registry caps all members together too (MAX_HELD_TOTAL).
+HELD_MESSAGES = 32
+HELD_BYTES = 16 * 1024
+# The Seq recorded for a message the server refused (too long, not UTF-8): a resend of
+# it is refused again, never confirmed.
+REFUSED = -1
 
 
 class History:
@@ -89,8 +102,9 @@ class RelayedLog:
         self.held_bytes = 0
 
     def seen(self, msg_no: int) -> int | None:
-        """The Seq ``msg_no`` was relayed as (0 when it was refused or too long ago to
-        say), or None if it was not dealt with yet."""
+        """The Seq ``msg_no`` was relayed as (0 when it was too long ago to say,
+        :data:`REFUSED` when the server refused it), or None if it was not dealt with
+        yet."""
         if msg_no >= self.next:
             return None
         return self._seqs.get(msg_no, 0)
@@ -111,7 +125,7 @@ class RelayedLog:
         return True
 
     def dealt_with(self, seq: int) -> None:
-        """Message ``next`` was relayed as ``seq`` (0: refused); move on to the next."""
+        """Message ``next`` was relayed as ``seq`` (or :data:`REFUSED`); move on."""
         seqs = self._seqs
         seqs[self.next] = seq
         if len(seqs) > RELAYED_WINDOW:

@@ -67,6 +67,13 @@ TOKEN_BYTES = 24
 # late datagram of theirs gets the room's CLOSED or a DEPARTED, not "unknown token":
 # for idle_timeout seconds, and this many at most (the oldest are forgotten first).
 MAX_GONE = 10_000
+# Repair datagrams one member gets at once, at most: a client's receive buffer (Linux
+# grants 208 KiB unless told otherwise) holds about 200; more would be dropped on
+# arrival and asked for again. The rate refills it (--repair-rate).
+REPAIR_BURST = 128
+# Early DATA (waiting for the messages before them) held for all members together:
+# each member may hold HELD_BYTES, but many members from one address must not add up.
+MAX_HELD_TOTAL = 16 * 1024 * 1024
 # A delivery member's CLOSED is sent again after 1, 3 and 7 resend intervals.
 CLOSED_RESENDS = (1, 3, 7)
 _DEPARTED = encode_received(Departed())
@@ -143,7 +150,10 @@ class Gone:
 class Room:
     name: str
     password: PasswordHash | None
-    history: History
+    # Kept from the moment the first delivery member enters (section 3): a room of
+    # version 1 members only keeps nothing, and their lines are not kept for later
+    # joiners who never asked to see the past.
+    history: History | None = None
     host: Member | None = None
     members: dict[str, Member] = field(default_factory=dict)  # casefolded name -> member
     seq: int = 0
@@ -185,7 +195,8 @@ class Room:
     def announce(self, kind: Kind, text: str) -> Outgoing:
         seq = self.next_seq()
         datagram = server_datagram_prefix(kind, seq) + text.encode("utf-8")
-        self.history.append(seq, datagram)
+        if self.history is not None:
+            self.history.append(seq, datagram)
         return Outgoing(datagram, self.addresses)
 
     def info(self) -> RoomInfo:
@@ -228,6 +239,11 @@ class RoomRegistry:
         # CLOSED copies due again: (when, tie-breaker, datagram and addresses).
         self._resends: list[tuple[float, int, Outgoing]] = []
         self._resend_count = 0
+        # Set when a call made a deadline earlier than the adapter may have armed for
+        # (a room closed by a datagram schedules its CLOSED copies): re-arm, then clear.
+        self.deadline_moved = False
+        # Bytes of early DATA held by all members (RelayedLog.held_bytes summed).
+        self.held_bytes = 0
         self.rooms: dict[str, Room] = {}
         # The relay routes by token bytes: one dict lookup per datagram.
         self.by_token: dict[bytes, Member] = {}
@@ -287,7 +303,7 @@ class RoomRegistry:
         """
         self._check_create(pending)
         name = pending.room
-        room = Room(name, password, History(self.history_messages, self.history_bytes))
+        room = Room(name, password)
         self.rooms[name] = room
         host = self._add_member(room, pending.username, pending.ip, now, delivery)
         room.host = host
@@ -522,7 +538,9 @@ class RoomRegistry:
         member = Member(username, token, ip, room, now)
         if delivery:
             member.relayed = RelayedLog()
-            member.repairs = Budget(self.repair_rate, self.repair_rate, now)
+            member.repairs = Budget(self.repair_rate, min(self.repair_rate, REPAIR_BURST), now)
+            if room.history is None:
+                room.history = History(self.history_messages, self.history_bytes)
         room.members[username.casefold()] = member
         self.by_token[member.token_bytes] = member
         self._activity[member] = None
@@ -531,6 +549,12 @@ class RoomRegistry:
     @staticmethod
     def _same_ip(member: Member, ip: str) -> bool:
         return canonical_ip(member.ip) == canonical_ip(ip)
+
+    def _release_held(self, member: Member) -> None:
+        if member.relayed is not None:
+            self.held_bytes -= member.relayed.held_bytes
+            member.relayed.held.clear()
+            member.relayed.held_bytes = 0
 
     def _remember_gone(self, member: Member, reply: bytes, now: float) -> None:
         gone = self.gone
@@ -546,6 +570,7 @@ class RoomRegistry:
         del room.members[member.name.casefold()]
         del self.by_token[member.token_bytes]
         del self._activity[member]
+        self._release_held(member)
         room.refresh_addresses()
         log.info(
             '%s %s room "%s"',
@@ -560,6 +585,7 @@ class RoomRegistry:
         closed = room.announce(Kind.CLOSED, text)
         if room.delivery_addresses:  # once more later, for those whose copy was lost
             again = Outgoing(closed.datagram, room.delivery_addresses)
+            self.deadline_moved = True
             for intervals in CLOSED_RESENDS:
                 self._resend_count += 1
                 due = now + intervals * self.closed_resend_interval
@@ -569,6 +595,7 @@ class RoomRegistry:
                 self._remember_gone(member, closed.datagram, now)
             del self.by_token[member.token_bytes]
             del self._activity[member]
+            self._release_held(member)
         room.members.clear()
         room.refresh_addresses()
         del self.rooms[room.name]

@@ -23,7 +23,8 @@ import struct
 
 from ocm.errors import ProtocolError
 from ocm.server.guards import ErrorReplyLimiter
-from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
+from ocm.server.history import REFUSED
+from ocm.server.registry import MAX_HELD_TOTAL, Address, Member, Outgoing, RoomRegistry
 from ocm.wire.constants import CLIENT_HEADER_SIZE, MAX_DATAGRAM, SEQ_CYCLE, SERVER_HEADER_SIZE
 from ocm.wire.datagrams import Kind, server_datagram_prefix, split_client_datagram
 from ocm.wire.delivery import (
@@ -38,7 +39,14 @@ from ocm.wire.delivery import (
     encode_received,
     split_extended,
 )
-from ocm.wire.texts import NotUtf8, TooLong, UnknownToken, format_refusal
+from ocm.wire.texts import (
+    RESTARTED_TEXT,
+    Malformed,
+    NotUtf8,
+    TooLong,
+    UnknownToken,
+    format_refusal,
+)
 
 __all__ = ["Answer", "Answers", "RelayCore"]
 
@@ -49,12 +57,12 @@ Answer = tuple[bytes, tuple[Address, ...]]
 Answers = Answer | list[Answer]
 # RESTARTED replies per source IP per second (and as many in a burst).
 RESTARTED_RATE = 100.0
-RESTARTED_TEXT = "the server restarted"
 
 _MESSAGE = Kind.MESSAGE
 _ERROR_PREFIX = server_datagram_prefix(Kind.ERROR, 0)
 _UNKNOWN_TOKEN = format_refusal(UnknownToken())
 _NOT_UTF8 = format_refusal(NotUtf8())
+_MALFORMED = format_refusal(Malformed())
 _CHAT_OVERHEAD = SERVER_HEADER_SIZE + 4  # header and MsgNo: a CHAT is this + sender + text
 _U32 = struct.Struct("!I")
 _RANGE = struct.Struct("!IH")
@@ -78,6 +86,7 @@ class RelayCore:
         self.rejected = 0
         self.duplicates = 0  # DATA that arrived again: confirmed, not relayed
         self.repaired = 0  # datagrams sent again on request
+        self.unknown = 0  # extended datagrams of a Type this server does not know
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> list[Outgoing]:
         """Handle one client datagram from ``address``; return what to send."""
@@ -127,7 +136,8 @@ class RelayCore:
                 self.relayed += 1
                 seq = room.next_seq()
                 message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
-                room.history.append(seq, message)
+                if room.history is not None:  # kept once a delivery member is in
+                    room.history.append(seq, message)
                 # Delivery members read MESSAGE too: a version 1 member's line reaches
                 # everyone as one datagram (a CHAT would be 4 bytes longer, and a line at
                 # the version 1 limit would not fit).
@@ -165,9 +175,11 @@ class RelayCore:
                     if body:
                         raise ValueError("a Leave has no body")
                     return self._leave(member, address, now)
-        except (ValueError, struct.error) as error:
-            return self._refuse(address, now, None, f"malformed extended datagram: {error}")
-        return self._refuse(address, now, None, f"unknown extended datagram type {kind}")
+        except (ValueError, struct.error):
+            return self._refuse(address, now, None, _MALFORMED)
+        # Shared PROTOCOL.md section 3: an unknown kind is dropped and counted.
+        self.unknown += 1
+        return None
 
     def _stranger(
         self, kind: int, token: bytes, body: bytes, address: Address, now: float, size: int
@@ -195,30 +207,40 @@ class RelayCore:
         text: bytes | None = body[4:]
         if msg_no == 0 or not text:
             raise ValueError("a Data has a message number from 1 and text")
+        refusal = self._check_text(member, text)
         seq = log.seen(msg_no)
-        if seq is not None:  # a retransmission or a network duplicate
+        if seq is not None and seq != REFUSED:  # a retransmission or a network duplicate
             self.duplicates += 1
             return encode_received(Accepted(seq, msg_no)), (address,)
-        refusal = self._check_text(member, text)
-        error = None
+        if refusal is not None and seq == REFUSED:  # refused before; its ERROR was lost
+            return self._refuse(address, now, None, refusal, msg_no)
         if refusal is not None:
-            error = self._refuse(address, now, None, refusal, msg_no)
-            text = None  # dealt with: the numbers after it need not wait for it
+            text = None  # dealt with once its turn comes: the ones after need not wait
         if msg_no != log.next:
-            if log.hold(msg_no, text):
-                return error  # relayed when the messages before it have come
-            self.duplicates += msg_no in log.held
-            return error
+            if msg_no in log.held:
+                self.duplicates += 1
+                return None
+            registry = self.registry
+            size = len(text) if text else 0
+            if registry.held_bytes + size > MAX_HELD_TOTAL or not log.hold(msg_no, text):
+                # No room to wait: say nothing (not even a refusal), so the sender sends
+                # it again, by when the ones before it will have come.
+                return None
+            registry.held_bytes += size
+            return None if refusal is None else self._refuse(address, now, None, refusal, msg_no)
         answers: list[Answer] = []
         waiting = True
         while waiting:
             if text is None:
-                log.dealt_with(0)
+                log.dealt_with(REFUSED)
             else:
                 self._relay_data(member, log.next, text, answers)
             waiting, text = log.take_held()
-        if error is not None:
-            answers.append(error)
+            self.registry.held_bytes -= len(text) if text else 0
+        if refusal is not None:
+            error = self._refuse(address, now, None, refusal, msg_no)
+            if error is not None:
+                answers.append(error)
         return answers[0] if len(answers) == 1 else answers or None
 
     def _check_text(self, member: Member, text: bytes) -> str | None:
@@ -242,7 +264,9 @@ class RelayCore:
         seq = room.next_seq()
         log.dealt_with(seq)
         chat = chat_prefix(seq, member.name_bytes, msg_no) + text
-        room.history.append(seq, chat)
+        history = room.history
+        assert history is not None  # a delivery member is in the room
+        history.append(seq, chat)
         into.append((chat, room.delivery_addresses))
         if room.v1_addresses:
             message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
@@ -260,7 +284,9 @@ class RelayCore:
             raise ValueError(f"a Repair holds 1-{MAX_REPAIR_RANGES} ranges")
         room = member.room
         latest = room.seq
-        kept = len(room.history)  # the Seqs latest - kept + 1 .. latest
+        history = room.history
+        assert history is not None  # a delivery member is in the room
+        kept = len(history)  # the Seqs latest - kept + 1 .. latest
         plan: list[tuple[int, int, int]] = []  # (first, lost, available) per range
         wanted = 0
         for first, count in _RANGE.iter_unpack(body):
@@ -285,7 +311,7 @@ class RelayCore:
                 left -= 1
             start = first + lost
             for offset in range(min(available, left)):
-                datagram = room.history.get((start + offset - 1) % SEQ_CYCLE + 1)
+                datagram = history.get((start + offset - 1) % SEQ_CYCLE + 1)
                 assert datagram is not None  # within the newest ``kept``
                 answers.append((datagram, to))
             left -= min(available, left)

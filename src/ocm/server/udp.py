@@ -42,9 +42,17 @@ MAX_QUEUED_BYTES = 4 * 1024 * 1024
 
 
 class RelayEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, core: RelayCore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        core: RelayCore,
+        clock: Callable[[], float],
+        rearm: Callable[[], None] = lambda: None,
+    ) -> None:
         self.core = core
         self._clock = clock
+        # Called when a datagram brought a registry deadline closer (a host's LEAVE
+        # closed its room, whose CLOSED copies are due soon): the app re-arms its timer.
+        self._rearm = rearm
         self.transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None  # our own handle on the transport's socket
         self._batch: BatchSender | None = None
@@ -84,6 +92,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             # A bug must cost one datagram, never the relay.
             log.exception("unexpected error handling a datagram from %s", addr[0])
             return
+        if self.core.registry.deadline_moved:
+            self._rearm()
         if answer is None:
             return
         if isinstance(answer, tuple):

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "RESTARTED_TEXT",
     "SHUTDOWN_REASON",
     "ClosedReason",
     "HostGone",
+    "Malformed",
     "MemberEvent",
     "NotUtf8",
     "Presence",
@@ -133,7 +135,15 @@ class NotUtf8:
     """A chat line that is not valid UTF-8."""
 
 
-Refusal = UnknownToken | TooLong | NotUtf8
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A member's extended datagram (section 3) whose body breaks its layout."""
+
+
+Refusal = UnknownToken | TooLong | NotUtf8 | Malformed
+
+# The text of RESTARTED (section 3), which a client shows as it likes.
+RESTARTED_TEXT = "the server restarted"
 
 _UNKNOWN_TOKEN = "unknown token for this room"
 # An ERROR to a sender the server does not know is cut to the size of the datagram it
@@ -141,6 +151,7 @@ _UNKNOWN_TOKEN = "unknown token for this room"
 _UNKNOWN_TOKEN_PREFIX = "unknown token"
 _TOO_LONG = re.compile(r"message too long: max (\d+) bytes")
 _NOT_UTF8 = "message text is not valid UTF-8"
+_MALFORMED = "malformed extended datagram"
 
 
 def format_refusal(refusal: Refusal) -> str:
@@ -151,6 +162,8 @@ def format_refusal(refusal: Refusal) -> str:
             return f"message too long: max {limit} bytes"
         case NotUtf8():
             return _NOT_UTF8
+        case Malformed():
+            return _MALFORMED
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -159,5 +172,7 @@ def parse_refusal(text: str) -> Refusal | None:
         return UnknownToken()
     if text == _NOT_UTF8:
         return NotUtf8()
+    if text == _MALFORMED:
+        return Malformed()
     match = _TOO_LONG.fullmatch(text)
     return None if match is None else TooLong(int(match[1]))
