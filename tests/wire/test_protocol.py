@@ -823,3 +823,21 @@ def test_a_bad_idle_timeout_is_a_bad_request(bad: object) -> None:
     with pytest.raises(ProtocolError) as info:
         parse_reply(message)
     assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("features", "granted"),
+    [
+        ("delivery", ()),
+        ({"delivery": True}, ()),
+        (["delivery", 7, "", "x" * 65, "delivery"], ("delivery",)),
+        ([f"f{n}" for n in range(40)], tuple(f"f{n}" for n in range(32))),
+    ],
+)
+def test_odd_features_are_ignored_not_refused(features: object, granted: tuple[str, ...]) -> None:
+    """Shared PROTOCOL.md section 3: unknown is ignored. A request with an odd "features"
+    value is still a request, for the features it names properly (none: version 1)."""
+    message = TcrpMessage(
+        Operation.JOIN_ROOM, State.REQUEST, "lobby", {"username": "bob", "features": features}
+    )
+    assert parse_request(message) == JoinRoom("lobby", "bob", None, granted)

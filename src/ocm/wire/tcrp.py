@@ -411,15 +411,19 @@ MAX_FEATURE_NAME = 64
 
 
 def _features(payload: dict[str, Any]) -> tuple[str, ...]:
-    """The "features" list of a request or COMPLETE (section 3): absent means none."""
-    value = _field(payload, "features", list, required=False)
-    if value is None:
+    """The "features" list of a request or COMPLETE (section 3): absent means none.
+
+    Lenient on purpose (shared PROTOCOL.md, section 3: unknown is ignored): a value that
+    is not a list counts as none, and entries that are not feature names are skipped,
+    so a client that sends something odd there still gets version 1, never an error.
+    """
+    value = payload.get("features")
+    if not isinstance(value, list):
         return ()
-    if len(value) > MAX_FEATURES or not all(
-        isinstance(f, str) and 0 < len(f) <= MAX_FEATURE_NAME for f in value
-    ):
-        raise bad(f'field "features" must list at most {MAX_FEATURES} names')
-    return tuple(dict.fromkeys(value))  # in order, once each
+    names = [
+        f for f in value[:MAX_FEATURES] if isinstance(f, str) and 0 < len(f) <= MAX_FEATURE_NAME
+    ]
+    return tuple(dict.fromkeys(names))  # in order, once each
 
 
 def _optional_count(payload: dict[str, Any], key: str, limit: int) -> int | None:
