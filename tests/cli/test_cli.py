@@ -3,9 +3,11 @@ terminal). The interactive UI on a terminal is tests/test_terminal.py."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ocm.cli import build_parser, main
+from ocm.cli.client import EXIT_STATUSES
 from ocm.client import ChatClient, Event, Message, Notice, list_rooms
 from ocm.wire import RoomInfo
 from tests.kit import LOOPBACK, MS, create_rooms, ready, registered, running_server, until
@@ -102,13 +105,20 @@ class Piped:
 @asynccontextmanager
 async def server_process() -> AsyncIterator[int]:
     """A real ``python -m ocm server`` on loopback, port 0; yields its TCP port."""
+    async with server_process_handle() as (port, _):
+        yield port
+
+
+@asynccontextmanager
+async def server_process_handle() -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+    """:func:`server_process`, and the process itself (to signal it)."""
     process = await spawn("server", "--host", LOOPBACK, "--port", "0")
     try:
         assert process.stderr is not None
         async with asyncio.timeout(10):
             line = (await process.stderr.readline()).decode()
         assert "listening" in line, line
-        yield int(line.split("TCP port ")[1].split(",")[0])
+        yield int(line.split("TCP port ")[1].split(",")[0]), process
     finally:
         if process.returncode is None:
             process.terminate()
@@ -141,6 +151,72 @@ def test_client_commands_and_their_options() -> None:
     # the server subcommand is untouched
     server = parser.parse_args(["server", "--host", "::", "--port", "0", "--idle-timeout", "5"])
     assert (server.host, server.port, server.idle_timeout) == ("::", 0, 5.0)
+
+
+def test_history_takes_a_count_for_create_join_and_ocm_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["join", "lobby"]).history is None  # the mode decides
+    assert parser.parse_args(["create", "lobby", "--history", "0"]).history == 0
+    assert parser.parse_args(["join", "lobby", "--history", "4096"]).history == 4096
+    assert parser.parse_args(["--history", "5"]).history == 5  # ocm alone
+    assert parser.parse_args(["--history", "5", "join", "lobby"]).history == 5
+    assert parser.parse_args(["rooms"]).history is None
+    for bad in ("-1", "4097", "2.5", "many", ""):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["join", "lobby", "--history", bad])
+        assert exit_.value.code == 2
+        assert (
+            f"argument --history: must be a whole number from 0 to 4096, got {bad}\n"
+            in capsys.readouterr().err
+        )
+
+
+def test_ocm_alone_passes_its_history_to_the_questions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocm.cli import client
+    from ocm.ui import terminal
+
+    asked: list[int] = []
+
+    async def interactive(server: str, *, history: int) -> int:
+        asked.append(history)
+        return 0
+
+    monkeypatch.setattr(client, "_on_terminal", lambda: True)
+    monkeypatch.setattr(terminal, "interactive", interactive)
+    assert main(["--history", "7"]) == 0
+    assert main([]) == 0
+    assert asked == [7, terminal.DEFAULT_HISTORY] == [7, 20]
+
+
+def join_help() -> str:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return str(commands.choices["join"].format_help())
+
+
+def test_join_help_ends_with_the_exit_statuses() -> None:
+    """The statuses ocm.ui.chatview returns, as ocm join --help and the README say them."""
+    from ocm.ui import chatview
+
+    text = join_help()
+    assert "(default: 20 on a terminal, 0 in pipe mode)" in " ".join(text.split())
+    epilog = text.split("\nexit status:\n", 1)[1]
+    listed = [int(line.split()[0]) for line in epilog.splitlines() if line[2:3].isdigit()]
+    assert listed == [code for code, _ in EXIT_STATUSES] == [0, 1, 2, 3, 4, 130]
+    constants = (
+        chatview.EXIT_LEFT,
+        chatview.EXIT_ERROR,
+        chatview.EXIT_USAGE,
+        chatview.EXIT_ROOM_CLOSED,
+        chatview.EXIT_SERVER_LOST,
+    )
+    assert constants == (0, 1, 2, 3, 4)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- exit-statuses -->\n", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(\d+)` \|", table, re.M)
+    assert [int(code) for code in rows] == [0, 1, 2, 3, 4, 130, 143, 129]
 
 
 def test_password_flags_take_no_positional_by_surprise(
@@ -530,7 +606,8 @@ async def test_the_host_leaving_ends_a_member_whose_input_is_still_open() -> Non
             assert await bob.line() == "! room closed: host alice left; the room is closed"
             assert bob.process.stdin is not None
             async with asyncio.timeout(5):
-                assert await bob.process.wait() == 0  # stdin still open: it exits anyway
+                # stdin still open: it exits anyway, with the status for a closed room
+                assert await bob.process.wait() == 3
         finally:
             await bob.kill()
 
@@ -575,3 +652,49 @@ async def test_interrupt_leaves_the_room() -> None:
                     assert await anext(alice) == Notice("bob left", 2)
             finally:
                 await bob.kill()
+
+
+async def test_pipe_mode_prints_the_history_it_is_asked_for_then_leaves() -> None:
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        async with await ready(server, await ChatClient.create(where, "lobby", "alice")) as alice:
+            for n in range(5):
+                await alice.send(f"m{n}")
+            assert await alice.flush(1)
+            none = await ocm("join", "lobby", "--name", "bob", "--server", where)
+            assert (none.code, none.out, none.err) == (0, "", "")  # pipe mode: 0 by default
+            asked = await ocm(
+                "join", "lobby", "--name", "carol", "--history", "3", "--server", where
+            )
+            assert (asked.code, asked.err) == (0, "")
+            assert asked.out.splitlines() == [
+                "history * bob joined",
+                "history * bob left",
+                "history * carol joined",
+            ]
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP does not exist on Windows")
+async def test_a_server_that_stops_answering_ends_pipe_mode_with_status_4() -> None:
+    """No ICMP here: the stopped server's port stays open, it just never answers. The
+    client notices within three heartbeat intervals, says why, and exits 4."""
+    async with server_process_handle() as (port, server):
+        where = f"127.0.0.1:{port}"
+        bob = await Piped.start(
+            "create", "lobby", "--name", "bob", "--heartbeat", "0.5", "--server", where
+        )
+        try:
+            await bob.say("hello")
+            assert await bob.line() == "bob: hello"
+            server.send_signal(signal.SIGSTOP)
+            try:
+                started = asyncio.get_running_loop().time()
+                assert await bob.line(timeout=10) == "! room closed: the server stopped answering"
+                assert asyncio.get_running_loop().time() - started < 3 * 0.5 + 2
+                code, out, err = await bob.finish()
+                assert (code, out, err) == (4, "", "")
+            finally:
+                server.send_signal(signal.SIGCONT)
+        finally:
+            await bob.kill()

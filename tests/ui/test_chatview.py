@@ -8,11 +8,19 @@ import pytest
 
 from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice, Overflow, Undelivered
 from ocm.ui.chatview import (
+    EXIT_ERROR,
+    EXIT_LEFT,
+    EXIT_ROOM_CLOSED,
+    EXIT_SERVER_LOST,
+    HISTORY_STAMP,
     PALETTE,
     Command,
     Roster,
+    closed_line,
+    closing,
     djb2,
     event_lines,
+    exit_status,
     info_line,
     mentions,
     name_style,
@@ -98,6 +106,12 @@ def test_pipe_lines(event: Event, line: str) -> None:
     assert pipe_line(event) == line
 
 
+def test_pipe_lines_from_before_we_entered_say_so() -> None:
+    assert pipe_line(Message("alice", "hi\nall", 3, history=True)) == "history alice: hi all"
+    assert pipe_line(Notice("bob joined", 4, history=True)) == "history * bob joined"
+    assert pipe_line(Message("history", "x", 5)) == "history: x"  # a name, not the prefix
+
+
 def test_event_lines_for_messages() -> None:
     [line] = event_lines(Message("alice", "hello", 1), NOON, me="bob")
     assert plain(line) == "12:05 <alice> hello"
@@ -127,6 +141,7 @@ def test_event_lines_split_a_multi_line_message_and_show_actions() -> None:
         (Notice("bob joined", 1), "12:05 -- bob joined", "class:notice"),
         (ErrorReply("no"), "12:05 !! the server refused a message: no", "class:error"),
         (Gap(2, 5), "12:05 !! 3 messages lost on the way (UDP); the chat goes on", "class:error"),
+        (Gap(2, 3), "12:05 !! 1 message lost on the way (UDP); the chat goes on", "class:error"),
         (Undelivered("hi\x1b[2J"), "12:05 !! not delivered: hi\ufffd[2J", "class:error"),
         (Overflow(7), "12:05 !! 7 events skipped: they came too fast to show", "class:error"),
         (
@@ -140,6 +155,68 @@ def test_event_lines_style_everything_but_chat_apart(event: Event, text: str, st
     [line] = event_lines(event, NOON, me="bob")
     assert plain(line) == text
     assert line[-1][0] == style
+
+
+def test_a_gap_with_delivery_means_messages_the_server_no_longer_had() -> None:
+    [line] = event_lines(Gap(2, 5), NOON, me="bob", delivery=True)
+    assert plain(line) == (
+        "12:05 !! 3 messages missing: the server no longer had them; the chat goes on"
+    )
+    assert line[-1][0] == "class:error"
+
+
+def test_history_lines_are_dimmed_whole_and_undated() -> None:
+    """A message from before we entered: its own style throughout (no name colour, no
+    mention highlight), and no time, which we do not know."""
+    first, second = event_lines(Message("alice", "hey bob\nmore", 1, history=True), NOON, "bob")
+    assert plain(first) == f"{HISTORY_STAMP} <alice> hey bob" == "--:-- <alice> hey bob"
+    assert plain(second) == " " * len("12:05 <alice> ") + "more"
+    assert {style for style, _ in first + second} == {"class:history"}
+    [notice] = event_lines(Notice("carol joined", 2, history=True), NOON, "bob")
+    assert plain(notice) == "--:-- -- carol joined"
+    assert {style for style, _ in notice} == {"class:history"}
+    [live] = event_lines(Message("alice", "hey bob", 3), NOON, "bob")
+    assert plain(live) == "12:05 <alice> hey bob"
+    assert ("class:mention", "hey bob") in live
+
+
+def test_the_last_line_says_whether_the_room_closed_or_the_server_was_lost() -> None:
+    closed = closed_line(Closed("host alice left; the room is closed"), NOON)
+    assert plain(closed) == "12:05 !! room closed: host alice left; the room is closed"
+    lost = closed_line(Closed("the server stopped answering"), NOON, server_lost=True)
+    assert plain(lost) == "12:05 !! the server stopped answering — the chat is over"
+    restarted = Closed("the server restarted; room lobby no longer exists")
+    assert plain(closed_line(restarted, NOON, server_lost=True)) == (
+        "12:05 !! the server restarted; room lobby no longer exists — the chat is over"
+    )
+    assert lost[-1][0] == closed[-1][0] == "class:closed"
+    assert plain(closed_line(Closed("bad\x1b[2J"), NOON)).endswith("bad\ufffd[2J")
+
+
+def test_closing_picks_the_end_of_the_stream() -> None:
+    assert closing(Closed("bye")) == Closed("bye")
+    assert closing(Message("a", "b", 1)) is None
+
+
+@pytest.mark.parametrize(
+    ("closed", "server_lost", "left", "lines_lost", "status"),
+    [
+        (None, False, True, False, EXIT_LEFT),
+        (None, False, True, True, EXIT_ERROR),
+        (None, False, False, False, EXIT_SERVER_LOST),  # the leave went unanswered
+        (None, False, False, True, EXIT_SERVER_LOST),
+        (Closed("host alice left; the room is closed"), False, True, False, EXIT_ROOM_CLOSED),
+        (Closed("server shutting down"), False, True, True, EXIT_ROOM_CLOSED),
+        (Closed("the server stopped answering"), True, False, True, EXIT_SERVER_LOST),
+        (Closed("the server restarted; room x no longer exists"), True, True, False, 4),
+    ],
+)
+def test_exit_statuses(
+    closed: Closed | None, server_lost: bool, left: bool, lines_lost: bool, status: int
+) -> None:
+    assert (EXIT_LEFT, EXIT_ERROR, EXIT_ROOM_CLOSED, EXIT_SERVER_LOST) == (0, 1, 3, 4)
+    found = exit_status(closed, server_lost=server_lost, left=left, lines_lost=lines_lost)
+    assert found == status
 
 
 def test_info_who_and_toolbar() -> None:

@@ -12,10 +12,22 @@ import io
 import os
 from collections.abc import AsyncIterator
 
-from ocm.client import ChatClient, Event, Message, Notice
+from ocm.client import ChatClient, Closed, Event, Message, Notice
+from ocm.ui.chatview import EXIT_LEFT, EXIT_ROOM_CLOSED, EXIT_SERVER_LOST
 from ocm.ui.pipe import MAX_LINE, MAX_QUEUED_READS, LongLine, read_lines, run_pipe
 from ocm.wire import Kind
-from tests.kit import LOOPBACK, MS, alice_and_bob, fake_server, running_server
+from ocm.wire.delivery import Data, Ping
+from tests.client.fake_delivery import delivery_server
+from tests.kit import (
+    LOOPBACK,
+    MS,
+    alice_and_bob,
+    fake_server,
+    ready,
+    running_server,
+    server_of,
+    until,
+)
 
 
 async def collect(chunks: list[bytes], encoding: str = "utf-8") -> list[str | LongLine]:
@@ -164,5 +176,148 @@ async def test_run_pipe_ends_when_the_room_closes_while_input_is_open() -> None:
         await asyncio.sleep(20 * MS)
         await alice.close()
         async with asyncio.timeout(1000 * MS):
-            assert await session == 0
+            assert await session == EXIT_ROOM_CLOSED == 3
         assert out.getvalue() == "! room closed: host alice left; the room is closed\n"
+
+
+async def no_input() -> AsyncIterator[str]:
+    return
+    yield ""  # pragma: no cover (an async generator with nothing in it)
+
+
+async def test_history_comes_first_marked_even_when_input_ends_at_once() -> None:
+    """``ocm join lobby --history 3 </dev/null`` prints the history, then leaves: the end
+    of input waits for it (catch_up)."""
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
+        for n in range(5):
+            await alice.send(f"m{n}")
+        assert await alice.flush(1000 * MS)
+        bob = await ChatClient.join(server_of(server), "lobby", "bob", history=3)
+        out, err = io.StringIO(), io.StringIO()
+        assert await run_pipe(bob, no_input(), out, err) == EXIT_LEFT
+        assert (out.getvalue(), err.getvalue()) == (
+            "history alice: m3\nhistory alice: m4\nhistory * bob joined\n",
+            "",
+        )
+        await alice.close()
+
+
+async def test_a_silent_server_ends_pipe_mode_with_status_4() -> None:
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", heartbeat_interval=50 * MS
+        )
+        forever = asyncio.Event()
+
+        async def stdin() -> AsyncIterator[str]:
+            yield "hello"
+            await forever.wait()
+
+        fake.drop_in = lambda datagram: isinstance(datagram, Data)  # "hello" goes nowhere
+        fake.answer = False  # and nothing comes back
+        out, err = io.StringIO(), io.StringIO()
+        async with asyncio.timeout(2000 * MS):
+            assert await run_pipe(bob, stdin(), out, err) == EXIT_SERVER_LOST == 4
+        assert out.getvalue() == (
+            "! not delivered: hello\n! room closed: the server stopped answering\n"
+        )
+        # The lost line is said too; the room had ended, so no word about the leave.
+        assert err.getvalue() == "ocm: 1 message not confirmed by the server\n"
+
+
+async def test_a_restarted_server_ends_pipe_mode_with_status_4() -> None:
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", heartbeat_interval=50 * MS
+        )
+        forever = asyncio.Event()
+
+        async def stdin() -> AsyncIterator[str]:
+            await forever.wait()
+            yield "never"
+
+        fake.boot = "0123456789abcdef"
+        out, err = io.StringIO(), io.StringIO()
+        async with asyncio.timeout(2000 * MS):
+            assert await run_pipe(bob, stdin(), out, err) == EXIT_SERVER_LOST
+        assert out.getvalue() == (
+            "! room closed: the server restarted; room lobby no longer exists\n"
+        )
+        assert err.getvalue() == ""
+
+
+async def test_a_leave_never_confirmed_is_said_with_status_4() -> None:
+    async with delivery_server() as (fake, listener):
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        bob.leave_wait = 100 * MS
+        await fake.next_datagram(Ping)
+        fake.answer_leave = False  # no DEPARTED, and LEAVE_ROOM cannot connect
+        listener.close()
+        await listener.wait_closed()
+        out, err = io.StringIO(), io.StringIO()
+        assert await run_pipe(bob, no_input(), out, err) == EXIT_SERVER_LOST
+        assert out.getvalue() == ""
+        assert err.getvalue() == (
+            "ocm: could not confirm that you left; "
+            "the server will drop you after its idle timeout\n"
+        )
+
+
+async def test_waiting_events_are_taken_and_written_in_one_go() -> None:
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        await fake.next_datagram(Ping)
+        assert bob.ready_events(10) == []  # nothing waiting: no wait either
+        for n in range(5):
+            fake.say("alice", f"line {n}")
+        await until(lambda: len(bob._events) == 5)
+        assert bob.ready_events(2) == [Message("alice", "line 0", 1), Message("alice", "line 1", 2)]
+        assert await anext(bob) == Message("alice", "line 2", 3)
+        assert bob.ready_events(0) == []
+        assert [e.text for e in bob.ready_events(10) if isinstance(e, Message)] == [
+            "line 3",
+            "line 4",
+        ]
+
+        writes: list[str] = []
+
+        class Out(io.StringIO):
+            def write(self, text: str) -> int:
+                writes.append(text)
+                return super().write(text)
+
+        for n in range(5, 8):
+            fake.say("alice", f"line {n}")
+        await until(lambda: len(bob._events) == 3)
+        out = Out()
+        assert await run_pipe(bob, no_input(), out, io.StringIO()) == EXIT_LEFT
+        assert writes == ["alice: line 5\nalice: line 6\nalice: line 7\n"]
+        assert bob.ready_events(10) == []  # the stream is over
+
+
+async def test_server_lost_tells_a_lost_server_from_a_closed_room() -> None:
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        await fake.next_datagram(Ping)
+        assert not bob.server_lost  # in the room
+        fake.notice("host alice left; the room is closed", Kind.CLOSED)
+        assert [e async for e in bob] == [Closed("host alice left; the room is closed")]
+        assert not bob.server_lost
+    async with fake_server() as v1:
+        carol = await ChatClient.join(
+            (LOOPBACK, v1.tcp_port), "lobby", "carol", heartbeat_interval=50 * MS
+        )
+        await v1.udp.recv_raw()
+        v1.udp.close()  # nothing listens on the UDP port now: ICMP port unreachable
+        forever = asyncio.Event()
+
+        async def stdin() -> AsyncIterator[str]:
+            await forever.wait()
+            yield "never"
+
+        out = io.StringIO()
+        async with asyncio.timeout(2000 * MS):
+            assert await run_pipe(carol, stdin(), out, io.StringIO()) == EXIT_SERVER_LOST
+        assert carol.server_lost
+        assert out.getvalue() == "! room closed: lost contact with the server\n"

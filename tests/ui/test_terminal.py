@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,15 @@ from prompt_toolkit.output.plain_text import PlainTextOutput
 from ocm.client import ChatClient, Closed, Message, Notice
 from ocm.errors import ConnectionLost
 from ocm.server.app import OCMServer
-from ocm.ui.chatview import Roster
+from ocm.ui import terminal as terminal_module
+from ocm.ui.chatview import (
+    EXIT_ERROR,
+    EXIT_LEFT,
+    EXIT_ROOM_CLOSED,
+    EXIT_SERVER_LOST,
+    Fragments,
+    Roster,
+)
 from ocm.ui.terminal import (
     NameCompleter,
     Prompter,
@@ -39,12 +48,17 @@ from ocm.ui.terminal import (
     ask_password,
     interactive,
 )
+from ocm.wire import Kind
+from ocm.wire.delivery import Chat, Ping
+from tests.client.fake_delivery import delivery_server
 from tests.kit import (
     LOOPBACK,
     MS,
+    ServerProcess,
     alice_and_bob,
     fake_server,
     next_event,
+    ready,
     registered,
     running_server,
     settle,
@@ -55,6 +69,7 @@ if sys.platform != "win32":  # pyproject.toml: pexpect is not installed on Windo
     import pexpect
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OCM_")}
 NOON = datetime(2025, 6, 3, 12, 5)
 
 
@@ -211,7 +226,7 @@ async def test_the_room_closing_under_the_prompt_ends_the_client() -> None:
             await screen.shows("type a message")
             screen.type("half typed")
             await alice.close()
-            assert await screen.exit_status() == 0
+            assert await screen.exit_status() == EXIT_ROOM_CLOSED
             await screen.shows("12:05 !! room closed: host alice left; the room is closed")
             assert screen.out.getvalue().rstrip().endswith("the room is closed")
 
@@ -229,7 +244,146 @@ async def test_a_lost_line_is_counted_in_the_toolbar_then_reported() -> None:
             await screen.shows("12:05 !! not delivered: hello?", timeout=2000 * MS)
             assert bob.undelivered == 1
             screen.type("/exit\r")
-            assert await screen.exit_status() == 0
+            assert await screen.exit_status() == EXIT_ERROR  # as in pipe mode
+
+
+async def test_history_is_shown_first_undated_then_live_lines() -> None:
+    async with delivery_server() as (fake, _):
+        fake.say("alice", "long ago")
+        fake.say("alice", "earlier")
+        fake.notice("bob joined")  # ours: the admission's seq counts it
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob", history=2)
+        async with screen_for(bob) as screen:
+            await screen.shows("--:-- -- bob joined")
+            fake.say("alice", "now")
+            await screen.shows("12:05 <alice> now")
+            out = screen.out.getvalue()
+            assert "long ago" not in out and "version 1" not in out
+            order = [
+                "type a message",
+                "12:05 -- earlier in the room:\r\n--:-- <alice> earlier\r\n",
+                "--:-- -- bob joined\r\n",
+                "12:05 <alice> now",
+            ]
+            assert sorted(order, key=out.index) == order
+            assert out.count("earlier in the room") == 1
+            screen.type("/exit\r")
+            assert await screen.exit_status() == EXIT_LEFT
+
+
+async def test_a_version_1_server_is_named_and_its_gaps_are_losses() -> None:
+    async with fake_server() as fake:
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob", history=5)
+        async with screen_for(bob) as screen:
+            await screen.shows("this server speaks version 1 of the protocol: no history")
+            await fake.udp.recv_raw()  # the first heartbeat: the fake knows bob's address
+            fake.send(Kind.MESSAGE, 1, "one", "alice")
+            fake.send(Kind.MESSAGE, 4, "four", "alice")
+            await screen.shows("12:05 !! 2 messages lost on the way (UDP); the chat goes on")
+            screen.type("/exit\r")
+            assert await screen.exit_status() == EXIT_LEFT
+
+
+async def test_with_delivery_a_gap_is_what_the_server_no_longer_had() -> None:
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        async with screen_for(bob) as screen:
+            await fake.next_datagram(Ping)
+            fake.keep = 1  # the server keeps only the latest Seq
+            fake.drop_out = lambda d: isinstance(d, Chat) and d.seq in (1, 2)
+            for text in ("a", "b", "c"):
+                fake.say("alice", text)
+            await screen.shows(
+                "12:05 !! 2 messages missing: the server no longer had them; the chat goes on"
+            )
+            await screen.shows("12:05 <alice> c")
+            screen.type("/exit\r")
+            assert await screen.exit_status() == EXIT_LEFT
+
+
+async def test_a_silent_server_is_one_line_and_its_own_exit_status() -> None:
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", heartbeat_interval=50 * MS
+        )
+        async with screen_for(bob) as screen:
+            await fake.next_datagram(Ping)
+            screen.type("half typed")
+            fake.answer = False  # no datagram any more: noticed within 3 intervals
+            assert await screen.exit_status() == EXIT_SERVER_LOST
+            out = screen.out.getvalue()
+            assert out.rstrip().endswith("12:05 !! the server stopped answering — the chat is over")
+            assert "room closed" not in out and "could not confirm" not in out
+
+
+async def test_a_restarted_server_is_one_line_and_its_own_exit_status() -> None:
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join(
+            (LOOPBACK, fake.tcp_port), "lobby", "bob", heartbeat_interval=50 * MS
+        )
+        async with screen_for(bob) as screen:
+            await fake.next_datagram(Ping)
+            fake.boot = "0123456789abcdef"  # a new incarnation: the room is gone
+            assert await screen.exit_status() == EXIT_SERVER_LOST
+            assert (
+                screen.out.getvalue()
+                .rstrip()
+                .endswith(
+                    "12:05 !! the server restarted; room lobby no longer exists — the chat is over"
+                )
+            )
+
+
+async def test_a_leave_the_server_never_confirmed_is_said() -> None:
+    async with delivery_server() as (fake, listener):
+        alice = await ChatClient.create((LOOPBACK, fake.tcp_port), "lobby", "alice")
+        alice.leave_wait = 100 * MS
+        async with screen_for(alice) as screen:
+            await fake.next_datagram(Ping)
+            fake.answer_leave = False  # no DEPARTED, and LEAVE_ROOM cannot connect
+            listener.close()
+            await listener.wait_closed()
+            screen.type("/exit\r")
+            assert await screen.exit_status() == EXIT_SERVER_LOST
+            out = screen.out.getvalue()
+            assert out.rstrip().endswith(
+                "12:05 -- could not confirm that you left; "
+                "the server will drop you after its idle timeout"
+            )
+            assert 'you left "lobby"' not in out
+
+
+async def test_a_burst_is_shown_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is waiting is printed in one go, a bounded batch at a time: one prompt
+    redraw per batch, not per line."""
+    monkeypatch.setattr(terminal_module, "BATCH_LINES", 10)
+    async with delivery_server() as (fake, _):
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
+        await fake.next_datagram(Ping)
+        for n in range(24):
+            fake.say("alice", f"line {n}")
+        fake.say("alice", "two\nlines")  # the batch bound counts lines, not events
+        await until(lambda: len(bob._events) == 25)
+        with create_pipe_input() as keys:
+            output = PlainTextOutput(io.StringIO())
+            ui = TerminalChat(bob, input=keys, output=output, clock=lambda: NOON)
+            batches: list[list[str]] = []
+            show = ui.show
+
+            async def counted(lines: Iterable[Fragments]) -> None:
+                lines = list(lines)
+                batches.append(["".join(text for _, text in line) for line in lines])
+                await show(lines)
+
+            ui.show = counted  # type: ignore[method-assign]
+            task = asyncio.create_task(ui.run())
+            await until(lambda: sum(map(len, batches[1:])) == 26)
+            keys.send_text("/exit\r")
+            async with asyncio.timeout(2000 * MS):
+                assert await task == EXIT_LEFT
+        assert [len(batch) for batch in batches[1:-1]] == [10, 10, 6]  # after the intro
+        assert batches[1][0] == "12:05 <alice> line 0"
+        assert batches[3][-2:] == ["12:05 <alice> two", " " * 14 + "lines"]
 
 
 async def test_passwords_are_taken_as_typed_spaces_included() -> None:
@@ -324,6 +478,7 @@ class Terminal:
         )
         self.screen = _Screen(cols, rows, lambda data: self.child.send(data.encode()))
         self.stream = pyte.ByteStream(self.screen)
+        self.raw = bytearray()  # everything the program wrote, for what scrolled away
 
     @property
     def lines(self) -> list[str]:
@@ -340,6 +495,7 @@ class Terminal:
             return True
         except pexpect.EOF:
             return False
+        self.raw += data
         self.stream.feed(data)
         return True
 
@@ -451,3 +607,88 @@ async def test_interactive_mode_in_a_terminal() -> None:
             assert await term.exit_status() == 0
             assert await next_event(carol) == Notice("zoë left", 2)
         await carol.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="pexpect needs a POSIX pseudo-terminal")
+async def test_the_terminal_shows_the_last_20_messages_dimmed_by_default() -> None:
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
+        for n in range(25):
+            await alice.send(f"m{n}")
+        assert await alice.flush(1000 * MS)
+        args = ["join", "lobby", "--name", "bob", "--server", where(server)]
+        term = Terminal(args, {}, rows=40)
+        try:
+            await term.shows("--:-- -- bob joined")  # the last of the history: our entry
+            await alice.send("live")
+            await term.shows("<alice> live")
+            shown = ANSI.sub(b"", bytes(term.raw)).decode()
+            # The room's last 20 Seqs: m6 to m24, then our own "bob joined".
+            assert "> m5\r" not in shown and "--:-- <alice> m6\r" in shown
+            old, live = term.row_of("<alice> m24"), term.row_of("<alice> live")
+            assert term.lines[old].startswith("--:-- ")
+            assert term.lines[live][:5] != "--:--" and term.lines[live][2] == ":"
+            for text in ("--:--", "alice", "m24"):  # dimmed: the history's grey throughout
+                assert cell(term, old, text).fg == "brightblack", text
+            assert cell(term, live, "alice").fg not in ("default", "brightblack")
+            assert cell(term, live, "live").fg == "default"
+            term.type("\x04")
+            assert await term.exit_status() == 0
+        finally:
+            term.close()
+        await alice.close()
+
+
+ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+FLOOD = 5000
+
+
+def shown_lines(raw: bytes | bytearray, sender: str) -> set[int]:
+    """The numbers N of the lines ``<sender> line N`` in a terminal's output."""
+    text = ANSI.sub(b"", raw).decode("utf-8", "replace")
+    return {int(n) for n in re.findall(rf"<{sender}> line (\d+)\b", text)}
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="pexpect needs a POSIX pseudo-terminal")
+async def test_a_flood_piped_into_a_room_is_shown_whole_in_a_terminal() -> None:
+    """Issue 11: 5,000 lines piped into a room appear, all of them, in the terminal of
+    a reader, within seconds. Printed one event at a time (a prompt redraw and a
+    cursor-position round trip each) the reader showed only a few hundred of them in
+    20 s here; it prints what is waiting in batches, and the delivery extension repairs
+    whatever its socket still drops meanwhile."""
+    server = await ServerProcess.start()
+    where = f"{LOOPBACK}:{server.tcp_port}"
+    writer: asyncio.subprocess.Process | None = None
+    try:
+        async with terminal(["create", "flood", "--name", "r", "--server", where]) as term:
+            await term.shows("r>")
+            started = time.monotonic()
+            writer = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *("-m", "ocm", "join", "flood", "--name", "w", "--server", where),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env={**CLEAN_ENV, "PYTHONPATH": str(SRC)},
+            )
+            feed = "".join(f"line {n}\n" for n in range(FLOOD)).encode()
+            sent = asyncio.create_task(writer.communicate(feed))
+            deadline = started + 20 * float(os.environ.get("OCM_TEST_TIMESCALE", "1"))
+            while len(shown := shown_lines(term.raw, "w")) < FLOOD:
+                assert time.monotonic() < deadline, f"{FLOOD - len(shown)} lines never shown"
+                assert await term.pump(), "the terminal client ended"
+            shown_after = time.monotonic() - started
+            _, err = await sent
+            assert (writer.returncode, err) == (0, b"")
+            assert shown == set(range(FLOOD))
+            assert b"missing" not in term.raw and b"skipped" not in term.raw
+            print(f"{FLOOD} lines shown in {shown_after:.1f} s")
+            term.type("/exit\r")
+            assert await term.exit_status() == 0
+    finally:
+        if writer is not None and writer.returncode is None:
+            writer.kill()
+            await writer.wait()
+        server.stop()

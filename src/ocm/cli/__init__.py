@@ -38,13 +38,14 @@ def build_parser(*, server_flags: bool = True) -> argparse.ArgumentParser:
     else:
         commands.add_parser("server", help=SERVER_SUMMARY)
     client_commands.add_parsers(commands)
+    client_commands.add_options(parser)
     parser.epilog = "Without a command, ocm asks for a server, a name and a room, then chats."
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    # The command is the first word: ``ocm`` itself takes no option before it.
+    # ``ocm server`` is the first word: ``ocm``'s own options are for ``ocm`` alone.
     args = build_parser(server_flags=words[:1] == ["server"]).parse_args(words)
     if args.command == "server":
         from ocm.cli import server as server_command

@@ -16,10 +16,11 @@ import contextlib
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ocm.cli.args import positive_float
+from ocm.cli.args import count, positive_float
 from ocm.client import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_PORT,
@@ -28,13 +29,14 @@ from ocm.client import (
     list_rooms,
     parse_server_address,
 )
+from ocm.client.session import MAX_HELD
 from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ServerError
 from ocm.wire.names import validate_name
 
 if TYPE_CHECKING:
     from ocm.ui.terminal import Prompter
 
-__all__ = ["PASSWORD_ENV", "SERVER_ENV", "add_parsers", "run"]
+__all__ = ["EXIT_STATUSES", "PASSWORD_ENV", "SERVER_ENV", "add_options", "add_parsers", "run"]
 
 SERVER_ENV = "OCM_SERVER"
 PASSWORD_ENV = "OCM_PASSWORD"
@@ -54,6 +56,23 @@ _MODES = (
     "On a terminal: an interactive chat (/help inside). Otherwise each stdin line is sent "
     "and each event is one stdout line; end of input leaves."
 )
+# The exit statuses of create and join (ocm.ui.chatview.exit_status, README), as their
+# --help ends. Spelled out here: loading ocm.ui to build the parser would load it for
+# ocm server and ocm rooms too.
+EXIT_STATUSES = (
+    (0, "you left: end of input; /exit, Ctrl-C or Ctrl-D on a terminal"),
+    (1, "an error; or a line was refused, or not confirmed by the server"),
+    (2, "a usage error"),
+    (3, "the room closed: the host left, the server shut down or dropped you"),
+    (4, "the server was lost: it stopped answering or restarted, or never confirmed your leave"),
+    (130, "Ctrl-C in pipe mode; 128 + N after signal N (143 SIGTERM, 129 SIGHUP)"),
+)
+_EPILOG = "exit status:\n" + "\n".join(
+    textwrap.fill(f"{code:<4} {meaning}", 76, initial_indent="  ", subsequent_indent=" " * 7)
+    for code, meaning in EXIT_STATUSES
+)
+# What --history shows when it is not given.
+_HISTORY_DEFAULTS = "20 on a terminal, 0 in pipe mode"
 
 
 class _Usage(Exception):
@@ -91,6 +110,20 @@ def _env_server() -> str:
     return text
 
 
+def _history_flag(parser: argparse.ArgumentParser, default: object, help: str) -> None:
+    parser.add_argument("--history", type=count(MAX_HELD), default=default, metavar="K", help=help)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``ocm`` alone (the interactive questions, then the chat)."""
+    _history_flag(
+        parser,
+        None,
+        "without a command: show the last K messages of the room you join, dimmed "
+        "(default: 20; 0: none)",
+    )
+
+
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``create``, ``join`` and ``rooms``."""
     where = argparse.ArgumentParser(add_help=False)
@@ -125,9 +158,22 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="seconds between heartbeats at most; a server that says its idle timeout "
         "gets one every third of it if that is sooner (default: %(default)s)",
     )
+    # Not given: None from ocm's own --history (ocm --history 5 join also works).
+    _history_flag(
+        who,
+        argparse.SUPPRESS,
+        "show the room's last K messages when you enter: dimmed on a terminal, each line "
+        'starting with "history " in pipe mode; 0 shows none. At most what the server '
+        f"keeps (its --history-messages, 1024 by default) (default: {_HISTORY_DEFAULTS})",
+    )
     for command, summary, description in _ENTER_COMMANDS:
         enter = commands.add_parser(
-            command, parents=[where, who], help=summary, description=f"{description} {_MODES}"
+            command,
+            parents=[where, who],
+            help=summary,
+            description=textwrap.fill(f"{description} {_MODES}", 78),
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         enter.add_argument("room", metavar="ROOM")
     commands.add_parser(
@@ -246,7 +292,8 @@ async def _chat(args: argparse.Namespace) -> int:
             )
         from ocm.ui import terminal
 
-        return await terminal.interactive(_env_server())
+        history = terminal.DEFAULT_HISTORY if args.history is None else args.history
+        return await terminal.interactive(_env_server(), history=history)
     if args.command == "rooms":
         return await _print_rooms(args.server)
     prompter = None
@@ -263,7 +310,12 @@ async def _chat(args: argparse.Namespace) -> int:
     validate_name(name.strip(" "), "name", error=LocalProtocolError)
     password = await _password(args, prompter)
     enter = ChatClient.create if args.command == "create" else ChatClient.join
-    chat = await enter(args.server, args.room, name, password, heartbeat_interval=args.heartbeat)
+    history = args.history
+    if history is None:
+        history = terminal.DEFAULT_HISTORY if prompter is not None else 0
+    chat = await enter(
+        args.server, args.room, name, password, heartbeat_interval=args.heartbeat, history=history
+    )
     if prompter is not None:
         return await terminal.TerminalChat(chat).run()
     from ocm.ui.pipe import run_pipe, stdin_lines

@@ -49,12 +49,14 @@ from ocm.client.exchange import DEFAULT_TIMEOUT, Link, call, describe_error
 from ocm.client.session import (
     DEFAULT_HEARTBEAT_INTERVAL,
     FEATURES,
+    STOPPED_ANSWERING,
     DeliveryState,
     EventQueue,
     RoomState,
     delivery_granted,
     encode_text,
     fit_text,
+    restarted_reason,
     text_limit,
 )
 from ocm.errors import ConnectionLost, ErrorCode, OCMError, RemoteProtocolError, ServerError
@@ -67,6 +69,7 @@ __all__ = [
     "DEFAULT_MAX_EVENTS",
     "DEFAULT_WINDOW",
     "LEAVE_WAIT",
+    "LOST_CONTACT",
     "ChatClient",
     "ChatOptions",
 ]
@@ -98,6 +101,8 @@ DEFAULT_MAX_EVENTS = 10_000
 # back to LEAVE_ROOM over TCP: a lossy path gets several tries (the LEAVE is resent
 # every retransmission timeout), and a host's room still closes within about a second.
 LEAVE_WAIT = 1.0
+# Why the room ended when the server's UDP port is closed (ICMP port unreachable).
+LOST_CONTACT = "lost contact with the server"
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -114,7 +119,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         # UDP port any more, so the server (and our token with it) is gone.
         # (Windows reports it as a reset.)
         if isinstance(exc, ConnectionRefusedError | ConnectionResetError):
-            self.client._feed(self.client._state.end("lost contact with the server"))
+            self.client._feed(self.client._state.end(LOST_CONTACT))
 
 
 class ChatOptions(TypedDict, total=False):
@@ -221,6 +226,9 @@ class ChatClient:
         # With delivery, close() waits this long for DEPARTED before LEAVE_ROOM.
         self.leave_wait = LEAVE_WAIT
         self._left = False  # what close() returns: the server confirmed we are out
+        # With delivery: the Seq we entered at (a position of the core's, as it starts),
+        # the end of the history asked for.
+        self._entered_at = admission.seq or 0
         self._state: RoomState | DeliveryState
         self.delivery = delivery_granted(admission)
         if self.delivery:
@@ -371,6 +379,16 @@ class ChatClient:
         return self._state.ended
 
     @property
+    def server_lost(self) -> bool:
+        """Whether the room ended because we lost the server rather than by its word:
+        it stopped answering (:data:`~ocm.client.session.STOPPED_ANSWERING`), it
+        restarted (the room is gone with it), or its UDP port closed (``"lost contact
+        with the server"``). False while we are in the room, and after a CLOSED."""
+        ended = self._state.ended
+        lost = (STOPPED_ANSWERING, restarted_reason(self.room), LOST_CONTACT)
+        return ended is not None and ended.reason in lost
+
+    @property
     def unconfirmed(self) -> int:
         """Messages in flight: sent, their copy not back from the server yet."""
         return self._state.unconfirmed
@@ -496,6 +514,29 @@ class ChatClient:
             return False
         return not self._state.unconfirmed
 
+    async def catch_up(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until the history asked for on entering (the
+        ``history`` option) is all in the event buffer: each message delivered, or
+        skipped when the server no longer had it.
+
+        True when it is (at once without history or the delivery extension); False at
+        the timeout, or when the room ended first. For a script that reads the history
+        and leaves: leaving at once could leave before the history arrived.
+        """
+        state = self._state
+
+        def caught_up() -> bool:
+            if not isinstance(state, DeliveryState):
+                return True
+            return state.delivered >= self._entered_at or state.ended is not None
+
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_until(caught_up)
+        except TimeoutError:
+            return False
+        return isinstance(state, RoomState) or state.delivered >= self._entered_at
+
     # -- receiving ---------------------------------------------------------------
 
     def _datagram_received(self, data: bytes) -> None:
@@ -532,6 +573,19 @@ class ChatClient:
         if event is None:
             raise StopAsyncIteration
         return event
+
+    def ready_events(self, limit: int) -> list[Event]:
+        """Up to ``limit`` events that are already waiting, oldest first, without
+        waiting for more: none when nothing is waiting (or the stream is over).
+
+        For a reader that shows a burst in one go: after each event of ``async for``,
+        take what else is there. The iteration goes on with the events left after them
+        (and ends after :class:`Closed`, whichever of the two took it).
+        """
+        events: list[Event] = []
+        while len(events) < limit and (event := self._events.take()) is not None:
+            events.append(event)
+        return events
 
     # -- leaving -----------------------------------------------------------------
 

@@ -10,6 +10,9 @@ Pure functions over :mod:`ocm.client` events, shared by the two front ends:
 Everything that comes from the network goes through :func:`sanitize` here first: a
 server or a member must never be able to move the cursor, retitle the window or clear
 the screen of whoever reads the room.
+
+The exit statuses of ``ocm create`` and ``ocm join`` are here too (:func:`exit_status`):
+both front ends end a chat the same way.
 """
 
 from __future__ import annotations
@@ -22,13 +25,24 @@ from datetime import datetime
 from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice, Overflow, Undelivered
 
 __all__ = [
+    "EXIT_ERROR",
+    "EXIT_LEFT",
+    "EXIT_ROOM_CLOSED",
+    "EXIT_SERVER_LOST",
+    "EXIT_USAGE",
     "HELP",
+    "HISTORY_PREFIX",
+    "HISTORY_STAMP",
+    "NOT_LEFT",
     "PALETTE",
     "Command",
     "Fragments",
     "Roster",
+    "closed_line",
+    "closing",
     "djb2",
     "event_lines",
+    "exit_status",
     "info_line",
     "mentions",
     "name_style",
@@ -66,6 +80,21 @@ REPLACEMENT = "\ufffd"
 # C0 controls, DEL and C1 controls: ESC and CSI start terminal commands, CR rewrites
 # the line, BEL rings. Tabs and newlines are handled before this.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+# Pipe mode: a line from before we entered (the ``history`` option) starts with this.
+HISTORY_PREFIX = "history "
+# The terminal: the time column of such a line (when it was sent is not known).
+HISTORY_STAMP = "--:--"
+
+# The exit statuses of ``ocm create`` and ``ocm join``, on a terminal and in pipe mode.
+EXIT_LEFT = 0  # you left (end of input, /exit, Ctrl-C on a terminal), all lines confirmed
+EXIT_ERROR = 1  # could not enter; or a line was refused or not confirmed by the server
+EXIT_USAGE = 2  # the command line cannot work as given
+EXIT_ROOM_CLOSED = 3  # the room ended by the server's word: the host left, shutdown, dropped
+EXIT_SERVER_LOST = 4  # the server stopped answering or restarted, or the leave went unanswered
+
+# Said when leaving was not confirmed (no DEPARTED, LEAVE_ROOM failed too).
+NOT_LEFT = "could not confirm that you left; the server will drop you after its idle timeout"
 
 HELP = (
     "commands: /who lists members · /me TEXT sends an action · /exit or exit leaves "
@@ -117,11 +146,19 @@ def pipe_line(event: Event) -> str:
     alice: hello            a message (ours too: the server's copy)
     * bob joined            a notice from the server
     ! error: TEXT           the server rejected one of our datagrams
-    ! missed 3 messages     Seq showed a gap
-    ! not delivered: TEXT   our message's copy never came back (lost)
+    ! missed 3 messages     messages we will never get (see Gap)
+    ! not delivered: TEXT   the server never confirmed our message
     ! skipped 5 events      they came faster than they were read
     ! room closed: REASON   the last line
+    history alice: hello    a message or notice from before we entered, asked for
+    history * bob joined    with the history option (HISTORY_PREFIX, then as above)
     """
+    if isinstance(event, Message | Notice) and event.history:
+        return HISTORY_PREFIX + _pipe_line(event)
+    return _pipe_line(event)
+
+
+def _pipe_line(event: Event) -> str:
     match event:
         case Message(sender, text, _):
             return f"{one_line(sender)}: {one_line(text)}"
@@ -158,13 +195,23 @@ def info_line(text: str, now: datetime, style: str = "class:info") -> Fragments:
     return [*_stamp(now), (style, "-- " + sanitize(text))]
 
 
-def event_lines(event: Event, now: datetime, me: str) -> list[Fragments]:
+def event_lines(event: Event, now: datetime, me: str, *, delivery: bool = False) -> list[Fragments]:
     """The terminal lines for one event: timestamp, coloured name, styled by kind.
 
     A message with line breaks gives several lines, the later ones indented; a message
-    that mentions ``me`` (from someone else) is highlighted.
+    that mentions ``me`` (from someone else) is highlighted. A message or notice from
+    before we entered (``history``) is dimmed whole, its time column
+    :data:`HISTORY_STAMP`. ``delivery`` (the client has the delivery extension) words a
+    :class:`Gap` as what it then means: messages the server no longer had.
     """
-    stamp = _stamp(now)
+    if isinstance(event, Message | Notice) and event.history:
+        stamp: Fragments = [("class:history", HISTORY_STAMP), ("", " ")]
+        lines = _event_lines(event, stamp, me, delivery)
+        return [[("class:history", text) for _, text in line] for line in lines]
+    return _event_lines(event, _stamp(now), me, delivery)
+
+
+def _event_lines(event: Event, stamp: Fragments, me: str, delivery: bool) -> list[Fragments]:
     match event:
         case Message(sender, text, _):
             name = sanitize(sender)
@@ -195,7 +242,11 @@ def event_lines(event: Event, now: datetime, me: str) -> list[Fragments]:
             return [[*stamp, ("class:error", "!! the server refused a message: " + sanitize(text))]]
         case Gap():
             lost = _count(event.missed, "message")
-            return [[*stamp, ("class:error", f"!! {lost} lost on the way (UDP); the chat goes on")]]
+            if delivery:
+                why = f"!! {lost} missing: the server no longer had them; the chat goes on"
+            else:
+                why = f"!! {lost} lost on the way (UDP); the chat goes on"
+            return [[*stamp, ("class:error", why)]]
         case Undelivered(text):
             return [[*stamp, ("class:error", "!! not delivered: " + one_line(text))]]
         case Overflow(dropped):
@@ -204,6 +255,40 @@ def event_lines(event: Event, now: datetime, me: str) -> list[Fragments]:
         case Closed(reason):
             return [[*stamp, ("class:closed", "!! room closed: " + sanitize(reason))]]
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover
+
+
+def closed_line(closed: Closed, now: datetime, *, server_lost: bool = False) -> Fragments:
+    """The last line of a chat that ended on its own. ``server_lost``: the room did not
+    close, we lost the server (it stopped answering or restarted): say that, not "room
+    closed"."""
+    if server_lost:
+        text = f"!! {sanitize(closed.reason)} — the chat is over"
+    else:
+        text = "!! room closed: " + sanitize(closed.reason)
+    return [*_stamp(now), ("class:closed", text)]
+
+
+def closing(event: Event) -> Closed | None:
+    """``event`` if it is the :class:`Closed` that ends the stream (the room ended on
+    its own, not by our leave), else None."""
+    return event if isinstance(event, Closed) else None
+
+
+def exit_status(closed: Closed | None, *, server_lost: bool, left: bool, lines_lost: bool) -> int:
+    """How ``ocm create`` / ``ocm join`` ends a chat, on a terminal and in pipe mode.
+
+    ``closed`` is the :class:`Closed` the stream ended with (None: we left), and
+    ``server_lost`` whether it meant the server was lost; ``left`` is what
+    :meth:`~ocm.client.ChatClient.close` returned; ``lines_lost`` whether a line was
+    refused or not confirmed. How the chat ended comes first: :data:`EXIT_SERVER_LOST`,
+    then :data:`EXIT_ROOM_CLOSED`, then (we left) :data:`EXIT_SERVER_LOST` if the leave
+    was not confirmed, :data:`EXIT_ERROR` for lost lines, else :data:`EXIT_LEFT`.
+    """
+    if closed is not None:
+        return EXIT_SERVER_LOST if server_lost else EXIT_ROOM_CLOSED
+    if not left:
+        return EXIT_SERVER_LOST
+    return EXIT_ERROR if lines_lost else EXIT_LEFT
 
 
 def toolbar(

@@ -4,8 +4,10 @@ Each stdin line is sent as one message; each event is one stdout line in the for
 :func:`ocm.ui.chatview.pipe_line`; end of input leaves the room, once the server's copies
 of the lines already sent have come back (so ``echo hi | ocm join lobby`` delivers
 "hi"). A line the client refuses (too long) is reported on stderr and skipped. Lines go
-out no faster than the server confirms them (the client's window). A line refused or
-whose copy never came back makes the exit status 1, so a script never loses lines
+out no faster than the server confirms them (the client's window). The exit status
+(:func:`ocm.ui.chatview.exit_status`) says how the chat ended: 0 when we left, 3 when
+the room closed, 4 when the server was lost (or our leave went unanswered); and 1 when
+we left but a line was refused or never confirmed, so a script never loses lines
 silently.
 
 Stdin is read by a daemon thread with ``os.read`` on the file descriptor: it works for
@@ -26,13 +28,24 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ocm.client import ChatClient
 from ocm.errors import ConnectionLost, ProtocolError
-from ocm.ui.chatview import pipe_line
+from ocm.ui.chatview import NOT_LEFT, closing, exit_status, pipe_line
 
-__all__ = ["MAX_LINE", "MAX_QUEUED_READS", "LongLine", "read_lines", "run_pipe"]
+if TYPE_CHECKING:
+    from ocm.client import Closed
+
+__all__ = [
+    "BATCH_EVENTS",
+    "HISTORY_WAIT",
+    "MAX_LINE",
+    "MAX_QUEUED_READS",
+    "LongLine",
+    "read_lines",
+    "run_pipe",
+]
 
 _CHUNK = 64 * 1024
 # Reads (each up to 64 KiB of lines) waiting to be sent at most: 1 MiB of input.
@@ -41,6 +54,12 @@ MAX_QUEUED_READS = 16
 # longer than 4 KiB (section 2), so a longer line would be refused anyway; 64 KiB is far
 # past that and bounds the memory that input without newlines can take.
 MAX_LINE = 64 * 1024
+# Events written to stdout in one go at most (one write and one flush for all of them).
+BATCH_EVENTS = 1000
+# How long the end of input waits for the history asked for (--history) at most. The
+# server answers a repair at --repair-rate, 1,000 datagrams a second by default: this
+# is enough for the most history the client takes, 4,096 Seqs.
+HISTORY_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +135,23 @@ async def run_pipe(
 ) -> int:
     """Chat between ``lines`` and ``out`` until end of input or the room ends; leave.
 
-    The exit status: 0, or 1 when a line was refused (too long: not sent) or the server
-    did not confirm every line sent.
+    The exit status of :func:`~ocm.ui.chatview.exit_status`: 0 when we left and the
+    server confirmed every line; 1 when a line was refused (too long: not sent) or not
+    confirmed; 3 when the room closed; 4 when the server was lost, or did not confirm
+    our leave (said on stderr).
     """
     refused = 0
+    closed: Closed | None = None
 
     async def show() -> None:
-        async for event in chat:
-            _emit(out, pipe_line(event))
+        nonlocal closed
+        async for first in chat:
+            # This event and those already waiting behind it: one write, one flush.
+            events = [first, *chat.ready_events(BATCH_EVENTS - 1)]
+            for event in events:
+                closed = closing(event) or closed
+            out.write("".join(pipe_line(event) + "\n" for event in events))
+            out.flush()
 
     async def send() -> None:
         nonlocal refused
@@ -147,12 +175,14 @@ async def run_pipe(
     try:
         done, _ = await asyncio.wait({printer, reader}, return_when=asyncio.FIRST_COMPLETED)
         if reader in done:
-            # End of input. Every line still in flight was sent less than confirm_timeout
-            # ago, so by then its copy is back or it is counted Undelivered.
+            # End of input: first the history (``ocm join ... --history 20 </dev/null``
+            # prints it, then leaves). Every line still in flight was sent less than
+            # confirm_timeout ago, so by then its copy is back or it is Undelivered.
+            await chat.catch_up(HISTORY_WAIT)
             await chat.flush(chat.confirm_timeout)
     finally:
         reader.cancel()
-        await chat.close()  # waits for our last copies, then LEAVE_ROOM
+        left = await chat.close()  # waits for our last copies, then leaves
         with contextlib.suppress(asyncio.CancelledError):
             await reader
         try:
@@ -167,7 +197,10 @@ async def run_pipe(
         _emit(err, f"ocm: {refused} line{'' if refused == 1 else 's'} refused (not sent)")
     if lost:
         _emit(err, f"ocm: {lost} message{'' if lost == 1 else 's'} not confirmed by the server")
-    return 1 if refused or lost else 0
+    if closed is None and not left:
+        _emit(err, f"ocm: {NOT_LEFT}")
+    server_lost = closed is not None and chat.server_lost
+    return exit_status(closed, server_lost=server_lost, left=left, lines_lost=bool(refused or lost))
 
 
 def stdin_lines() -> AsyncIterator[str | LongLine]:

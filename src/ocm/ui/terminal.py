@@ -1,10 +1,12 @@
 """The interactive terminal client: prompt_toolkit around a :class:`~ocm.client.ChatClient`.
 
 The input line stays at the bottom while chat scrolls above it, the way irssi and
-weechat behave: each incoming line is printed above the prompt (prompt_toolkit erases
-the prompt, prints, and redraws it with the half-typed text and cursor intact). The
-terminal's own scrollback keeps the history. What the lines look like is
-:mod:`ocm.ui.chatview`'s business; this module only wires keys, prompts and output.
+weechat behave: incoming lines are printed above the prompt (prompt_toolkit erases
+the prompt, prints, and redraws it with the half-typed text and cursor intact). Each
+round trip costs a redraw, so a burst is printed in batches: every event already
+waiting, up to :data:`BATCH_LINES` lines, in one go. The terminal's own scrollback
+keeps the history. What the lines look like is :mod:`ocm.ui.chatview`'s business; this
+module only wires keys, prompts and output.
 
 Only :mod:`ocm.cli.client` imports this module, and only for a terminal, so ``ocm server``
 and pipe mode never load prompt_toolkit. Nothing here is POSIX-only: Ctrl-C arrives as a key
@@ -34,7 +36,9 @@ from ocm.client import (
     DEFAULT_HEARTBEAT_INTERVAL,
     ChatClient,
     Closed,
+    Event,
     Message,
+    Notice,
     format_server_address,
     list_rooms,
     parse_server_address,
@@ -42,9 +46,12 @@ from ocm.client import (
 from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ProtocolError, ServerError
 from ocm.ui.chatview import (
     HELP,
+    NOT_LEFT,
     Fragments,
     Roster,
+    closed_line,
     event_lines,
+    exit_status,
     info_line,
     parse_input,
     sanitize,
@@ -54,7 +61,23 @@ from ocm.ui.chatview import (
 from ocm.wire.names import validate_name
 from ocm.wire.tcrp import RoomInfo
 
-__all__ = ["STYLE", "NameCompleter", "Prompter", "TerminalChat", "interactive"]
+__all__ = [
+    "BATCH_LINES",
+    "DEFAULT_HISTORY",
+    "STYLE",
+    "NameCompleter",
+    "Prompter",
+    "TerminalChat",
+    "interactive",
+]
+
+# The room's last messages shown on entering (dimmed), unless --history says otherwise.
+DEFAULT_HISTORY = 20
+# Lines printed in one go at most. Each print erases and redraws the prompt and the
+# toolbar: one event per print managed some 500 lines a second, so a burst of 5,000
+# piled up behind it for ten seconds. Printing what is waiting in one go keeps up with
+# any room; the bound keeps one print short enough not to hold up typing.
+BATCH_LINES = 1000
 
 STYLE = Style.from_dict(
     {
@@ -64,6 +87,7 @@ STYLE = Style.from_dict(
         "mention": "bold ansiblack bg:ansiyellow",
         "action": "italic",
         "notice": "italic ansibrightblack",
+        "history": "ansibrightblack",
         "info": "ansibrightblack",
         "warning": "bold ansiyellow",
         "error": "ansired",
@@ -120,6 +144,7 @@ class TerminalChat:
         self.clock = clock
         self.roster = Roster(chat.name)
         self.ended: Closed | None = None
+        self._history_shown = False  # the line that introduces the history
         self._day = clock().date()
         self.session: PromptSession[str] = PromptSession(
             message=[("class:prompt", f"{sanitize(chat.name)}> ")],
@@ -146,16 +171,22 @@ class TerminalChat:
         return self.session.app.output
 
     async def show(self, lines: Iterable[Fragments]) -> None:
-        """Print lines above the prompt (or plainly when no prompt is running)."""
+        """Print lines above the prompt (or plainly when no prompt is running), in one
+        go: one erase and redraw of the prompt for all of them."""
+        fragments: Fragments = []
+        for line in lines:
+            fragments += line
+            fragments.append(("", "\n"))
         async with in_terminal():
-            for fragments in lines:
-                render_fragments(self.output, FormattedText([*fragments, ("", "\n")]), STYLE)
+            render_fragments(self.output, FormattedText(fragments), STYLE)
             self.output.flush()
 
     async def info(self, text: str, style: str = "class:info") -> None:
         await self.show([info_line(text, self.clock(), style)])
 
     async def run(self) -> int:
+        """Chat until the user leaves or the room ends; the exit status of
+        :func:`~ocm.ui.chatview.exit_status` (0: you left)."""
         chat = self.chat
         with patch_stdout(raw=True):
             await self._introduce()
@@ -163,16 +194,20 @@ class TerminalChat:
             try:
                 await self._read_input()
             finally:
-                await chat.close()
+                left = await chat.close()
                 with contextlib.suppress(asyncio.CancelledError):
                     await receiver
+            server_lost = self.ended is not None and chat.server_lost
             if self.ended is not None:
-                await self.show(event_lines(self.ended, self.clock(), chat.name))
+                await self.show([closed_line(self.ended, self.clock(), server_lost=server_lost)])
+            elif not left:
+                await self.info(NOT_LEFT, "class:error")
             elif chat.is_host:
                 await self.info(f'you left "{chat.room}"; the room is closed', "class:warning")
             else:
                 await self.info(f'you left "{chat.room}"')
-        return 0
+        lines_lost = chat.undelivered + chat.unconfirmed > 0
+        return exit_status(self.ended, server_lost=server_lost, left=left, lines_lost=lines_lost)
 
     async def _introduce(self) -> None:
         chat = self.chat
@@ -194,18 +229,49 @@ class TerminalChat:
                     "class:warning",
                 )
             )
+        if not chat.delivery:
+            lines.append(
+                info_line(
+                    "this server speaks version 1 of the protocol: no history, and lost "
+                    "messages are reported, not resent",
+                    now,
+                )
+            )
         lines.append(info_line("type a message and Enter to send; /help for commands", now))
         await self.show(lines)
 
     async def _receive(self) -> None:
-        async for event in self.chat:
-            if isinstance(event, Closed):
-                self._end(event)  # printed once the prompt is gone, as the last line
+        chat = self.chat
+        async for first in chat:
+            # This event and every one already waiting behind it, up to a batch.
+            lines: list[Fragments] = []
+            closed: Closed | None = None
+            events = [first]
+            while events and closed is None:
+                for event in events:
+                    if isinstance(event, Closed):
+                        closed = event  # always the last event
+                        break
+                    lines += self._lines(event)
+                if len(lines) >= BATCH_LINES:
+                    break
+                events = chat.ready_events(BATCH_LINES - len(lines))
+            if lines:
+                await self.show(self._dated(lines))
+            if closed is not None:
+                self._end(closed)  # printed once the prompt is gone, as the last line
                 break
-            if isinstance(event, Message):
-                self.roster.spoke(event.sender)
-            await self.show(self._dated(event_lines(event, self.clock(), self.chat.name)))
         self._end(None)
+
+    def _lines(self, event: Event) -> list[Fragments]:
+        if isinstance(event, Message):
+            self.roster.spoke(event.sender)
+        now = self.clock()
+        lines = event_lines(event, now, self.chat.name, delivery=self.chat.delivery)
+        if isinstance(event, Message | Notice) and event.history and not self._history_shown:
+            self._history_shown = True
+            lines.insert(0, info_line("earlier in the room:", now))
+        return lines
 
     def _dated(self, lines: list[Fragments]) -> list[Fragments]:
         now = self.clock()
@@ -350,10 +416,12 @@ async def interactive(
     default_server: str,
     *,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    history: int = DEFAULT_HISTORY,
     input: Input | None = None,
     output: Output | None = None,
 ) -> int:
-    """``ocm`` alone: ask where and who, create or join, then chat.
+    """``ocm`` alone: ask where and who, create or join, then chat (showing the room's
+    last ``history`` messages first).
 
     A refusal from the server (name taken, wrong password, room exists ...) is shown
     and the questions about the room are asked again.
@@ -368,7 +436,14 @@ async def interactive(
         name = await ask_name(prompter)
         while True:
             try:
-                chat = await _choose_room(prompter, server, name, rooms, heartbeat_interval)
+                chat = await _choose_room(
+                    prompter,
+                    server,
+                    name,
+                    rooms,
+                    heartbeat_interval=heartbeat_interval,
+                    history=history,
+                )
             except ServerError as error:
                 await prompter.say(f"! {error.message}", "class:error")
                 if error.code is ErrorCode.NAME_TAKEN:
@@ -386,7 +461,9 @@ async def _choose_room(
     server: tuple[str, int],
     name: str,
     rooms: Sequence[RoomInfo],
+    *,
     heartbeat_interval: float,
+    history: int,
 ) -> ChatClient:
     where = format_server_address(server)
     if rooms:
@@ -410,7 +487,7 @@ async def _choose_room(
         secret = await prompter.ask("password (empty for an open room)", password=True)
         return await ChatClient.create(
             server, room, name, secret or None, heartbeat_interval=heartbeat_interval
-        )
+        )  # a new room has no history to show
     by_name = {r.name: r for r in rooms}
     room = await prompter.ask(
         "room",
@@ -422,7 +499,7 @@ async def _choose_room(
     if by_name[room].protected:
         password = await ask_password(prompter, room)
     return await ChatClient.join(
-        server, room, name, password, heartbeat_interval=heartbeat_interval
+        server, room, name, password, heartbeat_interval=heartbeat_interval, history=history
     )
 
 
