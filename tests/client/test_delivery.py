@@ -625,6 +625,22 @@ def test_time_the_client_did_not_run_is_not_the_server_s_silence() -> None:
     assert run(state, 63.01) == [Closed(STOPPED_ANSWERING)]
 
 
+def test_a_busy_loop_does_not_hide_a_dead_server() -> None:
+    """Timers that run a little late every time (an application keeping its loop
+    busy) are not a suspended laptop: the silence still counts."""
+    state = make(seq=10, interval=1.0)
+    feed(state, 0.0, received(Status(10, 1)))
+    now = 0.0
+    events: list[Event] = []
+    while not events and now < 10.0:
+        due = state.next_deadline()
+        assert due is not None
+        now = due + 0.2  # always 0.2 s late
+        events = state.handle_timer(now)
+        sent(state)
+    assert events == [Closed(STOPPED_ANSWERING)] and now < 4.0
+
+
 def test_an_unreadable_datagram_with_a_seq_is_a_gap_not_a_stall() -> None:
     state = make(seq=10)
 
@@ -741,10 +757,23 @@ def test_leave_is_resent_until_departed() -> None:
     assert state.next_deadline() is None
 
 
-def test_an_unasked_departed_is_ignored() -> None:
+def test_an_unasked_departed_ends_the_room_for_us() -> None:
+    """The server says we are out (another client with our token left for us): we are,
+    and waiting for an unknown-token ERROR would leave us a ghost for a minute."""
     state = make(seq=10)
-    feed(state, 0.1, received(Departed()))
-    assert state.ended is None and not state.out
+    events = feed(state, 0.1, received(Departed()))
+    assert events == [Closed("no longer in the room (the server says: departed)")]
+    assert state.out
+
+
+def test_leaving_while_a_closed_waits_for_its_gap_ends_at_once() -> None:
+    state = make(seq=10)
+    feed(state, 0.1, closed(13, "host alice left; the room is closed"))  # 11, 12 missing
+    assert state.ended is None
+    events = state.leave(0.2)
+    assert events[-1] == Closed("host alice left; the room is closed") and state.out
+    assert any(isinstance(e, Gap) for e in events)
+    assert not state.leaving
 
 
 def test_the_closed_a_host_leave_causes_is_not_news() -> None:

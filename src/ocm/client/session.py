@@ -555,6 +555,12 @@ class DeliveryState:
         Undelivered. No Closed: the application ended it."""
         if self.ended is not None or self.leaving:
             return []
+        if self._closed_at is not None:
+            # A CLOSED is in, waiting for the gap before it: the room is over already, and
+            # a LEAVE would only be answered with that CLOSED. Give up the gap and end.
+            self._close_by = None
+            self._give_up_through(self._closed_at - 1)
+            return self._release()
         self.leaving = True
         events = self._give_up_outgoing()
         self._leave_rto = self.rto()
@@ -582,9 +588,11 @@ class DeliveryState:
         if self.ended is not None:
             return []
         due = self.next_deadline()
-        if due is not None and now > due:
-            # Called late: this process did not run (a suspended laptop, a blocked
-            # loop). Time we could not listen is not the server's silence.
+        if due is not None and now > due + self.heartbeat_interval:
+            # Called a whole interval late: this process did not run (a suspended
+            # laptop). Time we could not listen is not the server's silence. (Smaller
+            # lateness, a busy loop, is not discounted: else a busy application would
+            # never notice a dead server.)
             self._last_heard += now - due
         if self.leaving:
             if self._leave_due is not None and now >= self._leave_due:
@@ -633,8 +641,9 @@ class DeliveryState:
                 continue
             gap.due = again
             for wire_range in _wire_ranges(gap.first, gap.last):
-                if len(ranges) < limit:
-                    ranges.append(wire_range)
+                if len(ranges) >= limit:
+                    break
+                ranges.append(wire_range)
         for start in range(0, len(ranges), MAX_REPAIR_RANGES):
             chunk = tuple(ranges[start : start + MAX_REPAIR_RANGES])
             self._outbox.append(encode_extended(Repair(self.token, chunk)))
@@ -683,10 +692,13 @@ class DeliveryState:
                     bisect.insort(self._lost, run)
                 return self._release()
             case Departed():
+                self.out = True
                 if self.leaving:
-                    self.out = True
                     self.ended = Closed("left the room")
-                return []
+                    return []
+                # Out of the room without asking (another client with our token left
+                # for us): over for us, as an unknown token is.
+                return self.end("no longer in the room (the server says: departed)")
             case Restarted():
                 self.out = True
                 return self.end(restarted_reason(self.room))
