@@ -78,6 +78,7 @@ SANS_IO_CORES = (
     "ocm.server.relay",
     "ocm.server.guards",
     "ocm.client.session",
+    "ocm.client.delivery",
     "ocm.client.events",
 )
 # Sockets, event loops, threads and processes: what the cores leave to the adapters.

@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ocm.client import ChatClient, Closed, Event, Gap, Message, Notice
-from ocm.client.session import STOPPED_ANSWERING, restarted_reason
+from ocm.client.delivery import STOPPED_ANSWERING, restarted_reason
 from ocm.server.app import OCMServer
 from ocm.wire.delivery import Ping, Restarted, decode_received, encode_extended
 from tests.faults import FaultProxy, Faults

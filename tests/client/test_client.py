@@ -20,6 +20,7 @@ import pytest
 
 import ocm.client
 import ocm.client.chat
+import ocm.client.delivery
 import ocm.client.events
 import ocm.client.session
 from ocm.client import (
@@ -71,8 +72,8 @@ BOB_JOINS = JoinRoom("lobby", "bob", features=("delivery",))
 
 def test_the_core_names_are_the_same_objects_from_ocm_client() -> None:
     """Scripts import the events and the core from ocm.client (README); they live in
-    ocm.client.events and ocm.client.session, and isinstance checks must work whichever
-    module a script used."""
+    ocm.client.events, ocm.client.session and ocm.client.delivery, and isinstance checks
+    must work whichever module a script used."""
     events = set(ocm.client.__all__) & set(ocm.client.events.__all__)
     assert events == {"Message", "Notice", "Closed", "ErrorReply", "Gap", "Overflow"} | {
         "Undelivered",
@@ -80,7 +81,13 @@ def test_the_core_names_are_the_same_objects_from_ocm_client() -> None:
     }
     core = set(ocm.client.__all__) & set(ocm.client.session.__all__)
     assert core >= {"RoomState", "SeqTracker"}
-    for module, names in ((ocm.client.events, events), (ocm.client.session, core)):
+    delivery = set(ocm.client.__all__) & set(ocm.client.delivery.__all__)
+    assert delivery == {"DeliveryState"}
+    for module, names in (
+        (ocm.client.events, events),
+        (ocm.client.session, core),
+        (ocm.client.delivery, delivery),
+    ):
         for name in names:
             assert getattr(ocm.client, name) is getattr(module, name), name
     for name in ocm.client.__all__:

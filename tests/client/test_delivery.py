@@ -1,4 +1,4 @@
-"""ocm.client.session.DeliveryState: the client's core for the delivery extension.
+"""ocm.client.delivery.DeliveryState: the client's core for the delivery extension.
 
 Sans-I/O, like tests/client/test_session.py: datagram bytes made with ocm.wire go in,
 events and the datagrams to send come out, and every time is passed by hand. Nothing
@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocm.client.events import Closed, ErrorReply, Event, Gap, Message, Notice, Undelivered
-from ocm.client.session import (
+from ocm.client.delivery import (
     CLOSE_GRACE,
     FEATURES,
     INITIAL_RTO,
@@ -27,8 +26,9 @@ from ocm.client.session import (
     STOPPED_ANSWERING,
     DeliveryState,
     delivery_granted,
-    text_limit,
 )
+from ocm.client.events import Closed, ErrorReply, Event, Gap, Message, Notice, Undelivered
+from ocm.client.session import text_limit
 from ocm.errors import LocalProtocolError
 from ocm.wire import MAX_DATAGRAM, SEQ_CYCLE, Admission, Kind, Operation, ServerDatagram
 from ocm.wire.delivery import (

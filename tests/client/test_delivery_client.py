@@ -26,8 +26,9 @@ from ocm.client import (
     Undelivered,
     list_rooms,
 )
+from ocm.client.delivery import DeliveryState
 from ocm.client.exchange import Link, call
-from ocm.client.session import DeliveryState, RoomState
+from ocm.client.session import RoomState
 from ocm.errors import ConnectionLost
 from ocm.wire import MAX_DATAGRAM, JoinRoom, Kind, LeaveRoom
 from ocm.wire.delivery import Chat, Data, Departed, Leave, Ping, Repair

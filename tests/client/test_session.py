@@ -36,12 +36,13 @@ from ocm.client.session import (
 from ocm.errors import ErrorCode, ProtocolError
 from ocm.wire import MAX_DATAGRAM, SEQ_CYCLE, Kind, ServerDatagram, encode_server_datagram
 
-SOURCE = Path(__file__).resolve().parents[2] / "src" / "ocm" / "client" / "session.py"
+CLIENT = Path(__file__).resolve().parents[2] / "src" / "ocm" / "client"
 
 
-def test_the_core_does_no_io_and_reads_no_clock() -> None:
+@pytest.mark.parametrize("module", ["session.py", "delivery.py"])
+def test_the_core_does_no_io_and_reads_no_clock(module: str) -> None:
     imported: set[str] = set()
-    for node in ast.walk(ast.parse(SOURCE.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse((CLIENT / module).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:

@@ -29,7 +29,7 @@ from ocm.client import (
     list_rooms,
     parse_server_address,
 )
-from ocm.client.session import MAX_HELD
+from ocm.client.delivery import MAX_HELD
 from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ServerError
 from ocm.wire.names import validate_name
 

@@ -10,8 +10,9 @@
 * the events (:mod:`ocm.client.events`): :class:`Message`, :class:`Notice`,
   :class:`Closed`, :class:`ErrorReply`, :class:`Gap`, :class:`Undelivered`,
   :class:`Overflow`;
-* the sans-I/O core (:mod:`ocm.client.session`): :class:`RoomState` and
-  :class:`SeqTracker` (version 1), :class:`DeliveryState` (the delivery extension);
+* the sans-I/O cores: :class:`RoomState` and :class:`SeqTracker` (version 1,
+  :mod:`ocm.client.session`), :class:`DeliveryState` (the delivery extension,
+  :mod:`ocm.client.delivery`);
 * server addresses (:mod:`ocm.client.address`).
 
 Nothing here imports :mod:`ocm.server`: the two share only :mod:`ocm.wire`.
@@ -25,6 +26,7 @@ from ocm.client.chat import (
     ChatClient,
     ChatOptions,
 )
+from ocm.client.delivery import DeliveryState
 from ocm.client.events import (
     Closed,
     ErrorReply,
@@ -36,12 +38,7 @@ from ocm.client.events import (
     Undelivered,
 )
 from ocm.client.exchange import DEFAULT_TIMEOUT, list_rooms
-from ocm.client.session import (
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DeliveryState,
-    RoomState,
-    SeqTracker,
-)
+from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, RoomState, SeqTracker
 from ocm.wire.constants import DEFAULT_PORT
 from ocm.wire.tcrp import RoomInfo
 

@@ -1,7 +1,8 @@
 """The client's asyncio adapter: :class:`ChatClient`, one member of one room.
 
-Around the sans-I/O core of :mod:`ocm.client.session` (Seq order, members,
-confirmations, the heartbeat schedule; the event queue; the text limits), the same split
+Around the sans-I/O cores of :mod:`ocm.client.session` (Seq order, members,
+confirmations, the heartbeat schedule; the event queue; the text limits) and
+:mod:`ocm.client.delivery` (the delivery extension), the same split
 as the server's registry under its adapters. :class:`ChatClient` enters and leaves over
 TCRP (:mod:`ocm.client.exchange`), holds one connected UDP socket for the chat, and one
 timer that it re-arms from the core's ``next_deadline()`` after every change. Only this
@@ -44,19 +45,21 @@ from collections.abc import Callable
 from typing import Any, TypedDict, Unpack
 
 from ocm.client.address import format_server_address, parse_server_address
+from ocm.client.delivery import (
+    FEATURES,
+    STOPPED_ANSWERING,
+    DeliveryState,
+    delivery_granted,
+    restarted_reason,
+)
 from ocm.client.events import Closed, Event
 from ocm.client.exchange import DEFAULT_TIMEOUT, Link, call, describe_error
 from ocm.client.session import (
     DEFAULT_HEARTBEAT_INTERVAL,
-    FEATURES,
-    STOPPED_ANSWERING,
-    DeliveryState,
     EventQueue,
     RoomState,
-    delivery_granted,
     encode_text,
     fit_text,
-    restarted_reason,
     text_limit,
 )
 from ocm.errors import ConnectionLost, ErrorCode, OCMError, RemoteProtocolError, ServerError
@@ -381,7 +384,7 @@ class ChatClient:
     @property
     def server_lost(self) -> bool:
         """Whether the room ended because we lost the server rather than by its word:
-        it stopped answering (:data:`~ocm.client.session.STOPPED_ANSWERING`), it
+        it stopped answering (:data:`~ocm.client.delivery.STOPPED_ANSWERING`), it
         restarted (the room is gone with it), or its UDP port closed (``"lost contact
         with the server"``). False while we are in the room, and after a CLOSED."""
         ended = self._state.ended

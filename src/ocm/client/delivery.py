@@ -1,0 +1,618 @@
+"""The client's sans-I/O core for the delivery extension (section 3 of docs/protocol.md).
+
+:class:`DeliveryState` owns one member's room once the server granted the extension in
+the admission (:func:`delivery_granted`): every Seq once and in order, gaps repaired
+(REPAIR) and reported only when the server no longer has them (LOST), our messages
+resent (DATA) until confirmed (CHAT or ACCEPTED), PINGs answered by STATUS that time the
+round trip and reveal trailing loss, a silent or restarted server noticed, and the
+room's recent history on request. It makes the datagrams to send itself
+(:meth:`DeliveryState.datagrams_to_send`), as aioquic's connection does. What version 1
+shares with it (the member list from NOTICE texts, the heartbeat interval) comes from
+:mod:`ocm.client.session`.
+
+Like that module it must not know how bytes travel or what time it is: no asyncio, no
+socket, no clock read and no random numbers of its own (``now`` and ``random`` are passed
+in); :mod:`ocm.client.chat` is the asyncio adapter around it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ocm.client.events import Closed, ErrorReply, Event, Gap, Message, Notice, Undelivered
+from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, follow_notice
+from ocm.errors import ProtocolError
+from ocm.wire.constants import SEQ_CYCLE, SERVER_HEADER_SIZE
+from ocm.wire.datagrams import Kind, ServerDatagram
+from ocm.wire.delivery import (
+    DELIVERY,
+    MAX_REPAIR_COUNT,
+    MAX_REPAIR_RANGES,
+    Accepted,
+    Chat,
+    Data,
+    DeliveryKind,
+    Departed,
+    Leave,
+    Lost,
+    Ping,
+    Repair,
+    Restarted,
+    Status,
+    decode_received,
+    encode_extended,
+)
+from ocm.wire.texts import UnknownToken, parse_refusal
+
+if TYPE_CHECKING:
+    from ocm.wire.tcrp import Admission
+
+__all__ = [
+    "CLOSE_GRACE",
+    "FEATURES",
+    "INITIAL_RTO",
+    "LIVENESS_INTERVALS",
+    "MAX_HELD",
+    "MAX_RTO",
+    "MIN_RTO",
+    "PING_JITTER",
+    "REORDER_HOLD",
+    "REPAIR_INTERVAL",
+    "STOPPED_ANSWERING",
+    "DeliveryState",
+    "delivery_granted",
+    "restarted_reason",
+]
+
+# The features OCM's client asks for in CREATE_ROOM / JOIN_ROOM.
+FEATURES = (DELIVERY,)
+# A datagram after a gap waits this long before the gap is asked for (REPAIR): UDP may
+# deliver a datagram just after the one that overtook it, and then no repair is needed.
+REORDER_HOLD = 0.050
+# A repair not answered is asked again after this long, or after two round trips if
+# that is longer: the answer may still be on its way, and repairs are paced by the server.
+REPAIR_INTERVAL = 0.250
+# A DATA is resent after 4 round trips, within these bounds, the timeout doubling at
+# each resend up to MAX_RTO; before the first round trip is measured, INITIAL_RTO (the
+# first PING's STATUS usually measures one before anything is typed).
+MIN_RTO = 0.2
+MAX_RTO = 2.0
+INITIAL_RTO = 0.5
+# PINGs go out every heartbeat interval minus a random 0-20%, so that clients that
+# joined together do not beat in step; an unanswered one again every quarter interval.
+PING_JITTER = 0.2
+PING_RETRIES_PER_INTERVAL = 4
+# Nothing at all from the server for this many heartbeat intervals: it is gone.
+LIVENESS_INTERVALS = 3
+# Datagrams held after a gap at most. A gap that holds up more than this is given up
+# (reported as a Gap): memory stays bounded however long a repair takes.
+MAX_HELD = 4096
+# The REPAIR datagrams of one round at most (each asks for up to 64 ranges): the rest
+# of a huge gap is asked in the next round, once the server's answers shrank it.
+MAX_REPAIRS_PER_ROUND = 4
+# A CLOSED that arrives after a gap waits this long for the gap to be repaired, then
+# the room ends anyway: a closed room's server may not answer repairs any more.
+CLOSE_GRACE = 0.5
+# Unanswered PING nonces remembered (to time the round trip of a late STATUS).
+MAX_PINGS_REMEMBERED = 16
+STOPPED_ANSWERING = "the server stopped answering"
+
+
+def delivery_granted(admission: Admission) -> bool:
+    """Whether ``admission`` lets the member speak the delivery extension: the server
+    granted it and said where the member starts (``seq``) and which incarnation it is
+    (``boot``). Anything less is a version 1 member."""
+    return DELIVERY in admission.features and admission.seq is not None and bool(admission.boot)
+
+
+def restarted_reason(room: str) -> str:
+    return f"the server restarted; room {room} no longer exists"
+
+
+@dataclass(slots=True)
+class _Missing:
+    """Seqs ``first .. last`` (positions, see :class:`DeliveryState`) not received,
+    to be asked for (again) at ``due``."""
+
+    first: int
+    last: int
+    due: float
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """One of our messages in flight: its DATA, resent at ``due`` until confirmed."""
+
+    text: str
+    data: bytes
+    sent_at: float
+    due: float
+    rto: float
+    sends: int = 1
+
+
+_Item = Chat | ServerDatagram  # what a Seq carries: CHAT, MESSAGE, NOTICE or CLOSED
+_NUMBERED_KINDS = frozenset({Kind.MESSAGE, Kind.NOTICE, Kind.CLOSED, DeliveryKind.CHAT})
+
+
+class DeliveryState:
+    """One member's room under the delivery extension: every Seq once, in order, our
+    messages resent until confirmed, the server's liveness watched.
+
+    Sans-I/O like :class:`~ocm.client.session.RoomState`, in the manner of aioquic:
+    feed it what happens (:meth:`datagram_received`, :meth:`send`, :meth:`handle_timer`,
+    :meth:`leave`, all with ``now`` on the caller's clock), send what
+    :meth:`datagrams_to_send` returns, and call :meth:`handle_timer` at
+    :meth:`next_deadline`. Each returns the events for the application. The first PING
+    (and the history REPAIR) is waiting in :meth:`datagrams_to_send` as soon as the
+    object exists.
+
+    Seqs are kept as *positions*: integers that keep counting where the wire's Seq wraps
+    from 2**32 - 1 to 1 (position ``p`` is Seq ``(p - 1) % SEQ_CYCLE + 1``), so order
+    and ranges are plain integer comparisons. ``delivered`` is the last position handed
+    to the application; datagrams after it wait in ``_held`` until the Seqs before them
+    arrive or are lost, ``_gaps`` are the missing ranges to repair, ``_lost`` the ranges
+    the server answered LOST (or that were given up) not yet reached.
+
+    The server is taken for gone after ``LIVENESS_INTERVALS`` heartbeat intervals
+    without a datagram from it, not counting the time :meth:`handle_timer` was late for
+    (the process was suspended or blocked, and could not hear anything either).
+
+    ``random`` (returning a float in [0, 1)) jitters the PING schedule; the default, no
+    jitter, keeps tests deterministic.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        members: Sequence[str],
+        *,
+        room: str,
+        token: str,
+        seq: int,
+        boot: bytes,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        now: float = 0.0,
+        history: int = 0,
+        random: Callable[[], float] = lambda: 0.0,
+        max_held: int = MAX_HELD,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.room = room
+        self.token = token
+        self.boot = boot
+        self.members: list[str] = list(members)
+        self.heartbeat_interval = heartbeat_interval
+        self.max_held = max_held
+        self.ended: Closed | None = None
+        self.leaving = False  # we sent LEAVE
+        # The server said we are out: DEPARTED, the room's CLOSED, RESTARTED or an
+        # unknown-token ERROR (the leave needs no fallback then).
+        self.out = False
+        self.undelivered = 0
+        self.malformed = 0
+        self.srtt: float | None = None  # the smoothed round trip, once measured
+        self._random = random
+        self._outbox: list[bytes] = []
+        self._last_heard = now
+        # Receiving, in positions. The history (K Seqs up to ``seq``, never before Seq 1
+        # and never more than can be held) is delivered first.
+        start = max(0, seq - min(max(0, history), max_held))
+        self.delivered = start
+        self._history_end = seq  # positions up to here are history
+        self._latest = seq
+        self._held: dict[int, _Item] = {}
+        self._gaps: list[_Missing] = []
+        self._lost: list[tuple[int, int]] = []
+        self._closed_at: int | None = None  # a held CLOSED's position
+        self._close_by: float | None = None
+        # Sending.
+        self._outgoing: dict[int, _Outgoing] = {}  # by MsgNo, oldest first
+        self._msg_no = 0
+        self._leave_due: float | None = None
+        self._leave_rto = INITIAL_RTO
+        # Heartbeats.
+        self._nonce = 0
+        self._pings: dict[int, float] = {}  # unanswered nonce -> when sent
+        self._next_ping = now
+        self._ping_retry: float | None = None
+        self._send_ping(now)
+        if start < seq:  # the history: asked at once, no reorder to wait for
+            self._gaps.append(_Missing(start + 1, seq, now))
+            self._send_repairs(now)
+
+    # -- what the adapter reads -----------------------------------------------------
+
+    @property
+    def unconfirmed(self) -> int:
+        """Our messages in flight: sent, neither their CHAT nor ACCEPTED back yet."""
+        return len(self._outgoing)
+
+    @property
+    def held(self) -> int:
+        """Datagrams received after a gap, waiting for it."""
+        return len(self._held)
+
+    def rto(self) -> float:
+        """The retransmission timeout: 4 round trips within [MIN_RTO, MAX_RTO]."""
+        if self.srtt is None:
+            return INITIAL_RTO
+        return min(MAX_RTO, max(MIN_RTO, 4 * self.srtt))
+
+    def repair_interval(self) -> float:
+        return max(REPAIR_INTERVAL, 2 * self.srtt) if self.srtt is not None else REPAIR_INTERVAL
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """The datagrams to send now, in order; each is returned once."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` is next due: a reorder hold or repair, a resend,
+        a PING, the liveness limit, a leave to resend. None once the room is over."""
+        if self.ended is not None:
+            return None
+        if self.leaving:
+            return self._leave_due
+        deadlines = [self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval]
+        deadlines.append(self._next_ping if self._ping_retry is None else self._ping_retry)
+        if self._gaps:
+            deadlines.append(min(gap.due for gap in self._gaps))
+        if self._outgoing:
+            deadlines.append(min(out.due for out in self._outgoing.values()))
+        if self._close_by is not None:
+            deadlines.append(self._close_by)
+        return min(deadlines)
+
+    # -- what the application does ------------------------------------------------
+
+    def send(self, text: str, now: float) -> int:
+        """Send ``text`` (non-empty, within the text limit): its DATA is queued, and
+        resent until confirmed. Returns its MsgNo (1, 2, ...). A text that does not fit
+        in a DATA is refused (LocalProtocolError) and uses up no MsgNo."""
+        msg_no = self._msg_no + 1
+        data = encode_extended(Data(self.token, msg_no, text))
+        self._msg_no = msg_no
+        rto = self.rto()
+        self._outgoing[msg_no] = _Outgoing(text, data, now, now + rto, rto)
+        self._outbox.append(data)
+        return msg_no
+
+    def leave(self, now: float) -> list[Event]:
+        """Leave the room: LEAVE is queued, and resent every RTO (not doubling: the
+        adapter waits about a second, and a lossy path needs every try) until DEPARTED;
+        giving up is the adapter's call. Messages still in flight are reported
+        Undelivered. No Closed: the application ended it."""
+        if self.ended is not None or self.leaving:
+            return []
+        if self._closed_at is not None:
+            # A CLOSED is in, waiting for the gap before it: the room is over already, and
+            # a LEAVE would only be answered with that CLOSED. Give up the gap and end.
+            self._close_by = None
+            self._give_up_through(self._closed_at - 1)
+            return self._release()
+        self.leaving = True
+        events = self._give_up_outgoing()
+        self._leave_rto = self.rto()
+        self._leave_due = now + self._leave_rto
+        self._outbox.append(encode_extended(Leave(self.token)))
+        return events
+
+    def end(self, reason: str) -> list[Event]:
+        """The room is over for us (locally decided): Undelivered for each message in
+        flight, then the Closed, once. Silent while leaving."""
+        if self.ended is not None:
+            return []
+        if self.leaving:
+            self.ended = Closed("left the room")
+            return []
+        events = self._give_up_outgoing()
+        self.ended = Closed(reason)
+        events.append(self.ended)
+        return events
+
+    # -- time -----------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Do what is due at ``now``: resend, repair, ping, or end the room."""
+        if self.ended is not None:
+            return []
+        due = self.next_deadline()
+        if due is not None and now > due + self.heartbeat_interval:
+            # Called a whole interval late: this process did not run (a suspended
+            # laptop). Time we could not listen is not the server's silence. (Smaller
+            # lateness, a busy loop, is not discounted: else a busy application would
+            # never notice a dead server.)
+            self._last_heard += now - due
+        if self.leaving:
+            if self._leave_due is not None and now >= self._leave_due:
+                self._outbox.append(encode_extended(Leave(self.token)))
+                self._leave_due = now + self._leave_rto
+            return []
+        if now >= self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval:
+            return self.end(STOPPED_ANSWERING)
+        events: list[Event] = []
+        if self._close_by is not None and now >= self._close_by and self._closed_at is not None:
+            # The CLOSED waited long enough: what is still missing before it is lost.
+            self._close_by = None
+            self._give_up_through(self._closed_at - 1)
+            events += self._release()
+            if self.ended is not None:
+                return events
+        self._send_repairs(now)
+        for out in self._outgoing.values():
+            if now >= out.due:
+                self._outbox.append(out.data)
+                out.sends += 1
+                out.rto = min(MAX_RTO, 2 * out.rto)
+                out.due = now + out.rto
+        due = self._next_ping if self._ping_retry is None else self._ping_retry
+        if now >= due:
+            self._send_ping(now)
+        return events
+
+    def _send_ping(self, now: float) -> None:
+        self._nonce = self._nonce % 0xFFFFFFFF + 1
+        self._pings[self._nonce] = now
+        while len(self._pings) > MAX_PINGS_REMEMBERED:
+            del self._pings[next(iter(self._pings))]
+        self._outbox.append(encode_extended(Ping(self.token, self._nonce, self.boot)))
+        self._next_ping = now + self.heartbeat_interval * (1 - PING_JITTER * self._random())
+        self._ping_retry = now + self.heartbeat_interval / PING_RETRIES_PER_INTERVAL
+
+    def _send_repairs(self, now: float) -> None:
+        """Ask for every missing range that is due (up to MAX_REPAIRS_PER_ROUND
+        datagrams); each is asked again one repair interval later."""
+        ranges: list[tuple[int, int]] = []
+        limit = MAX_REPAIRS_PER_ROUND * MAX_REPAIR_RANGES
+        again = now + self.repair_interval()
+        for gap in self._gaps:
+            if gap.due > now:
+                continue
+            gap.due = again
+            for wire_range in _wire_ranges(gap.first, gap.last):
+                if len(ranges) >= limit:
+                    break
+                ranges.append(wire_range)
+        for start in range(0, len(ranges), MAX_REPAIR_RANGES):
+            chunk = tuple(ranges[start : start + MAX_REPAIR_RANGES])
+            self._outbox.append(encode_extended(Repair(self.token, chunk)))
+
+    # -- what the server sends ------------------------------------------------------
+
+    def datagram_received(self, data: bytes, now: float) -> list[Event]:
+        """One datagram from the server: the events it releases, in Seq order."""
+        self._last_heard = now
+        if self.ended is not None:
+            return []
+        try:
+            datagram = decode_received(data)
+        except ProtocolError:
+            self.malformed += 1
+            return self._unreadable(data, now)
+        match datagram:
+            case Chat(seq, sender, msg_no, _):
+                # Ours, unless from the history: a CHAT from before we entered is an
+                # earlier member's of our name, and its MsgNo means nothing to us.
+                mine = sender.casefold() == self.name.casefold()
+                if mine and self._position(seq) > self._history_end:
+                    self._confirmed(msg_no, now)
+                return self._arrived(seq, datagram, now)
+            case ServerDatagram(kind=Kind.ERROR):
+                return self._error(datagram)
+            case ServerDatagram(seq=seq):
+                return self._arrived(seq, datagram, now)
+            case Status(seq, nonce):
+                sent = self._pings.pop(nonce, None)
+                if sent is not None:
+                    self._rtt_sample(now - sent)
+                    self._pings.clear()
+                    self._ping_retry = None
+                if not self.leaving:
+                    self._reveal(self._position(seq), now)
+                return []
+            case Accepted(seq, msg_no):
+                self._confirmed(msg_no, None)
+                if seq and not self.leaving:  # that Seq exists: we should have it
+                    self._reveal(self._position(seq), now)
+                return []
+            case Lost(first, count):
+                start = self._position(first)
+                for run in self._take_missing(start, start + count - 1):
+                    bisect.insort(self._lost, run)
+                return self._release()
+            case Departed():
+                self.out = True
+                if self.leaving:
+                    self.ended = Closed("left the room")
+                    return []
+                # Out of the room without asking (another client with our token left
+                # for us): over for us, as an unknown token is.
+                return self.end("no longer in the room (the server says: departed)")
+            case Restarted():
+                self.out = True
+                return self.end(restarted_reason(self.room))
+        return []  # pragma: no cover (every kind is matched above)
+
+    def _error(self, datagram: ServerDatagram) -> list[Event]:
+        if isinstance(parse_refusal(datagram.text), UnknownToken):
+            self.out = True
+            return self.end(f"no longer in the room (the server says: {datagram.text})")
+        if datagram.seq:  # the MsgNo of the DATA it refused
+            refused = self._outgoing.pop(datagram.seq, None)
+            return [] if refused is None else [ErrorReply(datagram.text)]
+        return [ErrorReply(datagram.text)]
+
+    def _confirmed(self, msg_no: int, now: float | None) -> None:
+        out = self._outgoing.pop(msg_no, None)
+        if out is not None and out.sends == 1 and now is not None:
+            self._rtt_sample(now - out.sent_at)  # Karn: only a message sent once
+
+    def _rtt_sample(self, rtt: float) -> None:
+        rtt = max(0.0, rtt)
+        self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
+
+    def _give_up_outgoing(self) -> list[Event]:
+        events: list[Event] = [Undelivered(out.text) for out in self._outgoing.values()]
+        self.undelivered += len(events)
+        self._outgoing.clear()
+        return events
+
+    # -- Seq order ------------------------------------------------------------------
+
+    def _position(self, seq: int) -> int:
+        """The position of wire ``seq``: the nearest to ``delivered`` (within half the
+        cycle either way)."""
+        ahead = (seq - self.delivered) % SEQ_CYCLE
+        if ahead > SEQ_CYCLE // 2:
+            ahead -= SEQ_CYCLE
+        return self.delivered + ahead
+
+    def _arrived(self, seq: int, item: _Item, now: float) -> list[Event]:
+        position = self._position(seq)
+        if position <= self.delivered or position in self._held:
+            return []  # a duplicate, or one given up already
+        self._unlose(position)  # a server that said LOST and then had it after all
+        self._held[position] = item
+        closing = isinstance(item, ServerDatagram) and item.kind is Kind.CLOSED
+        if closing and (self._closed_at is None or position < self._closed_at):
+            self._closed_at = position
+            self._close_by = now + CLOSE_GRACE
+        if position > self._latest:
+            self._reveal(position - 1, now)
+            self._latest = position
+        else:
+            self._take_missing(position, position)
+        return self._release()
+
+    def _unreadable(self, data: bytes, now: float) -> list[Event]:
+        """A datagram we cannot decode that still has a Seq (its header is readable):
+        a repair would bring the same bytes, so that Seq is lost to us. Reported as a
+        Gap at once, rather than holding up every Seq after it."""
+        if len(data) < SERVER_HEADER_SIZE or data[0] not in _NUMBERED_KINDS:
+            return []
+        position = self._position(int.from_bytes(data[1:5], "big"))
+        if position <= self.delivered or position in self._held:
+            return []
+        if position > self._latest:
+            self._reveal(position - 1, now)
+            self._latest = position
+            lost = [(position, position)]
+        else:
+            lost = self._take_missing(position, position)
+        for run in lost:
+            bisect.insort(self._lost, run)
+        return self._release()
+
+    def _reveal(self, position: int, now: float) -> None:
+        """Seqs up to ``position`` exist (a later one arrived, or a STATUS says so):
+        those not seen yet are missing, asked for after the reorder hold."""
+        if position > self._latest:
+            self._gaps.append(_Missing(self._latest + 1, position, now + REORDER_HOLD))
+            self._latest = position
+
+    def _take_missing(self, first: int, last: int) -> list[tuple[int, int]]:
+        """Remove ``first .. last`` from the missing ranges; return what was missing."""
+        taken: list[tuple[int, int]] = []
+        kept: list[_Missing] = []
+        for gap in self._gaps:
+            if gap.last < first or gap.first > last:
+                kept.append(gap)
+                continue
+            low, high = max(gap.first, first), min(gap.last, last)
+            taken.append((low, high))
+            if gap.first < low:
+                kept.append(_Missing(gap.first, low - 1, gap.due))
+            if high < gap.last:
+                kept.append(_Missing(high + 1, gap.last, gap.due))
+        self._gaps = kept
+        return taken
+
+    def _unlose(self, position: int) -> None:
+        for index, (first, last) in enumerate(self._lost):
+            if first <= position <= last:
+                parts = [(a, b) for a, b in ((first, position - 1), (position + 1, last)) if a <= b]
+                self._lost[index : index + 1] = parts
+                return
+
+    def _give_up_through(self, position: int) -> None:
+        """Everything missing up to ``position`` is lost to us."""
+        for lost in self._take_missing(self.delivered + 1, position):
+            bisect.insort(self._lost, lost)
+
+    def _release(self) -> list[Event]:
+        """Hand out what is next in order: held datagrams, and lost runs as Gaps; then,
+        if more is held after the oldest gap than memory allows, give that gap up."""
+        events = self._release_in_order()
+        # Held datagrams, and the missing and lost runs between them (a server could
+        # cut one gap into many with LOSTs): bounded, the oldest gap going first.
+        while self.ended is None and self._gaps and self._over_bound():
+            self._give_up_through(self._gaps[0].last)
+            events += self._release_in_order()
+        return events
+
+    def _over_bound(self) -> bool:
+        return len(self._held) > self.max_held or len(self._gaps) + len(self._lost) > 2 * (
+            self.max_held + 1
+        )
+
+    def _release_in_order(self) -> list[Event]:
+        events: list[Event] = []
+        while self.ended is None:
+            following = self.delivered + 1
+            item = self._held.pop(following, None)
+            if item is not None:
+                self.delivered = following
+                events += self._deliver(item, following)
+                continue
+            if not self._lost or self._lost[0][0] != following:
+                break
+            last = self._lost.pop(0)[1]
+            while self._lost and self._lost[0][0] <= last + 1:
+                last = max(last, self._lost.pop(0)[1])
+            self.delivered = last
+            first = max(following, self._history_end + 1)
+            if first <= last:  # history that is gone is just skipped
+                events.append(Gap(_wire(first), _wire(last + 1)))
+        return events
+
+    def _deliver(self, item: _Item, position: int) -> list[Event]:
+        history = position <= self._history_end
+        seq = _wire(position)
+        match item:
+            case Chat(_, sender, _, text):
+                return [Message(sender, text, seq, history)]
+            case ServerDatagram(kind=Kind.MESSAGE, sender=sender, text=text):
+                return [Message(sender, text, seq, history)]
+            case ServerDatagram(kind=Kind.NOTICE, text=text):
+                if not history:  # the admission's member list already counts the past
+                    follow_notice(self.members, text)
+                return [Notice(text, seq, history)]
+            case ServerDatagram(kind=Kind.CLOSED, text=text) if not history:
+                self.out = True
+                self._close_by = None
+                if self.leaving:  # the CLOSED our own (host's) leave caused: not news
+                    self.ended = Closed(text)
+                    return []
+                return self.end(text)
+        return []  # a CLOSED from the history (of a room of the same name): skipped
+
+
+def _wire(position: int) -> int:
+    """The wire Seq of a position: 1 .. 2**32 - 1, then 1 again."""
+    return (position - 1) % SEQ_CYCLE + 1
+
+
+def _wire_ranges(first: int, last: int) -> Iterator[tuple[int, int]]:
+    """Positions ``first .. last`` as REPAIR ranges (First, Count): at most
+    MAX_REPAIR_COUNT each, cut where the Seq wraps."""
+    while first <= last:
+        seq = _wire(first)
+        count = min(last - first + 1, MAX_REPAIR_COUNT, SEQ_CYCLE - seq + 1)
+        yield seq, count
+        first += count
