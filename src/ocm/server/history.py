@@ -30,8 +30,8 @@ __all__ = [
 
 # Message numbers a member's log remembers exactly (their Seq, to confirm a resend).
 # OCM's client keeps at most 32 messages in flight, so a retransmission is never more
-# than 32 numbers old; 128 leaves room for a client with a bigger window, at about
-# 12 KiB per member.
+# than 32 numbers old; 128 leaves room for a client with a bigger window, in a ring
+# of about 1 KiB per member.
 RELAYED_WINDOW = 128
 # Early arrivals one member may have waiting for the messages before them: OCM's window
 # in count, and 16 KiB (four long lines; short lines are the usual case), so a member
@@ -96,7 +96,9 @@ class RelayedLog:
 
     def __init__(self) -> None:
         self.next = 1
-        self._seqs: dict[int, int] = {}  # msg_no -> seq, in the order relayed
+        # The Seq of message n at n % RELAYED_WINDOW, for the newest RELAYED_WINDOW
+        # numbers: a ring, so recording one is one store.
+        self._seqs: list[int] = [0] * RELAYED_WINDOW
         # Early arrivals: msg_no -> text (None: refused, to be skipped over).
         self.held: dict[int, bytes | None] = {}
         self.held_bytes = 0
@@ -107,7 +109,9 @@ class RelayedLog:
         yet."""
         if msg_no >= self.next:
             return None
-        return self._seqs.get(msg_no, 0)
+        if self.next - msg_no > RELAYED_WINDOW:
+            return 0
+        return self._seqs[msg_no % RELAYED_WINDOW]
 
     def hold(self, msg_no: int, text: bytes | None) -> bool:
         """Keep ``msg_no`` (ahead of ``next``) until its turn; False when there is no
@@ -126,10 +130,7 @@ class RelayedLog:
 
     def dealt_with(self, seq: int) -> None:
         """Message ``next`` was relayed as ``seq`` (or :data:`REFUSED`); move on."""
-        seqs = self._seqs
-        seqs[self.next] = seq
-        if len(seqs) > RELAYED_WINDOW:
-            del seqs[next(iter(seqs))]
+        self._seqs[self.next % RELAYED_WINDOW] = seq
         self.next += 1
 
     def take_held(self) -> tuple[bool, bytes | None]:
