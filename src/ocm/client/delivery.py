@@ -62,6 +62,7 @@ __all__ = [
     "REORDER_HOLD",
     "REPAIR_INTERVAL",
     "STOPPED_ANSWERING",
+    "TAIL_PROBE",
     "DeliveryState",
     "delivery_granted",
     "restarted_reason",
@@ -96,6 +97,10 @@ MAX_REPAIRS_PER_ROUND = 4
 # A CLOSED that arrives after a gap waits this long for the gap to be repaired, then
 # the room ends anyway: a closed room's server may not answer repairs any more.
 CLOSE_GRACE = 0.5
+# A tail probe: this long (or two retransmission timeouts) after the last datagram of a
+# burst, one PING asks for the room's latest Seq, so a lost last message is found in
+# about a second, not at the next heartbeat (up to 15 s later). One per burst.
+TAIL_PROBE = 0.5
 # Unanswered PING nonces remembered (to time the round trip of a late STATUS).
 MAX_PINGS_REMEMBERED = 16
 STOPPED_ANSWERING = "the server stopped answering"
@@ -211,6 +216,7 @@ class DeliveryState:
         self._lost: list[tuple[int, int]] = []
         self._closed_at: int | None = None  # a held CLOSED's position
         self._close_by: float | None = None
+        self._probe_at: float | None = None  # the tail probe's PING, once a burst ends
         # Sending.
         self._outgoing: dict[int, _Outgoing] = {}  # by MsgNo, oldest first
         self._msg_no = 0
@@ -267,6 +273,8 @@ class DeliveryState:
             deadlines.append(min(out.due for out in self._outgoing.values()))
         if self._close_by is not None:
             deadlines.append(self._close_by)
+        if self._probe_at is not None:
+            deadlines.append(self._probe_at)
         return min(deadlines)
 
     # -- what the application does ------------------------------------------------
@@ -351,6 +359,9 @@ class DeliveryState:
                 out.sends += 1
                 out.rto = min(MAX_RTO, 2 * out.rto)
                 out.due = now + out.rto
+        if self._probe_at is not None and now >= self._probe_at:
+            self._probe_at = None
+            self._send_ping(now)  # the burst is over: was its last datagram lost?
         due = self._next_ping if self._ping_retry is None else self._ping_retry
         if now >= due:
             self._send_ping(now)
@@ -401,7 +412,7 @@ class DeliveryState:
                 # earlier member's of our name, and its MsgNo means nothing to us.
                 mine = sender.casefold() == self.name.casefold()
                 if mine and self._position(seq) > self._history_end:
-                    self._confirmed(msg_no, now)
+                    self._confirmed(msg_no)
                 return self._arrived(seq, datagram, now)
             case ServerDatagram(kind=Kind.ERROR):
                 return self._error(datagram)
@@ -417,7 +428,7 @@ class DeliveryState:
                     self._reveal(self._position(seq), now)
                 return []
             case Accepted(seq, msg_no):
-                self._confirmed(msg_no, None)
+                self._confirmed(msg_no)
                 if seq and not self.leaving:  # that Seq exists: we should have it
                     self._reveal(self._position(seq), now)
                 return []
@@ -448,10 +459,12 @@ class DeliveryState:
             return [] if refused is None else [ErrorReply(datagram.text)]
         return [ErrorReply(datagram.text)]
 
-    def _confirmed(self, msg_no: int, now: float | None) -> None:
-        out = self._outgoing.pop(msg_no, None)
-        if out is not None and out.sends == 1 and now is not None:
-            self._rtt_sample(now - out.sent_at)  # Karn: only a message sent once
+    def _confirmed(self, msg_no: int) -> None:
+        # No round-trip sample here, even for a message sent once: its copy may have
+        # waited at the server behind an earlier lost one (each member's messages are
+        # relayed in order), which is not the network's round trip and would inflate
+        # the RTO and the repair interval. PING and STATUS measure it.
+        self._outgoing.pop(msg_no, None)
 
     def _rtt_sample(self, rtt: float) -> None:
         rtt = max(0.0, rtt)
@@ -479,6 +492,7 @@ class DeliveryState:
             return []  # a duplicate, or one given up already
         self._unlose(position)  # a server that said LOST and then had it after all
         self._held[position] = item
+        self._probe_at = now + max(TAIL_PROBE, 2 * self.rto())
         closing = isinstance(item, ServerDatagram) and item.kind is Kind.CLOSED
         if closing and (self._closed_at is None or position < self._closed_at):
             self._closed_at = position
