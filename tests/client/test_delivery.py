@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from ocm.client.delivery import (
     CLOSE_GRACE,
     FEATURES,
+    HEAD_RTO,
     INITIAL_RTO,
     MAX_RTO,
     MIN_RTO,
@@ -481,20 +482,26 @@ def test_our_chat_confirms_by_msg_no_but_does_not_time_the_round_trip() -> None:
 
 
 def test_data_is_resent_with_a_doubling_timeout_until_confirmed() -> None:
+    """Each message backs off (0.5, 1, 2, 2 s: MAX_RTO), except the oldest, which holds
+    up the others at the server: it is resent every HEAD_RTO (0.5 s) at most."""
     state = make(seq=10)
-    state.send("hi", 0.0)
+    state.send("first", 0.0)
+    state.send("second", 0.0)
     sent(state)
-    assert INITIAL_RTO == 0.5  # no round trip measured yet
-    times = [0.5, 1.5, 3.5, 5.5, 7.5]  # +0.5, +1, +2, then +2 (the cap)
-    for now in times:
-        state.handle_timer(now - 0.001)
-        assert [d for d in sent(state) if isinstance(d, Data)] == []
+    assert (INITIAL_RTO, HEAD_RTO, MAX_RTO) == (0.5, 0.5, 2.0)  # no round trip measured
+    resent: dict[str, list[float]] = {"first": [], "second": []}
+    for tick in range(1, 16):
+        now = tick * 0.5
         state.handle_timer(now)
-        assert [d for d in sent(state) if isinstance(d, Data)] == [Data(TOKEN, 1, "hi")]
+        for data in sent(state):
+            if isinstance(data, Data):
+                resent[data.text].append(now)
         feed(state, now, received(Status(10, 0)))  # keep the server alive
+    assert resent["first"] == [0.5 * n for n in range(1, 16)]
+    assert resent["second"] == [0.5, 1.5, 3.5, 5.5, 7.5]
     # The copy of a retransmitted message confirms it but is not a round-trip sample.
-    feed(state, 7.6, chat(11, "hi", sender="bob", msg_no=1))
-    assert state.unconfirmed == 0 and state.srtt is None
+    feed(state, 7.6, chat(11, "first", sender="bob", msg_no=1))
+    assert state.unconfirmed == 1 and state.srtt is None
 
 
 def test_the_retransmission_timeout_follows_the_round_trip_within_bounds() -> None:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSE_GRACE",
     "FEATURES",
+    "HEAD_RTO",
     "INITIAL_RTO",
     "LIVENESS_INTERVALS",
     "MAX_HELD",
@@ -101,6 +102,10 @@ CLOSE_GRACE = 0.5
 # burst, one PING asks for the room's latest Seq, so a lost last message is found in
 # about a second, not at the next heartbeat (up to 15 s later). One per burst.
 TAIL_PROBE = 0.5
+# The most our oldest unconfirmed message waits between two sends (the others back off
+# to MAX_RTO): the server holds our later messages until it has this one, so its
+# backing off would delay them all. One datagram every half second is no flood.
+HEAD_RTO = 0.5
 # Unanswered PING nonces remembered (to time the round trip of a late STATUS).
 MAX_PINGS_REMEMBERED = 16
 STOPPED_ANSWERING = "the server stopped answering"
@@ -353,11 +358,15 @@ class DeliveryState:
             if self.ended is not None:
                 return events
         self._send_repairs(now)
-        for out in self._outgoing.values():
+        head = min(self._outgoing, default=0)
+        for msg_no, out in self._outgoing.items():
             if now >= out.due:
                 self._outbox.append(out.data)
                 out.sends += 1
-                out.rto = min(MAX_RTO, 2 * out.rto)
+                # The oldest message holds up our later ones at the server (it relays
+                # each member's messages in order): it backs off to HEAD_RTO at most.
+                cap = max(HEAD_RTO, self.rto()) if msg_no == head else MAX_RTO
+                out.rto = min(cap, 2 * out.rto)
                 out.due = now + out.rto
         if self._probe_at is not None and now >= self._probe_at:
             self._probe_at = None
