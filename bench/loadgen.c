@@ -9,14 +9,22 @@
  *   loadgen relay --port PORT --lifetime S                 a bare relay in C (the
  *                                                          generator's ceiling)
  *
- * Members file, one member per line: "ROOM_INDEX IS_SENDER IPV4 ROOM_HEX TOKEN".
+ * Members file, one member per line: "ROOM_INDEX IS_SENDER IPV4 ROOM_HEX TOKEN [BOOT]".
  * Every member gets its own UDP socket on that (loopback) address, connected to the
- * relay on 127.0.0.1; OCM binds each token to the address that obtained it.
+ * relay on 127.0.0.1; OCM binds each token to the address that obtained it. BOOT (16 hex
+ * digits, the COMPLETE's "boot") makes the member a delivery member (docs/protocol.md,
+ * section 3): it sends DATA with its own increasing MsgNo instead of a version 1 chat
+ * datagram, PING instead of a heartbeat, and receives CHAT instead of MESSAGE; "-" or
+ * no sixth field is a version 1 member. It never resends: the server relays each
+ * member's DATA in MsgNo order, so a DATA lost on loopback (a full socket buffer) holds
+ * up that member's later ones, and the run shows it as loss and stalls. The closed
+ * loop keeps the relay's buffer from filling, so a run without loss has none.
  *
  * A chat text is ASCII: 'M', the send time (16 hex digits, CLOCK_MONOTONIC ns), the
  * sender index (8 hex), the sender's message number (8 hex), then 'x' up to
  * --text-size. A message counts when its send time is inside the measured window;
- * its latency is receive time minus send time (same clock, same machine).
+ * its latency is receive time minus send time (same clock, same machine). In a CHAT the
+ * text starts 4 bytes later than in a MESSAGE, after the MsgNo.
  *
  * Modes:
  *   window  saturation: at most --window messages in flight (sent, sender's own copy
@@ -58,6 +66,11 @@
  * that a relay descheduled by other load is not mistaken for loss (which would
  * overfill its receive buffer). */
 #define STALL_NS (500 * 1000000u)
+#define BOOT_SIZE 8
+#define CHAT_KIND 5 /* the delivery extension's Kinds, 5 to 10 */
+#define STATUS_KIND 6
+#define ACCEPTED_KIND 7
+#define LAST_KIND 10
 
 enum { FMT_OCM, FMT_BARE };
 enum { MODE_WINDOW, MODE_RATE, MODE_IDLE };
@@ -69,6 +82,13 @@ typedef struct {
     int registered;
     int prefix_len;
     unsigned char *prefix; /* RoomNameSize, TokenSize, room, token: a heartbeat */
+    /* a delivery member: 0, Type, TokenSize, token (the Type byte is set per datagram) */
+    int delivery;
+    int ext_len;
+    unsigned char *ext;
+    unsigned char boot[BOOT_SIZE];
+    uint32_t msg_no; /* the MsgNo of its last DATA (chat lines and probes alike) */
+    uint32_t nonce;
     char ip[48];
 } member_t;
 
@@ -98,6 +118,8 @@ static uint64_t lat_max_ns;
 /* counters */
 static uint64_t sent_total, sent_window, expected, delivered, other_msgs;
 static uint64_t notices, closed, errors, malformed, heartbeats, stalls, send_fail;
+static uint64_t statuses, accepted;
+static int n_delivery;
 static int64_t inflight;
 static uint64_t win_start, win_end;
 static int n_registered;
@@ -128,6 +150,13 @@ static void put_hex(unsigned char *out, uint64_t value, int digits) {
         out[i] = (unsigned char)HEX[value & 15];
         value >>= 4;
     }
+}
+
+static void put_u32(unsigned char *out, uint32_t value) {
+    out[0] = (unsigned char)(value >> 24);
+    out[1] = (unsigned char)(value >> 16);
+    out[2] = (unsigned char)(value >> 8);
+    out[3] = (unsigned char)value;
 }
 
 static int get_hex(const unsigned char *in, int digits, uint64_t *value) {
@@ -233,10 +262,14 @@ static void load_members(const char *path, int server_port) {
     if (!f) die(path);
     int cap = 1024;
     members = calloc((size_t)cap, sizeof *members);
-    char room_hex[600], token[300];
+    char line[1400], room_hex[600], token[300], boot[40];
     int room, is_sender;
     n_rooms = 0;
-    while (fscanf(f, "%d %d %47s %599s %299s", &room, &is_sender, m_ip, room_hex, token) == 5) {
+    while (fgets(line, sizeof line, f)) {
+        int fields = sscanf(line, "%d %d %47s %599s %299s %39s", &room, &is_sender, m_ip, room_hex,
+                            token, boot);
+        if (fields <= 0) continue; /* a blank line */
+        if (fields < 5) fail("bad line in the members file");
         if (n_members == cap) {
             cap *= 2;
             members = realloc(members, (size_t)cap * sizeof *members);
@@ -255,6 +288,17 @@ static void load_members(const char *path, int server_port) {
         m->prefix[1] = (unsigned char)token_len;
         memcpy(m->prefix + 2, name, (size_t)name_len);
         memcpy(m->prefix + 2 + name_len, token, (size_t)token_len);
+        if (fields == 6 && strcmp(boot, "-")) {
+            if (unhex(boot, m->boot, BOOT_SIZE) != BOOT_SIZE) fail("bad boot in the members file");
+            m->delivery = 1;
+            m->ext_len = 3 + token_len;
+            m->ext = malloc((size_t)m->ext_len);
+            m->ext[0] = 0;
+            m->ext[1] = 0; /* the Type: set for each datagram */
+            m->ext[2] = (unsigned char)token_len;
+            memcpy(m->ext + 3, token, (size_t)token_len);
+            n_delivery++;
+        }
         m->room = room;
         m->sender = is_sender ? n_senders++ : -1;
         memcpy(m->ip, m_ip, sizeof m->ip);
@@ -280,18 +324,44 @@ static void load_members(const char *path, int server_port) {
 
 /* ---- sending ---- */
 
+/* The start of a chat datagram of member m into b: the version 1 prefix, or a DATA
+ * header with the member's next MsgNo. Returns where the text goes. */
+static int chat_header(member_t *m, unsigned char *b) {
+    if (!m->delivery) {
+        memcpy(b, m->prefix, (size_t)m->prefix_len);
+        return m->prefix_len;
+    }
+    memcpy(b, m->ext, (size_t)m->ext_len);
+    b[1] = 1; /* DATA */
+    put_u32(b + m->ext_len, ++m->msg_no);
+    return m->ext_len + 4;
+}
+
+static int header_len(const member_t *m) { return m->delivery ? m->ext_len + 4 : m->prefix_len; }
+
 static void send_heartbeat(member_t *m) {
-    if (send(m->fd, m->prefix, (size_t)m->prefix_len, 0) < 0) send_fail++;
+    ssize_t r;
+    if (m->delivery) { /* PING: Nonce, Boot */
+        unsigned char b[3 + 255 + 4 + BOOT_SIZE];
+        memcpy(b, m->ext, (size_t)m->ext_len);
+        b[1] = 2;
+        put_u32(b + m->ext_len, ++m->nonce);
+        memcpy(b + m->ext_len + 4, m->boot, BOOT_SIZE);
+        r = send(m->fd, b, (size_t)m->ext_len + 4 + BOOT_SIZE, 0);
+    } else {
+        r = send(m->fd, m->prefix, (size_t)m->prefix_len, 0);
+    }
+    if (r < 0) send_fail++;
     else heartbeats++;
 }
 
 static void send_probe(int room) {
     member_t *m = &members[rooms[room].first];
     unsigned char *b = sbuf[0];
-    memcpy(b, m->prefix, (size_t)m->prefix_len);
-    b[m->prefix_len] = 'P';
-    put_hex(b + m->prefix_len + 1, (uint64_t)room, 8);
-    if (send(m->fd, b, (size_t)m->prefix_len + 9, 0) < 0) send_fail++;
+    int head = chat_header(m, b);
+    b[head] = 'P';
+    put_hex(b + head + 1, (uint64_t)room, 8);
+    if (send(m->fd, b, (size_t)head + 9, 0) < 0) send_fail++;
 }
 
 /* Send up to n chat messages from sender s in one sendmmsg; returns how many left. */
@@ -301,12 +371,11 @@ static int send_chat(int s, int n, int text_size) {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     uint64_t t = now_ns();
-    int len = m->prefix_len + text_size;
+    int len = header_len(m) + text_size;
     if (n > BATCH) n = BATCH;
     for (int i = 0; i < n; i++) {
         unsigned char *b = sbuf[i];
-        memcpy(b, m->prefix, (size_t)m->prefix_len);
-        unsigned char *text = b + m->prefix_len;
+        unsigned char *text = b + chat_header(m, b);
         text[0] = 'M';
         put_hex(text + 1, t, 16);
         put_hex(text + 17, (uint64_t)s, 8);
@@ -319,6 +388,7 @@ static int send_chat(int s, int n, int text_size) {
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
     int done = sendmmsg(m->fd, msgs, (unsigned)n, 0);
+    if (m->delivery && done < n) m->msg_no -= (uint32_t)(n - (done < 0 ? 0 : done));
     if (done < 0) {
         send_fail++;
         return 0;
@@ -343,14 +413,20 @@ static void on_datagram(int mi, const unsigned char *d, int len, uint64_t now) {
             malformed++;
             return;
         }
+        off = 6 + d[5];
         switch (d[0]) {
         case 1: break;
         case 2: notices++; return;
         case 3: closed++; return;
         case 4: errors++; return;
-        default: malformed++; return;
+        case CHAT_KIND: off += 4; break; /* the MsgNo, then the text */
+        case STATUS_KIND: statuses++; return;
+        case ACCEPTED_KIND: accepted++; return; /* a DATA that arrived twice: none here */
+        default:
+            if (d[0] > LAST_KIND) malformed++;
+            else errors++; /* LOST, DEPARTED, RESTARTED: never asked for */
+            return;
         }
-        off = 6 + d[5];
     } else {
         if (len < 2) {
             malformed++;
@@ -603,13 +679,14 @@ int run(int argc, char **argv) {
            "\"loss_pct\": %.3f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, "
            "\"server_cpu_pct\": %.1f, \"generator_cpu_pct\": %.1f, \"heartbeats_per_s\": %.1f, "
            "\"notices\": %" PRIu64 ", \"closed\": %" PRIu64 ", \"errors\": %" PRIu64
-           ", \"malformed\": %" PRIu64 ", \"stalls\": %" PRIu64 ", \"send_failures\": %" PRIu64 "}\n",
+           ", \"malformed\": %" PRIu64 ", \"stalls\": %" PRIu64 ", \"send_failures\": %" PRIu64
+           ", \"delivery_members\": %d, \"statuses\": %" PRIu64 ", \"accepted\": %" PRIu64 "}\n",
            n_members, n_rooms, n_senders, unregistered, duration, sent_window,
            (double)sent_window / duration, expected, delivered, (double)delivered / duration, loss,
            delivered ? hist_quantile(0.50) : -1.0, delivered ? hist_quantile(0.99) : -1.0,
            (double)lat_max_ns / 1000.0, server_cpu, (self_cpu1 - self_cpu0) / duration * 100,
            (double)window_heartbeats / duration, notices, closed, errors, malformed, stalls,
-           send_fail);
+           send_fail, n_delivery, statuses, accepted);
     (void)other_msgs;
     return 0;
 }

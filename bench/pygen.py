@@ -1,7 +1,8 @@
 """The load generator in Python: the fallback for bench/loadgen.c where it cannot be built.
 
 Same command line (``run`` only: there is no Python twin of the C relay), same members
-file, same text layout, same JSON report; see loadgen.c for what each mode means. One
+file (delivery members included), same text layout, same JSON report; see loadgen.c for
+what each mode means and how a delivery member speaks. One
 selector watches every member socket. On 2 cores it cannot outrun a relay, so its
 figures are the generator's ceiling rather than the relay's, and the report says
 which generator ran. Portable: no Linux-only call outside bench/procstat.py.
@@ -13,6 +14,7 @@ import argparse
 import json
 import selectors
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +27,10 @@ MAX_DATAGRAM = 4096
 TEXT_HEAD = 33  # "M", send time (16 hex), sender (8 hex), message number (8 hex)
 STALL_NS = 500_000_000
 RECV_BURST = 64
+# The delivery extension (docs/protocol.md, section 3).
+DATA, PING = 1, 2
+MESSAGE, NOTICE, CLOSED, ERROR, CHAT, STATUS, ACCEPTED, LAST_KIND = 1, 2, 3, 4, 5, 6, 7, 10
+_U32 = struct.Struct("!I")
 
 
 @dataclass
@@ -34,6 +40,25 @@ class Member:
     sender: int  # index into senders, or -1
     prefix: bytes  # RoomNameSize, TokenSize, room, token: a heartbeat
     registered: bool = False
+    boot: bytes | None = None  # a delivery member: the server's boot id (for PING)
+    token: bytes = b""
+    msg_no: int = 0  # the MsgNo of its last DATA (chat lines and probes alike)
+    nonce: int = 0
+
+    def chat_datagram(self, text: bytes) -> bytes:
+        """A version 1 chat datagram, or a DATA with the member's next MsgNo."""
+        if self.boot is None:
+            return self.prefix + text
+        self.msg_no += 1
+        head = bytes((0, DATA, len(self.token))) + self.token
+        return head + _U32.pack(self.msg_no) + text
+
+    def heartbeat(self) -> bytes:
+        """A version 1 heartbeat, or a PING."""
+        if self.boot is None:
+            return self.prefix
+        self.nonce += 1
+        return bytes((0, PING, len(self.token))) + self.token + _U32.pack(self.nonce) + self.boot
 
 
 @dataclass
@@ -56,6 +81,8 @@ class Stats:
     heartbeats: int = 0
     stalls: int = 0
     send_failures: int = 0
+    statuses: int = 0
+    accepted: int = 0
 
 
 class Generator:
@@ -80,10 +107,13 @@ class Generator:
     def load(self) -> None:
         with open(self.args.members, encoding="utf-8") as lines:
             for line in lines:
-                room_text, sender_text, ip, room_hex, token = line.split()
+                if not line.strip():
+                    continue
+                room_text, sender_text, ip, room_hex, token, *rest = line.split()
                 room, name = int(room_text), bytes.fromhex(room_hex)
                 token_bytes = token.encode("ascii")
                 prefix = bytes((len(name), len(token_bytes))) + name + token_bytes
+                boot = bytes.fromhex(rest[0]) if rest and rest[0] != "-" else None
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sock.bind((ip, 0))
                 sock.connect(("127.0.0.1", self.args.server))
@@ -93,7 +123,9 @@ class Generator:
                 if sender_text == "1":
                     sender = len(self.senders)
                     self.senders.append(Sender(index))
-                self.members.append(Member(sock, room, sender, prefix))
+                self.members.append(
+                    Member(sock, room, sender, prefix, boot=boot, token=token_bytes)
+                )
                 self.room_sizes[room] = self.room_sizes.get(room, 0) + 1
                 self.room_first.setdefault(room, index)
                 self.room_registered.setdefault(room, 0)
@@ -115,7 +147,7 @@ class Generator:
         return True
 
     def heartbeat(self, member: Member) -> None:
-        if self.send(member, member.prefix):
+        if self.send(member, member.heartbeat()):
             self.stats.heartbeats += 1
 
     def chat(self, index: int) -> None:
@@ -123,7 +155,7 @@ class Generator:
         member = self.members[sender.member]
         now = time.monotonic_ns()
         head = f"M{now:016x}{index:08x}{sender.sent + 1:08x}".encode("ascii")
-        if not self.send(member, member.prefix + head + self.padding):
+        if not self.send(member, member.chat_datagram(head + self.padding)):
             return
         sender.sent += 1
         self.inflight += 1
@@ -156,16 +188,19 @@ class Generator:
                 return
             offset = 2 + data[0] + data[1]
         else:
-            if len(data) < 6 or data[0] not in (1, 2, 3, 4):
+            kind = data[0] if len(data) >= 6 else 0
+            if not MESSAGE <= kind <= LAST_KIND:
                 stats.malformed += 1
                 return
-            if data[0] != 1:
-                kind = data[0]
-                stats.notices += kind == 2
-                stats.closed += kind == 3
-                stats.errors += kind == 4
+            if kind not in (MESSAGE, CHAT):
+                stats.notices += kind == NOTICE
+                stats.closed += kind == CLOSED
+                stats.statuses += kind == STATUS
+                stats.accepted += kind == ACCEPTED
+                # ERROR; LOST, DEPARTED and RESTARTED, never asked for
+                stats.errors += kind == ERROR or kind > ACCEPTED
                 return
-            offset = 6 + data[5]
+            offset = 6 + data[5] + (4 if kind == CHAT else 0)  # a CHAT's MsgNo, then text
         text = data[offset:]
         if offset > len(data):
             stats.malformed += 1
@@ -224,7 +259,7 @@ class Generator:
             for room, size in self.room_sizes.items():
                 if self.room_registered[room] < size:
                     first = self.members[self.room_first[room]]
-                    self.send(first, first.prefix + f"P{room:08x}".encode("ascii"))
+                    self.send(first, first.chat_datagram(f"P{room:08x}".encode("ascii")))
                     done += size
                     self.pace(started, int(done / self.args.register_rate * 1e9))
             until = time.monotonic_ns() + 300_000_000
@@ -333,6 +368,9 @@ class Generator:
             "malformed": stats.malformed,
             "stalls": stats.stalls,
             "send_failures": stats.send_failures,
+            "delivery_members": sum(m.boot is not None for m in self.members),
+            "statuses": stats.statuses,
+            "accepted": stats.accepted,
         }
 
 

@@ -3,11 +3,17 @@
     python -m bench.run                      # the full run, about 4 minutes on 2 cores
     python -m bench.run --smoke              # seconds, tiny counts (the test suite's run)
     python -m bench.run --markdown out.md --json out.json
+    python -m bench.run --before-src /tmp/ocm-base/src   # also the server of another checkout
 
 Each relay under test is its own process on 127.0.0.1, started fresh for every
 scenario: a real ``ocm server`` on uvloop, the same server on plain asyncio (uvloop
 hidden from it), the bare relay (bench/bare_relay.py) and a bare relay in C (the load
-generator's ceiling). This process does the TCRP part (create and join rooms with
+generator's ceiling). Two more measure what the delivery extension costs: the same
+server with delivery members (section 3 of docs/protocol.md: DATA with message
+numbers in, CHAT out, history and duplicate detection on the server), and, given
+``--before-src``, the server of another checkout (the "before" of a comparison: the
+commit before the history existed) run from that source tree with version 1 members.
+This process does the TCRP part (create and join rooms with
 :mod:`ocm.wire`), writes the members to a file and starts the load generator:
 bench/loadgen.c, compiled here with the system ``cc`` into bench/build/ (Linux), or
 bench/pygen.py where there is no compiler (its numbers are then generator-bound).
@@ -31,6 +37,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +63,7 @@ from ocm.wire import (
     encode_request,
     parse_reply,
 )
+from ocm.wire.delivery import DELIVERY
 
 __all__ = ["main"]
 
@@ -89,6 +97,8 @@ class Target:
     name: str
     kind: str  # "ocm", "bare" or "crelay"
     label: str
+    delivery: bool = False  # its members negotiate the delivery extension
+    before: bool = False  # the server of the --before-src checkout, not this one
 
 
 TARGETS = (
@@ -96,8 +106,15 @@ TARGETS = (
     Target("ocm-asyncio", "ocm", "OCM, asyncio"),
     Target("bare", "bare", "bare relay (Python)"),
     Target("c-relay", "crelay", "bare relay in C (generator ceiling)"),
+    Target("ocm-delivery", "ocm", "OCM, uvloop, delivery members", delivery=True),
+    Target("ocm-before", "ocm", "OCM before (--before-src), uvloop", before=True),
 )
 CHAT_TARGETS = tuple(t.name for t in TARGETS)
+# The cost of the delivery extension: the same scenario on these three (issue 11).
+COST_TARGETS = ("ocm-before", "ocm-uvloop", "ocm-delivery")
+# At most this much of the before server's throughput may go on history and message
+# numbers (issue 11): a ratio below 1 - COST_BUDGET is reported as not met.
+COST_BUDGET = 0.10
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,7 @@ SCENARIOS = (
         2000,
         5,
         mode="idle",
-        targets=("ocm-uvloop", "ocm-asyncio", "bare"),
+        targets=("ocm-uvloop", "ocm-asyncio", "bare", "ocm-delivery"),
     ),
 )
 
@@ -179,10 +196,58 @@ NO_UVLOOP = "import sys; sys.modules['uvloop'] = None; from ocm.cli import main;
 LISTENING = re.compile(r"TCP port (\d+), UDP port (\d+) .*?(\w+) loop")
 
 
+def source_env(source: Path) -> dict[str, str]:
+    """The environment that makes ``python -m ocm`` import the package under ``source``
+    (a checkout's src/): first on PYTHONPATH, ahead of the installed one."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def describe_source(source: Path) -> str:
+    """Check that ``source`` really is what the before server imports; say which commit.
+
+    Raises BenchError when ``ocm`` would come from elsewhere (a wrong path, or an
+    installed copy that wins over PYTHONPATH).
+    """
+    source = source.resolve()
+    try:
+        found = subprocess.run(
+            [sys.executable, "-c", "import ocm; print(ocm.__file__)"],
+            env=source_env(source),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=BENCH.parent,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise BenchError(f"cannot check --before-src: {error}") from None
+    where = Path(found.stdout.strip() or ".").resolve()
+    if found.returncode != 0 or not where.is_relative_to(source):
+        raise BenchError(f"--before-src {source}: ocm is imported from {where}, not from there")
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    return f"{source} ({commit})" if commit else str(source)
+
+
 class Relay:
     """One relay process under test, started fresh for one scenario."""
 
-    def __init__(self, target: Target, generator: Generator, logs: Path, cpu: int | None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        generator: Generator,
+        logs: Path,
+        cpu: int | None,
+        before: Path | None = None,
+    ) -> None:
         self.target = target
         self.tcp_port = 0
         self.udp_port = 0
@@ -198,9 +263,14 @@ class Relay:
             command += ["--lifetime", lifetime]
         else:
             command = [*generator.command, "relay", "--port", "0", "--lifetime", lifetime]
+        env = None
+        if target.before:
+            if before is None:
+                raise BenchError(f"{target.name} needs --before-src")
+            env = source_env(before)
         self._log = self.log_path.open("w", encoding="utf-8")
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=BENCH.parent
+            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=BENCH.parent, env=env
         )
         self.pid = self.process.pid
         if cpu is not None:
@@ -242,8 +312,10 @@ class Relay:
 
 
 @contextmanager
-def running(target: Target, generator: Generator, logs: Path, cpu: int | None) -> Iterator[Relay]:
-    relay = Relay(target, generator, logs, cpu)
+def running(
+    target: Target, generator: Generator, logs: Path, cpu: int | None, before: Path | None = None
+) -> Iterator[Relay]:
+    relay = Relay(target, generator, logs, cpu, before)
     try:
         yield relay
     finally:
@@ -298,6 +370,7 @@ class Member:
     token: str
     sender: bool
     ip: str = HOST  # the loopback address it speaks from (its token is bound to it)
+    boot: str | None = None  # a delivery member: the COMPLETE's boot (for its PINGs)
 
 
 @dataclass
@@ -334,10 +407,10 @@ async def _read_reply(reader: asyncio.StreamReader, framer: TcrpReader) -> Reply
     return parse_reply(await read_message(reader, framer))
 
 
-async def _exchange(port: int, ip: str, requests: list[bytes]) -> list[str]:
-    """Send requests back to back on one connection; return each admission's token."""
+async def _exchange(port: int, ip: str, requests: list[bytes]) -> list[Admission]:
+    """Send requests back to back on one connection; return each admission."""
     reader, writer = await asyncio.open_connection(HOST, port, local_addr=(ip, 0))
-    tokens: list[str] = []
+    tokens: list[Admission] = []
     framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
     try:
         writer.write(b"".join(requests))
@@ -348,17 +421,17 @@ async def _exchange(port: int, ip: str, requests: list[bytes]) -> list[str]:
             admission = await _read_reply(reader, framer)
             if not isinstance(admission, Admission):
                 raise BenchError(f"expected an admission, got {admission}")
-            tokens.append(admission.token)
+            tokens.append(admission)
     finally:
         writer.close()
     return tokens
 
 
-async def _admit_all(port: int, requests: list[tuple[str, bytes]]) -> list[str]:
+async def _admit_all(port: int, requests: list[tuple[str, bytes]]) -> list[Admission]:
     """Send (source address, request) pairs over a few connections per address.
 
-    TCRP_CONNECTIONS connections in all (at least one per address); the tokens come
-    back in request order.
+    TCRP_CONNECTIONS connections in all (at least one per address); the admissions
+    come back in request order.
     """
     by_address: dict[str, list[int]] = {}
     for index, (ip, _) in enumerate(requests):
@@ -371,21 +444,29 @@ async def _admit_all(port: int, requests: list[tuple[str, bytes]]) -> list[str]:
     answers = await asyncio.gather(
         *(_exchange(port, ip, [requests[i][1] for i in indexes]) for ip, indexes in lanes)
     )
-    tokens = [""] * len(requests)
+    tokens: list[Admission | None] = [None] * len(requests)
     for (_, indexes), lane_tokens in zip(lanes, answers, strict=True):
         for index, token in zip(indexes, lane_tokens, strict=True):
             tokens[index] = token
-    return tokens
+    return [token for token in tokens if token is not None]
 
 
-async def populate_ocm(relay: Relay, scenario: Scenario) -> Population:
-    """Create the rooms and join their members over TCRP, timing both."""
+async def populate_ocm(relay: Relay, scenario: Scenario, delivery: bool = False) -> Population:
+    """Create the rooms and join their members over TCRP, timing both. With
+    ``delivery`` every member asks for the delivery extension (and must get it)."""
     names = [f"{scenario.name}-{i}" for i in range(scenario.rooms)]
     ips = room_addresses(scenario.rooms)
     ip_of = [ips[r % len(ips)] for r in range(scenario.rooms)]
-    creates = [(ip_of[r], encode_request(CreateRoom(name, "host"))) for r, name in enumerate(names)]
+    features = (DELIVERY,) if delivery else ()
+    creates = [
+        (ip_of[r], encode_request(CreateRoom(name, "host", features=features)))
+        for r, name in enumerate(names)
+    ]
     joining = [(r, k) for k in range(1, scenario.per_room) for r in range(scenario.rooms)]
-    joins = [(ip_of[r], encode_request(JoinRoom(names[r], f"member{k}"))) for r, k in joining]
+    joins = [
+        (ip_of[r], encode_request(JoinRoom(names[r], f"member{k}", features=features)))
+        for r, k in joining
+    ]
     async with asyncio.timeout(120):
         started = time.perf_counter()
         host_tokens = await _admit_all(relay.tcp_port, creates)
@@ -394,9 +475,16 @@ async def populate_ocm(relay: Relay, scenario: Scenario) -> Population:
         join_tokens = await _admit_all(relay.tcp_port, joins)
         joined = time.perf_counter()
         cpu1, client1 = procstat.cpu_seconds(relay.pid), time.process_time()
-    members = [Member(r, names[r], t, True, ip_of[r]) for r, t in enumerate(host_tokens)]
-    for (r, _), token in zip(joining, join_tokens, strict=True):
-        members.append(Member(r, names[r], token, scenario.all_talk, ip_of[r]))
+    admissions = [(r, True, a) for r, a in enumerate(host_tokens)]
+    admissions += [
+        (r, scenario.all_talk, a) for (r, _), a in zip(joining, join_tokens, strict=True)
+    ]
+    members = []
+    for r, sender, admission in admissions:
+        boot = admission.boot if DELIVERY in admission.features else None
+        if delivery and boot is None:
+            raise BenchError(f"{relay.target.label} did not grant the delivery extension")
+        members.append(Member(r, names[r], admission.token, sender, ip_of[r], boot))
     population = Population(members, creates_per_s=len(creates) / (created - started))
     if joins:
         elapsed = joined - created
@@ -422,7 +510,8 @@ def populate_bare(scenario: Scenario) -> Population:
 def write_members(population: Population, path: Path) -> None:
     with path.open("w", encoding="utf-8") as out:
         for m in population.members:
-            out.write(f"{m.room} {int(m.sender)} {m.ip} {m.room_name.encode().hex()} {m.token}\n")
+            room = m.room_name.encode().hex()
+            out.write(f"{m.room} {int(m.sender)} {m.ip} {room} {m.token} {m.boot or '-'}\n")
 
 
 # ---------------------------------------------------------------------------
@@ -503,11 +592,12 @@ def measure(
     workdir: Path,
     cpu: int | None,
     spin: bool = False,
+    before: Path | None = None,
 ) -> dict[str, Any]:
-    with running(target, generator, workdir, cpu) as relay:
+    with running(target, generator, workdir, cpu, before) as relay:
         rss_before = procstat.memory_kib(relay.pid)
         if target.kind == "ocm":
-            population = asyncio.run(populate_ocm(relay, scenario))
+            population = asyncio.run(populate_ocm(relay, scenario, target.delivery))
         else:
             population = populate_bare(scenario)
         members = workdir / f"members-{target.name}-{scenario.name}.txt"
@@ -559,7 +649,8 @@ def _find(rows: list[dict[str, Any]], scenario: str, target: str) -> dict[str, A
 
 
 def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
-    """(goal, measured, met) for each goal of issue 5; met is None when not measured."""
+    """(goal, measured, met) for each goal of issues 5 and 11; met is None when not
+    measured."""
     out: list[tuple[str, str, bool | None]] = []
 
     def delivered(scenario: str, target: str) -> float | None:
@@ -600,7 +691,131 @@ def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
         )
         joins = members.get("joins_per_s") or 0.0
         out.append(("open-room joins >= 2,000/s", f"{joins:,.0f}/s", joins >= 2000))
+    judged = [e for e in cost(rows) if e["met"] is not None]
+    if judged:
+        worst = min(judged, key=lambda e: min(e["v1_vs_before"], e["delivery_vs_before"]))
+        low = min(worst["v1_vs_before"], worst["delivery_vs_before"])
+        out.append(
+            (
+                f"history and message numbers cost <= {COST_BUDGET:.0%} "
+                f"(all {len(judged)} chat scenarios)",
+                f"worst {low:.2f}x of before ({worst['scenario']})",
+                all(e["met"] for e in judged),
+            )
+        )
     return out
+
+
+def cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What history and message numbers cost (issue 11), per chat scenario measured on
+    at least two of COST_TARGETS: today's server with version 1 members ("v1") and with
+    delivery members ("delivery"), each against the before server.
+
+    The ratio is delivered datagrams/s over the before server's; for a fixed-rate
+    scenario, where every relay delivers what is offered, it is the before server's CPU
+    per delivered datagram over this one's. ``met``: both ratios at least
+    1 - COST_BUDGET (None when the before server or one of the others did not run).
+    """
+    modes = {s.name: s.mode for s in SCENARIOS}
+    out: list[dict[str, Any]] = []
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        if modes.get(name, "window") == "idle":
+            continue
+        found = {t: _find(rows, name, t) for t in COST_TARGETS}
+        if sum(row is not None for row in found.values()) < 2:
+            continue
+        by_cpu = modes.get(name) == "rate"
+        before, v1, delivery = (found[t] for t in COST_TARGETS)
+        entry: dict[str, Any] = {
+            "scenario": name,
+            "metric": "cpu_per_datagram" if by_cpu else "delivered_per_s",
+            "v1_vs_before": _cost_ratio(v1, before, by_cpu),
+            "delivery_vs_before": _cost_ratio(delivery, before, by_cpu),
+            "delivery_vs_v1": _cost_ratio(delivery, v1, by_cpu),
+            # Other jobs on the machine only ever slow a run down: the best run of each
+            # is the figure least disturbed by them.
+            "v1_vs_before_best": _cost_ratio(v1, before, by_cpu, best=True),
+            "delivery_vs_before_best": _cost_ratio(delivery, before, by_cpu, best=True),
+        }
+        for key, target in zip(("before", "v1", "delivery"), COST_TARGETS, strict=True):
+            row = found[target] or {}
+            entry[f"{key}_delivered_per_s"] = row.get("delivered_per_s")
+            cpu = [float(v) for v in row.get("cpu_values", []) if v]
+            entry[f"{key}_us_per_datagram"] = (
+                statistics.median(cpu) if cpu else row.get("server_us_per_datagram")
+            )
+            entry[f"{key}_p99_us"] = row.get("p99_us")
+        both = (entry["v1_vs_before"], entry["delivery_vs_before"])
+        entry["met"] = None if None in both else min(both) >= 1 - COST_BUDGET
+        out.append(entry)
+    return out
+
+
+def _cost_ratio(
+    now: dict[str, Any] | None, then: dict[str, Any] | None, by_cpu: bool, best: bool = False
+) -> float | None:
+    """``now`` against ``then``: throughput ratio, or inverse CPU per datagram ratio.
+
+    Of the reported (median) runs; for CPU, of the median CPU per datagram of the runs
+    (the run reported for a fixed rate is the median by p99, not by CPU). With ``best``,
+    of the best run of each: the one least slowed by other jobs.
+    """
+    runs = "cpu_values" if by_cpu else "throughput_values"
+    figures: list[float | None] = []
+    for row in (now, then):
+        values = sorted(float(v) for v in (row or {}).get(runs, []) if v)
+        if best and values:
+            figures.append(values[0] if by_cpu else values[-1])
+        elif by_cpu and values:
+            figures.append(statistics.median(values))
+        else:
+            value = (row or {}).get("server_us_per_datagram" if by_cpu else "delivered_per_s")
+            figures.append(float(value) if value else None)
+    a, b = figures
+    if not a or not b:
+        return None
+    return b / a if by_cpu else a / b
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def render_cost(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    entries = cost(rows)
+    if not entries:
+        return []
+    titles = {s.name: s.title for s in SCENARIOS}
+    before = meta.get("before") or "not run (no --before-src)"
+    lines = [
+        "",
+        "What history and message numbers cost (issue 11), same run: the server before the "
+        f"history existed ({before}), today's server with version 1 members (each chat line "
+        "also goes into the room's history) and with delivery members (DATA with message "
+        "numbers, duplicate check, CHAT, history). Ratio: delivered datagrams/s over the "
+        "before server's; at a fixed offered rate (everyone delivers it all), the before "
+        "server's median CPU per datagram over this one's. Of the median runs, and (best) "
+        "of each relay's best run, the one least slowed by other jobs. Met: both median "
+        f"ratios at least {1 - COST_BUDGET:.2f}x.",
+        "",
+        "| scenario | before dgrams/s | v1 now | delivery now | v1 now / before "
+        "| delivery / before | delivery / v1 now | best: v1 now / before | best: delivery "
+        "/ before | median µs/dgram before, v1, delivery | p99 ms before, v1, delivery "
+        "| cost ≤ 10 % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for e in entries:
+        verdict = "-" if e["met"] is None else "yes" if e["met"] else "**no**"
+        us = ", ".join(_num(e[f"{k}_us_per_datagram"], 2) for k in ("before", "v1", "delivery"))
+        p99 = ", ".join(_ms(e[f"{k}_p99_us"]) for k in ("before", "v1", "delivery"))
+        lines.append(
+            f"| {titles.get(e['scenario'], e['scenario'])} | {_num(e['before_delivered_per_s'])} "
+            f"| {_num(e['v1_delivered_per_s'])} | {_num(e['delivery_delivered_per_s'])} "
+            f"| {_x(e['v1_vs_before'])} | {_x(e['delivery_vs_before'])} "
+            f"| {_x(e['delivery_vs_v1'])} | {_x(e['v1_vs_before_best'])} "
+            f"| {_x(e['delivery_vs_before_best'])} | {us} | {p99} | {verdict} |"
+        )
+    return lines
 
 
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -672,6 +887,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {_num(row.get('rss_growth_mib'), 1)} | {_num(row['peak_rss_mib'], 1)} "
                 f"| {_num(row['heartbeats_per_s'])} |"
             )
+    lines += render_cost(rows, meta)
     checks = goals(rows)
     if checks:
         lines += ["", "| goal | measured | met |", "|---|---|---|"]
@@ -739,6 +955,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="runs per scenario and relay; the median is reported (default: 3, smoke: 1)",
     )
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        help="the src/ of another checkout (e.g. a git worktree of the commit before a "
+        "change): its server runs as the ocm-before relay, for the cost table",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     return parser.parse_args(argv)
@@ -759,6 +981,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     timing = SMOKE if args.smoke else FULL
     wanted_scenarios = _select(args.scenarios, [s.name for s in scenarios], "scenario")
     wanted_targets = _select(args.targets, list(CHAT_TARGETS), "relay")
+    before: Path | None = args.before_src
+    if before is None:
+        if args.targets and "ocm-before" in wanted_targets:
+            raise BenchError("the ocm-before relay needs --before-src")
+        wanted_targets = [t for t in wanted_targets if t != "ocm-before"]
+    before_label = describe_source(before) if before is not None else None
     generator = choose_generator(args.generator)
     cpus = procstat.cpu_count()
     where = machine()
@@ -778,6 +1006,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         "pinning": pinning,
         "command": "python -m bench.run" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
         "smoke": args.smoke,
+        "before": before_label,
     }
     rows: list[dict[str, Any]] = []
     retried = 0.0  # seconds spent measuring again
@@ -802,7 +1031,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                         print(f"bench: {scenario.name} on {target.label} ...", file=sys.stderr)
                         started = time.monotonic()
                         row = measure(
-                            target, scenario, generator, timing, Path(tmp), relay_cpu, spin
+                            target, scenario, generator, timing, Path(tmp), relay_cpu, spin, before
                         )
                         row["seconds"] = round(time.monotonic() - started, 2)
                         row["attempts"] = attempt + 1
@@ -827,6 +1056,8 @@ def median_run(scenario: Scenario, runs: list[dict[str, Any]]) -> dict[str, Any]
     row["runs"] = len(runs)
     row["range"] = [ranked[0].get(key), ranked[-1].get(key)]
     row["values"] = [run.get(key) for run in runs]  # in the order they ran
+    row["throughput_values"] = [run.get("delivered_per_s") for run in runs]
+    row["cpu_values"] = [run.get("server_us_per_datagram") for run in runs]
     return row
 
 
@@ -852,9 +1083,8 @@ def main(argv: list[str] | None = None) -> int:
             args.markdown.write_text(report, encoding="utf-8")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(
-                json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n", encoding="utf-8"
-            )
+            report_json = {"meta": meta, "rows": rows, "cost": cost(rows)}
+            args.json.write_text(json.dumps(report_json, indent=1) + "\n", encoding="utf-8")
     except OSError as error:
         print(f"bench: cannot write the report: {error}", file=sys.stderr)
         return 1

@@ -4,7 +4,10 @@ It runs ``python -m bench.run --smoke``: real relay processes on loopback, tiny 
 a fraction of a second per scenario. It asserts that every scenario ran and reported
 sane fields, never how fast anything was: on a shared 2-core machine the figures
 are noise at this size. The C load generator is used where it compiles; the Python
-one is run on its own as well, so both stay working.
+one is run on its own as well, so both stay working. The cost of the delivery
+extension (delivery members, a "before" server from another source tree: here this
+one's own src/, which exercises the mechanism), the relay core's cost per line
+(bench/relay_cost.py) and the lossy scenario (bench/lossy.py) run in miniature too.
 """
 
 from __future__ import annotations
@@ -24,18 +27,20 @@ CHAT = [s.name for s in SCENARIOS if s.mode != "idle"]
 MEMBERS = "members10k"
 
 
-def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+def bench(tmp_path: Path, *args: str, module: str = "bench.run") -> dict[str, Any]:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--json", str(out), *args],
+        [sys.executable, "-m", module, "--smoke", "--json", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=150,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| goal | measured | met |" in result.stdout  # the report was rendered
+    if module == "bench.run":
+        assert "| goal | measured | met |" in result.stdout  # the report was rendered
     report: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    report["stdout"] = result.stdout
     return report
 
 
@@ -84,13 +89,13 @@ def test_every_scenario_runs_on_ocm_and_every_relay_runs(tmp_path: Path) -> None
     assert every_scenario["meta"]["smoke"] is True
 
     rows = rows_by_key(every_relay)
-    relays = {"ocm-uvloop", "ocm-asyncio", "bare"}
+    relays = {"ocm-uvloop", "ocm-asyncio", "bare", "ocm-delivery"}  # no --before-src
     if every_relay["meta"]["generator"] == "C":
         relays.add("c-relay")
     assert {target for (name, target) in rows if name == "room10"} == relays
     for target in relays:
         assert_sane_chat(rows["room10", target])
-    for target in relays - {"c-relay"}:
+    for target in ("ocm-uvloop", "ocm-asyncio", "bare", "ocm-delivery"):
         assert_sane_members(rows[MEMBERS, target])
     # The baseline really ran on the plain loop, and uvloop was used where installed.
     assert rows["room10", "ocm-asyncio"]["loop"] == "asyncio"
@@ -131,3 +136,83 @@ def test_the_hash_memory_bench_runs() -> None:
             assert float(cells[1]) >= float(cells[0]) > 0  # RSS after >= before
             most, after = (int(n) for n in cells[3].split(" / "))
             assert after <= most <= 1 + hashes  # the main thread and the hash workers
+
+
+@pytest.mark.timeout(120)
+def test_the_cost_of_history_and_message_numbers_is_measured(tmp_path: Path) -> None:
+    """The three variants of the cost table in one run: a "before" server from another
+    source tree (here this checkout's own src/), version 1 members and delivery members."""
+    source = ROOT / "src"
+    variants = "ocm-before,ocm-uvloop,ocm-delivery"
+    report = bench(
+        tmp_path, "--scenarios", "room2", "--targets", variants, "--before-src", str(source)
+    )
+
+    rows = rows_by_key(report)
+    assert set(rows) == {("room2", t) for t in variants.split(",")}
+    for row in rows.values():
+        assert_sane_chat(row)
+        assert row["accepted"] == 0  # nothing is sent twice without loss
+    delivery = rows["room2", "ocm-delivery"]
+    assert delivery["delivery_members"] == delivery["members"] == 2
+    assert delivery["statuses"] > 0  # its PINGs were answered
+    assert rows["room2", "ocm-before"]["delivery_members"] == 0
+    assert rows["room2", "ocm-uvloop"]["delivery_members"] == 0
+    assert str(source) in report["meta"]["before"]
+    (cost,) = report["cost"]
+    assert cost["scenario"] == "room2"
+    for key in ("v1_vs_before", "delivery_vs_before", "delivery_vs_v1"):
+        assert cost[key] > 0
+    assert isinstance(cost["met"], bool)
+    assert "What history and message numbers cost" in report["stdout"]
+
+
+def test_an_unknown_before_source_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--before-src", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "--before-src" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_relay_cost_bench_runs(tmp_path: Path) -> None:
+    report = bench(
+        tmp_path,
+        "--before-src",
+        str(ROOT / "src"),
+        "--text-sizes",
+        "100",
+        module="bench.relay_cost",
+    )
+    (row,) = report["rows"]
+    for variant in ("before", "v1", "delivery"):
+        assert 0 < row[f"{variant}_best_ns"] <= row[f"{variant}_median_ns"]
+    assert "| 10 members | 100 |" in report["stdout"]
+
+
+@pytest.mark.timeout(60)
+def test_the_lossy_bench_runs(tmp_path: Path) -> None:
+    """bench/lossy.py in miniature: a room of 3 through the fault proxy at 10 % loss,
+    delivery members and version 1 members."""
+    report = bench(tmp_path, module="bench.lossy")
+
+    rows = {row["mode"]: row for row in report["rows"]}
+    assert set(rows) == {"delivery", "v1"}
+    for mode, row in rows.items():
+        assert row["loss"] == 0.10 and row["members"] == 3
+        assert row["granted"] == (3 if mode == "delivery" else 0), mode
+        assert row["sent"] > 0 and row["expected"] == row["sent"] * 3, mode
+        assert 0 < row["delivered"] <= row["expected"], mode
+        assert 0 < row["worst_member_pct"] <= row["delivered_pct"] <= 100, mode
+        assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], mode
+        assert row["errors"] == row["overflow"] == row["strange"] == row["closed_early"] == 0
+        assert row["up"]["received"] > 0 and row["down"]["received"] > 0, mode
+    # The delivery extension's promise: never twice, and the same order for everyone.
+    assert rows["delivery"]["duplicates"] == 0
+    assert rows["delivery"]["same_order"] and rows["delivery"]["seq_increasing"]
+    assert "| delivery | 10% |" in report["stdout"]
