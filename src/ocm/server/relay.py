@@ -30,7 +30,6 @@ from ocm.wire.datagrams import Kind, server_datagram_prefix, split_client_datagr
 from ocm.wire.delivery import (
     BOOT_SIZE,
     EXTENDED_HEADER_SIZE,
-    MAX_REPAIR_RANGES,
     Accepted,
     ClientType,
     DeliveryKind,
@@ -38,7 +37,11 @@ from ocm.wire.delivery import (
     Restarted,
     Status,
     chat_prefix,
+    data_body,
     encode_received,
+    leave_body,
+    ping_body,
+    repair_body,
     split_extended,
 )
 from ocm.wire.texts import (
@@ -70,8 +73,6 @@ _DATA = int(ClientType.DATA)  # plain ints: the fast path compares and packs the
 _CHAT = int(DeliveryKind.CHAT)
 _EXTENDED_HEADER = EXTENDED_HEADER_SIZE
 _HEAD = struct.Struct("!BIB")  # Kind, Seq, SenderSize
-_U32 = struct.Struct("!I")
-_RANGE = struct.Struct("!IH")
 _RESTARTED = encode_received(Restarted(RESTARTED_TEXT))
 
 
@@ -205,17 +206,14 @@ class RelayCore:
                 case ClientType.DATA:
                     return self._data(member, body, address, now)
                 case ClientType.PING:
-                    if len(body) != 4 + BOOT_SIZE:
-                        raise ValueError("a Ping body is 12 bytes")
-                    nonce = _U32.unpack_from(body)[0]
+                    nonce, _ = ping_body(body)
                     return encode_received(Status(member.room.seq, nonce)), (address,)
                 case ClientType.REPAIR:
-                    return self._repair(member, body, address, now)
+                    return self._repair(member, repair_body(body), address, now)
                 case ClientType.LEAVE:
-                    if body:
-                        raise ValueError("a Leave has no body")
+                    leave_body(body)
                     return self._leave(member, address, now)
-        except (ValueError, struct.error):
+        except ProtocolError:
             return self._refuse(address, now, None, _MALFORMED)
         # Shared PROTOCOL.md section 3: an unknown kind is dropped and counted.
         self.unknown += 1
@@ -243,11 +241,9 @@ class RelayCore:
         refuse a text that cannot be relayed with an ERROR carrying its MsgNo."""
         log = member.relayed
         assert log is not None
-        msg_no = _U32.unpack_from(body)[0]
-        text: bytes | None = body[4:]
-        if msg_no == 0 or not text:
-            raise ValueError("a Data has a message number from 1 and text")
-        refusal = self._check_text(member, text)
+        msg_no, text_bytes = data_body(body)
+        refusal = self._check_text(member, text_bytes)
+        text: bytes | None = text_bytes
         seq = log.seen(msg_no)
         if seq is not None and seq != REFUSED:  # a retransmission or a network duplicate
             self.duplicates += 1
@@ -312,7 +308,9 @@ class RelayCore:
             message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
             into.append((message, room.v1_addresses))
 
-    def _repair(self, member: Member, body: bytes, address: Address, now: float) -> Answers | None:
+    def _repair(
+        self, member: Member, ranges: tuple[tuple[int, int], ...], address: Address, now: float
+    ) -> Answers | None:
         """The Seqs asked for, as first sent, within the member's budget; one LOST for the
         part of a range older than the history; nothing for Seqs not sent yet.
 
@@ -320,8 +318,6 @@ class RelayCore:
         arithmetic (the history holds the newest Seqs, consecutive), then only the
         granted datagrams are looked up.
         """
-        if not body or len(body) % _RANGE.size or len(body) // _RANGE.size > MAX_REPAIR_RANGES:
-            raise ValueError(f"a Repair holds 1-{MAX_REPAIR_RANGES} ranges")
         room = member.room
         latest = room.seq
         history = room.history
@@ -329,9 +325,7 @@ class RelayCore:
         kept = len(history)  # the Seqs latest - kept + 1 .. latest
         plan: list[tuple[int, int, int]] = []  # (first, lost, available) per range
         wanted = 0
-        for first, count in _RANGE.iter_unpack(body):
-            if first == 0 or count == 0:
-                raise ValueError("a repair range starts at Seq 1 and is not empty")
+        for first, count in ranges:
             behind = (latest - first) % SEQ_CYCLE  # how many Seqs before the newest
             if latest == 0 or behind >= SEQ_CYCLE // 2:
                 continue  # not sent yet: the whole range is in the future

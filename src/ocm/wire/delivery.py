@@ -65,11 +65,15 @@ __all__ = [
     "Restarted",
     "Status",
     "chat_prefix",
+    "data_body",
     "decode_extended",
     "decode_received",
     "encode_extended",
     "encode_received",
     "is_extended",
+    "leave_body",
+    "ping_body",
+    "repair_body",
     "split_extended",
 ]
 
@@ -181,6 +185,44 @@ def _u32(body: bytes, what: str) -> int:
     return value
 
 
+# The bodies of the extended Types, each parsed in one place: by decode_extended, and by
+# the server's relay, which splits the datagram itself (split_extended) to authenticate
+# the token before it reads the body.
+
+
+def data_body(body: bytes) -> tuple[int, bytes]:
+    """A DATA body: (MsgNo, text bytes, not decoded: the relay checks them its way)."""
+    msg_no = _u32(body, "message number")
+    if msg_no == 0:
+        raise bad("message numbers start at 1")
+    if len(body) == _U32.size:
+        raise bad("a Data carries text")
+    return msg_no, body[_U32.size :]
+
+
+def ping_body(body: bytes) -> tuple[int, bytes]:
+    """A PING body: (Nonce, Boot)."""
+    if len(body) != _U32.size + BOOT_SIZE:
+        raise bad(f"a Ping body is {_U32.size + BOOT_SIZE} bytes")
+    return _u32(body, "nonce"), body[_U32.size :]
+
+
+def repair_body(body: bytes) -> tuple[tuple[int, int], ...]:
+    """A REPAIR body: its ranges (First, Count)."""
+    if not body or len(body) % _RANGE.size or len(body) // _RANGE.size > MAX_REPAIR_RANGES:
+        raise bad(f"a Repair holds 1-{MAX_REPAIR_RANGES} ranges of {_RANGE.size} bytes")
+    ranges = tuple(_RANGE.iter_unpack(body))
+    if any(count == 0 or first == 0 for first, count in ranges):
+        raise bad("a repair range starts at Seq 1 or later and is not empty")
+    return ranges
+
+
+def leave_body(body: bytes) -> None:
+    """A LEAVE body: nothing."""
+    if body:
+        raise bad("a Leave has no body")
+
+
 def decode_extended(data: bytes) -> Extended:
     raw_type, raw_token, body = split_extended(data)
     token = utf8(raw_token, "token")
@@ -188,27 +230,14 @@ def decode_extended(data: bytes) -> Extended:
         raise bad("token must be ASCII")
     match raw_type:
         case ClientType.DATA:
-            msg_no = _u32(body, "message number")
-            if msg_no == 0:
-                raise bad("message numbers start at 1")
-            text = utf8(body[_U32.size :], "message text")
-            if not text:
-                raise bad("a Data carries text")
-            return Data(token, msg_no, text)
+            msg_no, text = data_body(body)
+            return Data(token, msg_no, utf8(text, "message text"))
         case ClientType.PING:
-            if len(body) != _U32.size + BOOT_SIZE:
-                raise bad(f"a Ping body is {_U32.size + BOOT_SIZE} bytes")
-            return Ping(token, _u32(body, "nonce"), body[_U32.size :])
+            return Ping(token, *ping_body(body))
         case ClientType.REPAIR:
-            if not body or len(body) % _RANGE.size or len(body) // _RANGE.size > MAX_REPAIR_RANGES:
-                raise bad(f"a Repair holds 1-{MAX_REPAIR_RANGES} ranges of {_RANGE.size} bytes")
-            ranges = tuple(_RANGE.iter_unpack(body))
-            if any(count == 0 or first == 0 for first, count in ranges):
-                raise bad("a repair range starts at Seq 1 or later and is not empty")
-            return Repair(token, ranges)
+            return Repair(token, repair_body(body))
         case ClientType.LEAVE:
-            if body:
-                raise bad("a Leave has no body")
+            leave_body(body)
             return Leave(token)
     raise bad(f"unknown extended datagram type {raw_type}")
 
