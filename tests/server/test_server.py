@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 
 import pytest
 
@@ -168,6 +169,25 @@ async def test_the_expiry_timer_follows_the_registry_deadline() -> None:
         closed = await alice.peer.recv(timeout=1500 * MS)
         assert closed.kind is Kind.CLOSED
         assert server.registry.next_deadline() is None and server._expiry_timer is None
+
+
+async def test_a_stalled_server_reads_the_waiting_heartbeats_before_expiring() -> None:
+    """The whole process stops for longer than the idle timeout while heartbeats wait
+    in the socket's buffer. asyncio reads one datagram a loop turn, and the late expiry
+    timer ran in the first: four of the five members were dropped for idle."""
+    async with running_server(idle_timeout=300 * MS) as server:
+        members = [await enter(server, CreateRoom("lobby", "m0"))]
+        members += [await enter(server, JoinRoom("lobby", f"m{n}")) for n in range(1, 5)]
+        for member in members:
+            member.heartbeat()  # sent now; read only when the loop runs again
+        time.sleep(450 * MS)  # the stall: nothing in this process runs
+        await asyncio.sleep(50 * MS)
+        assert len(server.registry.rooms["lobby"].members) == 5
+        # The stall forgiven, expiry goes on: nobody beats again, the room closes.
+        closed = await members[1].peer.recv(timeout=1500 * MS)
+        while closed.kind is not Kind.CLOSED:
+            closed = await members[1].peer.recv(timeout=1500 * MS)
+        assert server.registry.rooms == {}
 
 
 async def test_silent_host_closes_the_room() -> None:

@@ -36,6 +36,9 @@ log = logging.getLogger("ocm.server")
 # than one burst of clients or attackers: past it the kernel drops handshakes, and the
 # clients retry a second or more later. Linux caps it at net.core.somaxconn.
 TCP_BACKLOG = 512
+# An expiry timer that runs this much of an idle timeout late means the loop did not
+# run (a stalled process, a suspended machine): see OCMServer._expire_idle.
+STALL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,7 @@ class OCMServer:
         # after every TCRP request and every expiry pass.
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_at = 0.0
+        self._listen_until: float | None = None  # no expiry before: after a stall
         self._closed = asyncio.Event()
         self._closing = False
         self.tcp_port = 0
@@ -233,6 +237,8 @@ class OCMServer:
         if self._closing:
             return
         deadline = self.registry.next_deadline()
+        if deadline is not None and self._listen_until is not None:
+            deadline = max(deadline, self._listen_until)
         if self._expiry_timer is not None:
             if deadline is not None and self._expiry_at <= deadline:
                 return  # armed for sooner already
@@ -244,8 +250,20 @@ class OCMServer:
 
     def _expire_idle(self) -> None:
         self._expiry_timer = None
+        now = self._loop.time()
+        late = now - self._expiry_at
+        if late > STALL * self.config.limits.idle_timeout and self._listen_until is None:
+            # The loop did not run for a while. The heartbeats sent meanwhile wait in
+            # the socket's buffer, read one per loop turn: expiring now would take
+            # their senders for idle. Time the server could not listen is not their
+            # silence, so read first, for as long again (once: a loop that stalls
+            # every time still expires).
+            self._listen_until = now + min(late, self.config.limits.idle_timeout)
+            self._arm_expiry()
+            return
+        self._listen_until = None
         # The loop may run a timer a clock tick early; it is due all the same.
-        now = max(self._loop.time(), self._expiry_at)
+        now = max(now, self._expiry_at)
         try:
             self._send(self.registry.expire(now))
         except Exception:
