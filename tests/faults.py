@@ -12,13 +12,20 @@ root, ``tc netem`` or a second machine::
 
 * **TCP** is relayed byte for byte, except that every COMPLETE of CREATE_ROOM and
   JOIN_ROOM the server sends has its ``udp_port`` rewritten to the proxy's UDP port
-  (:class:`ReplyRewriter`), so the client sends its datagrams through the proxy. TCP is
-  reliable: no fault touches it, except :meth:`FaultProxy.blackhole`.
+  (:class:`ReplyRewriter`), so the client sends its datagrams through the proxy. After a
+  COMPLETE of TUNNEL (operation 5) the connection carries length-prefixed relay
+  datagrams, not TCRP, and passes raw both ways; RESUME (6) and any other reply pass as
+  they came. TCP is reliable: no fault touches it, except :meth:`FaultProxy.blackhole`
+  (``drop_all_udp`` does not: "UDP is blocked, TCP works").
 * **UDP** goes through a NAT-like table: each client source address gets its own
   upstream socket on 127.0.0.1, so the server sees one (ip, port) per client, and the
   server's datagrams to that socket go back to that client. Datagrams in each direction
   (``up``: client to server, ``down``: server to client) meet the :class:`Faults` of
   that direction: ``loss``, ``duplicate``, ``reorder`` and a fixed ``delay``.
+* **Moving**: :meth:`FaultProxy.move` puts the proxy's upstream side on another
+  loopback address (``proxy.move("127.0.0.3")``), as when a laptop changes networks:
+  every UDP mapping is dropped, and the server sees the next datagrams and the new TCP
+  connections come from there; open connections stay as they are.
 * **Determinism**: one ``random.Random(seed)`` gives each direction its own stream, and
   every datagram draws exactly four numbers from its direction's stream, whatever the
   faults are (:func:`decide`). The same seed and the same sequence of datagrams in a
@@ -52,8 +59,7 @@ from ocm.wire import (
     Operation,
     State,
     TcrpMessage,
-    TcrpReader,
-    decode_header,
+    decode_tcrp,
     encode_tcrp,
 )
 
@@ -62,6 +68,7 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_DELAY",
     "MAX_PENDING",
+    "TUNNEL",
     "Counters",
     "Decision",
     "FaultOptions",
@@ -90,6 +97,13 @@ MAX_DELAY = 10.0
 READ_SIZE = 64 * 1024
 
 _PROBABILITIES = frozenset({"loss", "duplicate", "reorder"})
+
+# Operations by their raw header byte, so that the proxy works whether or not the
+# wire's Operation enum has them yet. TUNNEL's COMPLETE ends TCRP on its connection;
+# RESUME (6) is an ordinary request/reply with nothing to rewrite.
+TUNNEL = 5
+_STATES = frozenset(int(state) for state in State)
+_ADMISSIONS = frozenset({int(Operation.CREATE_ROOM), int(Operation.JOIN_ROOM)})
 
 
 @dataclass(slots=True)
@@ -208,41 +222,68 @@ def rewrite_udp_port(message: TcrpMessage, udp_port: int) -> TcrpMessage | None:
 
 
 class ReplyRewriter:
-    """The server-to-client byte stream of one connection, through the wire's framer.
+    """The server-to-client byte stream of one connection, cut into TCRP messages.
 
     :meth:`feed` returns the bytes to pass on: each whole message exactly as it came,
     except that admissions get the proxy's ``udp_port`` (re-encoded with
-    :func:`~ocm.wire.encode_tcrp`). A partial message is held until it is whole. After a
-    malformed message the rest of the stream passes through untouched: the proxy relays
+    :func:`~ocm.wire.encode_tcrp`). A partial message is held until it is whole.
+
+    Messages are cut by their header's sizes alone and only admissions are decoded, so
+    operations the wire may not know (RESUME, TUNNEL) pass as they came. From the byte
+    after a COMPLETE of TUNNEL the stream is relay datagrams, not TCRP: it passes
+    untouched (``tunnelled`` is then True). So does the rest of a stream whose header
+    cannot be cut (an unknown state, a size over ``MAX_REPLY_PAYLOAD``): the proxy relays
     a server's bugs, it does not fix them.
     """
 
     def __init__(self, udp_port: int) -> None:
         self.udp_port = udp_port
         self.rewritten = 0
-        self._reader = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
-        self._raw = bytearray()  # the same bytes as the framer holds, to pass them as is
+        self.tunnelled = False
+        self._raw = bytearray()  # the bytes of the message not yet whole
         self._transparent = False
 
     def feed(self, data: bytes) -> bytes:
         if self._transparent:
             return data
         self._raw += data
-        self._reader.feed(data)
         out = bytearray()
-        try:
-            while (message := self._reader.next_message()) is not None:
-                header = decode_header(
-                    bytes(self._raw[:TCRP_HEADER_SIZE]), max_payload=MAX_REPLY_PAYLOAD
-                )
-                size = TCRP_HEADER_SIZE + header.body_size
-                raw = bytes(self._raw[:size])
-                del self._raw[:size]
-                out += self._rewritten(message, raw)
-        except ProtocolError:
-            self._transparent = True
+        while not self._transparent and (size := self._whole_size()) is not None:
+            raw = bytes(self._raw[:size])
+            del self._raw[:size]
+            out += self._passed(raw)
+        if self._transparent:  # the rest of this read too: tunnel bytes, or out of step
             out += self.flush()
         return bytes(out)
+
+    def _whole_size(self) -> int | None:
+        """The size of the message at the head, once it is all in; None before."""
+        if len(self._raw) < TCRP_HEADER_SIZE:
+            return None
+        payload_size = int.from_bytes(self._raw[3:TCRP_HEADER_SIZE], "big")
+        if self._raw[2] not in _STATES:
+            self._transparent = True  # not TCRP: nothing after it can be cut either
+            return None
+        if payload_size > MAX_REPLY_PAYLOAD:
+            self._transparent = True  # never held: memory stays bounded
+            return None
+        size = TCRP_HEADER_SIZE + self._raw[0] + payload_size
+        return size if len(self._raw) >= size else None
+
+    def _passed(self, raw: bytes) -> bytes:
+        operation, state = raw[1], raw[2]
+        if state != State.COMPLETE:
+            return raw
+        if operation == TUNNEL:
+            self.tunnelled = self._transparent = True
+            return raw
+        if operation not in _ADMISSIONS:
+            return raw
+        try:
+            message = decode_tcrp(raw, max_payload=MAX_REPLY_PAYLOAD)
+        except ProtocolError:
+            return raw  # a malformed admission reaches the client as the server sent it
+        return self._rewritten(message, raw)
 
     def _rewritten(self, message: TcrpMessage, raw: bytes) -> bytes:
         changed = rewrite_udp_port(message, self.udp_port)
@@ -341,8 +382,10 @@ class FaultProxy:
 
     Make one with :meth:`start`. ``up`` and ``down`` are the :class:`Faults` of each
     direction (set fields, or replace them, at run time); ``drop_all_udp`` drops every
-    datagram; :meth:`blackhole` makes the server vanish; :meth:`rebind` changes a
-    client's NAT mapping; ``counters`` counts what happened.
+    datagram (TCP, tunnels included, goes on); :meth:`blackhole` makes the server vanish;
+    :meth:`rebind` changes a client's NAT mapping; :meth:`move` changes the address the
+    server sees the proxy from; ``counters`` counts the datagrams, ``tunnels`` the
+    connections that turned into a TUNNEL.
     """
 
     def __init__(
@@ -387,6 +430,7 @@ class FaultProxy:
         self.tcp_port = 0
         self.udp_port = 0
         self.evicted = 0  # mappings evicted for room (max_clients)
+        self.tunnels = 0  # connections past a COMPLETE of TUNNEL, relayed raw since
         root = random.Random(seed)
         self._up = _Line(random.Random(root.getrandbits(64)), self._send_up)
         self._down = _Line(random.Random(root.getrandbits(64)), self._send_down)
@@ -515,6 +559,33 @@ class FaultProxy:
             new.waiting, old.waiting = old.waiting, deque()
             self._mappings[client] = new  # keeps its place in the LRU order
             old.close()
+
+    @property
+    def upstream_host(self) -> str:
+        """The address the server sees this proxy's datagrams and connections come from."""
+        return self._local_host
+
+    def move(self, host: str) -> None:
+        """Move the proxy's upstream side to ``host``, as when a laptop's network (its
+        NAT's public address) changes: new upstream sockets and TCP connections are made
+        from ``host``, and every UDP mapping is dropped, so each client's next datagram
+        makes a new one from there. What the server sends to an old mapping is lost, and
+        so is a datagram still delayed for one. Open TCP connections (tunnels too) stay
+        open from the old address (a real move would break them: a test that wants
+        that closes its own).
+        ``host`` must be a loopback address of the server's family (ValueError)."""
+        address = _loopback(host, "the upstream host")
+        if address.version != self._server_ip.version:
+            raise ValueError(
+                f"the upstream host must be IPv{self._server_ip.version}, like the "
+                f"server, got {host!r}"
+            )
+        self._local_host = str(address)
+        mappings = list(self._mappings.values())
+        self._mappings.clear()
+        for mapping in mappings:
+            self._up.counters.dropped += len(mapping.waiting)  # sent to a gone socket
+            mapping.close()
 
     # -- UDP --------------------------------------------------------------------
 
@@ -715,7 +786,10 @@ class FaultProxy:
                 if not data:
                     break
                 if rewriter is not None:
+                    tunnelled = rewriter.tunnelled
                     data = rewriter.feed(data)
+                    if rewriter.tunnelled and not tunnelled:
+                        self.tunnels += 1
                 await self._reachable.wait()  # read before the blackhole: held
                 if data:
                     writer.write(data)

@@ -20,6 +20,7 @@ from ocm.client import ChatClient, Gap, Message
 from ocm.server.app import OCMServer
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
+    TCRP_HEADER_SIZE,
     Admission,
     CreateRoom,
     JoinRoom,
@@ -35,6 +36,7 @@ from ocm.wire import (
     parse_reply,
 )
 from tests.faults import (
+    TUNNEL,
     Counters,
     Decision,
     FaultProxy,
@@ -51,6 +53,7 @@ from tests.kit import (
     UdpPeer,
     admit,
     call,
+    has_loopback_alias,
     ready,
     running_server,
     settle,
@@ -147,6 +150,79 @@ async def echo_server() -> AsyncIterator[Echo]:
         yield echo
     finally:
         transport.close()
+
+
+RESUME = 6  # the TCRP operation byte; the wire's Operation enum may not have it yet
+MOVED_HOST = "127.0.0.3"  # where move() takes the proxy: not kit.OTHER_HOST, a client's
+
+
+def frame(datagram: bytes) -> bytes:
+    """A relay datagram as a tunnel carries it: its size (uint16, big-endian), then it."""
+    return len(datagram).to_bytes(2, "big") + datagram
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    size = int.from_bytes(await reader.readexactly(2), "big")
+    return await reader.readexactly(size)
+
+
+async def read_tcrp(reader: asyncio.StreamReader) -> bytes:
+    """One whole TCRP message, as raw bytes (cut by its header, whatever its operation)."""
+    header = await reader.readexactly(TCRP_HEADER_SIZE)
+    body_size = header[0] + int.from_bytes(header[3:], "big")
+    return header + await reader.readexactly(body_size)
+
+
+class FakeTcp:
+    """A fake server's TCP side: notes the host each connection comes from and echoes
+    every TCRP message back as it came, until a TUNNEL request. That gets an ok ACK and
+    a COMPLETE, written at once with ``after_complete``; then every byte is echoed."""
+
+    def __init__(self, after_complete: bytes = b"") -> None:
+        self.after_complete = after_complete
+        self.peers: asyncio.Queue[str] = asyncio.Queue()
+        self.port = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        self.peers.put_nowait(writer.get_extra_info("peername")[0])
+        try:
+            while (message := await read_tcrp(reader))[1] != TUNNEL:
+                writer.write(message)
+            writer.write(
+                hand_encoded("", TUNNEL, State.ACK, '{"status":"ok"}')
+                + hand_encoded("", TUNNEL, State.COMPLETE, "{}")
+                + self.after_complete
+            )
+            while data := await reader.read(4096):
+                writer.write(data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the proxy went away
+        finally:
+            writer.close()
+            self.tasks.discard(task)
+
+    async def next_peer(self) -> str:
+        async with asyncio.timeout(1000 * MS):
+            return await self.peers.get()
+
+
+@asynccontextmanager
+async def fake_tcp(after_complete: bytes = b"") -> AsyncIterator[FakeTcp]:
+    fake = FakeTcp(after_complete)
+    listener = await asyncio.start_server(fake.serve, LOOPBACK, 0)
+    fake.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield fake
+    finally:
+        listener.close()
+        for task in fake.tasks:
+            task.cancel()
+        await asyncio.gather(*fake.tasks, return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------
@@ -271,6 +347,59 @@ def test_the_rewriter_passes_a_broken_stream_untouched() -> None:
     other = ReplyRewriter(4242)
     assert other.feed(cut) == b""  # held until whole...
     assert other.flush() == cut  # ...or passed as it came when the stream ends
+
+
+def test_the_rewriter_passes_resume_and_nothing_but_raw_bytes_after_a_tunnel() -> None:
+    admission = encode_tcrp(TcrpMessage(Operation.JOIN_ROOM, State.COMPLETE, "lobby", ADMISSION))
+    resume = hand_encoded("lobby", RESUME, State.ACK, '{"status":"ok"}') + hand_encoded(
+        "lobby", RESUME, State.COMPLETE, '{"secret": "s3cr3t", "seq": 12}'
+    )
+    refused = hand_encoded("", TUNNEL, State.ACK, '{"status":"error","error":"no"}')
+    rewriter = ReplyRewriter(4242)
+    out = rewriter.feed(resume + refused + admission)
+    assert out.startswith(resume + refused)  # unchanged, and the stream is still read:
+    assert rewriter.rewritten == 1 and not rewriter.tunnelled  # the admission after it
+    tunnel = hand_encoded("", TUNNEL, State.ACK, '{"status":"ok"}') + hand_encoded(
+        "", TUNNEL, State.COMPLETE, "{}"
+    )
+    # Datagrams that read like TCRP: an admission, framed and bare, and a broken header.
+    after = frame(admission) + admission + bytes([0, 1, 9]) + admission[:40]
+    stream = tunnel + after
+    for chunks in ([stream], [stream[i : i + 1] for i in range(len(stream))]):
+        rewriter = ReplyRewriter(4242)
+        assert b"".join(rewriter.feed(chunk) for chunk in chunks) + rewriter.flush() == stream
+        assert rewriter.tunnelled and rewriter.rewritten == 0
+
+
+async def test_a_tunnel_passes_raw_both_ways_while_udp_is_blocked() -> None:
+    admission = encode_tcrp(TcrpMessage(Operation.JOIN_ROOM, State.COMPLETE, "lobby", ADMISSION))
+    lookalike = frame(admission)  # sent in the same write as the COMPLETE
+    async with (
+        fake_tcp(after_complete=lookalike) as fake,
+        FaultProxy.start(fake.port, 9, seed=13, drop_all_udp=True) as proxy,
+    ):
+        connection = await TcrpConnection.open(proxy.tcp_port)
+        reader, writer = connection.reader, connection.writer
+        try:
+            writer.write(hand_encoded("", TUNNEL, State.REQUEST, '{"token":"T"}'))
+            async with asyncio.timeout(1000 * MS):
+                ack, complete = await read_tcrp(reader), await read_tcrp(reader)
+                assert (ack[1], ack[2], complete[1], complete[2]) == (5, 1, 5, 2)
+                assert await reader.readexactly(len(lookalike)) == lookalike  # not rewritten
+                for datagram in (admission, bytes(range(256)) * 4, b""):
+                    writer.write(frame(datagram))
+                    assert await read_frame(reader) == datagram
+            assert proxy.tunnels == 1 and proxy.counters.up.received == 0
+            proxy.blackhole()  # TCP stops, tunnel or not
+            writer.write(frame(b"held"))
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(50 * MS):
+                    await reader.readexactly(1)
+            proxy.restore()
+            async with asyncio.timeout(1000 * MS):
+                assert await read_frame(reader) == b"held"
+        finally:
+            await connection.close()
 
 
 async def test_an_unknown_field_survives_the_proxy_from_a_fake_server() -> None:
@@ -605,3 +734,51 @@ async def test_close_cancels_pending_sends_and_closes_everything() -> None:
         assert echo.data == [] and proxy.counters.up.forwarded == 0
         with pytest.raises(OSError):
             await asyncio.open_connection(LOOPBACK, proxy.tcp_port)
+
+
+async def test_move_refuses_a_host_off_loopback_or_of_another_family() -> None:
+    async with echo_server() as echo, FaultProxy.start(1, echo.port, seed=14) as proxy:
+        for host in ("10.0.0.1", "0.0.0.0", "localhost", "::1"):
+            with pytest.raises(ValueError, match=r"loopback|IPv4"):
+                proxy.move(host)
+        assert proxy.upstream_host == LOOPBACK
+        proxy.move(LOOPBACK)  # to where it is: still drops the mappings
+        peer = await open_peer(proxy)
+        peer.send_raw(b"still here")
+        assert await peer.recv_raw() == b"still here"
+
+
+@pytest.mark.skipif(
+    not has_loopback_alias(MOVED_HOST), reason=f"{MOVED_HOST} is not usable as loopback here"
+)
+async def test_move_makes_the_server_see_the_proxy_from_the_new_host() -> None:
+    ping = hand_encoded("", Operation.LIST_ROOMS, State.REQUEST, "{}")  # FakeTcp echoes it
+    async with (
+        echo_server() as echo,
+        fake_tcp() as fake,
+        FaultProxy.start(fake.port, echo.port, seed=15) as proxy,
+    ):
+        peer = await open_peer(proxy)
+        peer.send_raw(b"before")
+        assert await peer.recv_raw() == b"before"
+        old = await TcrpConnection.open(proxy.tcp_port)
+        try:
+            assert await fake.next_peer() == LOOPBACK
+            proxy.move(MOVED_HOST)
+            assert proxy.clients == () and proxy.upstream_host == MOVED_HOST
+            peer.send_raw(b"after")  # a new mapping, from the new host
+            assert await peer.recv_raw() == b"after"
+            assert [host for host, _ in echo.sources] == [LOOPBACK, MOVED_HOST]
+            assert echo.sources[-1][1] == proxy.upstream_port(local_address(peer))
+            new = await TcrpConnection.open(proxy.tcp_port)
+            try:
+                assert await fake.next_peer() == MOVED_HOST
+                for connection in (old, new):  # the old connection stays open
+                    connection.writer.write(ping)
+                    async with asyncio.timeout(1000 * MS):
+                        assert await read_tcrp(connection.reader) == ping
+            finally:
+                await new.close()
+        finally:
+            await old.close()
+        assert proxy.counters.up.dropped == 0
