@@ -42,6 +42,7 @@ FLAGS = {
     "--history-bytes": 262144,
     "--repair-rate": 1000,
     "--closed-resend-interval": 0.2,
+    "--tunnel-buffer": 262144,
 }
 
 

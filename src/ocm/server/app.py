@@ -157,7 +157,12 @@ class OCMServer:
         )
         self.relay = RelayCore(self.registry, ErrorReplyLimiter(limits.error_replies_per_second))
         self._loop = asyncio.get_running_loop()
-        self._endpoint = RelayEndpoint(self.relay, self._loop.time, self._arm_expiry)
+        # A closed tunnel's address stays routed to nowhere while a CLOSED's copies
+        # (made before it closed) may still go to it: 1, 3 and 7 resend intervals.
+        linger = 8 * limits.closed_resend_interval + 1.0
+        self._endpoint = RelayEndpoint(
+            self.relay, self._loop.time, self._arm_expiry, tunnel_linger=linger
+        )
         # Password hashes (scrypt) run here, not on the loop's default executor: each
         # worker thread keeps the 16 MiB its last hash used, and the default executor
         # grows to min(32, CPUs + 4) threads, so only a pool of its own makes
@@ -174,6 +179,9 @@ class OCMServer:
             clock=self._loop.time,
             hash_executor=self.hash_executor,
             after_request=self._arm_expiry,
+            deliver=self._endpoint.datagram_received,
+            open_tunnel=self._endpoint.open_tunnel,
+            close_tunnel=self._endpoint.close_tunnel,
         )
         self._tcp_server: asyncio.Server | None = None
         # One timer for the registry's next deadline (aioquic's get_timer), re-armed

@@ -131,6 +131,13 @@ class Limits:
     closed_resend_interval: float = seconds(
         0.2, "seconds between the copies of a CLOSED (delivery members)"
     )
+    # Section 4: what a tunnelled member's connection may hold unsent. A reader that
+    # falls this far behind (a minute of a busy room) is cut off, its tunnel closed,
+    # rather than slowing the room or growing the server's memory; it stays a member,
+    # and its client opens a new tunnel and repairs what it missed from the history.
+    tunnel_buffer: int = count(
+        256 * 1024, "bytes", "bytes queued for one tunnelled member before its tunnel is cut"
+    )
 
 
 @dataclass(frozen=True, slots=True)

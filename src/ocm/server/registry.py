@@ -18,7 +18,9 @@ member had relayed, and for a while after they are gone, what to answer their to
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import hmac
 import logging
 import secrets
 from collections import OrderedDict
@@ -118,7 +120,7 @@ class PendingJoin:
 class Member:
     name: str
     token: str
-    ip: str  # the IP of the TCP connection that obtained the token (section 1)
+    ip: str  # the IP of the TCP connection that obtained (or resumed) the token (section 1)
     room: Room
     last_seen: float
     address: Address | None = None  # set by the first valid datagram (section 2)
@@ -127,6 +129,9 @@ class Member:
     # The delivery extension: set for a member that negotiated it (section 3).
     relayed: RelayedLog | None = None  # its message numbers already relayed
     repairs: Budget | None = None  # the repair datagrams it may still get
+    # Section 4: the SHA-256 of the secret that moves the token to another IP, once
+    # issued. Only the digest is kept: memory (or a shared store) never holds a secret.
+    secret_digest: bytes | None = None
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -307,8 +312,7 @@ class RoomRegistry:
         self.rooms[name] = room
         host = self._add_member(room, pending.username, pending.ip, now, delivery)
         room.host = host
-        host_ip = canonical_ip(pending.ip)
-        self._rooms_by_ip[host_ip] = self._rooms_by_ip.get(host_ip, 0) + 1
+        self._count_hosted(pending.ip, +1)
         log.info(
             'room "%s" created by %s (%s)',
             name,
@@ -415,6 +419,63 @@ class RoomRegistry:
         if member is None or member.room.name != name or not self._same_ip(member, ip):
             raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
         return self.leave_member(member, now)
+
+    def issue_secret(self, member: Member) -> str:
+        """A new resume secret for ``member`` (section 4), replacing any earlier one."""
+        secret = new_token()
+        member.secret_digest = hashlib.sha256(secret.encode("ascii")).digest()
+        return secret
+
+    def resume(self, name: str, token: str, secret: str, ip: str, now: float) -> tuple[Member, str]:
+        """RESUME: bind the token's member to ``ip``, if ``secret`` is the member's.
+
+        The member keeps its place: no leave, no join, its Seqs go on. Its address is
+        forgotten until a datagram comes from the new IP (or its tunnel); what it misses
+        meanwhile it repairs. Returns the member and its next secret: each secret moves
+        the token once. A refusal counts against ``ip`` as a wrong password does, so a
+        token sniffed off the network cannot be moved by guessing the secret.
+        """
+        if self.failures.blocked(ip, now):
+            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+        member = self.by_token.get(token.encode("ascii", "replace"))
+        digest = hashlib.sha256(secret.encode("ascii", "replace")).digest()
+        if (
+            member is None
+            or member.room.name != name
+            or member.secret_digest is None
+            or not hmac.compare_digest(member.secret_digest, digest)
+        ):
+            self.failures.record(ip, now)
+            raise RoomError(
+                ErrorCode.INVALID_TOKEN, f'no member of room "{name}" with that token and secret'
+            )
+        if not self._same_ip(member, ip):
+            log.info('%s in room "%s" moved to another address', member.name, name)
+            if member is member.room.host:  # its rooms count against its new address
+                self._count_hosted(member.ip, -1)
+                self._count_hosted(ip, +1)
+        member.ip = ip
+        if member.address is not None:
+            member.address = None
+            member.room.refresh_addresses()
+        member.last_seen = now
+        self._activity.move_to_end(member)
+        return member, self.issue_secret(member)
+
+    def tunnel_member(self, name: str, token: str, ip: str) -> Member:
+        """TUNNEL: the delivery member whose datagrams the connection will carry. The
+        token must be bound to the connection's IP, as a datagram's must."""
+        member = self.authenticate_token(token.encode("ascii", "replace"), ip)
+        if member is None or member.room.name != name or not member.delivery:
+            raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
+        return member
+
+    def unbind(self, member: Member, address: Address) -> None:
+        """``address`` no longer reaches ``member`` (its tunnel closed): nothing is sent
+        there until the member's next datagram sets a new one."""
+        if member.address == address:
+            member.address = None
+            member.room.refresh_addresses()
 
     def leave_member(self, member: Member, now: float) -> list[Outgoing]:
         """``member`` leaves (LEAVE_ROOM, or a delivery member's LEAVE): the others get
@@ -546,6 +607,14 @@ class RoomRegistry:
         self._activity[member] = None
         return member
 
+    def _count_hosted(self, ip: str, change: int) -> None:
+        host_ip = canonical_ip(ip)
+        hosted = self._rooms_by_ip.get(host_ip, 0) + change
+        if hosted:
+            self._rooms_by_ip[host_ip] = hosted
+        else:
+            del self._rooms_by_ip[host_ip]
+
     @staticmethod
     def _same_ip(member: Member, ip: str) -> bool:
         return canonical_ip(member.ip) == canonical_ip(ip)
@@ -600,9 +669,6 @@ class RoomRegistry:
         room.refresh_addresses()
         del self.rooms[room.name]
         if room.host is not None:
-            host_ip = canonical_ip(room.host.ip)
-            self._rooms_by_ip[host_ip] -= 1
-            if not self._rooms_by_ip[host_ip]:
-                del self._rooms_by_ip[host_ip]
+            self._count_hosted(room.host.ip, -1)
         log.info('room "%s" closed: %s', room.name, text)
         return [closed]

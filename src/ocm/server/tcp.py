@@ -20,7 +20,15 @@ from typing import Any, TypeVar
 from ocm.errors import ErrorCode, OCMError, ProtocolError
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
-from ocm.server.registry import Member, Outgoing, PendingCreate, PendingJoin, RoomRegistry
+from ocm.server.registry import (
+    Address,
+    Member,
+    Outgoing,
+    PendingCreate,
+    PendingJoin,
+    RoomRegistry,
+)
+from ocm.server.tunnel import TunnelLink, tunnel_address
 from ocm.wire.delivery import DELIVERY
 from ocm.wire.framer import TcrpReader
 from ocm.wire.tcrp import (
@@ -34,12 +42,17 @@ from ocm.wire.tcrp import (
     Operation,
     Reply,
     Request,
+    Resume,
+    Resumed,
     RoomList,
     TcrpMessage,
+    Tunnel,
+    Tunnelled,
     encode_error_ack,
     encode_reply,
     parse_request,
 )
+from ocm.wire.tunnel import RESUME, TUNNEL, FrameReader
 
 __all__ = ["TcrpHandler"]
 
@@ -65,6 +78,9 @@ class TcrpHandler:
         clock: Callable[[], float],
         hash_executor: Executor,
         after_request: Callable[[], None] = lambda: None,
+        deliver: Callable[[bytes, Address], None] = lambda data, address: None,
+        open_tunnel: Callable[[TunnelLink], None] = lambda link: None,
+        close_tunnel: Callable[[TunnelLink], None] = lambda link: None,
     ) -> None:
         self.registry = registry
         self.limits = limits
@@ -75,6 +91,11 @@ class TcrpHandler:
         # re-arms its expiry timer from registry.next_deadline() there (aioquic's
         # get_timer after each event), so no admission path can forget it.
         self._after_request = after_request
+        # Section 4: a tunnel's datagrams go to the relay as UDP ones do (deliver), and
+        # the UDP endpoint routes the tunnel address to the connection while it is open.
+        self._deliver = deliver
+        self._open_tunnel = open_tunnel
+        self._close_tunnel = close_tunnel
         self.connections: dict[str, int] = {}  # client IP -> open connections
         self.writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # one per open connection
@@ -165,6 +186,7 @@ class TcrpHandler:
                     writer, encode_error_ack(operation, "", error.code, error.message)
                 )
                 return
+            tunnelled = False
             try:
                 reply = await self._handle(request, ip)
             except OCMError as error:
@@ -174,9 +196,15 @@ class TcrpHandler:
                 )
             else:
                 answer = encode_reply(Ack(message.operation, message.room)) + encode_reply(reply)
+                tunnelled = isinstance(reply, Tunnelled)
             finally:
                 self._after_request()
             await self._write(writer, answer)
+            if tunnelled:
+                # Section 4: from here on the connection carries frames, both ways.
+                assert isinstance(request, Tunnel)
+                await self._tunnel(reader, writer, ip, request, framer.take_rest())
+                return
 
     async def _next_message(
         self, reader: asyncio.StreamReader, framer: TcrpReader
@@ -213,7 +241,7 @@ class TcrpHandler:
                     secret = await self._hash(creating, hashing)
                 delivery = DELIVERY in features  # section 3: granted to whoever asks
                 member = registry.finish_create(creating, secret, self._clock(), delivery=delivery)
-                return self._admission(Operation.CREATE_ROOM, member)
+                return self._admission(Operation.CREATE_ROOM, member, features)
             case JoinRoom(room, username, password, features):
                 joining = registry.begin_join(room, username, ip, self._clock())
                 password_ok = False
@@ -224,13 +252,64 @@ class TcrpHandler:
                     joining, password_ok, self._clock(), delivery=DELIVERY in features
                 )
                 self._send(outgoing)
-                return self._admission(Operation.JOIN_ROOM, member)
+                return self._admission(Operation.JOIN_ROOM, member, features)
             case ListRooms():
                 return RoomList(tuple(registry.list_rooms()))
             case LeaveRoom(room, token):
                 self._send(registry.leave(room, token, ip, self._clock()))
                 return Left(room)
+            case Tunnel(room, token):
+                registry.tunnel_member(room, token, ip)
+                return Tunnelled(room)
+            case Resume(room, token, secret):
+                member, next_secret = registry.resume(room, token, secret, ip, self._clock())
+                return Resumed(room, next_secret, member.room.seq)
         raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
+
+    async def _tunnel(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ip: str,
+        request: Tunnel,
+        rest: bytes,
+    ) -> None:
+        """Carry a member's relay datagrams over this connection until either side ends it.
+
+        Each frame in goes to the relay from the tunnel address, exactly as a datagram
+        from a UDP address would: the relay checks it, and it makes the tunnel the
+        member's address. A malformed frame ends the tunnel (the stream is out of step).
+        A connection silent for the idle timeout ends too: its member is gone by then.
+        """
+        try:  # the member may have left while the COMPLETE was written
+            member = self.registry.tunnel_member(request.room, request.token, ip)
+        except OCMError:
+            return
+        peer = writer.get_extra_info("peername")
+        address = tunnel_address(ip, int(peer[1]) if peer else 0)
+        link = TunnelLink(address, writer.transport, self.limits.tunnel_buffer)
+        self._open_tunnel(link)
+        frames = FrameReader(rest)
+        loop = asyncio.get_running_loop()
+        idle = self.registry.idle_timeout
+        try:
+            while True:
+                while (datagram := frames.next_frame()) is not None:
+                    self._deliver(datagram, address)
+                if link.closed:
+                    return
+                started = frames.started
+                wait = self.limits.message_timeout if started else idle
+                async with asyncio.timeout_at(loop.time() + wait if math.isfinite(wait) else None):
+                    data = await reader.read(_READ_SIZE)
+                if not data:
+                    return
+                frames.feed(data)
+        except ProtocolError as error:
+            log.debug("closing the tunnel of %s: %s", ip, error)
+        finally:
+            self._close_tunnel(link)
+            self.registry.unbind(member, address)
 
     async def _hash(self, pending: PendingCreate | PendingJoin, work: Callable[[], T]) -> T:
         """Run ``work`` (scrypt) on the hash executor, once a slot is free.
@@ -244,7 +323,9 @@ class TcrpHandler:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._hash_executor, work)
 
-    def _admission(self, operation: Operation, member: Member) -> Admission:
+    def _admission(
+        self, operation: Operation, member: Member, features: tuple[str, ...]
+    ) -> Admission:
         room = member.room
         assert room.host is not None
         members = tuple(m.name for m in room.members.values())
@@ -263,12 +344,16 @@ class TcrpHandler:
         )
         if not member.delivery:
             return admission  # version 1, byte for byte
+        # Section 4 builds on section 3: a tunnel carries extended datagrams, and a
+        # resumed member repairs what it missed.
+        granted = (DELIVERY, *(f for f in (TUNNEL, RESUME) if f in features))
         # Section 3: the member receives every Seq after this one (its own join NOTICE
         # was the last), whether or not the server knows its UDP address yet.
         return replace(
             admission,
-            features=(DELIVERY,),
+            features=granted,
             seq=room.seq,
             boot=registry.boot.hex(),
             history=registry.history_messages,
+            resume=registry.issue_secret(member) if RESUME in features else None,
         )

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from ocm.server.registry import Address, Outgoing
 from ocm.server.relay import RelayCore
+from ocm.server.tunnel import TunnelLink
 
 __all__ = ["BATCH_FROM", "BatchSender", "RelayEndpoint"]
 
@@ -47,6 +48,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         core: RelayCore,
         clock: Callable[[], float],
         rearm: Callable[[], None] = lambda: None,
+        tunnel_linger: float = 2.0,
     ) -> None:
         self.core = core
         self._clock = clock
@@ -59,6 +61,11 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._queued: Callable[[], int] = lambda: 0
         self.dropped = 0  # copies not sent because the transport's queue was full
         self.closed = asyncio.Event()  # set once the socket is closed (its port is free)
+        # Section 4: tunnelled members' connections, by tunnel address. Their datagrams
+        # come in through datagram_received as UDP ones do; what goes to their address
+        # goes to the connection instead of the socket.
+        self.tunnels: dict[Address, TunnelLink] = {}
+        self._tunnel_linger = tunnel_linger
         self._next_drop_warning = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +118,10 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.tunnels:  # one check on the hot path while nobody tunnels
+            addresses = self._through_tunnels(datagram, addresses)
+            if not addresses:
+                return
         sock = self._sock
         if sock is not None and not self._queued():
             if self._batch is not None and len(addresses) >= BATCH_FROM:
@@ -134,6 +145,35 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             addresses = addresses[: max(room_left, 0)]
         for address in addresses:
             transport.sendto(datagram, address)
+
+    def _through_tunnels(
+        self, datagram: bytes, addresses: tuple[Address, ...]
+    ) -> tuple[Address, ...]:
+        """Write ``datagram`` to the tunnels among ``addresses``; the UDP ones are left."""
+        tunnels = self.tunnels
+        udp: list[Address] = []
+        for address in addresses:
+            link = tunnels.get(address)
+            if link is not None:
+                link.send(datagram)
+            elif address[1] >= 0:  # a tunnel address whose link is gone goes nowhere
+                udp.append(address)
+        return tuple(udp)
+
+    def open_tunnel(self, link: TunnelLink) -> None:
+        """Route ``link.address`` to ``link``; :meth:`close_tunnel` ends it."""
+        self.tunnels[link.address] = link
+
+    def close_tunnel(self, link: TunnelLink) -> None:
+        """Close ``link``, keeping its address routed (to nowhere) for a while: datagrams
+        made for it earlier (a CLOSED's later copies) must not reach the socket with a
+        tunnel address, which is no UDP address."""
+        link.close()
+        asyncio.get_running_loop().call_later(self._tunnel_linger, self._forget_tunnel, link)
+
+    def _forget_tunnel(self, link: TunnelLink) -> None:
+        if self.tunnels.get(link.address) is link:
+            del self.tunnels[link.address]
 
     def _drop(self, copies: int) -> None:
         self.dropped += copies

@@ -42,6 +42,12 @@ class TcrpReader:
         """Whether part of a message is buffered (its sender owes us the rest)."""
         return self._header is not None or bool(self._buffer)
 
+    def take_rest(self) -> bytes:
+        """What is buffered beyond the last whole message, taken out: the first bytes of
+        a tunnel's frames (section 4), which follow TUNNEL's messages at once."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest
+
     def next_message(self) -> TcrpMessage | None:
         """The next whole message, or None until more bytes are fed."""
         if self._header is None:

@@ -8,8 +8,9 @@ Two levels:
   :func:`decode_tcrp` and :func:`encode_tcrp` (and fed from a byte stream by
   :class:`ocm.wire.framer.TcrpReader`);
 * typed messages: the requests (:class:`CreateRoom`, :class:`JoinRoom`,
-  :class:`ListRooms`, :class:`LeaveRoom`) and replies (:class:`Ack`,
-  :class:`Admission`, :class:`RoomList`, :class:`Left`), converted with
+  :class:`ListRooms`, :class:`LeaveRoom`, and section 4's :class:`Tunnel` and
+  :class:`Resume`) and replies (:class:`Ack`, :class:`Admission`, :class:`RoomList`,
+  :class:`Left`, :class:`Tunnelled`, :class:`Resumed`), converted with
   :func:`parse_request` / :func:`encode_request` and :func:`parse_reply` /
   :func:`encode_reply`. Field rules are checked here.
 
@@ -47,11 +48,15 @@ __all__ = [
     "Operation",
     "Reply",
     "Request",
+    "Resume",
+    "Resumed",
     "RoomInfo",
     "RoomList",
     "State",
     "TcrpHeader",
     "TcrpMessage",
+    "Tunnel",
+    "Tunnelled",
     "decode_header",
     "decode_tcrp",
     "decode_tcrp_body",
@@ -72,6 +77,9 @@ class Operation(IntEnum):
     JOIN_ROOM = 2
     LIST_ROOMS = 3
     LEAVE_ROOM = 4
+    # Section 4 of docs/protocol.md, each granted as a feature of the same name.
+    TUNNEL = 5  # the connection carries the member's relay datagrams from then on
+    RESUME = 6  # the member moves its token to the connection's IP address
 
 
 class State(IntEnum):
@@ -113,7 +121,7 @@ def decode_header(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpHe
     """Decode a 32-byte TCRP header.
 
     Raises ProtocolError: ``bad_request`` for a short header or unknown state,
-    ``unknown_operation`` for an operation outside 1-4, ``too_large`` for a payload
+    ``unknown_operation`` for an operation outside 1-6, ``too_large`` for a payload
     size over ``max_payload``. The checks run in that order so that a server can
     still answer an unknown operation (it knows the state was a request).
     """
@@ -213,7 +221,24 @@ class LeaveRoom:
     token: str
 
 
-Request = CreateRoom | JoinRoom | ListRooms | LeaveRoom
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """Section 4: carry the token's relay datagrams on this connection from now on."""
+
+    room: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Section 4: bind the token to this connection's IP; ``secret`` proves it is ours."""
+
+    room: str
+    token: str
+    secret: str
+
+
+Request = CreateRoom | JoinRoom | ListRooms | LeaveRoom | Tunnel | Resume
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +276,8 @@ class Admission:
     seq: int | None = None
     boot: str | None = None
     history: int | None = None
+    # Section 4, with "resume": the secret that moves the token to another address.
+    resume: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +301,24 @@ class Left:
     room: str
 
 
-Reply = Ack | Admission | RoomList | Left
+@dataclass(frozen=True, slots=True)
+class Tunnelled:
+    """COMPLETE of TUNNEL: the next byte on the connection is the first frame's."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """COMPLETE of RESUME: the token is bound to the new IP. ``secret`` replaces the one
+    used (each secret moves the token once); ``seq`` is the room's latest Seq."""
+
+    room: str
+    secret: str
+    seq: int
+
+
+Reply = Ack | Admission | RoomList | Left | Tunnelled | Resumed
 
 
 def _field(payload: dict[str, Any], key: str, kind: type, *, required: bool = True) -> Any:
@@ -305,9 +349,9 @@ def _password(payload: dict[str, Any]) -> str | None:
     return password or None
 
 
-def _token(value: str) -> str:
+def _token(value: str, what: str = "token") -> str:
     if not 1 <= len(value) <= MAX_TOKEN_BYTES or not value.isascii():
-        raise bad(f"token must be 1-{MAX_TOKEN_BYTES} ASCII characters")
+        raise bad(f"{what} must be 1-{MAX_TOKEN_BYTES} ASCII characters")
     return value
 
 
@@ -326,6 +370,13 @@ def parse_request(message: TcrpMessage) -> Request:
         case Operation.LEAVE_ROOM:
             room = validate_name(message.room, "room name")
             return LeaveRoom(room, _token(_field(payload, "token", str)))
+        case Operation.TUNNEL:
+            room = validate_name(message.room, "room name")
+            return Tunnel(room, _token(_field(payload, "token", str)))
+        case Operation.RESUME:
+            room = validate_name(message.room, "room name")
+            token = _token(_field(payload, "token", str))
+            return Resume(room, token, _token(_field(payload, "secret", str), "secret"))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -347,6 +398,11 @@ def request_message(request: Request) -> TcrpMessage:
             return TcrpMessage(Operation.LIST_ROOMS, State.REQUEST, "", {})
         case LeaveRoom(room, token):
             return TcrpMessage(Operation.LEAVE_ROOM, State.REQUEST, room, {"token": token})
+        case Tunnel(room, token):
+            return TcrpMessage(Operation.TUNNEL, State.REQUEST, room, {"token": token})
+        case Resume(room, token, secret):
+            payload = {"token": token, "secret": secret}
+            return TcrpMessage(Operation.RESUME, State.REQUEST, room, payload)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -369,7 +425,8 @@ def reply_message(reply: Reply) -> TcrpMessage:
                 payload["idle_timeout"] = idle_timeout
             if features:
                 payload["features"] = list(features)
-            for key, value in (("seq", seq), ("boot", boot), ("history", reply.history)):
+            extensions = (("seq", seq), ("boot", boot), ("history", reply.history))
+            for key, value in (*extensions, ("resume", reply.resume)):
                 if value is not None:
                     payload[key] = value
             return TcrpMessage(operation, State.COMPLETE, room, payload)
@@ -380,6 +437,11 @@ def reply_message(reply: Reply) -> TcrpMessage:
             return TcrpMessage(Operation.LIST_ROOMS, State.COMPLETE, "", {"rooms": listed})
         case Left(room):
             return TcrpMessage(Operation.LEAVE_ROOM, State.COMPLETE, room, {})
+        case Tunnelled(room):
+            return TcrpMessage(Operation.TUNNEL, State.COMPLETE, room, {})
+        case Resumed(room, secret, seq):
+            payload = {"secret": secret, "seq": seq}
+            return TcrpMessage(Operation.RESUME, State.COMPLETE, room, payload)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -440,6 +502,11 @@ def _boot(payload: dict[str, Any]) -> str | None:
     return value
 
 
+def _optional_secret(payload: dict[str, Any], key: str) -> str | None:
+    value: str | None = _field(payload, key, str, required=False)
+    return None if value is None else _token(value, f'field "{key}"')
+
+
 def _room_info(value: Any) -> RoomInfo:
     if not isinstance(value, dict):
         raise bad("each room must be a JSON object")
@@ -486,10 +553,18 @@ def parse_reply(message: TcrpMessage) -> Reply:
                 _optional_count(payload, "seq", 0xFFFFFFFF),
                 _boot(payload),
                 _optional_count(payload, "history", 0xFFFFFFFF),
+                _optional_secret(payload, "resume"),
             )
         case Operation.LIST_ROOMS:
             rooms = _field(payload, "rooms", list)
             return RoomList(tuple(_room_info(r) for r in rooms))
         case Operation.LEAVE_ROOM:
             return Left(message.room)
+        case Operation.TUNNEL:
+            return Tunnelled(message.room)
+        case Operation.RESUME:
+            seq = _optional_count(payload, "seq", 0xFFFFFFFF)
+            if seq is None:
+                raise bad('missing field "seq"')
+            return Resumed(message.room, _token(_field(payload, "secret", str), "secret"), seq)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,66 @@
+"""A tunnelled member's way out: relay datagrams written to its TCP connection
+(section 4 of docs/protocol.md).
+
+After TUNNEL, the TCRP adapter (:mod:`ocm.server.tcp`) reads the member's frames and
+hands each datagram to the relay as if it had come over UDP, from the connection's
+*tunnel address*: its IP and the negated TCP port, which no UDP address can be. The
+relay and the registry then treat that address like any other: it becomes the member's
+address, and the room's datagrams for it come here, through the UDP endpoint's
+``tunnels`` table (:class:`~ocm.server.udp.RelayEndpoint`).
+
+A member that does not read must not slow the room nor grow the server's memory. Its
+frames are written without waiting; once more than ``max_buffer`` bytes wait unsent,
+the tunnel is cut (the connection aborted): the member stays in the room, and its
+client opens a new tunnel and repairs what it missed from the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+from ocm.server.registry import Address
+
+__all__ = ["TunnelLink", "tunnel_address"]
+
+log = logging.getLogger("ocm.server.tunnel")
+
+_LENGTH = struct.Struct("!H")  # wire.tunnel's frame header, packed here on the hot path
+
+
+def tunnel_address(ip: str, tcp_port: int) -> Address:
+    """The address a tunnel stands for in the registry: never a UDP address."""
+    return (ip, -tcp_port)
+
+
+class TunnelLink:
+    """The server's end of one tunnel: frames out, bounded."""
+
+    def __init__(
+        self, address: Address, transport: asyncio.WriteTransport, max_buffer: int
+    ) -> None:
+        self.address = address
+        self.max_buffer = max_buffer
+        self.closed = False
+        self.cut = False  # closed because its reader fell max_buffer behind
+        self._transport = transport
+
+    def send(self, datagram: bytes) -> None:
+        """Write one datagram as a frame, or cut the tunnel if its reader is too far behind."""
+        if self.closed:
+            return
+        transport = self._transport
+        if transport.get_write_buffer_size() > self.max_buffer:
+            log.info(
+                "cutting the tunnel of %s: over %d bytes unread", self.address[0], self.max_buffer
+            )
+            self.cut = True
+            self.close()
+            return
+        transport.write(_LENGTH.pack(len(datagram)) + datagram)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._transport.abort()  # what waits unsent is dropped, not delivered late
