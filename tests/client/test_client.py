@@ -36,6 +36,7 @@ from ocm.client import (
     list_rooms,
     parse_server_address,
 )
+from ocm.client.delivery import FEATURES
 from ocm.errors import ConnectionLost, ErrorCode, ProtocolError, ServerError
 from ocm.wire import (
     MAX_DATAGRAM,
@@ -64,7 +65,7 @@ from tests.kit import (
 ROOT = Path(__file__).resolve().parents[2]
 # What ChatClient.join(..., "lobby", "bob") sends: it asks for the delivery extension
 # (the fake server of tests/kit.py does not grant it, so the session is version 1).
-BOB_JOINS = JoinRoom("lobby", "bob", features=("delivery",))
+BOB_JOINS = JoinRoom("lobby", "bob", features=FEATURES)
 # ---------------------------------------------------------------------------
 # The public names
 # ---------------------------------------------------------------------------
@@ -77,6 +78,7 @@ def test_the_core_names_are_the_same_objects_from_ocm_client() -> None:
     events = set(ocm.client.__all__) & set(ocm.client.events.__all__)
     assert events == {"Message", "Notice", "Closed", "ErrorReply", "Gap", "Overflow"} | {
         "Undelivered",
+        "PathChanged",
         "Event",
     }
     core = set(ocm.client.__all__) & set(ocm.client.session.__all__)

@@ -52,6 +52,7 @@ from ocm.wire.delivery import (
     decode_extended,
     encode_received,
 )
+from ocm.wire.tunnel import RESUME, TUNNEL
 
 TOKEN = "t" * 32
 BOOT = bytes.fromhex("5c2b7e0a91d3f468")
@@ -144,7 +145,7 @@ def feed(state: DeliveryState, now: float, *datagrams: bytes) -> list[Event]:
 
 
 def test_the_client_asks_for_delivery_and_needs_seq_and_boot_to_use_it() -> None:
-    assert FEATURES == (DELIVERY,)
+    assert FEATURES == (DELIVERY, TUNNEL, RESUME)  # section 4 builds on delivery
 
     def admission(**fields: object) -> Admission:
         return Admission(Operation.JOIN_ROOM, "lobby", TOKEN, 9001, "alice", ("alice",), **fields)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from ocm.client import (
     Undelivered,
     list_rooms,
 )
-from ocm.client.delivery import DeliveryState
+from ocm.client.delivery import FEATURES, DeliveryState
 from ocm.client.exchange import Link, call
 from ocm.client.session import RoomState
 from ocm.errors import ConnectionLost
@@ -54,7 +54,7 @@ async def join(fake: FakeDeliveryServer, **options: object) -> ChatClient:
 async def test_delivery_is_asked_for_and_granted() -> None:
     async with delivery_server() as (fake, _):
         bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
-        assert fake.requests == [JoinRoom("lobby", "bob", features=("delivery",))]
+        assert fake.requests == [JoinRoom("lobby", "bob", features=FEATURES)]
         assert bob.delivery and isinstance(bob._state, DeliveryState)
         ping = await fake.next_datagram(Ping)  # the first datagram: the PING, with the boot
         assert fake.log == [ping]
@@ -76,7 +76,7 @@ async def test_a_server_that_does_not_grant_it_gets_version_1() -> None:
     async with delivery_server() as (fake, _):
         fake.grant = False
         bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob")
-        assert fake.requests == [JoinRoom("lobby", "bob", features=("delivery",))]
+        assert fake.requests == [JoinRoom("lobby", "bob", features=FEATURES)]
         assert not bob.delivery and isinstance(bob._state, RoomState)
         await bob.close()
 

@@ -158,6 +158,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="seconds between heartbeats at most; a server that says its idle timeout "
         "gets one every third of it if that is sooner (default: %(default)s)",
     )
+    who.add_argument(
+        "--tcp",
+        action="store_true",
+        help="carry the chat over TCP from the start, for networks known to block UDP "
+        "(without it the client falls back to TCP by itself when UDP gets no answer)",
+    )
     # Not given: None from ocm's own --history (ocm --history 5 join also works).
     _history_flag(
         who,
@@ -314,7 +320,13 @@ async def _chat(args: argparse.Namespace) -> int:
     if history is None:
         history = terminal.DEFAULT_HISTORY if prompter is not None else 0
     chat = await enter(
-        args.server, args.room, name, password, heartbeat_interval=args.heartbeat, history=history
+        args.server,
+        args.room,
+        name,
+        password,
+        heartbeat_interval=args.heartbeat,
+        history=history,
+        tcp=args.tcp,
     )
     if prompter is not None:
         return await terminal.TerminalChat(chat).run()

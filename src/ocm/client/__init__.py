@@ -35,6 +35,7 @@ from ocm.client.events import (
     Message,
     Notice,
     Overflow,
+    PathChanged,
     Undelivered,
 )
 from ocm.client.exchange import DEFAULT_TIMEOUT, list_rooms
@@ -59,6 +60,7 @@ __all__ = [
     "Message",
     "Notice",
     "Overflow",
+    "PathChanged",
     "RoomInfo",
     "RoomState",
     "SeqTracker",

@@ -47,13 +47,15 @@ from typing import Any, TypedDict, Unpack
 from ocm.client.address import format_server_address, parse_server_address
 from ocm.client.delivery import (
     FEATURES,
+    NO_UDP_ANSWER,
+    REFUSED_HERE,
     STOPPED_ANSWERING,
     DeliveryState,
     delivery_granted,
     restarted_reason,
 )
-from ocm.client.events import Closed, Event
-from ocm.client.exchange import DEFAULT_TIMEOUT, Link, call, describe_error
+from ocm.client.events import Closed, Event, PathChanged
+from ocm.client.exchange import DEFAULT_TIMEOUT, Channel, Link, call, describe_error
 from ocm.client.session import (
     DEFAULT_HEARTBEAT_INTERVAL,
     EventQueue,
@@ -62,9 +64,18 @@ from ocm.client.session import (
     fit_text,
     text_limit,
 )
-from ocm.errors import ConnectionLost, ErrorCode, OCMError, RemoteProtocolError, ServerError
+from ocm.errors import (
+    ConnectionLost,
+    ErrorCode,
+    OCMError,
+    ProtocolError,
+    RemoteProtocolError,
+    ServerError,
+)
 from ocm.wire.datagrams import ClientDatagram, encode_client_datagram
-from ocm.wire.tcrp import Admission, CreateRoom, JoinRoom, LeaveRoom
+from ocm.wire.tcrp import Admission, CreateRoom, JoinRoom, LeaveRoom, Resume, Resumed, Tunnel
+from ocm.wire.texts import UnknownToken, format_refusal
+from ocm.wire.tunnel import TUNNEL, FrameReader, encode_frame
 
 __all__ = [
     "DEFAULT_CONFIRM_TIMEOUT",
@@ -106,6 +117,12 @@ DEFAULT_MAX_EVENTS = 10_000
 LEAVE_WAIT = 1.0
 # Why the room ended when the server's UDP port is closed (ICMP port unreachable).
 LOST_CONTACT = "lost contact with the server"
+# What one read takes off a tunnel: many frames at once in a busy room.
+_TUNNEL_READ_SIZE = 64 * 1024
+# Section 4: what the reader is told when the chat moves to another path.
+OVER_TCP = "UDP blocked here; chatting over TCP"
+RESUMED = "the network changed; still in the room"
+TUNNEL_CLOSED = "the TCP connection to the server closed"
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -137,6 +154,7 @@ class ChatOptions(TypedDict, total=False):
     max_events: int  # events kept for the reader at most: the oldest go first
     delivery: bool  # ask for the delivery extension (False: a version 1 member)
     history: int  # with delivery: the room's last N Seqs, delivered first (history=True)
+    tcp: bool  # carry the chat over a TCP tunnel from the start (networks that block UDP)
 
 
 _DEFAULT_OPTIONS: ChatOptions = {
@@ -148,6 +166,7 @@ _DEFAULT_OPTIONS: ChatOptions = {
     "max_events": DEFAULT_MAX_EVENTS,
     "delivery": True,
     "history": 0,
+    "tcp": False,
 }
 
 
@@ -159,9 +178,9 @@ def _settled(options: ChatOptions) -> ChatOptions:
         raise TypeError(f"unknown option {sorted(unknown)[0]!r}")
     settled: ChatOptions = {**_DEFAULT_OPTIONS, **options}
     for key, value in settled.items():
-        if key == "delivery":
+        if key in ("delivery", "tcp"):
             if not isinstance(value, bool):
-                raise TypeError(f"delivery must be True or False, got {value!r}")
+                raise TypeError(f"{key} must be True or False, got {value!r}")
         elif key == "history":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"history must be a whole number, 0 or more, got {value!r}")
@@ -260,6 +279,16 @@ class ChatClient:
                 heartbeat_interval=self.heartbeat_interval,
                 now=self._loop.time(),
             )
+        self.tcp = settled["tcp"]
+        # Section 4: the secret that moves our token to another address (given only
+        # over TCP), and whether the server carries the chat over TCP.
+        self._secret = admission.resume
+        self._can_tunnel = self.delivery and TUNNEL in admission.features
+        if isinstance(self._state, DeliveryState):
+            self._state.recoverable = self._can_tunnel or self._secret is not None
+        self._tunnel: Channel | None = None  # the chat's path when not UDP
+        self._tunnel_reader: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self._events = EventQueue(self.max_events)
         self._changed = asyncio.Event()  # replaced by a new one at every change
         self._transport: asyncio.DatagramTransport | None = None
@@ -324,16 +353,21 @@ class ChatClient:
             )
         client = cls(address, reply, _admitted_name(request, reply), link, **options)
         try:
-            await client._open_udp()
-        except (OSError, asyncio.CancelledError) as error:
+            if client.tcp:
+                await client._open_tunnel_first()
+            else:
+                await client._open_udp()
+        except (OSError, OCMError, asyncio.CancelledError) as error:
             # We are in the room on the server: leave, or a host would keep it open
             # (and a member would stay as a ghost) until the idle timeout.
             client._stop_timers()
             if client._transport is not None:
                 client._transport.close()
+            if client._tunnel is not None:
+                await client._close_tunnel()
             with contextlib.suppress(OCMError, OSError):
                 await client._leave()
-            if isinstance(error, asyncio.CancelledError):
+            if isinstance(error, OCMError | asyncio.CancelledError):
                 raise
             where = format_server_address(address)
             raise ConnectionLost(
@@ -360,6 +394,138 @@ class ChatClient:
         else:
             self._send_datagram("")  # section 2: the first heartbeat right after CREATE/JOIN
         self._arm_timer()
+
+    async def _open_tunnel_first(self) -> None:
+        """``tcp=True``: the chat goes over a tunnel from the start (section 4)."""
+        if not self._can_tunnel:
+            where = format_server_address(self.server)
+            raise ConnectionLost(f"server {where} cannot carry the chat over TCP")
+        channel = await Channel.open(self.server, timeout=self.timeout, link=self._link)
+        try:
+            await self._start_tunnel(channel)
+        except BaseException:
+            await channel.close()
+            raise
+        self._transmit()  # the first PING (and the history REPAIR)
+        self._arm_timer()
+
+    async def _start_tunnel(self, channel: Channel) -> None:
+        """TUNNEL on ``channel``, which then carries the chat: UDP is no longer used."""
+        await channel.request(Tunnel(self.room, self.token))
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        old, self._tunnel = self._tunnel, channel
+        if self._tunnel_reader is not None:
+            self._tunnel_reader.cancel()
+        self._tunnel_reader = asyncio.ensure_future(self._read_tunnel(channel))
+        if old is not None:
+            await old.close()
+
+    async def _read_tunnel(self, channel: Channel) -> None:
+        """Feed the tunnel's datagrams to the core until it closes; then the path is in
+        doubt (resume, and tunnel again)."""
+        frames = FrameReader(channel.take_rest())
+        try:
+            while True:
+                while (datagram := frames.next_frame()) is not None:
+                    self._datagram_received(datagram)
+                data = await channel.reader.read(_TUNNEL_READ_SIZE)
+                if not data:
+                    break
+                frames.feed(data)
+        except (OSError, ProtocolError):
+            pass  # reset, or out of step: a new tunnel starts clean
+        state = self._state
+        if self._tunnel is channel and isinstance(state, DeliveryState):
+            state.path_lost(TUNNEL_CLOSED)
+            self._check_path()
+
+    async def _close_tunnel(self) -> None:
+        if self._tunnel_reader is not None:
+            self._tunnel_reader.cancel()
+            self._tunnel_reader = None
+        if self._tunnel is not None:
+            await self._tunnel.close()
+
+    def _check_path(self) -> None:
+        """Start a recovery when the core doubts the path (section 4), once at a time."""
+        state = self._state
+        if (
+            isinstance(state, DeliveryState)
+            and state.path_trouble is not None
+            and state.ended is None
+            and self._recovery is None
+            and not self._closing
+        ):
+            self._recovery = asyncio.ensure_future(self._recover(state, state.path_trouble))
+
+    async def _recover(self, state: DeliveryState, trouble: str) -> None:
+        """Find out over TCP what became of our path, and take another (section 4).
+
+        A new connection, from whatever address the system gives us now, RESUMEs the
+        token there (the server rebinds it; the room sees nothing). Then, if UDP
+        reached the server (only our address changed), the chat stays on UDP, from a
+        new socket if our address is new; if UDP went unanswered, or a tunnel closed,
+        the chat goes over a tunnel on that connection. If TCP fails too, the server
+        is gone; if it refuses the token, we are out of the room.
+        """
+        channel: Channel | None = None
+        try:
+            # One heartbeat interval at most (or the exchange timeout): the server has
+            # been silent for three already, and the person waits for the verdict.
+            timeout = min(self.timeout, self.heartbeat_interval)
+            channel = await Channel.open(self.server, timeout=timeout)
+            moved = channel.link.local_ip != self._link.local_ip
+            if self._secret is not None:
+                resumed = await channel.request(Resume(self.room, self.token, self._secret))
+                if not isinstance(resumed, Resumed):
+                    raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "RESUME answered wrongly")
+                self._secret = resumed.secret
+                self._link = channel.link
+            udp_works = trouble == REFUSED_HERE or (trouble == STOPPED_ANSWERING and moved)
+            if self._tunnel is None and (udp_works or not self._can_tunnel):
+                if moved or self._transport is None:
+                    await self._reopen_udp()
+                notice = RESUMED if trouble == REFUSED_HERE or moved else None
+            else:
+                first = self._tunnel is None
+                await self._start_tunnel(channel)
+                channel = None  # the tunnel's now
+                notice = OVER_TCP if first and trouble == NO_UDP_ANSWER else None
+        except ServerError as error:
+            if error.code is ErrorCode.INVALID_TOKEN:
+                state.out = True  # dropped meanwhile (or the room closed): nothing to leave
+                reason = (
+                    f"no longer in the room (the server says: {format_refusal(UnknownToken())})"
+                )
+            else:
+                reason = f"could not resume ({error.message})"
+            self._feed(state.end(reason))
+        except (OCMError, OSError):
+            self._feed(state.end(STOPPED_ANSWERING))
+        else:
+            state.path_restored(self._loop.time())
+            if notice is not None or (trouble == NO_UDP_ANSWER and self._tunnel is not None):
+                self._feed([PathChanged(notice or OVER_TCP)])
+            self._transmit()
+            self._arm_timer()
+        finally:
+            self._recovery = None
+            if channel is not None:
+                await channel.close()
+
+    async def _reopen_udp(self) -> None:
+        """A new UDP socket from our (new) address: the old one is bound to the old."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        await self._open_udp()
+
+    @property
+    def over_tcp(self) -> bool:
+        """Whether the chat goes over a TCP tunnel (section 4) rather than UDP."""
+        return self._tunnel is not None
 
     # -- state ------------------------------------------------------------------
 
@@ -468,6 +634,10 @@ class ChatClient:
         """With delivery: send every datagram the core has made."""
         assert isinstance(self._state, DeliveryState)
         datagrams = self._state.datagrams_to_send()
+        if self._tunnel is not None:
+            if datagrams and not self._tunnel.writer.is_closing():
+                self._tunnel.writer.write(b"".join(map(encode_frame, datagrams)))
+            return
         if self._transport is None or self._transport.is_closing():
             return
         for data in datagrams:
@@ -494,6 +664,7 @@ class ChatClient:
         if isinstance(state, DeliveryState):
             self._feed(state.handle_timer(now))
             self._transmit()
+            self._check_path()
         else:
             self._feed(state.expire(now))
             if state.heartbeat_due(now):
@@ -548,6 +719,7 @@ class ChatClient:
             self._feed(state.datagram_received(data, self._loop.time()))
             self._transmit()
             self._arm_timer()  # a gap to repair may be due sooner than the timer
+            self._check_path()
         else:
             self._feed(state.datagram_received(data))
 
@@ -613,6 +785,8 @@ class ChatClient:
         self._closing = True
         self._notify()  # a send waiting for the window gives up
         state = self._state
+        if self._recovery is not None:
+            self._recovery.cancel()  # leaving: LEAVE (then LEAVE_ROOM) says the rest
         try:
             if state.ended is None and state.unconfirmed:
                 await self.flush(self.linger)
@@ -628,6 +802,7 @@ class ChatClient:
             self._stop_timers()
             if self._transport is not None:
                 self._transport.close()
+            await self._close_tunnel()
             self._stream_ended = True
             self._notify()
         finally:

@@ -46,6 +46,7 @@ from ocm.wire.delivery import (
     encode_extended,
 )
 from ocm.wire.texts import UnknownToken, parse_refusal
+from ocm.wire.tunnel import RESUME, TUNNEL
 
 if TYPE_CHECKING:
     from ocm.wire.tcrp import Admission
@@ -59,18 +60,30 @@ __all__ = [
     "MAX_HELD",
     "MAX_RTO",
     "MIN_RTO",
+    "NO_UDP_ANSWER",
     "PING_JITTER",
+    "REFUSED_HERE",
     "REORDER_HOLD",
     "REPAIR_INTERVAL",
     "STOPPED_ANSWERING",
     "TAIL_PROBE",
+    "UDP_GRACE",
     "DeliveryState",
     "delivery_granted",
     "restarted_reason",
 ]
 
-# The features OCM's client asks for in CREATE_ROOM / JOIN_ROOM.
-FEATURES = (DELIVERY,)
+# The features OCM's client asks for in CREATE_ROOM / JOIN_ROOM: section 4's tunnel and
+# resume build on delivery.
+FEATURES = (DELIVERY, TUNNEL, RESUME)
+# Section 4: a path that heard nothing from the server this long after it was taken
+# (or three heartbeat intervals, if shorter) is taken for blocked: many networks drop
+# UDP and pass TCP. Seconds, so a person waits little; several round trips of a bad
+# mobile link, and several PINGs (a quarter interval apart until answered).
+UDP_GRACE = 3.0
+# Why the path is in doubt (DeliveryState.path_trouble), for the adapter.
+NO_UDP_ANSWER = "no answer over UDP"
+REFUSED_HERE = "the server refuses our token from this address"
 # A datagram after a gap waits this long before the gap is asked for (REPAIR): UDP may
 # deliver a datagram just after the one that overtook it, and then no repair is needed.
 REORDER_HOLD = 0.050
@@ -207,6 +220,13 @@ class DeliveryState:
         self.undelivered = 0
         self.malformed = 0
         self.srtt: float | None = None  # the smoothed round trip, once measured
+        # Section 4. With ``recoverable`` (the adapter can resume and tunnel), a path
+        # that goes quiet or is refused is not the end: ``path_trouble`` says why it is
+        # in doubt, and the adapter tries TCP, then calls path_restored() or end().
+        self.recoverable = False
+        self.path_trouble: str | None = None
+        self._path_heard = False  # anything from the server on the current path
+        self._path_since = now
         self._random = random
         self._outbox: list[bytes] = []
         self._last_heard = now
@@ -271,6 +291,8 @@ class DeliveryState:
         if self.leaving:
             return self._leave_due
         deadlines = [self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval]
+        if self.recoverable and not self._path_heard:
+            deadlines.append(self._path_since + self.path_grace)
         deadlines.append(self._next_ping if self._ping_retry is None else self._ping_retry)
         if self._gaps:
             deadlines.append(min(gap.due for gap in self._gaps))
@@ -347,8 +369,17 @@ class DeliveryState:
                 self._outbox.append(encode_extended(Leave(self.token)))
                 self._leave_due = now + self._leave_rto
             return []
-        if now >= self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval:
-            return self.end(STOPPED_ANSWERING)
+        if self.path_trouble is None:
+            if (
+                self.recoverable
+                and not self._path_heard
+                and now >= self._path_since + self.path_grace
+            ):
+                self.path_trouble = NO_UDP_ANSWER  # blocked here? the adapter tries TCP
+            elif now >= self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval:
+                if not self.recoverable:
+                    return self.end(STOPPED_ANSWERING)
+                self.path_trouble = STOPPED_ANSWERING  # the path, or the server?
         events: list[Event] = []
         if self._close_by is not None and now >= self._close_by and self._closed_at is not None:
             # The CLOSED waited long enough: what is still missing before it is lost.
@@ -375,6 +406,32 @@ class DeliveryState:
         if now >= due:
             self._send_ping(now)
         return events
+
+    @property
+    def path_grace(self) -> float:
+        """How long a new path may stay silent before it is taken for blocked."""
+        return min(UDP_GRACE, LIVENESS_INTERVALS * self.heartbeat_interval)
+
+    def path_lost(self, why: str) -> None:
+        """The adapter's path broke (a tunnel's connection closed): ``path_trouble``,
+        unless a doubt is being looked into already."""
+        if self.recoverable and self.ended is None:
+            self.path_trouble = self.path_trouble or why
+
+    def path_restored(self, now: float) -> None:
+        """The adapter resumed over TCP and has a path again (a new socket, or a
+        tunnel): ask for the room's latest Seq, resend what is in flight and repair
+        what was missed, now, and give the new path its grace."""
+        self.path_trouble = None
+        self._path_heard = False
+        self._path_since = self._last_heard = now
+        for out in self._outgoing.values():
+            out.due = now
+        for gap in self._gaps:
+            gap.due = now
+        if self.leaving:
+            self._leave_due = now
+        self._send_ping(now)
 
     def _send_ping(self, now: float) -> None:
         self._nonce = self._nonce % 0xFFFFFFFF + 1
@@ -408,6 +465,7 @@ class DeliveryState:
     def datagram_received(self, data: bytes, now: float) -> list[Event]:
         """One datagram from the server: the events it releases, in Seq order."""
         self._last_heard = now
+        self._path_heard = True
         if self.ended is not None:
             return []
         try:
@@ -461,6 +519,11 @@ class DeliveryState:
 
     def _error(self, datagram: ServerDatagram) -> list[Event]:
         if isinstance(parse_refusal(datagram.text), UnknownToken):
+            if self.recoverable and not self.leaving:
+                # Our address changed (a new network) or we were dropped: RESUME says
+                # which. (A LEAVE's unknown token means we are out: no resume then.)
+                self.path_trouble = self.path_trouble or REFUSED_HERE
+                return []
             self.out = True
             return self.end(f"no longer in the room (the server says: {datagram.text})")
         if datagram.seq:  # the MsgNo of the DATA it refused

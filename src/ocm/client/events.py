@@ -19,6 +19,7 @@ __all__ = [
     "Message",
     "Notice",
     "Overflow",
+    "PathChanged",
     "Undelivered",
 ]
 
@@ -98,4 +99,14 @@ class Overflow:
     dropped: int
 
 
-Event = Message | Notice | Closed | ErrorReply | Gap | Undelivered | Overflow
+@dataclass(frozen=True, slots=True)
+class PathChanged:
+    """The client changed how it reaches the server and kept its place in the room
+    (section 4 of docs/protocol.md): ``"UDP blocked here; chatting over TCP"``, or
+    ``"the network changed; still in the room"``. Nothing was lost: what was missed
+    meanwhile is repaired."""
+
+    text: str
+
+
+Event = Message | Notice | Closed | ErrorReply | Gap | Undelivered | Overflow | PathChanged

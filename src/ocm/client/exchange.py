@@ -37,6 +37,7 @@ from ocm.wire.tcrp import (
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "Channel",
     "Link",
     "call",
     "describe_error",
@@ -114,6 +115,72 @@ async def open_from(
     return await asyncio.open_connection(sock=sock)
 
 
+class Channel:
+    """One TCP connection to the server, for one or more exchanges in turn, and then,
+    after TUNNEL (section 4), for a tunnel's frames: :attr:`reader` and :attr:`writer`,
+    with :meth:`take_rest` for the bytes that came behind the last reply."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        where: str,
+        timeout: float,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        self._where = where
+        peer, mine = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        self.link = Link(str(peer[0]), str(mine[0]))
+        # A reply may be far larger than any request: LIST_ROOMS of a busy server is
+        # megabytes.
+        self._framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
+
+    @classmethod
+    async def open(
+        cls, address: tuple[str, int], *, timeout: float, link: Link | None = None
+    ) -> Channel:
+        """Connect (from ``link``'s local IP, when given: a token is bound to it)."""
+        where = format_server_address(address)
+        try:
+            async with asyncio.timeout(timeout):
+                if link is None:
+                    reader, writer = await asyncio.open_connection(*address)
+                else:
+                    reader, writer = await open_from(link.server_ip, address[1], link.local_ip)
+        except (OSError, TimeoutError) as error:
+            raise ConnectionLost(f"cannot reach server {where} ({describe_error(error)})") from None
+        return cls(reader, writer, where, timeout)
+
+    async def request(self, request: Request) -> Reply:
+        """One exchange: the COMPLETE, or an exception (ServerError for an error ACK)."""
+        where, timeout = self._where, self.timeout
+        try:
+            self.writer.write(encode_request(request))
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+                ack = parse_reply(await read_message(self.reader, self._framer))
+                if not isinstance(ack, Ack):
+                    raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server skipped its ACK")
+                if ack.error is not None:
+                    raise ServerError(ack.error, ack.message or str(ack.error))
+                return parse_reply(await read_message(self.reader, self._framer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise ConnectionLost(f"server {where} closed the connection") from None
+        except TimeoutError:
+            raise ConnectionLost(f"no answer from server {where} within {timeout:g} s") from None
+
+    def take_rest(self) -> bytes:
+        """What arrived behind the last reply (a tunnel's first frames), taken out."""
+        return self._framer.take_rest()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
 async def call(
     address: tuple[str, int],
     request: Request,
@@ -122,38 +189,11 @@ async def call(
     link: Link | None = None,
 ) -> tuple[Reply, Link]:
     """One TCRP exchange on a new connection: the COMPLETE, or an exception."""
-    where = format_server_address(address)
+    channel = await Channel.open(address, timeout=timeout, link=link)
     try:
-        async with asyncio.timeout(timeout):
-            if link is None:
-                reader, writer = await asyncio.open_connection(*address)
-            else:  # the token is bound to our IP: keep it
-                reader, writer = await open_from(link.server_ip, address[1], link.local_ip)
-    except (OSError, TimeoutError) as error:
-        raise ConnectionLost(f"cannot reach server {where} ({describe_error(error)})") from None
-    try:
-        peer, mine = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
-        writer.write(encode_request(request))
-        async with asyncio.timeout(timeout):
-            await writer.drain()
-            # A reply may be far larger than any request: LIST_ROOMS of a busy server
-            # is megabytes.
-            framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
-            ack = parse_reply(await read_message(reader, framer))
-            if not isinstance(ack, Ack):
-                raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server skipped its ACK")
-            if ack.error is not None:
-                raise ServerError(ack.error, ack.message or str(ack.error))
-            complete = parse_reply(await read_message(reader, framer))
-    except (asyncio.IncompleteReadError, ConnectionError):
-        raise ConnectionLost(f"server {where} closed the connection") from None
-    except TimeoutError:
-        raise ConnectionLost(f"no answer from server {where} within {timeout:g} s") from None
+        return await channel.request(request), channel.link
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return complete, Link(str(peer[0]), str(mine[0]))
+        await channel.close()
 
 
 async def list_rooms(

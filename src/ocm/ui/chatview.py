@@ -22,7 +22,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice, Overflow, Undelivered
+from ocm.client import (
+    Closed,
+    ErrorReply,
+    Event,
+    Gap,
+    Message,
+    Notice,
+    Overflow,
+    PathChanged,
+    Undelivered,
+)
 
 __all__ = [
     "EXIT_ERROR",
@@ -149,6 +159,7 @@ def pipe_line(event: Event) -> str:
     ! missed 3 messages     messages we will never get (see Gap)
     ! not delivered: TEXT   the server never confirmed our message
     ! skipped 5 events      they came faster than they were read
+    ! UDP blocked here; ... the client changed its way to the server (PathChanged)
     ! room closed: REASON   the last line
     history alice: hello    a message or notice from before we entered, asked for
     history * bob joined    with the history option (HISTORY_PREFIX, then as above)
@@ -172,6 +183,8 @@ def _pipe_line(event: Event) -> str:
             return f"! not delivered: {one_line(text)}"
         case Overflow(dropped):
             return f"! skipped {_count(dropped, 'event')}"
+        case PathChanged(text):
+            return f"! {one_line(text)}"
         case Closed(reason):
             return f"! room closed: {one_line(reason)}"
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover
@@ -252,6 +265,8 @@ def _event_lines(event: Event, stamp: Fragments, me: str, delivery: bool) -> lis
         case Overflow(dropped):
             skipped = _count(dropped, "event")
             return [[*stamp, ("class:error", f"!! {skipped} skipped: they came too fast to show")]]
+        case PathChanged(text):
+            return [[*stamp, ("class:info", "-- " + sanitize(text))]]
         case Closed(reason):
             return [[*stamp, ("class:closed", "!! room closed: " + sanitize(reason))]]
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover
