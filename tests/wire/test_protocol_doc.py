@@ -28,6 +28,7 @@ from ocm.wire.delivery import (
     encode_extended,
     encode_received,
 )
+from ocm.wire.tunnel import FrameReader, encode_frame
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 EXAMPLE = re.compile(r"<!-- example: (\w+) ([\w-]+) -->\n```text\n(.*?)\n```", re.S)
@@ -46,6 +47,12 @@ def reencode(kind: str, data: bytes) -> bytes:
         return encode_extended(decode_extended(data))
     if kind == "received":
         return encode_received(decode_received(data))
+    if kind in ("upframe", "downframe"):  # section 4: one datagram in a frame, each way
+        frames = FrameReader(data)
+        datagram = frames.next_frame()
+        assert datagram is not None and not frames.started  # exactly one whole frame
+        inner = "extended" if kind == "upframe" else "received"
+        return encode_frame(reencode(inner, datagram))
     assert kind == "server"
     return encode_server_datagram(decode_server_datagram(data))
 
@@ -71,6 +78,23 @@ def test_the_delivery_complete_example_grants_delivery() -> None:
     admission = parse_reply(decode_tcrp(bytes.fromhex(hex_dump)))
     assert isinstance(admission, Admission)
     assert (admission.features, admission.seq, admission.history) == (("delivery",), 12, 1024)
+
+
+def test_every_tunnel_and_resume_message_has_an_example() -> None:
+    """Section 4: the negotiation, both operations each way, a frame each way."""
+    examples = {(kind, name) for kind, name, _ in EXAMPLES}
+    tcrp = {"join-tunnel-request", "join-tunnel-complete", "tunnel-request", "tunnel-complete"}
+    tcrp |= {"resume-request", "resume-complete"}
+    frames = {("upframe", "ping"), ("downframe", "status")}
+    assert {("tcrp", name) for name in tcrp} | frames <= examples
+
+
+def test_the_tunnel_complete_example_grants_both_and_carries_a_secret() -> None:
+    (hex_dump,) = [h for _, name, h in EXAMPLES if name == "join-tunnel-complete"]
+    admission = parse_reply(decode_tcrp(bytes.fromhex(hex_dump)))
+    assert isinstance(admission, Admission)
+    assert admission.features == ("delivery", "tunnel", "resume")
+    assert admission.resume is not None and len(admission.resume) == 32
 
 
 @pytest.mark.parametrize(("kind", "name", "hex_dump"), EXAMPLES, ids=[e[1] for e in EXAMPLES])

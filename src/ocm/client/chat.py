@@ -136,10 +136,9 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable on our connected socket: nothing listens on the server's
-        # UDP port any more, so the server (and our token with it) is gone.
-        # (Windows reports it as a reset.)
+        # UDP port any more, or a firewall rejects UDP. (Windows reports it as a reset.)
         if isinstance(exc, ConnectionRefusedError | ConnectionResetError):
-            self.client._feed(self.client._state.end(LOST_CONTACT))
+            self.client._udp_refused()
 
 
 class ChatOptions(TypedDict, total=False):
@@ -492,7 +491,7 @@ class ChatClient:
                 first = self._tunnel is None
                 await self._start_tunnel(channel)
                 channel = None  # the tunnel's now
-                notice = OVER_TCP if first and trouble == NO_UDP_ANSWER else None
+                notice = OVER_TCP if first else None  # a new tunnel for an old is no news
         except ServerError as error:
             if error.code is ErrorCode.INVALID_TOKEN:
                 state.out = True  # dropped meanwhile (or the room closed): nothing to leave
@@ -503,17 +502,28 @@ class ChatClient:
                 reason = f"could not resume ({error.message})"
             self._feed(state.end(reason))
         except (OCMError, OSError):
-            self._feed(state.end(STOPPED_ANSWERING))
+            self._feed(state.end(LOST_CONTACT if trouble == LOST_CONTACT else STOPPED_ANSWERING))
         else:
             state.path_restored(self._loop.time())
-            if notice is not None or (trouble == NO_UDP_ANSWER and self._tunnel is not None):
-                self._feed([PathChanged(notice or OVER_TCP)])
+            if notice is not None:
+                self._feed([PathChanged(notice)])
             self._transmit()
             self._arm_timer()
         finally:
             self._recovery = None
             if channel is not None:
                 await channel.close()
+
+    def _udp_refused(self) -> None:
+        """ICMP port unreachable on our UDP socket: nothing listens on the server's UDP
+        port any more (the server is gone), or a firewall on the way rejects UDP. With
+        section 4, TCP tells which; else the server is taken for gone."""
+        state = self._state
+        if isinstance(state, DeliveryState) and state.recoverable:
+            state.path_lost(LOST_CONTACT)
+            self._check_path()
+        else:
+            self._feed(state.end(LOST_CONTACT))
 
     async def _reopen_udp(self) -> None:
         """A new UDP socket from our (new) address: the old one is bound to the old."""
