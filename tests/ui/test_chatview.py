@@ -6,7 +6,17 @@ from datetime import datetime
 
 import pytest
 
-from ocm.client import Closed, ErrorReply, Event, Gap, Message, Notice, Overflow, Undelivered
+from ocm.client import (
+    Closed,
+    ErrorReply,
+    Event,
+    Gap,
+    Message,
+    Notice,
+    Overflow,
+    PathChanged,
+    Undelivered,
+)
 from ocm.ui.chatview import (
     EXIT_ERROR,
     EXIT_LEFT,
@@ -97,6 +107,10 @@ def test_mentions_whole_words_ignoring_case() -> None:
         (Overflow(1), "! skipped 1 event"),
         (Overflow(20), "! skipped 20 events"),
         (
+            PathChanged("UDP blocked here; chatting over TCP"),
+            "! UDP blocked here; chatting over TCP",
+        ),
+        (
             Closed("host alice left; the room is closed"),
             "! room closed: host alice left; the room is closed",
         ),
@@ -144,6 +158,11 @@ def test_event_lines_split_a_multi_line_message_and_show_actions() -> None:
         (Gap(2, 3), "12:05 !! 1 message lost on the way (UDP); the chat goes on", "class:error"),
         (Undelivered("hi\x1b[2J"), "12:05 !! not delivered: hi\ufffd[2J", "class:error"),
         (Overflow(7), "12:05 !! 7 events skipped: they came too fast to show", "class:error"),
+        (
+            PathChanged("the network\x1b changed"),
+            "12:05 -- the network\ufffd changed",
+            "class:info",
+        ),
         (
             Closed("server shutting down"),
             "12:05 !! room closed: server shutting down",
@@ -230,6 +249,8 @@ def test_info_who_and_toolbar() -> None:
     sending = toolbar("lobby", ["alice"], "alice", "alice", unconfirmed=2)
     assert plain(sending).endswith("· /help · 2 sending")
     assert sending[-1] == ("class:bottom-toolbar.sending", " · 2 sending")
+    tunnelled = toolbar("lobby", ["alice"], "alice", "alice", over_tcp=True)
+    assert plain(tunnelled).endswith("· /help · over TCP")
 
 
 @pytest.mark.parametrize(

@@ -307,10 +307,17 @@ def exit_status(closed: Closed | None, *, server_lost: bool, left: bool, lines_l
 
 
 def toolbar(
-    room: str, members: Sequence[str], host: str, me: str, unconfirmed: int = 0
+    room: str,
+    members: Sequence[str],
+    host: str,
+    me: str,
+    unconfirmed: int = 0,
+    *,
+    over_tcp: bool = False,
 ) -> Fragments:
-    """The bottom toolbar: room, member count, host, how to get help, and how many of
-    our messages are on their way (sent, the server's copy not back yet)."""
+    """The bottom toolbar: room, member count, host, how to get help, how many of our
+    messages are on their way (sent, the server's copy not back yet), and whether the
+    chat goes over TCP (UDP blocked here)."""
     you_host = host.casefold() == me.casefold()
     host_text = "you are the host" if you_host else f"host: {sanitize(host)}"
     fragments = [
@@ -319,6 +326,8 @@ def toolbar(
     ]
     if unconfirmed:
         fragments.append(("class:bottom-toolbar.sending", f" · {unconfirmed} sending"))
+    if over_tcp:
+        fragments.append(("", " · over TCP"))
     return fragments
 
 

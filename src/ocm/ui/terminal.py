@@ -154,7 +154,14 @@ class TerminalChat:
             # Redrawn with every line printed above the prompt, so the count of messages
             # on their way stays current: each copy that comes back is such a line.
             bottom_toolbar=lambda: FormattedText(
-                toolbar(chat.room, chat.members, chat.host, chat.name, chat.unconfirmed)
+                toolbar(
+                    chat.room,
+                    chat.members,
+                    chat.host,
+                    chat.name,
+                    chat.unconfirmed,
+                    over_tcp=chat.over_tcp,
+                )
             ),
             completer=NameCompleter(self.roster, lambda: chat.members),
             complete_while_typing=False,
