@@ -257,6 +257,10 @@ class RoomRegistry:
         # ``now`` never goes backwards.
         self._activity: OrderedDict[Member, None] = OrderedDict()
         self._rooms_by_ip: dict[str, int] = {}  # canonical host IP -> rooms it hosts
+        # Section 4: the members whose address is a tunnel's (a negative port), by that
+        # address. The relay takes any token valid from a tunnel's IP through it, not only
+        # the one it was opened for, so a closing tunnel must unbind every one of them.
+        self._tunnelled: dict[Address, set[Member]] = {}
         # Set by close_all: a create or join that was waiting for a password hash
         # while the server shut down must not open a room nobody will close.
         self.closed = False
@@ -470,12 +474,13 @@ class RoomRegistry:
             raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
         return member
 
-    def unbind(self, member: Member, address: Address) -> None:
-        """``address`` no longer reaches ``member`` (its tunnel closed): nothing is sent
-        there until the member's next datagram sets a new one."""
-        if member.address == address:
-            member.address = None
-            member.room.refresh_addresses()
+    def unbind(self, address: Address) -> None:
+        """``address`` (a tunnel's, closed) no longer reaches anyone: nothing is sent
+        there until each member it was the address of sets a new one."""
+        for member in self._tunnelled.pop(address, ()):
+            if member.address == address:
+                member.address = None
+                member.room.refresh_addresses()
 
     def leave_member(self, member: Member, now: float) -> list[Outgoing]:
         """``member`` leaves (LEAVE_ROOM, or a delivery member's LEAVE): the others get
@@ -545,6 +550,8 @@ class RoomRegistry:
         if member.address != address:
             member.address = address
             member.room.refresh_addresses()
+            if address[1] < 0:  # a tunnel's (section 4): unbound when it closes
+                self._tunnelled.setdefault(address, set()).add(member)
 
     # -- internals ---------------------------------------------------------------
 

@@ -282,7 +282,7 @@ class TcrpHandler:
         A connection silent for the idle timeout ends too: its member is gone by then.
         """
         try:  # the member may have left while the COMPLETE was written
-            member = self.registry.tunnel_member(request.room, request.token, ip)
+            self.registry.tunnel_member(request.room, request.token, ip)
         except OCMError:
             return
         peer = writer.get_extra_info("peername")
@@ -309,7 +309,7 @@ class TcrpHandler:
             log.debug("closing the tunnel of %s: %s", ip, error)
         finally:
             self._close_tunnel(link)
-            self.registry.unbind(member, address)
+            self.registry.unbind(address)
 
     async def _hash(self, pending: PendingCreate | PendingJoin, work: Callable[[], T]) -> T:
         """Run ``work`` (scrypt) on the hash executor, once a slot is free.

@@ -158,6 +158,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 link.send(datagram)
             elif address[1] >= 0:  # a tunnel address whose link is gone goes nowhere
                 udp.append(address)
+        if len(udp) == len(addresses):
+            return addresses  # the same tuple: BatchSender keys its prepared lists by it
         return tuple(udp)
 
     def open_tunnel(self, link: TunnelLink) -> None:
