@@ -422,3 +422,85 @@ async def fake_server() -> AsyncIterator[FakeServer]:
     finally:
         listener.close()
         udp.close()
+
+
+class TunnelPeer:
+    """A member's tunnel (section 4 of docs/protocol.md), raw: a TCRP connection that,
+    after TUNNEL's ok ACK and COMPLETE, carries framed relay datagrams both ways.
+
+    :meth:`send` takes an encoded extended datagram (``ocm.wire.delivery``), :meth:`recv`
+    returns the next datagram the server sent, as bytes (``decode_received`` them).
+    """
+
+    def __init__(self, connection: TcrpConnection) -> None:
+        from ocm.wire.tunnel import FrameReader
+
+        self.connection = connection
+        # Whatever the reply reader took beyond the COMPLETE is the first frames' bytes.
+        self.frames = FrameReader(connection.replies.framer.take_rest())
+
+    @classmethod
+    async def open(
+        cls,
+        port: int,
+        room: str,
+        token: str,
+        *,
+        local_host: str = LOOPBACK,
+        sock: socket.socket | None = None,
+    ) -> TunnelPeer:
+        """TUNNEL on a new connection from ``local_host``, or on ``sock`` (connected)."""
+        from ocm.wire.tcrp import Tunnel, Tunnelled
+
+        if sock is None:
+            connection = await TcrpConnection.open(port, local_host=local_host)
+        else:
+            connection = TcrpConnection(*await asyncio.open_connection(sock=sock))
+        try:
+            ack, complete = await connection.call(Tunnel(room, token))
+            assert ack.ok, ack
+            assert complete == Tunnelled(room), complete
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection)
+
+    @property
+    def port(self) -> int:
+        """The local TCP port: the server knows the tunnel as (IP, -port)."""
+        return int(self.connection.writer.get_extra_info("sockname")[1])
+
+    def send(self, datagram: bytes) -> None:
+        from ocm.wire.tunnel import encode_frame
+
+        self.connection.writer.write(encode_frame(datagram))
+
+    async def recv(self, timeout: float = 1000 * MS) -> bytes:
+        """The next datagram; EOFError if the server ended the tunnel first."""
+        async with asyncio.timeout(timeout):
+            while (datagram := self.frames.next_frame()) is None:
+                data = await self.connection.reader.read(64 * 1024)
+                if not data:
+                    raise EOFError("the server closed the tunnel")
+                self.frames.feed(data)
+        return datagram
+
+    async def ended(self, timeout: float = 1000 * MS) -> None:
+        """Read (and drop) until the server ends the tunnel; TimeoutError if it does not."""
+        transport = self.connection.writer.transport
+        if isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+            transport.resume_reading()  # after stop_reading
+        async with asyncio.timeout(timeout):
+            with suppress(ConnectionError):
+                while await self.connection.reader.read(64 * 1024):
+                    pass
+
+    def stop_reading(self) -> None:
+        """Read nothing more: what the server sends waits in the kernel, then in its own
+        buffer (the stream reader would otherwise take up to 128 KiB on our side)."""
+        transport = self.connection.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+    async def close(self) -> None:
+        await self.connection.close()

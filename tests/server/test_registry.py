@@ -622,6 +622,163 @@ def test_touch_sets_and_replaces_the_address(registry: RoomRegistry) -> None:
 
 
 # ---------------------------------------------------------------------------
+# section 4: resume and tunnels
+# ---------------------------------------------------------------------------
+
+THIRD_IP = "10.0.0.3"
+
+
+def test_resume_moves_the_member_and_rotates_its_secret() -> None:
+    registry = RoomRegistry(idle_timeout=60.0)
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    bob, _ = registry.join_room("lobby", "bob", None, IP, 1.0, delivery=True)
+    registry.touch(bob, (IP, 40002), 1.0)
+    registry.touch(alice, ADDR, 10.0)
+    secret = registry.issue_secret(bob)
+    room = registry.rooms["lobby"]
+    seq, kept = room.seq, len(room.history or ())
+    assert registry.next_deadline() == 61.0  # bob, heard at 1
+
+    moved, renewed = registry.resume("lobby", bob.token, secret, OTHER_IP, 15.0)
+
+    assert moved is bob and bob.ip == OTHER_IP
+    assert renewed != secret and renewed.isascii() and len(renewed) >= 22
+    assert bob.secret_digest is not None and renewed.encode() not in bob.secret_digest
+    # Its old address is forgotten until a datagram comes from the new IP.
+    assert bob.address is None and room.addresses == (ADDR,) == room.delivery_addresses
+    assert registry.authenticate_token(bob.token_bytes, OTHER_IP) is bob
+    assert registry.authenticate_token(bob.token_bytes, IP) is None
+    # No leave, no join: the room's Seq, history and members are as they were.
+    assert (room.seq, len(room.history or ()), list(room.members)) == (seq, kept, ["alice", "bob"])
+    assert registry.expire(15.0) == []
+    assert registry.next_deadline() == 70.0  # alice: the resume counts as bob heard at 15
+    # Each secret moves the token once.
+    with pytest.raises(RoomError) as info:
+        registry.resume("lobby", bob.token, secret, IP, 16.0)
+    check_code(info, ErrorCode.INVALID_TOKEN)
+    assert bob.ip == OTHER_IP
+    back, _ = registry.resume("lobby", bob.token, renewed, "::ffff:127.0.0.1", 17.0)
+    assert back is bob and registry.authenticate_token(bob.token_bytes, IP) is bob
+
+
+def test_a_refused_resume_counts_as_a_wrong_password() -> None:
+    """A token sniffed off the network cannot be moved by guessing its secret."""
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=4, window=60.0))
+    registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    registry.create_room("other", "oscar", None, IP, 0.0, delivery=True)
+    bob, _ = registry.join_room("lobby", "bob", None, IP, 0.0, delivery=True)
+    carol, _ = registry.join_room("lobby", "carol", None, IP, 0.0, delivery=True)
+    secret = registry.issue_secret(bob)
+    attempts = [
+        ("lobby", bob.token, "wrong-" + secret[6:]),
+        ("lobby", carol.token, secret),  # a member that never asked for a secret
+        ("lobby", "no-such-token", secret),
+        ("other", bob.token, secret),  # the right pair, named with another room
+    ]
+    for room, token, tried in attempts:
+        with pytest.raises(RoomError) as info:
+            registry.resume(room, token, tried, THIRD_IP, 1.0)
+        check_code(info, ErrorCode.INVALID_TOKEN)
+    with pytest.raises(RoomError) as info:  # blocked: even the right secret
+        registry.resume("lobby", bob.token, secret, THIRD_IP, 2.0)
+    check_code(info, ErrorCode.RATE_LIMITED)
+    assert bob.ip == IP and carol.ip == IP
+    # Another address is not blocked, and the window slides.
+    registry.resume("lobby", bob.token, secret, OTHER_IP, 2.0)
+    with pytest.raises(RoomError) as info:
+        registry.resume("lobby", carol.token, "x" * 32, THIRD_IP, 61.5)
+    check_code(info, ErrorCode.INVALID_TOKEN)
+
+
+def test_a_resumed_host_takes_its_room_count_to_its_new_address() -> None:
+    registry = RoomRegistry(max_rooms_per_ip=1)
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    with pytest.raises(RoomError) as info:
+        registry.create_room("b", "carol", None, IP, 0.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+
+    registry.resume("lobby", alice.token, registry.issue_secret(alice), OTHER_IP, 1.0)
+
+    assert registry.create_room("b", "carol", None, IP, 1.0).name == "carol"  # freed
+    with pytest.raises(RoomError) as info:  # charged
+        registry.create_room("c", "dave", None, OTHER_IP, 1.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+    # Closing the room later gives the count back where it now is, without a KeyError.
+    assert decoded(registry.leave("lobby", alice.token, OTHER_IP, 2.0))[0].kind is Kind.CLOSED
+    assert registry.create_room("c", "dave", None, OTHER_IP, 2.0).name == "dave"
+    with pytest.raises(RoomError) as info:
+        registry.create_room("d", "erin", None, IP, 2.0)  # carol's room still counts
+    check_code(info, ErrorCode.SERVER_FULL)
+
+
+def test_a_host_resumed_from_its_own_address_is_counted_once() -> None:
+    registry = RoomRegistry(max_rooms_per_ip=2)
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    registry.resume("lobby", alice.token, registry.issue_secret(alice), "::ffff:" + IP, 1.0)
+    assert registry.create_room("b", "carol", None, IP, 1.0).name == "carol"
+    with pytest.raises(RoomError) as info:
+        registry.create_room("c", "dave", None, IP, 1.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+
+
+def test_tunnel_member_is_a_delivery_member_of_that_room_from_its_address() -> None:
+    registry = RoomRegistry()
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    carol, _ = registry.join_room("lobby", "carol", None, IP, 0.0)  # version 1
+    oscar = registry.create_room("other", "oscar", None, IP, 0.0, delivery=True)
+    assert registry.tunnel_member("lobby", alice.token, IP) is alice
+    assert registry.tunnel_member("lobby", alice.token, "::ffff:" + IP) is alice
+    for room, token, ip in [
+        ("lobby", carol.token, IP),  # a tunnel carries extended datagrams only
+        ("other", alice.token, IP),
+        ("lobby", oscar.token, IP),
+        ("lobby", alice.token, OTHER_IP),
+        ("lobby", "no-such-token", IP),
+        ("lobby", "tökén", IP),
+    ]:
+        with pytest.raises(RoomError) as info:
+            registry.tunnel_member(room, token, ip)
+        check_code(info, ErrorCode.INVALID_TOKEN)
+
+
+def test_unbind_forgets_a_closed_tunnels_address_for_everyone_it_reached() -> None:
+    """A tunnel carries whatever tokens are valid from its IP: when it closes, each member
+    whose address it was is unbound, not only the one it was opened for."""
+    registry = RoomRegistry()
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    bob, _ = registry.join_room("lobby", "bob", None, IP, 0.0, delivery=True)
+    carol, _ = registry.join_room("lobby", "carol", None, IP, 0.0)  # version 1
+    oscar = registry.create_room("other", "oscar", None, IP, 0.0, delivery=True)
+    registry.touch(alice, ADDR, 1.0)
+    tunnel, older = (IP, -5000), (IP, -4999)
+    for member in (bob, carol, oscar):
+        registry.touch(member, tunnel, 1.0)
+    room = registry.rooms["lobby"]
+    assert set(room.addresses) == {ADDR, tunnel}
+    registry.unbind(older)  # another tunnel closing: nobody's address now
+    registry.unbind(tunnel)
+    assert (bob.address, carol.address, oscar.address) == (None, None, None)
+    assert room.addresses == (ADDR,) == room.delivery_addresses
+    assert registry.rooms["other"].addresses == ()
+    assert "bob" in room.members and registry.authenticate_token(bob.token_bytes, IP) is bob
+    registry.touch(bob, (IP, 40002), 2.0)  # his next datagram sets a new one
+    assert set(room.addresses) == {ADDR, (IP, 40002)}
+
+
+def test_unbind_leaves_a_member_that_moved_on() -> None:
+    registry = RoomRegistry()
+    alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    registry.touch(alice, (IP, -5000), 1.0)
+    registry.touch(alice, (IP, -6000), 2.0)  # a newer tunnel
+    registry.unbind((IP, -5000))
+    assert alice.address == (IP, -6000)
+    registry.touch(alice, ADDR, 3.0)  # back on UDP
+    registry.unbind((IP, -6000))
+    assert alice.address == ADDR
+    assert registry.rooms["lobby"].addresses == (ADDR,)
+
+
+# ---------------------------------------------------------------------------
 # idle expiry
 # ---------------------------------------------------------------------------
 
