@@ -168,3 +168,19 @@ async def test_a_server_gone_for_good_is_still_noticed_with_a_tunnel() -> None:
         assert events[-1] == Closed(STOPPED_ANSWERING)
         assert not await bob.close()
         proxy.restore()
+
+
+async def test_udp_rejected_by_icmp_moves_to_tcp_at_once() -> None:
+    """A firewall that rejects UDP (ICMP port unreachable) rather than dropping it: the
+    client asks TCP at once instead of waiting out the grace, and tunnels."""
+    async with running_server() as server:
+        assert server._endpoint.transport is not None
+        server._endpoint.transport.close()  # nothing listens on the UDP port any more
+        await server._endpoint.closed.wait()
+        started = asyncio.get_running_loop().time()
+        bob = await ChatClient.create(server_of(server), "lobby", "bob")  # 3 s grace
+        assert await asyncio.wait_for(anext(bob), 2000 * MS) == PathChanged(OVER_TCP)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        await bob.send("still here")
+        assert texts(await collect(bob, 1)) == ["still here"]
+        assert await bob.close()

@@ -47,7 +47,6 @@ from typing import Any, TypedDict, Unpack
 from ocm.client.address import format_server_address, parse_server_address
 from ocm.client.delivery import (
     FEATURES,
-    NO_UDP_ANSWER,
     REFUSED_HERE,
     STOPPED_ANSWERING,
     DeliveryState,

@@ -9,9 +9,11 @@ and COMPLETE. No protocol decisions are made here. Datagrams the registry produc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
+import socket
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import replace
@@ -63,6 +65,10 @@ T = TypeVar("T")
 # What one read takes off a connection: a whole request almost always, and a bound on
 # what a pipelining peer makes us buffer beyond the message being decoded.
 _READ_SIZE = 16 * 1024
+# What the kernel may hold for one tunnel, on top of --tunnel-buffer: seconds of a busy
+# room for one member. Left to itself Linux grows it to 4 MiB a connection (tcp_wmem),
+# which would hide a reader that stopped, and hold as much per tunnel.
+TUNNEL_SEND_BUFFER = 64 * 1024
 
 
 class TcrpHandler:
@@ -285,6 +291,10 @@ class TcrpHandler:
             self.registry.tunnel_member(request.room, request.token, ip)
         except OCMError:
             return
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a smaller kernel buffer is not needed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TUNNEL_SEND_BUFFER)
         peer = writer.get_extra_info("peername")
         address = tunnel_address(ip, int(peer[1]) if peer else 0)
         link = TunnelLink(address, writer.transport, self.limits.tunnel_buffer)

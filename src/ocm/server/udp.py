@@ -115,13 +115,13 @@ class RelayEndpoint(asyncio.DatagramProtocol):
 
     def send_to(self, datagram: bytes, addresses: tuple[Address, ...]) -> None:
         """Send ``datagram`` to each address, straight to the socket when possible."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
         if self.tunnels:  # one check on the hot path while nobody tunnels
             addresses = self._through_tunnels(datagram, addresses)
             if not addresses:
                 return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # (tunnels do not need the UDP socket: a firewall may block it)
         sock = self._sock
         if sock is not None and not self._queued():
             if self._batch is not None and len(addresses) >= BATCH_FROM:
