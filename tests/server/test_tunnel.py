@@ -379,6 +379,66 @@ async def test_an_open_tunnel_leaves_the_fan_out_of_udp_rooms_as_it_was() -> Non
                 m.peer.close()
 
 
+async def test_a_room_of_both_kinds_splits_its_fan_out_once_per_member_change() -> None:
+    """Four members, two tunnelled: every line reaches all four, and the room's UDP
+    addresses are prepared for the batch sender once, not per line (the split of the
+    room's fan-out list is remembered). Closing a tunnel forgets the split: the next
+    line still reaches everyone else, and nothing goes to the closed tunnel's address."""
+    async with running_server() as server:
+        tunnel = ("delivery", "tunnel")
+        admissions = [await admit(server.tcp_port, CreateRoom("lobby", "m0", None, tunnel))]
+        for n in (1, 2, 3):
+            request = JoinRoom("lobby", f"m{n}", None, tunnel)
+            admissions.append(await admit(server.tcp_port, request))
+        udp = [await on_udp(admissions[0]), await on_udp(admissions[1])]
+        tunnels = [
+            await through_tunnel(server, admissions[2]),
+            await through_tunnel(server, admissions[3]),
+        ]
+        endpoint = server._endpoint
+        prepared: list[int] = []
+        batch = endpoint._batch
+        if batch is not None:
+            prepare = batch._prepare
+
+            def counted(addresses: tuple[Address, ...]) -> Any:
+                prepared.append(len(addresses))
+                return prepare(addresses)
+
+            batch._prepare = counted  # type: ignore[method-assign]
+
+        async def everyone_hears(texts: list[str], peers: int = 4) -> None:
+            async def chats(next_one: Any) -> list[str]:
+                heard: list[str] = []
+                while len(heard) < len(texts):
+                    datagram = await next_one()
+                    if isinstance(datagram, Chat):
+                        heard.append(datagram.text)
+                return heard
+
+            listeners = [lambda p=p: received(p) for p in udp]
+            listeners += [lambda p=p: tunnelled(p) for p in tunnels[: peers - 2]]
+            for listener in listeners:
+                assert await chats(listener) == texts
+
+        try:
+            for n in range(5):
+                udp[n % 2].send_raw(
+                    encode_extended(Data(admissions[n % 2].token, n // 2 + 1, f"l{n}"))
+                )
+            await everyone_hears([f"l{n}" for n in range(5)])
+            assert len(prepared) <= 1 and set(prepared) <= {2}  # the two UDP members, once
+            assert len(endpoint._splits) <= 2
+            await tunnels[1].close()
+            await until(lambda: member(server, admissions[3]).address is None)
+            udp[0].send_raw(encode_extended(Data(admissions[0].token, 4, "after")))
+            await everyone_hears(["after"], peers=3)
+        finally:
+            for peer in udp:
+                peer.close()
+            await tunnels[0].close()
+
+
 # ---------------------------------------------------------------------------
 # Closed tunnels
 # ---------------------------------------------------------------------------

@@ -40,6 +40,9 @@ BATCH_FROM = 3
 # link): past it copies are dropped, as a router would, and the members see a Seq gap.
 # Without a cap one fast sender in a big room could grow the server's memory forever.
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
+# Fan-out lists whose split into tunnels and UDP is remembered: more rooms than this
+# chatting at once only costs a recomputation now and then.
+MAX_SPLITS = 1024
 
 
 class RelayEndpoint(asyncio.DatagramProtocol):
@@ -66,6 +69,14 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         # goes to the connection instead of the socket.
         self.tunnels: dict[Address, TunnelLink] = {}
         self._tunnel_linger = tunnel_linger
+        # How each room's fan-out list splits into tunnels and UDP addresses, by the
+        # list's identity (with the list, so the id stays its own): a room's list is one
+        # tuple until its members change, so a chat line costs one lookup, and
+        # BatchSender gets the same UDP tuple each time (it keys its prepared
+        # destinations by it). Emptied whenever the tunnels change.
+        self._splits: dict[
+            int, tuple[tuple[Address, ...], tuple[TunnelLink, ...], tuple[Address, ...]]
+        ] = {}
         self._next_drop_warning = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,21 +161,39 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self, datagram: bytes, addresses: tuple[Address, ...]
     ) -> tuple[Address, ...]:
         """Write ``datagram`` to the tunnels among ``addresses``; the UDP ones are left."""
+        if len(addresses) < BATCH_FROM:  # an answer to one member: not worth a cache
+            links, udp = self._split(addresses)
+        else:
+            split = self._splits.get(id(addresses))
+            if split is None or split[0] is not addresses:
+                if len(self._splits) >= MAX_SPLITS:
+                    self._splits.clear()
+                split = self._splits[id(addresses)] = (addresses, *self._split(addresses))
+            _, links, udp = split
+        for link in links:
+            link.send(datagram)
+        return udp
+
+    def _split(
+        self, addresses: tuple[Address, ...]
+    ) -> tuple[tuple[TunnelLink, ...], tuple[Address, ...]]:
         tunnels = self.tunnels
+        links: list[TunnelLink] = []
         udp: list[Address] = []
         for address in addresses:
             link = tunnels.get(address)
             if link is not None:
-                link.send(datagram)
+                links.append(link)
             elif address[1] >= 0:  # a tunnel address whose link is gone goes nowhere
                 udp.append(address)
         if len(udp) == len(addresses):
-            return addresses  # the same tuple: BatchSender keys its prepared lists by it
-        return tuple(udp)
+            return (), addresses  # the same tuple: BatchSender keys its prepared lists by it
+        return tuple(links), tuple(udp)
 
     def open_tunnel(self, link: TunnelLink) -> None:
         """Route ``link.address`` to ``link``; :meth:`close_tunnel` ends it."""
         self.tunnels[link.address] = link
+        self._splits.clear()
 
     def close_tunnel(self, link: TunnelLink) -> None:
         """Close ``link``, keeping its address routed (to nowhere) for a while: datagrams
@@ -176,6 +205,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
     def _forget_tunnel(self, link: TunnelLink) -> None:
         if self.tunnels.get(link.address) is link:
             del self.tunnels[link.address]
+            self._splits.clear()
 
     def _drop(self, copies: int) -> None:
         self.dropped += copies
