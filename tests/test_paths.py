@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import AsyncIterator
 
 import pytest
@@ -181,6 +182,23 @@ async def test_udp_rejected_by_icmp_moves_to_tcp_at_once() -> None:
         bob = await ChatClient.create(server_of(server), "lobby", "bob")  # 3 s grace
         assert await asyncio.wait_for(anext(bob), 2000 * MS) == PathChanged(OVER_TCP)
         assert asyncio.get_running_loop().time() - started < 1.0
+        await bob.send("still here")
+        assert texts(await collect(bob, 1)) == ["still here"]
+        assert await bob.close()
+
+
+async def test_a_network_that_goes_away_is_looked_into_at_once() -> None:
+    """A UDP send that reports our route gone (ENETUNREACH: the laptop left its Wi-Fi)
+    starts the recovery at once, not after three silent heartbeat intervals. Here TCP
+    still works from the same address, so the chat goes on over a tunnel."""
+    async with running_server() as server:
+        bob = await ChatClient.create(server_of(server), "lobby", "bob")  # 15 s heartbeats
+        await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
+        assert bob._transport is not None
+        protocol = bob._transport.get_protocol()
+        assert isinstance(protocol, asyncio.DatagramProtocol)
+        protocol.error_received(OSError(errno.ENETUNREACH, "Network is unreachable"))
+        assert await asyncio.wait_for(anext(bob), 2000 * MS) == PathChanged(OVER_TCP)
         await bob.send("still here")
         assert texts(await collect(bob, 1)) == ["still here"]
         assert await bob.close()

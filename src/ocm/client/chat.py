@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
 import socket
 from collections.abc import Callable
@@ -122,6 +123,16 @@ _TUNNEL_READ_SIZE = 64 * 1024
 OVER_TCP = "UDP blocked here; chatting over TCP"
 RESUMED = "the network changed; still in the room"
 TUNNEL_CLOSED = "the TCP connection to the server closed"
+NETWORK_GONE = "our network went away"
+# What a UDP send reports when our address or route went away: a laptop that left its
+# Wi-Fi, a socket bound to an address the machine no longer has.
+_NETWORK_GONE = frozenset(
+    code
+    for name in ("EADDRNOTAVAIL", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH")
+    if (code := getattr(errno, name, None)) is not None
+)
+# Troubles after which UDP may work again from a new address.
+_SILENT = frozenset({STOPPED_ANSWERING, NETWORK_GONE})
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -138,6 +149,10 @@ class _Endpoint(asyncio.DatagramProtocol):
         # UDP port any more, or a firewall rejects UDP. (Windows reports it as a reset.)
         if isinstance(exc, ConnectionRefusedError | ConnectionResetError):
             self.client._udp_refused()
+        elif isinstance(exc, OSError) and exc.errno in _NETWORK_GONE:
+            # Our address or route went away (another network): ask TCP at once
+            # rather than after three silent heartbeat intervals.
+            self.client._network_gone()
 
 
 class ChatOptions(TypedDict, total=False):
@@ -481,7 +496,7 @@ class ChatClient:
                     raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "RESUME answered wrongly")
                 self._secret = resumed.secret
                 self._link = channel.link
-            udp_works = trouble == REFUSED_HERE or (trouble == STOPPED_ANSWERING and moved)
+            udp_works = trouble == REFUSED_HERE or (trouble in _SILENT and moved)
             if self._tunnel is None and (udp_works or not self._can_tunnel):
                 if moved or self._transport is None:
                     await self._reopen_udp()
@@ -523,6 +538,12 @@ class ChatClient:
             self._check_path()
         else:
             self._feed(state.end(LOST_CONTACT))
+
+    def _network_gone(self) -> None:
+        state = self._state
+        if isinstance(state, DeliveryState):
+            state.path_lost(NETWORK_GONE)
+            self._check_path()
 
     async def _reopen_udp(self) -> None:
         """A new UDP socket from our (new) address: the old one is bound to the old."""
