@@ -7,7 +7,8 @@ are noise at this size. The C load generator is used where it compiles; the Pyth
 one is run on its own as well, so both stay working. The cost of the delivery
 extension (delivery members, a "before" server from another source tree: here this
 one's own src/, which exercises the mechanism), the relay core's cost per line
-(bench/relay_cost.py) and the lossy scenario (bench/lossy.py) run in miniature too.
+(bench/relay_cost.py), the lossy scenario (bench/lossy.py) and tunnelled members against
+UDP members (bench/tunnel.py) run in miniature too.
 """
 
 from __future__ import annotations
@@ -216,3 +217,29 @@ def test_the_lossy_bench_runs(tmp_path: Path) -> None:
     assert rows["delivery"]["duplicates"] == 0
     assert rows["delivery"]["same_order"] and rows["delivery"]["seq_increasing"]
     assert "| delivery | 10% |" in report["stdout"]
+
+
+@pytest.mark.timeout(60)
+def test_the_tunnel_bench_runs(tmp_path: Path) -> None:
+    """bench/tunnel.py in miniature: latency for every pair of paths, and throughput to
+    UDP, half tunnelled and tunnelled receivers, all on a real server process."""
+    report = bench(tmp_path, module="bench.tunnel")
+
+    pairs = {(row["sender"], row["receiver"]): row for row in report["latency"]}
+    assert set(pairs) == {(s, r) for s in ("udp", "tunnel") for r in ("udp", "tunnel")}
+    for pair, row in pairs.items():
+        assert row["samples"] > 0, pair
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], pair
+    rows = {row["config"]: row for row in report["throughput"]}
+    assert set(rows) == {"udp", "half", "tunnel", "everyone"}
+    assert [rows[c]["tunnelled_receivers"] for c in ("udp", "half", "tunnel")] == [0, 2, 4]
+    assert rows["everyone"]["sender"] == "tunnel" and rows["udp"]["sender"] == "udp"
+    for config, row in rows.items():
+        assert row["sent"] > 0 and row["deliveries_per_s"] > 0, config
+        # Nothing is lost on loopback with a window, and no tunnel is cut.
+        assert row["lost"] == row["stalls"] == row["tunnels_lost"] == 0, config
+        assert row["errors"] == row["closed"] == 0, config
+        if sys.platform.startswith("linux"):
+            assert row["server_us_per_copy"] > 0, config
+    assert report["meta"]["smoke"] is True
+    assert "| UDP | tunnel |" in report["stdout"]
