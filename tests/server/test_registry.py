@@ -690,7 +690,9 @@ def test_a_refused_resume_counts_as_a_wrong_password() -> None:
     check_code(info, ErrorCode.INVALID_TOKEN)
 
 
-def test_a_resumed_host_takes_its_room_count_to_its_new_address() -> None:
+def test_a_room_counts_against_the_address_that_created_it_until_it_closes() -> None:
+    """RESUME moves a host, not its room's count: the count stays with the creating IP
+    (freed only when the room closes), and the new IP is charged nothing."""
     registry = RoomRegistry(max_rooms_per_ip=1)
     alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
     with pytest.raises(RoomError) as info:
@@ -699,16 +701,37 @@ def test_a_resumed_host_takes_its_room_count_to_its_new_address() -> None:
 
     registry.resume("lobby", alice.token, registry.issue_secret(alice), OTHER_IP, 1.0)
 
-    assert registry.create_room("b", "carol", None, IP, 1.0).name == "carol"  # freed
-    with pytest.raises(RoomError) as info:  # charged
-        registry.create_room("c", "dave", None, OTHER_IP, 1.0)
+    with pytest.raises(RoomError) as info:  # still counted where it was created
+        registry.create_room("b", "carol", None, IP, 1.0)
     check_code(info, ErrorCode.SERVER_FULL)
-    # Closing the room later gives the count back where it now is, without a KeyError.
+    assert registry.create_room("c", "dave", None, OTHER_IP, 1.0).name == "dave"  # not charged
+    # Closing the room gives the count back to the creating IP, without a KeyError.
     assert decoded(registry.leave("lobby", alice.token, OTHER_IP, 2.0))[0].kind is Kind.CLOSED
-    assert registry.create_room("c", "dave", None, OTHER_IP, 2.0).name == "dave"
+    assert registry.create_room("b", "carol", None, IP, 2.0).name == "carol"
     with pytest.raises(RoomError) as info:
-        registry.create_room("d", "erin", None, IP, 2.0)  # carol's room still counts
+        registry.create_room("d", "erin", None, OTHER_IP, 2.0)  # dave's room still counts
     check_code(info, ErrorCode.SERVER_FULL)
+
+
+def test_resume_does_not_let_a_host_escape_max_rooms_per_ip() -> None:
+    """The escape: create up to the cap from A, resume the hosts to B, create again
+    from A, and so on: one client with two addresses would host without bound."""
+    registry = RoomRegistry(max_rooms_per_ip=2)
+    hosts = [
+        registry.create_room(name, "alice", None, IP, 0.0, delivery=True) for name in ("a", "b")
+    ]
+    for host in hosts:
+        registry.resume(host.room.name, host.token, registry.issue_secret(host), OTHER_IP, 1.0)
+    with pytest.raises(RoomError) as info:
+        registry.create_room("c", "alice", None, IP, 1.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+    # B hosts them now, and may still create its own two; no more.
+    for name in ("c", "d"):
+        registry.create_room(name, "bob", None, OTHER_IP, 1.0)
+    with pytest.raises(RoomError) as info:
+        registry.create_room("e", "bob", None, OTHER_IP, 1.0)
+    check_code(info, ErrorCode.SERVER_FULL)
+    assert sorted(registry.rooms) == ["a", "b", "c", "d"]
 
 
 def test_a_host_resumed_from_its_own_address_is_counted_once() -> None:

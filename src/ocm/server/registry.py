@@ -160,6 +160,10 @@ class Room:
     # joiners who never asked to see the past.
     history: History | None = None
     host: Member | None = None
+    # The canonical IP the room counts against (--max-rooms-per-ip): its creator's, until
+    # the room closes. A host that moves (RESUME) does not take the count along, nor
+    # free it: else two addresses would host rooms without bound.
+    counted_ip: str = ""
     members: dict[str, Member] = field(default_factory=dict)  # casefolded name -> member
     seq: int = 0
     name_bytes: bytes = b""
@@ -256,7 +260,8 @@ class RoomRegistry:
         # the front, so expiry never scans the whole server. Kept in order because
         # ``now`` never goes backwards.
         self._activity: OrderedDict[Member, None] = OrderedDict()
-        self._rooms_by_ip: dict[str, int] = {}  # canonical host IP -> rooms it hosts
+        # Canonical IP -> rooms it created that are still open (Room.counted_ip).
+        self._rooms_by_ip: dict[str, int] = {}
         # Section 4: the members whose address is a tunnel's (a negative port), by that
         # address. The relay takes any token valid from a tunnel's IP through it, not only
         # the one it was opened for, so a closing tunnel must unbind every one of them.
@@ -312,11 +317,11 @@ class RoomRegistry:
         """
         self._check_create(pending)
         name = pending.room
-        room = Room(name, password)
+        room = Room(name, password, counted_ip=canonical_ip(pending.ip))
         self.rooms[name] = room
         host = self._add_member(room, pending.username, pending.ip, now, delivery)
         room.host = host
-        self._count_hosted(pending.ip, +1)
+        self._count_hosted(room.counted_ip, +1)
         log.info(
             'room "%s" created by %s (%s)',
             name,
@@ -454,10 +459,8 @@ class RoomRegistry:
                 ErrorCode.INVALID_TOKEN, f'no member of room "{name}" with that token and secret'
             )
         if not self._same_ip(member, ip):
+            # A host's room still counts against the IP that created it (Room.counted_ip).
             log.info('%s in room "%s" moved to another address', member.name, name)
-            if member is member.room.host:  # its rooms count against its new address
-                self._count_hosted(member.ip, -1)
-                self._count_hosted(ip, +1)
         member.ip = ip
         if member.address is not None:
             member.address = None
@@ -675,7 +678,7 @@ class RoomRegistry:
         room.members.clear()
         room.refresh_addresses()
         del self.rooms[room.name]
-        if room.host is not None:
-            self._count_hosted(room.host.ip, -1)
+        if room.counted_ip:
+            self._count_hosted(room.counted_ip, -1)
         log.info('room "%s" closed: %s', room.name, text)
         return [closed]
