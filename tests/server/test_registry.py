@@ -661,33 +661,62 @@ def test_resume_moves_the_member_and_rotates_its_secret() -> None:
     assert back is bob and registry.authenticate_token(bob.token_bytes, IP) is bob
 
 
-def test_a_refused_resume_counts_as_a_wrong_password() -> None:
-    """A token sniffed off the network cannot be moved by guessing its secret."""
-    registry = RoomRegistry(failures=FailureLimiter(max_failures=4, window=60.0))
+def test_a_wrong_secret_counts_as_a_wrong_password() -> None:
+    """A token sniffed off the network cannot be moved by guessing its secret: each wrong
+    secret for an existing token of that room counts against the asking IP."""
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=3, window=60.0))
     registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
-    registry.create_room("other", "oscar", None, IP, 0.0, delivery=True)
     bob, _ = registry.join_room("lobby", "bob", None, IP, 0.0, delivery=True)
     carol, _ = registry.join_room("lobby", "carol", None, IP, 0.0, delivery=True)
     secret = registry.issue_secret(bob)
     attempts = [
-        ("lobby", bob.token, "wrong-" + secret[6:]),
-        ("lobby", carol.token, secret),  # a member that never asked for a secret
-        ("lobby", "no-such-token", secret),
-        ("other", bob.token, secret),  # the right pair, named with another room
+        (bob.token, "wrong-" + secret[6:]),
+        (carol.token, secret),  # a member that never asked for a secret
+        (bob.token, secret[::-1]),
     ]
-    for room, token, tried in attempts:
+    for token, tried in attempts:
         with pytest.raises(RoomError) as info:
-            registry.resume(room, token, tried, THIRD_IP, 1.0)
+            registry.resume("lobby", token, tried, THIRD_IP, 1.0)
         check_code(info, ErrorCode.INVALID_TOKEN)
-    with pytest.raises(RoomError) as info:  # blocked: even the right secret
-        registry.resume("lobby", bob.token, secret, THIRD_IP, 2.0)
-    check_code(info, ErrorCode.RATE_LIMITED)
+    for room, token, tried in [
+        ("lobby", bob.token, secret),  # blocked: even the right secret
+        ("lobby", "no-such-token", secret),  # blocked is checked first
+    ]:
+        with pytest.raises(RoomError) as info:
+            registry.resume(room, token, tried, THIRD_IP, 2.0)
+        check_code(info, ErrorCode.RATE_LIMITED)
     assert bob.ip == IP and carol.ip == IP
     # Another address is not blocked, and the window slides.
     registry.resume("lobby", bob.token, secret, OTHER_IP, 2.0)
     with pytest.raises(RoomError) as info:
         registry.resume("lobby", carol.token, "x" * 32, THIRD_IP, 61.5)
     check_code(info, ErrorCode.INVALID_TOKEN)
+
+
+def test_an_unknown_token_or_another_room_is_refused_but_not_counted() -> None:
+    """Like LEAVE_ROOM's: 192-bit tokens need no guess limit. An office whose room closed
+    resumes its members' dead tokens from one IP, and must not be locked out of
+    protected rooms (rate_limited) for it."""
+    registry = RoomRegistry(failures=FailureLimiter(max_failures=5, window=60.0))
+    registry.create_room("vault", "victor", PasswordHash.create("pw"), OTHER_IP, 0.0)
+    registry.create_room("other", "oscar", None, OTHER_IP, 0.0, delivery=True)
+    host = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    office = [host] + [
+        registry.join_room("lobby", f"m{n}", None, IP, 0.0, delivery=True)[0] for n in range(6)
+    ]
+    issued = [registry.issue_secret(member) for member in office]
+    survivor, survivor_secret = office[1], issued[1]
+    for _ in range(6):  # the right pair, named with another room
+        with pytest.raises(RoomError) as info:
+            registry.resume("other", survivor.token, survivor_secret, IP, 1.0)
+        check_code(info, ErrorCode.INVALID_TOKEN)
+    registry.leave("lobby", host.token, IP, 2.0)  # the room closes: every token dies
+    for member, secret in zip(office, issued, strict=True):
+        with pytest.raises(RoomError) as info:
+            registry.resume("lobby", member.token, secret, IP, 3.0)
+        check_code(info, ErrorCode.INVALID_TOKEN)
+    assert not registry.failures.blocked(IP, 3.0)
+    assert registry.join_room("vault", "alice", "pw", IP, 3.0)[0].name == "alice"
 
 
 def test_a_room_counts_against_the_address_that_created_it_until_it_closes() -> None:

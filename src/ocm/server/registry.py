@@ -441,23 +441,25 @@ class RoomRegistry:
         The member keeps its place: no leave, no join, its Seqs go on. Its address is
         forgotten until a datagram comes from the new IP (or its tunnel); what it misses
         meanwhile it repairs. Returns the member and its next secret: each secret moves
-        the token once. A refusal counts against ``ip`` as a wrong password does, so a
-        token sniffed off the network cannot be moved by guessing the secret.
+        the token once. A wrong secret for a token of that room counts against ``ip`` as
+        a wrong password does, so a token sniffed off the network cannot be moved by
+        guessing the secret. An unknown token (or one of another room) is refused but not
+        counted, as LEAVE_ROOM's is: 192-bit tokens need no guess limit, and members
+        whose room closed (or who timed out) must not lock their IP out of protected
+        rooms by trying to resume.
         """
         if self.failures.blocked(ip, now):
             raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+        refused = RoomError(
+            ErrorCode.INVALID_TOKEN, f'no member of room "{name}" with that token and secret'
+        )
         member = self.by_token.get(token.encode("ascii", "replace"))
+        if member is None or member.room.name != name:
+            raise refused
         digest = hashlib.sha256(secret.encode("ascii", "replace")).digest()
-        if (
-            member is None
-            or member.room.name != name
-            or member.secret_digest is None
-            or not hmac.compare_digest(member.secret_digest, digest)
-        ):
+        if member.secret_digest is None or not hmac.compare_digest(member.secret_digest, digest):
             self.failures.record(ip, now)
-            raise RoomError(
-                ErrorCode.INVALID_TOKEN, f'no member of room "{name}" with that token and secret'
-            )
+            raise refused
         if not self._same_ip(member, ip):
             # A host's room still counts against the IP that created it (Room.counted_ip).
             log.info('%s in room "%s" moved to another address', member.name, name)
