@@ -773,14 +773,19 @@ def test_a_host_resumed_from_its_own_address_is_counted_once() -> None:
     check_code(info, ErrorCode.SERVER_FULL)
 
 
-def test_tunnel_member_is_a_delivery_member_of_that_room_from_its_address() -> None:
+def test_tunnel_member_is_a_member_granted_tunnel_of_that_room_from_its_address() -> None:
     registry = RoomRegistry()
     alice = registry.create_room("lobby", "alice", None, IP, 0.0, delivery=True)
+    registry.grant_tunnel(alice)
+    bob, _ = registry.join_room("lobby", "bob", None, IP, 0.0, delivery=True)  # no tunnel
     carol, _ = registry.join_room("lobby", "carol", None, IP, 0.0)  # version 1
     oscar = registry.create_room("other", "oscar", None, IP, 0.0, delivery=True)
+    registry.grant_tunnel(oscar)
+    assert (alice.tunnel, bob.tunnel, carol.tunnel) == (True, False, False)
     assert registry.tunnel_member("lobby", alice.token, IP) is alice
     assert registry.tunnel_member("lobby", alice.token, "::ffff:" + IP) is alice
     for room, token, ip in [
+        ("lobby", bob.token, IP),  # delivery alone: tunnel was not granted
         ("lobby", carol.token, IP),  # a tunnel carries extended datagrams only
         ("other", alice.token, IP),
         ("lobby", oscar.token, IP),
@@ -791,6 +796,9 @@ def test_tunnel_member_is_a_delivery_member_of_that_room_from_its_address() -> N
         with pytest.raises(RoomError) as info:
             registry.tunnel_member(room, token, ip)
         check_code(info, ErrorCode.INVALID_TOKEN)
+    with pytest.raises(ValueError):  # granted only with delivery
+        registry.grant_tunnel(carol)
+    assert not carol.tunnel
 
 
 def test_unbind_forgets_a_closed_tunnels_address_for_everyone_it_reached() -> None:

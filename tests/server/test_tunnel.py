@@ -70,6 +70,7 @@ needs_alias = pytest.mark.skipif(
 )
 
 DELIVERY = ("delivery",)
+TUNNEL = ("delivery", "tunnel")
 
 
 def member(server: OCMServer, admission: Admission) -> Member:
@@ -190,7 +191,7 @@ async def test_frames_sent_right_behind_tunnel_are_not_lost() -> None:
     """A client may write its first frame with TUNNEL, before the COMPLETE is back: the
     server's TCRP reader has those bytes, and hands them to the tunnel."""
     async with running_server() as server:
-        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
         connection = await TcrpConnection.open(server.tcp_port)
         ping = encode_extended(Ping(alice.token, 5, boot(alice)))
         connection.writer.write(encode_request(Tunnel("lobby", alice.token)) + encode_frame(ping))
@@ -206,14 +207,16 @@ async def test_frames_sent_right_behind_tunnel_are_not_lost() -> None:
 
 async def test_tunnel_is_refused_for_a_wrong_token_or_a_version_1_member() -> None:
     async with running_server() as server:
-        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
         carol = await admit(server.tcp_port, JoinRoom("lobby", "carol"))  # version 1
-        other = await admit(server.tcp_port, CreateRoom("other", "oscar", None, DELIVERY))
+        dave = await admit(server.tcp_port, JoinRoom("lobby", "dave", None, DELIVERY))
+        other = await admit(server.tcp_port, CreateRoom("other", "oscar", None, TUNNEL))
         connection = await TcrpConnection.open(server.tcp_port)
         try:
             for room, token in [
                 ("lobby", "no-such-token"),
                 ("lobby", carol.token),
+                ("lobby", dave.token),  # delivery, but no tunnel granted
                 ("lobby", other.token),  # a member of another room
                 ("nowhere", alice.token),
             ]:
@@ -227,11 +230,34 @@ async def test_tunnel_is_refused_for_a_wrong_token_or_a_version_1_member() -> No
         assert server._endpoint.tunnels == {}
 
 
+async def test_tunnel_is_refused_to_a_member_granted_only_delivery() -> None:
+    """Section 4: TUNNEL is for a member granted ``tunnel``; one that asked for delivery
+    alone (its client does not expect frames) is refused, and its chat goes on."""
+    async with running_server() as server:
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        assert alice.features == ("delivery",)
+        a = await on_udp(alice)
+        connection = await TcrpConnection.open(server.tcp_port)
+        try:
+            ack, complete = await connection.call(Tunnel("lobby", alice.token))
+            assert (ack.error, complete) == (ErrorCode.INVALID_TOKEN, None)
+            ack, rooms = await connection.call(ListRooms())  # still TCRP
+            assert ack.ok and isinstance(rooms, RoomList)
+            a.send_raw(encode_extended(Data(alice.token, 1, "still on UDP")))
+            assert await received(a) == Chat(1, "alice", 1, "still on UDP")
+            address = member(server, alice).address
+            assert address is not None and address[1] > 0  # a UDP address, no tunnel's
+        finally:
+            a.close()
+            await connection.close()
+        assert server._endpoint.tunnels == {}
+
+
 @needs_alias
 async def test_tunnel_is_refused_from_another_host() -> None:
     """A token is bound to the IP that obtained it, for a tunnel as for a datagram."""
     async with running_server() as server:
-        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
         connection = await TcrpConnection.open(server.tcp_port, local_host=OTHER_HOST)
         try:
             ack, _ = await connection.call(Tunnel("lobby", alice.token))
@@ -243,7 +269,7 @@ async def test_tunnel_is_refused_from_another_host() -> None:
 @pytest.mark.parametrize("header", [b"\x00\x00", b"\x10\x01"], ids=["length 0", "length 4097"])
 async def test_a_malformed_frame_closes_the_tunnel_and_the_server_goes_on(header: bytes) -> None:
     async with running_server() as server:
-        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
         first = await through_tunnel(server, alice)
         try:
             first.connection.writer.write(header)  # no body follows: the length alone is bad
@@ -261,7 +287,7 @@ async def test_a_malformed_frame_closes_the_tunnel_and_the_server_goes_on(header
 
 async def test_a_frame_left_unfinished_ends_the_tunnel_after_the_message_timeout() -> None:
     async with running_server(message_timeout=100 * MS) as server:
-        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
         peer = await through_tunnel(server, alice)
         try:
             peer.connection.writer.write(b"\x00\x10abc")  # 3 of 16 bytes, and no more
@@ -274,7 +300,7 @@ async def test_a_frame_left_unfinished_ends_the_tunnel_after_the_message_timeout
 
 async def test_a_silent_tunnel_ends_with_the_idle_timeout() -> None:
     async with running_server(idle_timeout=200 * MS) as server:
-        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
         peer = await through_tunnel(server, alice)
         try:
             await peer.ended(1000 * MS)  # alice is gone by then too: nothing to carry
@@ -346,7 +372,7 @@ async def test_an_open_tunnel_leaves_the_fan_out_of_udp_rooms_as_it_was() -> Non
     UDP members must keep its address tuple: the batch sender (sendmmsg) prepares a
     room's destinations once, keyed by that tuple, not again for every datagram."""
     async with running_server() as server:
-        alice = await admit(server.tcp_port, CreateRoom("tunnelled", "alice", None, DELIVERY))
+        alice = await admit(server.tcp_port, CreateRoom("tunnelled", "alice", None, TUNNEL))
         a = await through_tunnel(server, alice)
         members = [await enter(server, CreateRoom("lobby", "m0"))]
         members += [await enter(server, JoinRoom("lobby", f"m{i}")) for i in (1, 2)]

@@ -132,6 +132,8 @@ class Member:
     # Section 4: the SHA-256 of the secret that moves the token to another IP, once
     # issued. Only the digest is kept: memory (or a shared store) never holds a secret.
     secret_digest: bytes | None = None
+    # Section 4: granted the ``tunnel`` feature (only with delivery), so TUNNEL is for it.
+    tunnel: bool = False
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -471,11 +473,18 @@ class RoomRegistry:
         self._activity.move_to_end(member)
         return member, self.issue_secret(member)
 
+    def grant_tunnel(self, member: Member) -> None:
+        """Section 4: ``member`` was granted ``tunnel`` (only with delivery), and may
+        open tunnels from now on."""
+        if not member.delivery:
+            raise ValueError("tunnel is granted only with delivery")
+        member.tunnel = True
+
     def tunnel_member(self, name: str, token: str, ip: str) -> Member:
-        """TUNNEL: the delivery member whose datagrams the connection will carry. The
-        token must be bound to the connection's IP, as a datagram's must."""
+        """TUNNEL: the member granted ``tunnel`` whose datagrams the connection will
+        carry. The token must be bound to the connection's IP, as a datagram's must."""
         member = self.authenticate_token(token.encode("ascii", "replace"), ip)
-        if member is None or member.room.name != name or not member.delivery:
+        if member is None or member.room.name != name or not member.tunnel:
             raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
         return member
 

@@ -357,6 +357,8 @@ class TcrpHandler:
         # Section 4 builds on section 3: a tunnel carries extended datagrams, and a
         # resumed member repairs what it missed.
         granted = (DELIVERY, *(f for f in (TUNNEL, RESUME) if f in features))
+        if TUNNEL in granted:
+            registry.grant_tunnel(member)  # TUNNEL is for it alone (tunnel_member)
         # Section 3: the member receives every Seq after this one (its own join NOTICE
         # was the last), whether or not the server knows its UDP address yet.
         return replace(
