@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from typing import Any
 
 import pytest
@@ -502,6 +503,42 @@ async def test_a_closed_tunnels_address_never_reaches_the_udp_socket(
         finally:
             a.close()
     problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == [], [r.getMessage() for r in problems]
+
+
+async def test_a_tunnel_reset_by_its_peer_is_not_written_to(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer resets the connection (RST): its transport is closing at once, but the
+    handler that closes the link runs a loop iteration or two later. What the room sends
+    meanwhile must not go to the transport: after a few writes asyncio would log
+    "socket.send() raised exception." for each."""
+    caplog.set_level(logging.WARNING)
+    async with running_server() as server:
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
+        peer = await through_tunnel(server, alice)
+        link = server._endpoint.tunnels[(LOOPBACK, -peer.port)]
+        (writer,) = (w for w in server.tcrp.writers if w.get_extra_info("peername")[1] == peer.port)
+        sock = peer.connection.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.connection.writer.transport.abort()  # closed with linger 0: a reset
+        async with asyncio.timeout(1000 * MS):
+            while not writer.transport.is_closing():
+                await asyncio.sleep(0)  # one loop iteration: the handler is not there yet
+        assert not link.closed
+        room = server.registry.rooms["lobby"]
+        chat = encode_received(Chat(1, "alice", 1, "anyone there?"))
+        for _ in range(10):
+            server._endpoint.send_to(chat, room.addresses)
+        assert link.closed and not link.cut
+        await until(lambda: member(server, alice).address is None)
+        assert list(room.members) == ["alice"]  # still a member: its client resumes
+    loggers = ("asyncio", "ocm")
+    problems = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.split(".")[0] in loggers
+    ]
     assert problems == [], [r.getMessage() for r in problems]
 
 

@@ -51,6 +51,12 @@ class TunnelLink:
         if self.closed:
             return
         transport = self._transport
+        if transport.is_closing():
+            # The peer reset the connection (or the server is closing it): the handler
+            # has not run its ``finally`` yet. A write now goes nowhere, and asyncio would
+            # log "socket.send() raised exception." for each after the first few.
+            self.closed = True
+            return
         if transport.get_write_buffer_size() > self.max_buffer:
             log.info(
                 "cutting the tunnel of %s: over %d bytes unread", self.address[0], self.max_buffer
