@@ -652,34 +652,62 @@ async def test_resume_then_tunnel_on_one_connection_from_a_new_host() -> None:
             await connection.close()
 
 
+@needs_alias
 async def test_a_stolen_token_cannot_be_moved() -> None:
-    """Without the secret a token stays where it is, and guessing is rate limited like a
-    wrong password: after max_password_failures, even the right secret is refused."""
+    """A resume attempt with a stolen token from another IP: with no secret at all, a
+    wrong one, or another member's right one, the token stays where it is, and guessing
+    is rate limited like a wrong password: after max_password_failures, even the right
+    secret is refused from there. The victim stays bound and keeps chatting."""
     async with running_server(max_password_failures=3) as server:
         port = server.tcp_port
-        alice = await admit(port, CreateRoom("lobby", "alice", None, ("delivery", "resume")))
-        bob = await admit(port, JoinRoom("lobby", "bob", None, DELIVERY))  # asked for none
-        assert alice.resume is not None
-        digest = member(server, alice).secret_digest
-        # A request without a secret is not even a request.
-        connection = await TcrpConnection.open(port)
+        features = ("delivery", "resume")
+        alice = await admit(port, CreateRoom("lobby", "alice", None, features))
+        a = await on_udp(alice)
         try:
-            payload = {"token": alice.token}
-            message = TcrpMessage(Operation.RESUME, State.REQUEST, "lobby", payload)
-            connection.writer.write(encode_tcrp(message))
-            ack = await connection.replies.next()
-            assert isinstance(ack, Ack) and ack.error is ErrorCode.BAD_REQUEST
+            bob = await admit(port, JoinRoom("lobby", "bob", None, features))
+            assert alice.resume is not None and bob.resume is not None
+            victim = member(server, alice)
+            digest, address = victim.secret_digest, victim.address
+            assert address is not None
+            assert await received(a) == ServerDatagram(Kind.NOTICE, 1, "", "bob joined")
+            # No secret field: not even a request (the field is required). The server
+            # answers bad_request and closes the connection; nothing is counted.
+            connection = await TcrpConnection.open(port, local_host=OTHER_HOST)
+            try:
+                payload = {"token": alice.token}
+                message = TcrpMessage(Operation.RESUME, State.REQUEST, "lobby", payload)
+                connection.writer.write(encode_tcrp(message))
+                ack = await connection.replies.next()
+                assert isinstance(ack, Ack) and ack.error is ErrorCode.BAD_REQUEST
+                async with asyncio.timeout(1000 * MS):
+                    assert await connection.reader.read() == b""  # closed by the server
+            finally:
+                await connection.close()
+            # Three guesses, each counted (had the request above counted, the third
+            # would be answered rate_limited).
+            for secret in [
+                "x" * 32,  # a wrong secret
+                bob.resume,  # another member's right secret
+                alice.resume[::-1],
+            ]:
+                ack, _ = await call(
+                    port, Resume("lobby", alice.token, secret), local_host=OTHER_HOST
+                )
+                assert ack.error is ErrorCode.INVALID_TOKEN
+            # Blocked there now: even the right secret.
+            right = Resume("lobby", alice.token, alice.resume)
+            ack, _ = await call(port, right, local_host=OTHER_HOST)
+            assert ack.error is ErrorCode.RATE_LIMITED
+            # Nothing moved: alice is bound where she was, with the secret she holds.
+            assert (victim.ip, victim.address, victim.secret_digest) == (LOOPBACK, address, digest)
+            assert server.registry.authenticate_token(victim.token_bytes, OTHER_HOST) is None
+            assert server.registry.rooms["lobby"].seq == 1
+            a.send_raw(encode_extended(Data(alice.token, 1, "still here")))
+            assert await received(a) == Chat(2, "alice", 1, "still here")
+            # The attacker's failures are its own IP's: alice's own RESUME still works.
+            ack, _ = await call(port, right)
+            assert ack.ok and victim.ip == LOOPBACK
+            a.send_raw(encode_extended(Data(alice.token, 2, "and still")))
+            assert await received(a) == Chat(3, "alice", 2, "and still")
         finally:
-            await connection.close()
-        for token, secret in [
-            (bob.token, alice.resume),  # bob has no secret to match
-            (alice.token, "x" * 32),
-            (alice.token, alice.resume[::-1]),
-        ]:
-            ack, _ = await call(port, Resume("lobby", token, secret))
-            assert ack.error is ErrorCode.INVALID_TOKEN
-        ack, _ = await call(port, Resume("lobby", alice.token, alice.resume))
-        assert ack.error is ErrorCode.RATE_LIMITED
-        # Nothing moved: the secret is the one alice holds, the room's Seq as it was.
-        assert member(server, alice).secret_digest == digest
-        assert server.registry.rooms["lobby"].seq == 1
+            a.close()
