@@ -421,6 +421,7 @@ class FaultProxy:
         self.server_udp_port = server_udp_port
         # What the server sees as this proxy's address: the loopback of its family.
         self._local_host = LOOPBACK if self._server_ip.version == 4 else "::1"
+        self._tcp_local_host = self._local_host  # differs after move(host, tcp=False)
         self.up = up if up is not None else Faults(**faults)
         self.down = down if down is not None else Faults(**faults)
         self.drop_all_udp = drop_all_udp
@@ -565,7 +566,7 @@ class FaultProxy:
         """The address the server sees this proxy's datagrams and connections come from."""
         return self._local_host
 
-    def move(self, host: str) -> None:
+    def move(self, host: str, *, tcp: bool = True) -> None:
         """Move the proxy's upstream side to ``host``, as when a laptop's network (its
         NAT's public address) changes: new upstream sockets and TCP connections are made
         from ``host``, and every UDP mapping is dropped, so each client's next datagram
@@ -573,6 +574,9 @@ class FaultProxy:
         so is a datagram still delayed for one. Open TCP connections (tunnels too) stay
         open from the old address (a real move would break them: a test that wants
         that closes its own).
+        With ``tcp=False`` only UDP moves and new TCP connections still come from the
+        old address: a carrier-grade NAT without paired pooling, or a VPN that carries
+        only TCP, where one client reaches the server from two addresses.
         ``host`` must be a loopback address of the server's family (ValueError)."""
         address = _loopback(host, "the upstream host")
         if address.version != self._server_ip.version:
@@ -581,6 +585,8 @@ class FaultProxy:
                 f"server, got {host!r}"
             )
         self._local_host = str(address)
+        if tcp:
+            self._tcp_local_host = self._local_host
         mappings = list(self._mappings.values())
         self._mappings.clear()
         for mapping in mappings:
@@ -757,7 +763,7 @@ class FaultProxy:
         try:
             await self._reachable.wait()  # blackholed: accepted, never answered
             server_reader, upstream = await asyncio.open_connection(
-                self.server_host, self.server_tcp_port, local_addr=(self._local_host, 0)
+                self.server_host, self.server_tcp_port, local_addr=(self._tcp_local_host, 0)
             )
             await asyncio.gather(
                 self._pump(reader, upstream, writer, None),

@@ -202,3 +202,42 @@ async def test_a_network_that_goes_away_is_looked_into_at_once() -> None:
         await bob.send("still here")
         assert texts(await collect(bob, 1)) == ["still here"]
         assert await bob.close()
+
+
+@pytest.mark.skipif(not has_loopback_alias(MOVED_HOST), reason=f"{MOVED_HOST} is not loopback")
+async def test_udp_and_tcp_from_two_addresses_end_up_in_a_tunnel_not_a_loop() -> None:
+    """UDP leaves from a new address, TCP from the old one (a NAT without paired
+    pooling): a RESUME over TCP binds the token where UDP does not come from, so UDP is
+    refused again at once. The client must not resume for ever: the second refusal in a
+    row takes the tunnel, where TCP is all there is."""
+    async with running_server() as server, proxied(server) as proxy:
+        alice = await ChatClient.create(server_of(server), "lobby", "alice")
+        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
+        proxy.move(MOVED_HOST, tcp=False)
+        await bob.send("one")
+        heard = await collect(bob, 1)
+        assert texts(heard) == ["one"] and bob.over_tcp
+        assert heard.count(PathChanged(RESUMED)) <= 1 and PathChanged(OVER_TCP) in heard
+        await alice.send("two")
+        assert texts(await collect(bob, 1)) == ["two"]
+        assert await bob.close()
+        assert await alice.close()
+
+
+@pytest.mark.skipif(not has_loopback_alias(MOVED_HOST), reason=f"{MOVED_HOST} is not loopback")
+async def test_leaving_right_after_a_move_leaves_no_ghost() -> None:
+    """The user quits before the client noticed its address changed: its LEAVE is
+    refused from the new address, so it resumes there and leaves over TCP. The room
+    must not keep it (a host's room must close), and close() says it left."""
+    async with running_server() as server, proxied(server) as proxy:
+        bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
+        proxy.move(MOVED_HOST)
+        assert await bob.close()
+        assert server.registry.rooms == {}
+
+
+async def test_tcp_true_needs_the_delivery_extension() -> None:
+    with pytest.raises(ValueError, match="delivery"):
+        await ChatClient.create(("127.0.0.1", 9), "lobby", "bob", tcp=True, delivery=False)

@@ -22,6 +22,9 @@ from ocm.client.delivery import (
     INITIAL_RTO,
     MAX_RTO,
     MIN_RTO,
+    NO_ANSWER,
+    PATH_GRACE,
+    REFUSED_HERE,
     REORDER_HOLD,
     REPAIR_INTERVAL,
     STOPPED_ANSWERING,
@@ -924,3 +927,95 @@ def test_lost_runs_that_cut_a_gap_into_pieces_are_bounded_too() -> None:
     # What was given up is reported in order, once: Gaps from 11 onwards, no overlap.
     covered = [s for e in events if isinstance(e, Gap) for s in range(e.expected, e.got)]
     assert covered == list(range(11, 11 + len(covered))) and covered
+
+
+# ---------------------------------------------------------------------------
+# Section 4: a path in doubt (the adapter resumes over TCP, or tunnels)
+# ---------------------------------------------------------------------------
+
+UNKNOWN_TOKEN = "unknown token"
+
+
+def recoverable(interval: float = 1.0) -> DeliveryState:
+    state = make(interval=interval)
+    state.recoverable = True
+    return state
+
+
+def test_a_path_that_never_answers_is_in_doubt_after_its_grace_and_nothing_spins() -> None:
+    state = recoverable(interval=10.0)
+    assert state.path_grace == PATH_GRACE  # 3 s: shorter than three 10 s intervals
+    assert state.next_deadline() == 2.5  # the first PING's retry, before the grace
+    state.handle_timer(2.5)
+    state.handle_timer(PATH_GRACE)
+    assert state.path_trouble == NO_ANSWER and state.ended is None
+    # While the adapter looks into it nothing is due at once (a deadline in the past
+    # would fire the timer again on every turn of the loop): only the PING retries.
+    now = PATH_GRACE
+    while now < 40.0:  # past the liveness limit (30 s), one deadline at a time
+        state.handle_timer(now)
+        assert state.ended is None  # not even after the liveness limit: the adapter decides
+        deadline = state.next_deadline()
+        assert deadline is not None and deadline > now
+        now = deadline
+
+
+def run_until(state: DeliveryState, end: float) -> list[Event]:
+    """handle_timer at each deadline up to ``end``, as the adapter's timer would."""
+    events: list[Event] = []
+    while (deadline := state.next_deadline()) is not None and deadline <= end:
+        events += state.handle_timer(deadline)
+    return events
+
+
+def test_a_silent_server_is_a_doubt_with_recovery_and_the_end_without() -> None:
+    state = recoverable()
+    state.datagram_received(received(Status(10, 1)), 0.1)
+    assert run_until(state, 3.2) == []
+    assert state.path_trouble == STOPPED_ANSWERING and state.ended is None
+    plain = make(interval=1.0)
+    plain.datagram_received(received(Status(10, 1)), 0.1)
+    assert run_until(plain, 3.2) == [Closed(STOPPED_ANSWERING)]
+
+
+def test_a_refused_token_is_a_doubt_also_while_leaving() -> None:
+    state = recoverable()
+    assert state.datagram_received(error(0, UNKNOWN_TOKEN), 0.1) == []
+    assert state.path_trouble == REFUSED_HERE and not state.out and state.ended is None
+    leaving = recoverable()
+    leaving.leave(0.2)
+    # Refused while leaving: maybe only our address changed. Not "out": the adapter's
+    # fallback resumes and leaves over TCP.
+    assert leaving.datagram_received(error(0, UNKNOWN_TOKEN), 0.3) == []
+    assert not leaving.out and leaving.ended is None and leaving.path_trouble is None
+
+
+def test_a_restored_path_resends_once_and_a_tunnel_is_not_resent_on_a_timer() -> None:
+    state = recoverable()
+    state.send("hi", 0.0)
+    state.send("there", 0.0)
+    sent(state)
+    state.path_lost("the TCP connection to the server closed")
+    state.path_restored(1.0, reliable=True)
+    again = sent(state)
+    assert isinstance(again[0], Ping)
+    assert [d.text for d in again if isinstance(d, Data)] == ["hi", "there"]
+    assert state.path_trouble is None and state.recoveries == 1
+    for now in (2.0, 5.0, 10.0):  # TCP retransmits for us: no DATA again
+        state.handle_timer(now)
+        assert not [d for d in sent(state) if isinstance(d, Data)]
+    state.path_restored(11.0)  # back to UDP: resent at once, and on a timer again
+    assert [d.text for d in sent(state) if isinstance(d, Data)] == ["hi", "there"]
+    state.handle_timer(11.0 + MAX_RTO)
+    assert [d.text for d in sent(state) if isinstance(d, Data)] == ["hi", "there"]
+
+
+def test_recoveries_count_until_the_server_takes_us_for_us() -> None:
+    state = recoverable()
+    state.path_restored(1.0)
+    state.datagram_received(error(0, UNKNOWN_TOKEN), 1.1)  # refused again: no progress
+    assert state.recoveries == 1
+    state.path_restored(1.2)
+    assert state.recoveries == 2
+    state.datagram_received(received(Status(10, 2)), 1.3)  # taken: the path works
+    assert state.recoveries == 0

@@ -4,17 +4,26 @@ Around the sans-I/O cores of :mod:`ocm.client.session` (Seq order, members,
 confirmations, the heartbeat schedule; the event queue; the text limits) and
 :mod:`ocm.client.delivery` (the delivery extension), the same split
 as the server's registry under its adapters. :class:`ChatClient` enters and leaves over
-TCRP (:mod:`ocm.client.exchange`), holds one connected UDP socket for the chat, and one
-timer that it re-arms from the core's ``next_deadline()`` after every change. Only this
-module reads the clock (and draws the random numbers that jitter the heartbeat).
+TCRP (:mod:`ocm.client.exchange`), carries the chat on one connected UDP socket (or a
+TCP tunnel, below), and has one timer that it re-arms from the core's
+``next_deadline()`` after every change. Only this module reads the clock (and draws the
+random numbers that jitter the heartbeat).
 
 It asks for the delivery extension (section 3 of docs/protocol.md) when it enters,
 unless the ``delivery`` option is False. When the server grants it, the core is a
 :class:`DeliveryState`: every message of the room arrives once and in order (gaps are
-repaired), ours are resent until the server confirms them, a silent or restarted server
-ends the session within three heartbeat intervals, and :meth:`ChatClient.close` leaves
-with a LEAVE datagram. The adapter sends whatever datagrams the core makes and feeds it
-what arrives. Otherwise (a version 1 server, or ``delivery=False``) the core is a
+repaired), ours are resent until the server confirms them, a restarted server ends the
+session at its first answer, and :meth:`ChatClient.close` leaves with a LEAVE datagram.
+The adapter sends whatever datagrams the core makes and feeds it what arrives.
+
+It also asks for section 4's ``tunnel`` and ``resume``. When the core doubts the path
+(``DeliveryState.path_trouble``: no answer since it was taken, three silent heartbeat
+intervals, our token refused from this address, a send that says our network is gone,
+a tunnel that closed), the adapter looks into it over TCP (:meth:`ChatClient._recover`):
+a new connection from wherever we are now, RESUME, then UDP again or a tunnel on that
+connection. If TCP fails too, within one more heartbeat interval, the server is gone.
+
+Otherwise (a version 1 server, or ``delivery=False``) the core is a
 :class:`RoomState` and everything is version 1: the adapter sends heartbeats and chat
 datagrams itself, when the timer fires overdue copies are reported, and close() leaves
 with LEAVE_ROOM over TCP.
@@ -48,6 +57,8 @@ from typing import Any, TypedDict, Unpack
 from ocm.client.address import format_server_address, parse_server_address
 from ocm.client.delivery import (
     FEATURES,
+    LIVENESS_INTERVALS,
+    MAX_RECOVERIES,
     REFUSED_HERE,
     STOPPED_ANSWERING,
     DeliveryState,
@@ -73,7 +84,16 @@ from ocm.errors import (
     ServerError,
 )
 from ocm.wire.datagrams import ClientDatagram, encode_client_datagram
-from ocm.wire.tcrp import Admission, CreateRoom, JoinRoom, LeaveRoom, Resume, Resumed, Tunnel
+from ocm.wire.tcrp import (
+    Admission,
+    CreateRoom,
+    JoinRoom,
+    LeaveRoom,
+    Resume,
+    Resumed,
+    Tunnel,
+    Tunnelled,
+)
 from ocm.wire.texts import UnknownToken, format_refusal
 from ocm.wire.tunnel import TUNNEL, FrameReader, encode_frame
 
@@ -199,6 +219,8 @@ def _settled(options: ChatOptions) -> ChatOptions:
                 raise ValueError(f"history must be a whole number, 0 or more, got {value!r}")
         elif not (isinstance(value, int | float) and value > 0):
             raise ValueError(f"{key} must be positive, got {value!r}")
+    if settled["tcp"] and not settled["delivery"]:
+        raise ValueError("tcp=True needs the delivery extension (delivery=True)")
     return settled
 
 
@@ -419,12 +441,15 @@ class ChatClient:
         except BaseException:
             await channel.close()
             raise
+        if isinstance(self._state, DeliveryState):
+            self._state.reliable = True  # TCP resends for us
         self._transmit()  # the first PING (and the history REPAIR)
         self._arm_timer()
 
     async def _start_tunnel(self, channel: Channel) -> None:
         """TUNNEL on ``channel``, which then carries the chat: UDP is no longer used."""
-        await channel.request(Tunnel(self.room, self.token))
+        if not isinstance(await channel.request(Tunnel(self.room, self.token)), Tunnelled):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "TUNNEL answered wrongly")
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -433,7 +458,7 @@ class ChatClient:
             self._tunnel_reader.cancel()
         self._tunnel_reader = asyncio.ensure_future(self._read_tunnel(channel))
         if old is not None:
-            await old.close()
+            old.abort()  # broken already: nothing in it is worth waiting for
 
     async def _read_tunnel(self, channel: Channel) -> None:
         """Feed the tunnel's datagrams to the core until it closes; then the path is in
@@ -459,7 +484,8 @@ class ChatClient:
             self._tunnel_reader.cancel()
             self._tunnel_reader = None
         if self._tunnel is not None:
-            await self._tunnel.close()
+            tunnel, self._tunnel = self._tunnel, None
+            await tunnel.close()
 
     def _check_path(self) -> None:
         """Start a recovery when the core doubts the path (section 4), once at a time."""
@@ -479,54 +505,81 @@ class ChatClient:
         A new connection, from whatever address the system gives us now, RESUMEs the
         token there (the server rebinds it; the room sees nothing). Then, if UDP
         reached the server (only our address changed), the chat stays on UDP, from a
-        new socket if our address is new; if UDP went unanswered, or a tunnel closed,
-        the chat goes over a tunnel on that connection. If TCP fails too, the server
-        is gone; if it refuses the token, we are out of the room.
+        new socket if our address is new; if UDP went unanswered, was refused again
+        right after a resume, or a tunnel closed, the chat goes over a tunnel on that
+        connection. If TCP fails too within the budget, the server is gone; if it
+        refuses the token, we are out of the room.
         """
         channel: Channel | None = None
         try:
-            # One heartbeat interval at most (or the exchange timeout): the server has
-            # been silent for three already, and the person waits for the verdict.
-            timeout = min(self.timeout, self.heartbeat_interval)
-            channel = await Channel.open(self.server, timeout=timeout)
-            moved = channel.link.local_ip != self._link.local_ip
-            if self._secret is not None:
-                resumed = await channel.request(Resume(self.room, self.token, self._secret))
-                if not isinstance(resumed, Resumed):
-                    raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "RESUME answered wrongly")
-                self._secret = resumed.secret
-                self._link = channel.link
-            udp_works = trouble == REFUSED_HERE or (trouble in _SILENT and moved)
-            if self._tunnel is None and (udp_works or not self._can_tunnel):
-                if moved or self._transport is None:
-                    await self._reopen_udp()
-                notice = RESUMED if trouble == REFUSED_HERE or moved else None
-            else:
-                first = self._tunnel is None
-                await self._start_tunnel(channel)
-                channel = None  # the tunnel's now
-                notice = OVER_TCP if first else None  # a new tunnel for an old is no news
+            if state.recoveries >= MAX_RECOVERIES:
+                raise ConnectionLost("paths restored in a row, and nothing but refusals")
+            # One heartbeat interval in all: the server has been silent for three
+            # already, and the person waits for the verdict. A network that went away
+            # gets the three intervals it had before: the next one may still be coming up.
+            intervals = LIVENESS_INTERVALS if trouble == NETWORK_GONE else 1
+            async with asyncio.timeout(intervals * self.heartbeat_interval):
+                channel = await self._connect_anywhere()
+                moved = channel.link.local_ip != self._link.local_ip
+                if self._secret is not None:
+                    resumed = await channel.request(Resume(self.room, self.token, self._secret))
+                    if not isinstance(resumed, Resumed):
+                        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "RESUME answered wrongly")
+                    self._secret = resumed.secret
+                    self._link = channel.link
+                if state.ended is not None or self._closing:
+                    return  # the room ended meanwhile, or we are leaving: no new path
+                refused_once = trouble == REFUSED_HERE and not state.recoveries
+                udp_works = refused_once or (trouble in _SILENT and moved)
+                if self._tunnel is None and (udp_works or not self._can_tunnel):
+                    if moved or self._transport is None:
+                        await self._reopen_udp()
+                    notice = RESUMED if trouble == REFUSED_HERE or moved else None
+                else:
+                    first = self._tunnel is None
+                    await self._start_tunnel(channel)
+                    channel = None  # the tunnel's now
+                    notice = OVER_TCP if first else None  # a new tunnel for an old: no news
         except ServerError as error:
             if error.code is ErrorCode.INVALID_TOKEN:
                 state.out = True  # dropped meanwhile (or the room closed): nothing to leave
-                reason = (
-                    f"no longer in the room (the server says: {format_refusal(UnknownToken())})"
-                )
+                unknown = format_refusal(UnknownToken())
+                reason = f"no longer in the room (the server says: {unknown})"
             else:
                 reason = f"could not resume ({error.message})"
-            self._feed(state.end(reason))
-        except (OCMError, OSError):
-            self._feed(state.end(LOST_CONTACT if trouble == LOST_CONTACT else STOPPED_ANSWERING))
+            await self._give_up(state, reason)
+        except (OCMError, OSError, TimeoutError):
+            lost = {LOST_CONTACT: LOST_CONTACT, NETWORK_GONE: NETWORK_GONE}
+            await self._give_up(state, lost.get(trouble, STOPPED_ANSWERING))
         else:
-            state.path_restored(self._loop.time())
-            if notice is not None:
-                self._feed([PathChanged(notice)])
-            self._transmit()
-            self._arm_timer()
+            if state.ended is None and not self._closing:
+                state.path_restored(self._loop.time(), reliable=self._tunnel is not None)
+                if notice is not None:
+                    self._feed([PathChanged(notice)])
+                self._transmit()
+                self._arm_timer()
         finally:
             self._recovery = None
             if channel is not None:
                 await channel.close()
+
+    async def _connect_anywhere(self) -> Channel:
+        """A new connection to the server from whatever address we have now, tried
+        again after a short pause while it fails (a new network may still be coming
+        up); the caller's timeout ends the tries."""
+        pause = 0.25
+        while True:
+            try:
+                return await Channel.open(self.server, timeout=self.timeout)
+            except ConnectionLost:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
+    async def _give_up(self, state: DeliveryState, reason: str) -> None:
+        """No path to the server: the room is over for us, and the tunnel closed."""
+        if not self._closing:
+            self._feed(state.end(reason))
+            await self._close_tunnel()
 
     def _udp_refused(self) -> None:
         """ICMP port unreachable on our UDP socket: nothing listens on the server's UDP
@@ -622,7 +675,7 @@ class ChatClient:
         confirmed, or (version 1) the oldest is given up as :class:`Undelivered`
         (``confirm_timeout`` after it was sent). With delivery a message is resent until
         confirmed; the wait ends at the latest when the room ends for us (a server that
-        stops answering does so within three heartbeat intervals). Raises ProtocolError
+        stops answering does so within four heartbeat intervals). Raises ProtocolError
         (``too_large``, ``bad_request``) for text that cannot be sent, and ConnectionLost
         once the room is over for us.
         """
@@ -797,16 +850,19 @@ class ChatClient:
     async def close(self) -> bool:
         """Leave the room and stop. Idempotent; never raises for the network.
 
-        Waits up to ``linger`` seconds for the confirmation of our last messages first,
-        so the leave does not overtake them. With delivery it sends LEAVE and resends it
-        until the server answers DEPARTED, for ``leave_wait`` seconds (1 s) at most, then
-        falls back to LEAVE_ROOM over TCP; version 1 sends LEAVE_ROOM. The host's leave
-        closes the room for everyone.
+        Waits for a recovery under way (section 4) to end, then up to ``linger`` seconds
+        for the confirmation of our last messages, so the leave does not overtake them.
+        With delivery it sends LEAVE and resends it until the server answers DEPARTED,
+        for ``leave_wait`` seconds (1 s) at most, then falls back to LEAVE_ROOM over TCP
+        (with the resume secret: after a RESUME from wherever we are now, as our address
+        may have changed); version 1 sends LEAVE_ROOM. The host's leave closes the room
+        for everyone.
 
         Returns True when the server confirmed that we are out of the room (DEPARTED,
         the COMPLETE of LEAVE_ROOM, or, when the room had ended already, the server's
-        CLOSED, RESTARTED or unknown-token ERROR); False when leaving failed (no answer
-        at all) or the room ended without the server's word (it stopped answering).
+        CLOSED, RESTARTED, or, without a resume secret, an unknown-token ERROR); False
+        when leaving failed (no answer at all) or the room ended without the server's
+        word (it stopped answering).
         Every call returns the first call's answer.
         """
         if self._closing:
@@ -816,7 +872,11 @@ class ChatClient:
         self._notify()  # a send waiting for the window gives up
         state = self._state
         if self._recovery is not None:
-            self._recovery.cancel()  # leaving: LEAVE (then LEAVE_ROOM) says the rest
+            # Let it finish (each of its steps is bounded): cancelled after its RESUME
+            # left, we would not know the secret the server now expects.
+            await asyncio.wait({self._recovery}, timeout=self.timeout)
+            if self._recovery is not None:
+                self._recovery.cancel()
         try:
             if state.ended is None and state.unconfirmed:
                 await self.flush(self.linger)
@@ -874,9 +934,22 @@ class ChatClient:
         return True
 
     async def _leave(self) -> None:
-        await call(
-            self.server, LeaveRoom(self.room, self.token), timeout=self.timeout, link=self._link
-        )
+        """LEAVE_ROOM over TCP. With a resume secret, from wherever we are now, with a
+        RESUME first (section 4): our address may have changed since the token was
+        bound. A RESUME refused with ``invalid_token`` means the server no longer knows
+        the token, which a caller takes as a LEAVE_ROOM refused the same way."""
+        if self._secret is None:
+            leave = LeaveRoom(self.room, self.token)
+            await call(self.server, leave, timeout=self.timeout, link=self._link)
+            return
+        channel = await Channel.open(self.server, timeout=self.timeout)
+        try:
+            resumed = await channel.request(Resume(self.room, self.token, self._secret))
+            if isinstance(resumed, Resumed):
+                self._secret = resumed.secret
+            await channel.request(LeaveRoom(self.room, self.token))
+        finally:
+            await channel.close()
 
     def _stop_timers(self) -> None:
         if self._timer is not None:

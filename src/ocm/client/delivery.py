@@ -58,16 +58,17 @@ __all__ = [
     "INITIAL_RTO",
     "LIVENESS_INTERVALS",
     "MAX_HELD",
+    "MAX_RECOVERIES",
     "MAX_RTO",
     "MIN_RTO",
-    "NO_UDP_ANSWER",
+    "NO_ANSWER",
+    "PATH_GRACE",
     "PING_JITTER",
     "REFUSED_HERE",
     "REORDER_HOLD",
     "REPAIR_INTERVAL",
     "STOPPED_ANSWERING",
     "TAIL_PROBE",
-    "UDP_GRACE",
     "DeliveryState",
     "delivery_granted",
     "restarted_reason",
@@ -80,9 +81,12 @@ FEATURES = (DELIVERY, TUNNEL, RESUME)
 # (or three heartbeat intervals, if shorter) is taken for blocked: many networks drop
 # UDP and pass TCP. Seconds, so a person waits little; several round trips of a bad
 # mobile link, and several PINGs (a quarter interval apart until answered).
-UDP_GRACE = 3.0
+PATH_GRACE = 3.0
+# Recoveries in a row after which nothing but refusals came back: the adapter stops
+# trying (a path that only seems restored must not cycle for ever).
+MAX_RECOVERIES = 3
 # Why the path is in doubt (DeliveryState.path_trouble), for the adapter.
-NO_UDP_ANSWER = "no answer over UDP"
+NO_ANSWER = "no answer on this path"
 REFUSED_HERE = "the server refuses our token from this address"
 # A datagram after a gap waits this long before the gap is asked for (REPAIR): UDP may
 # deliver a datagram just after the one that overtook it, and then no repair is needed.
@@ -225,6 +229,11 @@ class DeliveryState:
         # in doubt, and the adapter tries TCP, then calls path_restored() or end().
         self.recoverable = False
         self.path_trouble: str | None = None
+        # The path is reliable (a TCP tunnel): DATA is not resent on a timer, only when
+        # a new path is taken (path_restored).
+        self.reliable = False
+        # Paths restored since the server last sent anything but a refusal.
+        self.recoveries = 0
         self._path_heard = False  # anything from the server on the current path
         self._path_since = now
         self._random = random
@@ -290,13 +299,14 @@ class DeliveryState:
             return None
         if self.leaving:
             return self._leave_due
-        deadlines = [self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval]
-        if self.recoverable and not self._path_heard:
-            deadlines.append(self._path_since + self.path_grace)
-        deadlines.append(self._next_ping if self._ping_retry is None else self._ping_retry)
+        deadlines = [self._next_ping if self._ping_retry is None else self._ping_retry]
+        if self.path_trouble is None:  # (while the adapter looks into it: nothing due)
+            deadlines.append(self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval)
+            if self.recoverable and not self._path_heard:
+                deadlines.append(self._path_since + self.path_grace)
         if self._gaps:
             deadlines.append(min(gap.due for gap in self._gaps))
-        if self._outgoing:
+        if self._outgoing and not self.reliable:
             deadlines.append(min(out.due for out in self._outgoing.values()))
         if self._close_by is not None:
             deadlines.append(self._close_by)
@@ -375,7 +385,7 @@ class DeliveryState:
                 and not self._path_heard
                 and now >= self._path_since + self.path_grace
             ):
-                self.path_trouble = NO_UDP_ANSWER  # blocked here? the adapter tries TCP
+                self.path_trouble = NO_ANSWER  # blocked here? the adapter tries TCP
             elif now >= self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval:
                 if not self.recoverable:
                     return self.end(STOPPED_ANSWERING)
@@ -391,7 +401,7 @@ class DeliveryState:
         self._send_repairs(now)
         head = min(self._outgoing, default=0)
         for msg_no, out in self._outgoing.items():
-            if now >= out.due:
+            if now >= out.due and not self.reliable:
                 self._outbox.append(out.data)
                 out.sends += 1
                 # The oldest message holds up our later ones at the server (it relays
@@ -410,7 +420,7 @@ class DeliveryState:
     @property
     def path_grace(self) -> float:
         """How long a new path may stay silent before it is taken for blocked."""
-        return min(UDP_GRACE, LIVENESS_INTERVALS * self.heartbeat_interval)
+        return min(PATH_GRACE, LIVENESS_INTERVALS * self.heartbeat_interval)
 
     def path_lost(self, why: str) -> None:
         """The adapter's path broke (a tunnel's connection closed): ``path_trouble``,
@@ -418,20 +428,24 @@ class DeliveryState:
         if self.recoverable and self.ended is None:
             self.path_trouble = self.path_trouble or why
 
-    def path_restored(self, now: float) -> None:
+    def path_restored(self, now: float, *, reliable: bool = False) -> None:
         """The adapter resumed over TCP and has a path again (a new socket, or a
-        tunnel): ask for the room's latest Seq, resend what is in flight and repair
-        what was missed, now, and give the new path its grace."""
+        tunnel if ``reliable``): ask for the room's latest Seq, resend what is in flight
+        and repair what was missed, now, and give the new path its grace."""
         self.path_trouble = None
+        self.reliable = reliable
+        self.recoveries += 1
         self._path_heard = False
         self._path_since = self._last_heard = now
+        self._send_ping(now)
         for out in self._outgoing.values():
-            out.due = now
+            self._outbox.append(out.data)
+            out.sends += 1
+            out.due = now + out.rto
         for gap in self._gaps:
             gap.due = now
         if self.leaving:
             self._leave_due = now
-        self._send_ping(now)
 
     def _send_ping(self, now: float) -> None:
         self._nonce = self._nonce % 0xFFFFFFFF + 1
@@ -473,6 +487,12 @@ class DeliveryState:
         except ProtocolError:
             self.malformed += 1
             return self._unreadable(data, now)
+        if not (
+            isinstance(datagram, ServerDatagram)
+            and datagram.kind is Kind.ERROR
+            and isinstance(parse_refusal(datagram.text), UnknownToken)
+        ):
+            self.recoveries = 0  # the path works: the server took us for us
         match datagram:
             case Chat(seq, sender, msg_no, _):
                 # Ours, unless from the history: a CHAT from before we entered is an
@@ -519,10 +539,12 @@ class DeliveryState:
 
     def _error(self, datagram: ServerDatagram) -> list[Event]:
         if isinstance(parse_refusal(datagram.text), UnknownToken):
-            if self.recoverable and not self.leaving:
+            if self.recoverable:
                 # Our address changed (a new network) or we were dropped: RESUME says
-                # which. (A LEAVE's unknown token means we are out: no resume then.)
-                self.path_trouble = self.path_trouble or REFUSED_HERE
+                # which. While leaving the adapter's fallback asks (RESUME, then
+                # LEAVE_ROOM): the token may only be bound to our old address.
+                if not self.leaving:
+                    self.path_trouble = self.path_trouble or REFUSED_HERE
                 return []
             self.out = True
             return self.end(f"no longer in the room (the server says: {datagram.text})")

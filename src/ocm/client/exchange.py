@@ -49,6 +49,9 @@ __all__ = [
 # One TCRP exchange (connect, ACK, COMPLETE). Creating a protected room costs the server
 # one scrypt hash (~40 ms); anything near 10 s means the server is not answering.
 DEFAULT_TIMEOUT = 10.0
+# How long closing a connection waits for its unsent bytes: a reply or a LEAVE_ROOM is a
+# few hundred bytes, gone in a round trip on any live path.
+CLOSE_WAIT = 1.0
 # What one read takes off the connection; replies are read through the framer, so a
 # large LIST_ROOMS arrives in as many reads as it needs.
 _READ_SIZE = 64 * 1024
@@ -176,9 +179,16 @@ class Channel:
         return self._framer.take_rest()
 
     async def close(self) -> None:
+        """Close, waiting a moment at most for what is still unsent (a dead path would
+        hold wait_closed until TCP gives up, minutes later)."""
         self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT):
+                await self.writer.wait_closed()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is unsent."""
+        self.writer.transport.abort()
 
 
 async def call(
