@@ -299,6 +299,28 @@ async def test_a_frame_left_unfinished_ends_the_tunnel_after_the_message_timeout
             await peer.close()
 
 
+async def test_a_frame_trickled_a_byte_at_a_time_is_cut_at_the_message_timeout() -> None:
+    """Each byte within the timeout of the last, but the frame not whole within the
+    message timeout: cut, as a trickled TCRP message is (a read's own timeout alone
+    would wait for ever)."""
+    async with running_server(message_timeout=200 * MS) as server:
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))
+        peer = await through_tunnel(server, alice)
+        try:
+            started = asyncio.get_running_loop().time()
+            peer.connection.writer.write(b"\x00\x40")  # a 64-byte frame, to come slowly
+            with pytest.raises(EOFError):
+                for _ in range(40):  # 40 x 50 ms: far longer than the message timeout
+                    peer.connection.writer.write(b"x")
+                    await asyncio.sleep(50 * MS)
+                    if peer.connection.reader.at_eof():
+                        raise EOFError
+                    await asyncio.sleep(0)
+            assert asyncio.get_running_loop().time() - started < 1000 * MS
+        finally:
+            await peer.close()
+
+
 async def test_a_silent_tunnel_ends_with_the_idle_timeout() -> None:
     async with running_server(idle_timeout=200 * MS) as server:
         alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))

@@ -302,15 +302,23 @@ class TcrpHandler:
         frames = FrameReader(rest)
         loop = asyncio.get_running_loop()
         idle = self.registry.idle_timeout
+        frame_due: float | None = None  # when the frame under way must be complete
         try:
             while True:
                 while (datagram := frames.next_frame()) is not None:
                     self._deliver(datagram, address)
+                    frame_due = None  # a frame came whole: the next has its own time
                 if link.closed:
                     return
-                started = frames.started
-                wait = self.limits.message_timeout if started else idle
-                async with asyncio.timeout_at(loop.time() + wait if math.isfinite(wait) else None):
+                if frames.started:
+                    # One clock for the whole frame, as for a TCRP message (section 1):
+                    # a peer trickling a byte a second is cut off, not waited for.
+                    if frame_due is None:
+                        frame_due = loop.time() + self.limits.message_timeout
+                    limit: float | None = frame_due
+                else:
+                    limit = loop.time() + idle if math.isfinite(idle) else None
+                async with asyncio.timeout_at(limit):
                     data = await reader.read(_READ_SIZE)
                 if not data:
                     return
