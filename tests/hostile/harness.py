@@ -22,20 +22,30 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ocm.errors import ProtocolError
 from ocm.server.limits import Limits
 from ocm.server.limits import flags as limit_flags
 from ocm.wire import (
+    MAX_REPLY_PAYLOAD,
     TCRP_HEADER_SIZE,
+    Ack,
     CreateRoom,
     JoinRoom,
     Kind,
+    TcrpReader,
     decode_server_datagram,
+    encode_request,
+    parse_reply,
 )
+from ocm.wire.delivery import DeliveryKind, Ping, encode_extended
+from ocm.wire.tcrp import Tunnel, Tunnelled
+from ocm.wire.tunnel import FrameReader, encode_frame
 from tests.kit import LOOPBACK, MS, Member, UdpPeer, admit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +77,7 @@ class SuiteLimits:
     error_replies_per_second: int = DEFAULTS.error_replies_per_second
     # per --failure-window, a minute by default
     max_password_failures: int = DEFAULTS.max_password_failures
+    tunnel_buffer: int = DEFAULTS.tunnel_buffer  # unsent bytes before a tunnel is cut
 
     def flags(self) -> list[str]:
         ours = {f.name for f in fields(self)}
@@ -451,6 +462,147 @@ async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], concurrency
             return await job()
 
     return list(await asyncio.gather(*(run(job) for job in jobs)))
+
+
+# ---------------------------------------------------------------------------
+# Tunnels (section 4 of docs/protocol.md)
+# ---------------------------------------------------------------------------
+
+# What a member asks for to be allowed a tunnel: tunnels carry extended datagrams.
+TUNNEL_FEATURES = ("delivery", "tunnel")
+
+
+async def connect_from(ip: str, port: int, *, receive_buffer: int | None = None) -> socket.socket:
+    """A non-blocking TCP socket from ``ip`` to the server; ``receive_buffer`` is set
+    before connecting, so the window it offers is small from the start."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.bind((ip, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def tunnel_handshake(
+    sock: socket.socket, room: str, token: str, behind: bytes = b"", timeout: float = 5.0
+) -> tuple[Ack, bytes]:
+    """Send TUNNEL (with ``behind`` in the same write); return its ACK and the bytes the
+    server sent after its COMPLETE (the first frames'), or b"" if it was refused."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, encode_request(Tunnel(room, token)) + behind)
+    framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
+    ack: Ack | None = None
+    async with asyncio.timeout(timeout):
+        while True:
+            # One message at a time: after the COMPLETE the bytes are frames, not TCRP.
+            message = framer.next_message()
+            if message is None:
+                data = await loop.sock_recv(sock, 65536)
+                if not data:
+                    raise ConnectionError("the server closed the connection during TUNNEL")
+                framer.feed(data)
+                continue
+            reply = parse_reply(message)
+            if isinstance(reply, Ack):
+                if not reply.ok:
+                    return reply, b""
+                ack = reply
+            else:
+                assert ack is not None and reply == Tunnelled(room), reply
+                return ack, framer.take_rest()
+
+
+def ping(token: str, nonce: int, boot: bytes) -> bytes:
+    return encode_extended(Ping(token, nonce, boot))
+
+
+class TunnelClient:
+    """A member's open tunnel, read all along: each frame the server sends is counted by
+    its Kind and queued; :attr:`ending` says how the server ended it, and when."""
+
+    def __init__(self, sock: socket.socket, rest: bytes = b"") -> None:
+        self.sock = sock
+        self.frames = FrameReader(rest)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.log: list[bytes] = []  # every frame received (the attacks' are few and small)
+        self.kinds: Counter[int] = Counter()  # the same, counted by Kind (the first byte)
+        self.ending: str | None = None  # "closed" (EOF), "reset", or "bad frame"
+        self.ended_at: float | None = None
+        self._ended = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls, ip: str, port: int, room: str, token: str, *, behind: bytes = b""
+    ) -> TunnelClient:
+        sock = await connect_from(ip, port)
+        try:
+            ack, rest = await tunnel_handshake(sock, room, token, behind)
+            assert ack.ok, f"TUNNEL refused: {ack}"
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, rest)
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while (datagram := self.frames.next_frame()) is not None:
+                    self.log.append(datagram)
+                    self.kinds[datagram[0]] += 1
+                    self.queue.put_nowait(datagram)
+                data = await loop.sock_recv(self.sock, 65536)
+                if not data:
+                    self._end("closed")
+                    return
+                self.frames.feed(data)
+        except ProtocolError:
+            self._end("bad frame")
+        except OSError:
+            self._end("reset")
+
+    def _end(self, how: str) -> None:
+        self.ending, self.ended_at = how, time.monotonic()
+        self._ended.set()
+
+    async def send_raw(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def send(self, datagram: bytes) -> None:
+        await self.send_raw(encode_frame(datagram))
+
+    async def ping(self, token: str, nonce: int, boot: bytes, timeout: float = 2.0) -> bool:
+        """Whether a PING for ``token`` is answered with its STATUS (other frames are
+        taken off the queue on the way, counted already)."""
+        try:
+            await self.send(ping(token, nonce, boot))
+            async with asyncio.timeout(timeout):
+                while True:
+                    datagram = await self.queue.get()
+                    if datagram[0] == DeliveryKind.STATUS and datagram[-4:] == nonce.to_bytes(4):
+                        return True
+        except (TimeoutError, OSError):
+            return False
+
+    async def ended(self, timeout: float) -> bool:
+        """Wait until the server ends the tunnel; whether it did within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ended.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        self.sock.close()
 
 
 # ---------------------------------------------------------------------------

@@ -61,13 +61,20 @@ def render(data: dict[str, Any], when: str) -> str:
     sent = room["total_sent"]
     per_member = ", ".join(f"{name} {count}" for name, count in room["sent"].items())
     received = set(room["received"].values())
+    latency = room.get("latency_ms") or {}
+    timing = (
+        f" Each line reached the others {latency['median']:g} ms after it was sent (median), "
+        f"{latency['p99']:g} ms (99th percentile), {latency['max']:g} ms at worst."
+        if latency
+        else ""
+    )
     lines += [
         "",
         f"- **The room kept talking.** Meanwhile alice, bob and carol each said a numbered "
         f"line every 20 ms in their password-protected room: {sent:,} lines ({per_member}); "
         f"each of the three received {', '.join(f'{n:,}' for n in sorted(received))} of "
         f"them, in the order sent, with consecutive Seq {room['first_seq']}-"
-        f"{room['last_seq']}; problems found: {len(room['problems'])}.",
+        f"{room['last_seq']}; problems found: {len(room['problems'])}.{timing}",
     ]
     start, end = data.get("memory_start"), data.get("memory_end")
     if start and end:
@@ -91,8 +98,8 @@ def render(data: dict[str, Any], when: str) -> str:
     lines.append(
         f"- **Run.** {when}, {data['platform']}; whole suite {data['seconds']:.1f} s; "
         f"seed {data['seed']}; server flags: defaults except `{flags}` (shortened so the "
-        f"suite is fast). Attacks 1-6 and 8 run at the same time (the floods take turns) "
-        f"and 7 last, so their times overlap. Reproduce with `{COMMAND}`."
+        f"suite is fast). Attacks 1-6 and 8-11 run at the same time (the floods take "
+        f"turns) and 7 last, so their times overlap. Reproduce with `{COMMAND}`."
     )
     return "\n".join(lines)
 

@@ -3,7 +3,9 @@
 Each member sends a numbered line every ``CHAT_INTERVAL`` (which also serves as its
 heartbeat) and records every datagram it receives. :meth:`ChatRoom.verify` then checks
 the promise of the protocol: every line reached every member, once, in the order it was
-sent, with one room-wide run of consecutive Seq numbers, and nothing else arrived.
+sent, with one room-wide run of consecutive Seq numbers, and nothing else arrived. It also
+times each line from its sending to its arrival at each member: :meth:`ChatRoom.delays`
+is how late the lines of a stretch of time were (an attack asks about its own).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class RoomReport:
     problems: list[str] = field(default_factory=list)
     first_seq: int = 0
     last_seq: int = 0
+    # From a line's sending to its arrival, over every line and member: milliseconds.
+    latency_ms: dict[str, float] = field(default_factory=dict)  # median, p99, max
 
     @property
     def total_sent(self) -> int:
@@ -44,6 +48,8 @@ class ChatRoom:
         self.members: dict[str, Member] = {}
         self.sent: dict[str, int] = dict.fromkeys(NAMES, 0)
         self.inbox: dict[str, list[ServerDatagram]] = {name: [] for name in NAMES}
+        self.sent_at: dict[str, list[float]] = {name: [] for name in NAMES}  # by line number
+        self.arrived_at: dict[str, list[float]] = {name: [] for name in NAMES}  # by inbox entry
         self._readers: list[asyncio.Task[None]] = []
         self._talkers: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -74,13 +80,38 @@ class ChatRoom:
             if self._stop.is_set():
                 return
             member.say(f"{name} #{number}")
+            self.sent_at[name].append(time.monotonic())
             self.sent[name] = number + 1
             next_at += CHAT_INTERVAL
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     async def _read(self, name: str, member: Member) -> None:
         while True:
-            self.inbox[name].append(decode_server_datagram(await member.peer.received.get()))
+            datagram = decode_server_datagram(await member.peer.received.get())
+            self.arrived_at[name].append(time.monotonic())
+            self.inbox[name].append(datagram)
+
+    def _arrivals(self, name: str) -> dict[tuple[str, int], float]:
+        """When each line (sender, number) reached ``name``."""
+        arrivals: dict[tuple[str, int], float] = {}
+        for datagram, when in zip(self.inbox[name], self.arrived_at[name], strict=True):
+            sender, _, number = datagram.text.rpartition(" #")
+            if datagram.kind is Kind.MESSAGE and sender == datagram.sender and number.isdigit():
+                arrivals.setdefault((sender, int(number)), when)
+        return arrivals
+
+    def delays(self, since: float, until: float) -> list[float]:
+        """How late each line sent between ``since`` and ``until`` (monotonic seconds)
+        reached each member: seconds; a line not arrived yet counts as late as it is now."""
+        now = time.monotonic()
+        delays: list[float] = []
+        for name in NAMES:
+            arrivals = self._arrivals(name)
+            for sender, times in self.sent_at.items():
+                for number, sent in enumerate(times):
+                    if since <= sent <= until:
+                        delays.append(arrivals.get((sender, number), now) - sent)
+        return delays
 
     async def stop(self, settle: float = 2000 * MS) -> None:
         """Stop talking, then wait (bounded) until every line sent has arrived everywhere."""
@@ -131,4 +162,11 @@ class ChatRoom:
                 report.problems.append(f"{name} got lines from {sorted(foreign_senders)}")
         if reference:
             report.first_seq, report.last_seq = reference[0][0], reference[-1][0]
+        delays = sorted(self.delays(0.0, float("inf")))
+        if delays:
+            report.latency_ms = {
+                "median": round(delays[len(delays) // 2] * 1000, 1),
+                "p99": round(delays[int(len(delays) * 0.99)] * 1000, 1),
+                "max": round(delays[-1] * 1000, 1),
+            }
         return report
