@@ -17,7 +17,9 @@ client opens a new tunnel and repairs what it missed from the history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import struct
 
 from ocm.server.registry import Address
@@ -26,6 +28,7 @@ __all__ = ["TunnelLink", "tunnel_address"]
 
 log = logging.getLogger("ocm.server.tunnel")
 
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 _LENGTH = struct.Struct("!H")  # wire.tunnel's frame header, packed here on the hot path
 
 
@@ -62,6 +65,7 @@ class TunnelLink:
                 "cutting the tunnel of %s: over %d bytes unread", self.address[0], self.max_buffer
             )
             self.cut = True
+            self._reset()
             self.close()
             return
         transport.write(_LENGTH.pack(len(datagram)) + datagram)
@@ -70,3 +74,12 @@ class TunnelLink:
         if not self.closed:
             self.closed = True
             self._transport.abort()  # what waits unsent is dropped, not delivered late
+
+    def _reset(self) -> None:
+        """Make the close a reset. A plain close of a socket whose peer reads nothing
+        queues a FIN behind the unsent bytes: the kernel keeps them (up to the send
+        buffer) in an orphaned socket, and the peer is never told it was cut."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
