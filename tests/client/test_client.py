@@ -110,7 +110,7 @@ def test_the_core_names_are_the_same_objects_from_ocm_client() -> None:
         ("[::1]:9001", ("::1", 9001)),
         ("[::1]", ("::1", 9001)),
         ("::1", ("::1", 9001)),
-        ("fe80::1:2", ("fe80::1:2", 9001)),
+        ("fe80::1:abcd", ("fe80::1:abcd", 9001)),
         (":9100", ("localhost", 9100)),
         ("  host:2  ", ("host", 2)),
     ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from ocm.wire.constants import DEFAULT_PORT
 
 __all__ = ["format_server_address", "parse_server_address"]
@@ -12,9 +14,13 @@ def parse_server_address(
 ) -> tuple[str, int]:
     """``"HOST[:PORT]"`` or ``(host, port)`` to ``(host, port)``.
 
-    IPv6 addresses take brackets when a port follows (``"[::1]:9001"``); a bare address
-    with several colons (``"::1"``) is taken whole, on the default port. An empty host
-    means ``localhost``. Raises ValueError with a readable message.
+    IPv6 addresses take brackets when a port follows (``"[::1]:9001"``). A bare IPv6
+    address (several colons, no brackets) is taken whole, on the default port, only when
+    its last group cannot be a port: it follows ``::`` (``"::1"``, ``"fe80::1"``), or
+    it is not a number (``"fe80::abcd"``), or the address has all eight groups. Anything
+    else (``"::1:9312"``: port 9312 of ``::1``, or the address ``::1:9312``?) is refused
+    with a message that says how to write it. An empty host means ``localhost``.
+    Raises ValueError with a one-line readable message.
     """
     if isinstance(server, tuple):
         host, port = server
@@ -27,23 +33,47 @@ def parse_server_address(
             host, rest = text[1:end], text[end + 1 :]
             if rest and not rest.startswith(":"):
                 raise ValueError(f'unexpected "{rest}" after "]" in "{server}"')
-            port_text = rest[1:] if rest else ""
+            port_text = rest[1:] if rest else None
         elif text.count(":") == 1:
             host, port_text = text.split(":")
         else:
-            host, port_text = text, ""
-        if port_text:
-            if not port_text.isdigit():
-                raise ValueError(f'"{port_text}" is not a port number')
-            port = int(port_text)
-        elif text.endswith(":"):
-            raise ValueError(f'missing port after ":" in "{server}"')
-        else:
+            if text.count(":") > 1:
+                _check_bare_ipv6(text)
+            host, port_text = text, None
+        if port_text is None:
             port = default_port
+        elif not port_text:
+            raise ValueError(f'missing port after ":" in "{server}"')
+        elif not port_text.isdigit():
+            raise ValueError(f'"{port_text}" is not a port number')
+        else:
+            port = int(port_text)
     host = host or "localhost"
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range (1-65535)")
     return host, port
+
+
+def _check_bare_ipv6(text: str) -> None:
+    """Refuse ``text`` (several colons, no brackets) unless it is an IPv6 address whose
+    last group cannot be read as a port."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        raise ValueError(
+            f'"{text}" is not a server address: write HOST, HOST:PORT or [IPv6]:PORT'
+        ) from None
+    head, _, tail = text.rpartition(":")
+    if not (tail.isdigit() and 0 < int(tail) < 65536) or head.endswith(":"):
+        return  # not a port, or it follows "::" (no one connects to an address "X::")
+    try:
+        ipaddress.IPv6Address(head)
+    except ValueError:
+        return  # eight groups: the head alone is no address
+    raise ValueError(
+        f'"{text}" is ambiguous: write an IPv6 address in brackets: [{head}]:{tail}'
+        f" (or [{text}] for that address on the default port)"
+    )
 
 
 def format_server_address(address: tuple[str, int]) -> str:

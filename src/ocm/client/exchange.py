@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -74,15 +77,37 @@ class Link:
 
 
 def describe_error(error: BaseException) -> str:
+    """Why a connection failed, in a few words on one line ("connection refused").
+
+    Never the exception's own text for an OSError: asyncio's reads "Connect call failed
+    ('::1', 9312, 0, 0)", a Python tuple where people write ``[::1]:9312``, and, when
+    several addresses of a name failed, "Multiple exceptions: ..." with one per address.
+    The reason comes from the error number(s) instead.
+    """
     if isinstance(error, socket.gaierror):
         return "unknown host"
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
     if isinstance(error, TimeoutError):
         return "timed out"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    return str(error) or type(error).__name__
+    if isinstance(error, OSError):
+        numbers = [error.errno] if error.errno else _ERRNO.findall(str(error))
+        reasons = dict.fromkeys(_strerror(int(number)) for number in numbers)
+        return "; ".join(reasons) or "connection failed"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# asyncio's "Multiple exceptions: [Errno 111] Connect call failed (...), [Errno 101] ..."
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
+def _strerror(number: int) -> str:
+    if number == errno.ECONNREFUSED:
+        return "connection refused"
+    try:
+        return os.strerror(number).lower()
+    except ValueError:
+        return f"error {number}"
 
 
 async def read_message(reader: asyncio.StreamReader, framer: TcrpReader) -> TcrpMessage:
