@@ -28,7 +28,7 @@ SRC = ROOT / "src" / "ocm"
 TESTS = ROOT / "tests"
 
 # Modules that exist only on POSIX systems, or whose wheels install only there
-# (pyproject.toml: pexpect and uvloop are not installed on Windows).
+# (pyproject.toml: uvloop is not installed on Windows; pexpect has no Windows pty).
 POSIX_ONLY_MODULES = frozenset(
     {
         "crypt",

@@ -2,7 +2,7 @@
 
 Two levels. In-process, prompt_toolkit reads keys from a pipe and writes plain text, so
 the chat loop, the commands and the ways out are tested quickly against a real server.
-In a real pseudo-terminal (pexpect), rendered by a terminal emulator (pyte), the screen
+In a real pseudo-terminal, rendered by a terminal emulator (pyte), the screen
 itself is checked: a message arriving while a line is half typed lands above the input
 and leaves the half-typed line intact.
 """
@@ -13,6 +13,8 @@ import asyncio
 import io
 import os
 import re
+import struct
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -65,8 +67,10 @@ from tests.kit import (
     until,
 )
 
-if sys.platform != "win32":  # pyproject.toml: pexpect is not installed on Windows
-    import pexpect
+if sys.platform != "win32":  # a pseudo-terminal is POSIX only
+    import fcntl
+    import pty
+    import termios
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OCM_")}
@@ -453,12 +457,12 @@ async def test_interactive_stops_at_an_unreachable_server() -> None:
 # ---------------------------------------------------------------------------
 
 
-class _Screen(pyte.Screen):
+class _Screen(pyte.HistoryScreen):
     """pyte's screen, answering the program's cursor-position requests through the pty
-    like a real terminal does."""
+    like a real terminal does, and keeping what scrolls off the top (``history.top``)."""
 
     def __init__(self, columns: int, rows: int, reply: Callable[[str], object]) -> None:
-        super().__init__(columns, rows)
+        super().__init__(columns, rows, history=1000)
         self.reply = reply
 
     def write_process_input(self, data: str) -> None:
@@ -466,17 +470,42 @@ class _Screen(pyte.Screen):
 
 
 class Terminal:
-    """``ocm ARGS`` in a pty of ``rows`` x ``cols``, its output rendered by pyte."""
+    """``ocm ARGS`` in a pty of ``rows`` x ``cols``, its output rendered by pyte.
+
+    No fork in this process: the pty comes from ``pty.openpty()`` and the child from
+    :class:`subprocess.Popen` (its fork and exec happen in C, with nothing of Python
+    running in between), so Python 3.12+ has no "use of forkpty() may lead to deadlocks"
+    to warn about in this multi-threaded test process. The master end is read without
+    blocking and without a thread: :meth:`pump` polls it from the event loop."""
 
     def __init__(
         self, args: Sequence[str], env: dict[str, str], rows: int = 20, cols: int = 80
     ) -> None:
+        if sys.platform == "win32":
+            raise RuntimeError("a pseudo-terminal needs POSIX")
         environment = {k: v for k, v in os.environ.items() if not k.startswith("OCM_")}
         environment.update(PYTHONPATH=str(SRC), TERM="xterm", **env)
-        self.child = pexpect.spawn(
-            sys.executable, ["-m", "ocm", *args], env=environment, dimensions=(rows, cols)
-        )
-        self.screen = _Screen(cols, rows, lambda data: self.child.send(data.encode()))
+        master, slave = pty.openpty()
+        try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "ocm", *args],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=environment,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)  # the child has its own; EOF comes when it closes them
+        os.set_blocking(master, False)
+        self.fd = master
+        self.unsent = bytearray()  # keys the pty did not take yet (its buffer was full)
+        self.screen = _Screen(cols, rows, self.type)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = bytearray()  # everything the program wrote, for what scrolled away
 
@@ -484,16 +513,36 @@ class Terminal:
     def lines(self) -> list[str]:
         return [line.rstrip() for line in self.screen.display]
 
+    def scrollback(self) -> list[str]:
+        """The lines that scrolled off the top, oldest first."""
+        columns = self.screen.columns
+        return [
+            "".join(line[x].data for x in range(columns)).rstrip()
+            for line in self.screen.history.top
+        ]
+
     def text(self) -> str:
         return "\n".join(self.lines)
 
+    def _write(self) -> None:
+        while self.unsent:
+            try:
+                written = os.write(self.fd, self.unsent)
+            except BlockingIOError:
+                return  # the program reads on; the rest goes with the next pump
+            del self.unsent[:written]
+
     async def pump(self) -> bool:
         """Feed what the program wrote to the emulator; False at end of output."""
+        self._write()
         try:
-            data = await asyncio.to_thread(self.child.read_nonblocking, 65536, 0.02)
-        except pexpect.TIMEOUT:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            await asyncio.sleep(10 * MS)
             return True
-        except pexpect.EOF:
+        except OSError:  # EIO: the program closed its end (Linux)
+            data = b""
+        if not data:  # (BSD and macOS read an empty end instead)
             return False
         self.raw += data
         self.stream.feed(data)
@@ -508,6 +557,12 @@ class Terminal:
     async def shows(self, text: str, timeout: float = 5) -> None:
         await self.until(lambda lines: any(text in line for line in lines), timeout)
 
+    async def idle(self, duration: float = 0.3) -> None:
+        """Pump for ``duration`` seconds: whatever the program does meanwhile is shown."""
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline and await self.pump():
+            pass
+
     def cursor(self) -> tuple[int, int]:
         return self.screen.cursor.y, self.screen.cursor.x
 
@@ -515,18 +570,50 @@ class Terminal:
         return next(i for i, line in enumerate(self.lines) if text in line)
 
     def type(self, text: str) -> None:
-        self.child.send(text.encode())
+        self.unsent += text.encode()
+        self._write()
 
     async def exit_status(self, timeout: float = 5) -> int:
         deadline = time.monotonic() + timeout
         while await self.pump():
             assert time.monotonic() < deadline, "still running:\n" + self.text()
-        self.child.close()
-        return int(self.child.exitstatus)
+        while (status := self.child.poll()) is None:
+            assert time.monotonic() < deadline, "output ended, the program did not"
+            await asyncio.sleep(10 * MS)
+        return status
 
     def close(self) -> None:
-        if self.child.isalive():
-            self.child.close(force=True)
+        if self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+async def test_the_pty_harness_never_forks_the_test_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13: Python 3.12+ warns "use of forkpty() may lead to deadlocks" when a
+    process with threads forks in Python (pexpect did, while asyncio.to_thread and the
+    server's hashing had threads running). The harness forks nowhere in Python: with
+    every Python-level fork made to fail, the program still starts, runs and ends."""
+
+    def no_fork(*args: object) -> None:
+        raise AssertionError("the test process forked")
+
+    for module, name in ((os, "fork"), (os, "forkpty"), (pty, "fork")):
+        monkeypatch.setattr(module, name, no_fork)
+    await asyncio.to_thread(lambda: None)  # a thread has run, as in the other tests
+    term = Terminal(["--version"], {})
+    try:
+        await term.shows("ocm ")
+        assert await term.exit_status() == 0
+    finally:
+        term.close()
 
 
 @asynccontextmanager
@@ -544,7 +631,8 @@ def cell(term: Terminal, row: int, text: str) -> Any:
 
 
 @pytest.mark.posix
-@pytest.mark.skipif(sys.platform == "win32", reason="pexpect needs a POSIX pseudo-terminal")
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
 async def test_a_message_arrives_above_a_half_typed_line_which_survives() -> None:
     async with running_server() as server:
         alice = await ChatClient.create(where(server), "lobby", "alice")
@@ -585,7 +673,8 @@ async def test_a_message_arrives_above_a_half_typed_line_which_survives() -> Non
 
 
 @pytest.mark.posix
-@pytest.mark.skipif(sys.platform == "win32", reason="pexpect needs a POSIX pseudo-terminal")
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
 async def test_interactive_mode_in_a_terminal() -> None:
     async with running_server() as server:
         carol = await ChatClient.create(where(server), "vault", "carol", "s3cret")
@@ -610,7 +699,8 @@ async def test_interactive_mode_in_a_terminal() -> None:
 
 
 @pytest.mark.posix
-@pytest.mark.skipif(sys.platform == "win32", reason="pexpect needs a POSIX pseudo-terminal")
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
 async def test_the_terminal_shows_the_last_20_messages_dimmed_by_default() -> None:
     async with running_server() as server:
         alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
@@ -651,7 +741,8 @@ def shown_lines(raw: bytes | bytearray, sender: str) -> set[int]:
 
 
 @pytest.mark.posix
-@pytest.mark.skipif(sys.platform == "win32", reason="pexpect needs a POSIX pseudo-terminal")
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
 async def test_a_flood_piped_into_a_room_is_shown_whole_in_a_terminal() -> None:
     """Issue 11: 5,000 lines piped into a room appear, all of them, in the terminal of
     a reader, within seconds. Printed one event at a time (a prompt redraw and a
