@@ -8,12 +8,18 @@ clients match it.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ocm.wire import Kind, decode_server_datagram
 from ocm.wire.names import name_problem
 from ocm.wire.texts import (
+    ACTION_END,
+    ACTION_START,
     SHUTDOWN_REASON,
     HostGone,
     MemberEvent,
@@ -22,9 +28,11 @@ from ocm.wire.texts import (
     ServerShutdown,
     TooLong,
     UnknownToken,
+    format_action,
     format_closed,
     format_notice,
     format_refusal,
+    parse_action,
     parse_closed,
     parse_notice,
     parse_refusal,
@@ -83,3 +91,38 @@ def test_other_texts_parse_to_none_and_never_raise(text: str) -> None:
     assert parse_notice(text) is None
     assert parse_closed(text) is None
     assert parse_refusal(text) is None
+
+
+@given(st.text())
+def test_actions_round_trip(words: str) -> None:
+    assert parse_action(format_action(words)) == words
+
+
+def test_an_action_is_irc_ctcp_action() -> None:
+    """docs/protocol.md, section 2: the convention IRC clients and bridges know."""
+    assert format_action("waves") == "\x01ACTION waves\x01" == ACTION_START + "waves" + ACTION_END
+    assert parse_action("\x01ACTION waves") == "waves"  # no closing \x01: cut to fit
+    assert parse_action("\x01ACTION\x01") == parse_action("\x01ACTION") == ""
+
+
+@pytest.mark.parametrize(
+    "text", ["", "waves", "/me waves", "ACTION waves", "\x01ACTIONwaves\x01", "\x01VERSION\x01"]
+)
+def test_other_chat_texts_are_not_actions(text: str) -> None:
+    assert parse_action(text) is None
+
+
+def test_the_protocol_page_shows_an_action_on_the_wire() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+    example = re.search(
+        r"<!-- example: server action -->\n```text\n(.*?)\n```",
+        doc.read_text(encoding="utf-8"),
+        re.S,
+    )
+    assert example is not None
+    datagram = decode_server_datagram(bytes.fromhex(example[1]))
+    assert (datagram.kind, datagram.sender, parse_action(datagram.text)) == (
+        Kind.MESSAGE,
+        "bob",
+        "waves",
+    )

@@ -94,7 +94,7 @@ from ocm.wire.tcrp import (
     Tunnel,
     Tunnelled,
 )
-from ocm.wire.texts import UnknownToken, format_refusal
+from ocm.wire.texts import UnknownToken, format_action, format_refusal
 from ocm.wire.tunnel import TUNNEL, FrameReader, encode_frame
 
 __all__ = [
@@ -694,6 +694,12 @@ class ChatClient:
             self._send_datagram(text)
             state.sent(text, self._loop.time() + self.confirm_timeout)
         self._arm_timer()
+
+    async def send_action(self, words: str) -> None:
+        """Send an action (``/me waves``: ``words`` is ``"waves"``), which every reader
+        gets as a :class:`Message` with ``action=True``. As :meth:`send`, whose limit
+        counts the action's wire text (:func:`~ocm.wire.texts.format_action`)."""
+        await self.send(format_action(words))
 
     @property
     def _over(self) -> bool:

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ocm.client.events import Closed, ErrorReply, Event, Gap, Message, Notice, Undelivered
-from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, follow_notice
+from ocm.client.events import Closed, ErrorReply, Event, Gap, Notice, Undelivered
+from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, chat_message, follow_notice
 from ocm.errors import ProtocolError
 from ocm.wire.constants import SEQ_CYCLE, SERVER_HEADER_SIZE
 from ocm.wire.datagrams import Kind, ServerDatagram
@@ -694,9 +694,9 @@ class DeliveryState:
         seq = _wire(position)
         match item:
             case Chat(_, sender, _, text):
-                return [Message(sender, text, seq, history)]
+                return [chat_message(sender, text, seq, history)]
             case ServerDatagram(kind=Kind.MESSAGE, sender=sender, text=text):
-                return [Message(sender, text, seq, history)]
+                return [chat_message(sender, text, seq, history)]
             case ServerDatagram(kind=Kind.NOTICE, text=text):
                 if not history:  # the admission's member list already counts the past
                     follow_notice(self.members, text)

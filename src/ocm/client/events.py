@@ -28,12 +28,17 @@ __all__ = [
 class Message:
     """Chat text from ``sender`` (our own messages come back too: the server's copy
     is the delivery confirmation). ``history`` is True for a message from before we
-    entered, asked for with the ``history`` option (the delivery extension only)."""
+    entered, asked for with the ``history`` option (the delivery extension only).
+    ``action`` is True for an action (``/me waves``, sent with
+    :meth:`~ocm.client.ChatClient.send_action`): ``text`` is then its words
+    (``"waves"``), shown as ``* bob waves``; on the wire it is
+    :func:`~ocm.wire.texts.format_action`'s text."""
 
     sender: str
     text: str
     seq: int
     history: bool = False
+    action: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,8 @@ class Gap:
 
 @dataclass(frozen=True, slots=True)
 class Undelivered:
-    """Our message ``text`` was not confirmed. Version 1: its copy did not come back
+    """Our message ``text`` (as sent: an action in its wire form,
+    :func:`~ocm.wire.texts.format_action`) was not confirmed. Version 1: its copy did not come back
     within the confirm timeout, most likely lost on the way (UDP does not retransmit).
     With the delivery extension the client resends a message until the server confirms
     it, so this is reported only for messages still unconfirmed when the room ends for

@@ -48,7 +48,14 @@ from ocm.wire.constants import (
 )
 from ocm.wire.datagrams import Kind, decode_server_datagram, next_seq
 from ocm.wire.delivery import EXTENDED_HEADER_SIZE
-from ocm.wire.texts import Presence, TooLong, UnknownToken, parse_notice, parse_refusal
+from ocm.wire.texts import (
+    Presence,
+    TooLong,
+    UnknownToken,
+    parse_action,
+    parse_notice,
+    parse_refusal,
+)
 
 __all__ = [
     "BASELINE_SLACK",
@@ -57,6 +64,7 @@ __all__ = [
     "EventQueue",
     "RoomState",
     "SeqTracker",
+    "chat_message",
     "encode_text",
     "fit_text",
     "follow_notice",
@@ -235,7 +243,7 @@ class RoomState:
             case Kind.MESSAGE:
                 if datagram.sender.casefold() == self.name.casefold():
                     self._confirmed(datagram.text)
-                events.append(Message(datagram.sender, datagram.text, datagram.seq))
+                events.append(chat_message(datagram.sender, datagram.text, datagram.seq))
             case Kind.NOTICE:
                 self._follow(datagram.text)
                 events.append(Notice(datagram.text, datagram.seq))
@@ -269,6 +277,16 @@ class RoomState:
 
     def _follow(self, text: str) -> None:
         follow_notice(self.members, text)
+
+
+def chat_message(sender: str, text: str, seq: int, history: bool = False) -> Message:
+    """The :class:`Message` a MESSAGE's ``text`` makes (either core): an action
+    (:func:`~ocm.wire.texts.parse_action`) as its words with ``action=True``, so a bot
+    reads ``"waves"``, never the wire's ``"\x01ACTION waves\x01"``."""
+    words = parse_action(text)
+    if words is None:
+        return Message(sender, text, seq, history)
+    return Message(sender, words, seq, history, action=True)
 
 
 def follow_notice(members: list[str], text: str) -> None:

@@ -7,6 +7,10 @@ read them back (to follow the member list, to tell a refused message from a lost
 so each is declared here once, as a formatter and its parser, and both ends use the
 pair. A parser returns None for a text it does not recognise (another server may word
 things its own way); it never raises.
+
+One convention lives inside the chat text itself, between clients: an action (``/me
+waves``) travels as IRC's CTCP ACTION, ``"\x01ACTION waves\x01"`` (:func:`format_action`,
+:func:`parse_action`). A server relays it unchanged, as any other text.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "ACTION_END",
+    "ACTION_START",
     "RESTARTED_TEXT",
     "SHUTDOWN_REASON",
     "ClosedReason",
@@ -28,9 +34,11 @@ __all__ = [
     "ServerShutdown",
     "TooLong",
     "UnknownToken",
+    "format_action",
     "format_closed",
     "format_notice",
     "format_refusal",
+    "parse_action",
     "parse_closed",
     "parse_notice",
     "parse_refusal",
@@ -176,3 +184,32 @@ def parse_refusal(text: str) -> Refusal | None:
         return Malformed()
     match = _TOO_LONG.fullmatch(text)
     return None if match is None else TooLong(int(match[1]))
+
+
+# ---------------------------------------------------------------------------
+# Chat text: an action, "\x01ACTION waves\x01" (IRC's CTCP ACTION)
+# ---------------------------------------------------------------------------
+
+# IRC's convention, so an action is one thing for every client (a bot, a pipe, a
+# terminal) and recognisable to anyone who has bridged IRC: a plain "/me waves" would be
+# a command to one reader and chat text to the next. docs/protocol.md, section 2.
+ACTION_START = "\x01ACTION "
+ACTION_END = "\x01"
+
+
+def format_action(words: str) -> str:
+    """The chat text of the action ``words`` (``/me waves``: ``"waves"``)."""
+    return f"{ACTION_START}{words}{ACTION_END}"
+
+
+def parse_action(text: str) -> str | None:
+    """The words of an action, or None for plain chat text.
+
+    The closing ``\x01`` may be missing (IRC clients leave it out, and a text cut to
+    fit the limit loses it); ``"\x01ACTION\x01"`` is an action without words.
+    """
+    if text in (ACTION_START.rstrip() + ACTION_END, ACTION_START.rstrip()):
+        return ""
+    if not text.startswith(ACTION_START):
+        return None
+    return text[len(ACTION_START) :].removesuffix(ACTION_END)
