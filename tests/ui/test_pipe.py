@@ -12,11 +12,14 @@ import io
 import os
 from collections.abc import AsyncIterator
 
+import pytest
+
 from ocm.client import ChatClient, Closed, Event, Message, Notice
 from ocm.ui.chatview import EXIT_LEFT, EXIT_ROOM_CLOSED, EXIT_SERVER_LOST
 from ocm.ui.pipe import MAX_LINE, MAX_QUEUED_READS, LongLine, read_lines, run_pipe
 from ocm.wire import Kind
 from ocm.wire.delivery import Data, Ping
+from ocm.wire.texts import UnknownToken, format_refusal
 from tests.client.fake_delivery import delivery_server
 from tests.kit import (
     LOOPBACK,
@@ -123,6 +126,69 @@ async def test_run_pipe_sends_lines_prints_events_and_leaves_at_the_end() -> Non
         await alice.close()
 
 
+@pytest.mark.parametrize("delivery", [True, False])
+async def test_actions_literal_lines_and_exit_are_read_as_on_a_terminal(delivery: bool) -> None:
+    """``/me waves`` is an action for every reader (the library's Message, this pipe's
+    own output); ``//`` drops one slash and ``/say`` sends its text as it is; ``exit``
+    leaves, and what follows it is never sent."""
+    async with running_server() as server:
+        alice = await ready(
+            server, await ChatClient.create(server_of(server), "lobby", "alice", delivery=delivery)
+        )
+        bob = await ready(
+            server, await ChatClient.join(server_of(server), "lobby", "bob", delivery=delivery)
+        )
+
+        async def stdin() -> AsyncIterator[str]:
+            for line in ["/me waves", "//me x", "/say exit", "//exit", "/who", "exit", "late"]:
+                yield line
+
+        out, err = io.StringIO(), io.StringIO()
+        assert await run_pipe(bob, stdin(), out, err) == EXIT_LEFT
+        assert (out.getvalue(), err.getvalue()) == (
+            "* bob waves\nbob: /me x\nbob: exit\nbob: /exit\nbob: /who\n",
+            "",
+        )
+        events: list[Event] = []
+        async with asyncio.timeout(1000 * MS):
+            while len(events) < 7:
+                events.append(await anext(alice))
+        assert events == [
+            Notice("bob joined", 1),
+            Message("bob", "waves", 2, action=True),
+            Message("bob", "/me x", 3),
+            Message("bob", "exit", 4),
+            Message("bob", "/exit", 5),
+            Message("bob", "/who", 6),
+            Notice("bob left", 7),
+        ]
+        await alice.send_action("nods")  # the library's way to the same
+        async with asyncio.timeout(1000 * MS):
+            assert await anext(alice) == Message("alice", "nods", 8, action=True)
+        await alice.close()
+
+
+async def test_a_member_the_server_dropped_is_told_the_room_goes_on() -> None:
+    """The server no longer knows our token (we were silent past its idle timeout): not
+    "room closed", for the room goes on, and the status of a lost room (4), not 3."""
+    async with fake_server() as fake:
+        bob = await ChatClient.join((LOOPBACK, fake.tcp_port), "lobby", "bob", delivery=False)
+        forever = asyncio.Event()
+
+        async def stdin() -> AsyncIterator[str]:
+            await forever.wait()
+            yield "never"
+
+        await fake.udp.recv_raw()  # the first heartbeat
+        fake.send(Kind.ERROR, 0, format_refusal(UnknownToken()))
+        out = io.StringIO()
+        async with asyncio.timeout(2000 * MS):
+            assert await run_pipe(bob, stdin(), out, io.StringIO()) == EXIT_SERVER_LOST
+        assert out.getvalue() == (
+            "! you were dropped after too long a silence; the room goes on without you\n"
+        )
+
+
 async def test_lines_the_server_never_confirmed_make_the_exit_status_1() -> None:
     async with fake_server() as fake:
         bob = await ChatClient.join(
@@ -177,7 +243,7 @@ async def test_run_pipe_ends_when_the_room_closes_while_input_is_open() -> None:
         await alice.close()
         async with asyncio.timeout(1000 * MS):
             assert await session == EXIT_ROOM_CLOSED == 3
-        assert out.getvalue() == "! room closed: host alice left; the room is closed\n"
+        assert out.getvalue() == "! room closed: the host alice left\n"
 
 
 async def no_input() -> AsyncIterator[str]:
@@ -220,7 +286,7 @@ async def test_a_silent_server_ends_pipe_mode_with_status_4() -> None:
         async with asyncio.timeout(2000 * MS):
             assert await run_pipe(bob, stdin(), out, err) == EXIT_SERVER_LOST == 4
         assert out.getvalue() == (
-            "! not delivered: hello\n! room closed: the server stopped answering\n"
+            "! not delivered: hello\n! the server stopped answering — the chat is over\n"
         )
         # The lost line is said too; the room had ended, so no word about the leave.
         assert err.getvalue() == "ocm: 1 message not confirmed by the server\n"
@@ -242,7 +308,7 @@ async def test_a_restarted_server_ends_pipe_mode_with_status_4() -> None:
         async with asyncio.timeout(2000 * MS):
             assert await run_pipe(bob, stdin(), out, err) == EXIT_SERVER_LOST
         assert out.getvalue() == (
-            "! room closed: the server restarted; room lobby no longer exists\n"
+            "! the server restarted; room lobby no longer exists — the chat is over\n"
         )
         assert err.getvalue() == ""
 
@@ -320,4 +386,4 @@ async def test_server_lost_tells_a_lost_server_from_a_closed_room() -> None:
         async with asyncio.timeout(2000 * MS):
             assert await run_pipe(carol, stdin(), out, io.StringIO()) == EXIT_SERVER_LOST
         assert carol.server_lost
-        assert out.getvalue() == "! room closed: lost contact with the server\n"
+        assert out.getvalue() == "! lost contact with the server — the chat is over\n"

@@ -1,14 +1,17 @@
 """Pipe mode: the ``ocm`` client when stdin is not a terminal (scripts, bots, tests).
 
-Each stdin line is sent as one message; each event is one stdout line in the format of
-:func:`ocm.ui.chatview.pipe_line`; end of input leaves the room, once the server's copies
-of the lines already sent have come back (so ``echo hi | ocm join lobby`` delivers
-"hi"). A line the client refuses (too long) is reported on stderr and skipped. Lines go
+Each stdin line is sent as one message, read as on a terminal
+(:func:`ocm.ui.chatview.pipe_input`): ``/me waves`` is an action, ``exit`` or ``/exit``
+leaves, ``/say TEXT`` and a leading ``//`` send a line literally. Each event is one
+stdout line in the format of :func:`ocm.ui.chatview.pipe_line`. End of input (or
+``exit``) leaves the room, once the server's copies of the lines already sent have come
+back (so ``echo hi | ocm join lobby`` delivers "hi"). A line the client refuses (too
+long) is reported on stderr and skipped. Lines go
 out no faster than the server confirms them (the client's window). The exit status
 (:func:`ocm.ui.chatview.exit_status`) says how the chat ended: 0 when we left, 3 when
-the room closed, 4 when the server was lost (or our leave went unanswered); and 1 when
-we left but a line was refused or never confirmed, so a script never loses lines
-silently.
+the room closed, 4 when we lost it otherwise (the server was lost, or dropped us, or
+our leave went unanswered); and 1 when we left but a line was refused or never
+confirmed, so a script never loses lines silently.
 
 Stdin is read by a daemon thread with ``os.read`` on the file descriptor: it works for
 pipes, files and consoles on every platform, and a thread blocked on a quiet pipe never
@@ -32,10 +35,10 @@ from typing import TYPE_CHECKING, TextIO
 
 from ocm.client import ChatClient
 from ocm.errors import ConnectionLost, ProtocolError
-from ocm.ui.chatview import NOT_LEFT, closing, exit_status, pipe_line
+from ocm.ui.chatview import NOT_LEFT, closing, exit_status, pipe_input, pipe_line
 
 if TYPE_CHECKING:
-    from ocm.client import Closed
+    from ocm.client import Closed, Event
 
 __all__ = [
     "BATCH_EVENTS",
@@ -133,12 +136,13 @@ def _emit(out: TextIO, line: str) -> None:
 async def run_pipe(
     chat: ChatClient, lines: AsyncIterator[str | LongLine], out: TextIO, err: TextIO
 ) -> int:
-    """Chat between ``lines`` and ``out`` until end of input or the room ends; leave.
+    """Chat between ``lines`` and ``out`` until end of input, ``exit``, or the room
+    ends; leave.
 
     The exit status of :func:`~ocm.ui.chatview.exit_status`: 0 when we left and the
     server confirmed every line; 1 when a line was refused (too long: not sent) or not
-    confirmed; 3 when the room closed; 4 when the server was lost, or did not confirm
-    our leave (said on stderr).
+    confirmed; 3 when the room closed; 4 when the server was lost or dropped us, or did
+    not confirm our leave (said on stderr).
     """
     refused = 0
     closed: Closed | None = None
@@ -150,8 +154,13 @@ async def run_pipe(
             events = [first, *chat.ready_events(BATCH_EVENTS - 1)]
             for event in events:
                 closed = closing(event) or closed
-            out.write("".join(pipe_line(event) + "\n" for event in events))
+            out.write("".join(shown(event) + "\n" for event in events))
             out.flush()
+
+    def shown(event: Event) -> str:
+        # The last line says how the chat ended, for us: "you were dropped ..." is
+        # ours alone, and whether the server was lost is known once the room is over.
+        return pipe_line(event, me=chat.name, is_host=chat.is_host, server_lost=chat.server_lost)
 
     async def send() -> None:
         nonlocal refused
@@ -160,10 +169,13 @@ async def run_pipe(
                 refused += 1
                 _emit(err, f"ocm: line longer than {MAX_LINE} characters dropped (not sent)")
                 continue
-            if not line.strip():
-                continue
+            command = pipe_input(line)
+            if command.kind == "exit":
+                return  # as the end of input
+            if command.kind != "send":
+                continue  # an empty line
             try:
-                await chat.send(line)  # waits while the window is full, and always yields
+                await chat.send(command.text)  # waits while the window is full; yields
             except ProtocolError as error:  # too long: say so, keep going
                 refused += 1
                 _emit(err, f"ocm: {error.message}")
