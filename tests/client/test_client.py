@@ -9,10 +9,7 @@ server that sends exactly the datagrams a test wants (gaps, duplicates, late arr
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +59,6 @@ from tests.kit import (
     until,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 # What ChatClient.join(..., "lobby", "bob") sends: it asks for the delivery extension
 # (the fake server of tests/kit.py does not grant it, so the session is version 1).
 BOB_JOINS = JoinRoom("lobby", "bob", features=FEATURES)
@@ -582,63 +578,3 @@ async def test_list_rooms_takes_a_reply_far_over_the_request_limit() -> None:
         await create_rooms(server.tcp_port, names)
         rooms = await list_rooms(server_of(server))
     assert [room.name for room in rooms] == names
-
-
-# ---------------------------------------------------------------------------
-# The README's bot example
-# ---------------------------------------------------------------------------
-
-
-def readme_bot_example() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"<!-- bot-example -->\n```python\n(.*?)```", readme, re.DOTALL)
-    assert found, "README.md lost its bot example"
-    return found.group(1)
-
-
-def test_examples_bot_is_the_readme_example() -> None:
-    code = readme_bot_example()
-    assert (ROOT / "examples" / "bot.py").read_text(encoding="utf-8") == code
-    assert len([line for line in code.splitlines() if line.strip()]) <= 10  # "10 lines"
-
-
-async def test_the_readme_bot_example_runs() -> None:
-    async with running_server() as server:
-        alice = await ChatClient.create(server_of(server), "lobby", "alice")
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT / "src"),
-            "OCM_SERVER": f"127.0.0.1:{server.tcp_port}",
-        }
-        bot = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", readme_bot_example(), env=env, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            assert await next_event(alice, 10_000 * MS) == Notice("echobot joined", 1)
-            await until(lambda: registered(server, "lobby", "echobot"))
-            await alice.send("hello bot")
-            assert await next_event(alice) == Message("alice", "hello bot", 2)
-            assert await next_event(alice) == Message("echobot", "alice said: hello bot", 3)
-
-            # Another bot is not answered (two echo bots would echo each other forever),
-            # and an answer that would be too long is cut, not a crash.
-            other = await ready(
-                server, await ChatClient.join(server_of(server), "lobby", "OtherBot")
-            )
-            await other.send("beep")
-            longest = "é" * (alice.max_text_bytes // 2)
-            await alice.send(longest)
-            texts = [e.text for e in await settle(alice, 300 * MS) if isinstance(e, Message)]
-            limit = min(MAX_DATAGRAM - 2 - len("lobby") - len(alice.token), MAX_DATAGRAM - 6 - 7)
-            answer = f"alice said: {longest}".encode()[:limit].decode(errors="ignore")
-            assert texts == ["beep", longest, answer]
-            await other.close()
-
-            await alice.close()  # the room closes; the bot's loop ends; it exits
-            async with asyncio.timeout(5):
-                _, stderr = await bot.communicate()
-            assert bot.returncode == 0, stderr.decode()
-        finally:
-            if bot.returncode is None:
-                bot.kill()
-                await bot.wait()
