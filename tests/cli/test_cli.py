@@ -524,8 +524,17 @@ async def test_a_password_room_through_the_cli() -> None:
             )
             assert (wrong.code, wrong.out) == (1, "")
             assert wrong.err == 'ocm: wrong password for room "vault"\n'
+            # No password at all: say that the room wants one, and how to give it.
             missing = await ocm("join", "vault", "--name", "mallory", "--server", where)
-            assert missing.err == 'ocm: wrong password for room "vault"\n'
+            assert (missing.code, missing.err) == (
+                1,
+                'ocm: room "vault" needs a password — give it with --password, '
+                "$OCM_PASSWORD or --ask-password\n",
+            )
+            empty = await ocm(
+                "join", "vault", "--name", "mallory", "--server", where, env={"OCM_PASSWORD": ""}
+            )
+            assert empty.err == missing.err
 
             by_flag = await ocm(
                 "join",

@@ -73,6 +73,8 @@ _EPILOG = "exit status:\n" + "\n".join(
 )
 # What --history shows when it is not given.
 _HISTORY_DEFAULTS = "20 on a terminal, 0 in pipe mode"
+# The ways to give a room's password, as an error names them.
+_PASSWORD_WAYS = f"--password, ${PASSWORD_ENV} or --ask-password"
 
 
 class _Usage(Exception):
@@ -205,7 +207,18 @@ def _explain(error: OCMError, args: argparse.Namespace) -> str:
                 return f"{error.message} — join it with: ocm join {room}"
             case ErrorCode.NAME_TAKEN:
                 return f"{error.message} — choose another with --name"
+            case ErrorCode.WRONG_PASSWORD if not _password_given(args):
+                return f'room "{room}" needs a password — give it with {_PASSWORD_WAYS}'
     return error.message
+
+
+def _password_given(args: argparse.Namespace) -> bool:
+    """Whether a password came with the command (flag, variable) or was asked for."""
+    return bool(
+        getattr(args, "password", None)
+        or getattr(args, "ask_password", False)
+        or os.environ.get(PASSWORD_ENV)
+    )
 
 
 def run(args: argparse.Namespace) -> int:
