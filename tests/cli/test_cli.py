@@ -190,6 +190,16 @@ def test_ocm_alone_passes_its_history_to_the_questions(monkeypatch: pytest.Monke
     assert asked == [7, terminal.DEFAULT_HISTORY] == [7, 20]
 
 
+def test_no_bell_for_create_join_and_ocm_alone() -> None:
+    parser = build_parser()
+    assert parser.parse_args([]).no_bell is False
+    assert parser.parse_args(["--no-bell"]).no_bell is True
+    for command in ("create", "join"):
+        assert parser.parse_args([command, "lobby"]).no_bell is False
+        assert parser.parse_args([command, "lobby", "--no-bell"]).no_bell is True
+        assert parser.parse_args(["--no-bell", command, "lobby"]).no_bell is True
+
+
 def join_help() -> str:
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -10,6 +10,7 @@ and leaves the half-typed line intact.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import os
 import re
@@ -162,7 +163,7 @@ async def test_typing_sends_commands_answer_and_exit_leaves() -> None:
             screen.type("/who\r")
             await screen.shows("-- 2 members: alice (host), bob", times=2)
             screen.type("/help\r")
-            await screen.shows("commands: /who lists members")
+            await screen.shows("-- commands")
             screen.type("/nope\r")
             await screen.shows("unknown command /nope — /help lists the commands")
             screen.type("//slash\r")
@@ -187,18 +188,23 @@ async def test_typing_sends_commands_answer_and_exit_leaves() -> None:
         await alice.close()
 
 
-async def test_a_too_long_line_is_refused_at_enter_and_kept() -> None:
+async def test_a_too_long_line_is_refused_under_the_input_and_kept() -> None:
     async with running_server() as server:
         alice = await ChatClient.create(where(server), "lobby", "alice")
         async with screen_for(alice) as screen:
+            line = screen.ui.session.default_buffer
             await screen.shows("type a message")
-            screen.type("\x1b[200~" + "x" * 4100 + "\x1b[201~\r")  # pasted
-            refused = "message too long: 4100 bytes, at most 4057 (not sent); it is back"
+            screen.type("\x1b[200~" + "x" * 4100 + "\x1b[201~")  # pasted
+            # Said under the input as soon as it is too long, not once Enter is pressed.
+            refused = "too long to send: 4100 bytes, at most 4057 (Ctrl-C clears it)"
             await screen.shows(refused, timeout=3000 * MS)
-            screen.type("\r")  # Enter again: the same text was still in the input line
-            await screen.shows(refused, times=2, timeout=3000 * MS)
+            screen.type("\r")  # Enter: refused, and the text stays where it is
+            await asyncio.sleep(100 * MS)
+            assert line.text == "x" * 4100
+            assert line.validation_error is not None
             assert alice.unconfirmed == 0 and server.relay.relayed == 0
-            screen.keys.send_bytes(b"\x15")  # Ctrl-U clears it
+            screen.keys.send_bytes(b"\x03")  # Ctrl-C clears it
+            await until(lambda: line.text == "")
             screen.type("short\r")
             await screen.shows("<alice> short")
             assert server.relay.relayed == 1
@@ -211,16 +217,135 @@ async def list_rooms_now(server: OCMServer) -> int:
     return len(server.registry.rooms)
 
 
-async def test_the_host_is_warned_and_ctrl_c_closes_the_room() -> None:
+async def test_ctrl_c_clears_the_line_then_leaves_when_pressed_twice() -> None:
+    """Issue 13 item 4: one Ctrl-C no longer leaves (nor closes a host's room): it
+    clears a typed line; on an empty line the toolbar asks for a second one."""
     async with running_server() as server:
         alice, bob = await alice_and_bob(server)
         async with screen_for(alice) as screen:
+            line = screen.ui.session.default_buffer
             await screen.shows("you are the host: when you leave, the room closes for everyone")
-            screen.keys.send_bytes(b"\x03")  # Ctrl-C
+            screen.type("half typed")
+            await until(lambda: line.text == "half typed")
+            screen.keys.send_bytes(b"\x03")  # Ctrl-C: the line is cleared, nothing else
+            await until(lambda: line.text == "")
+            screen.keys.send_bytes(b"\x03")  # Ctrl-C on an empty line: asks
+            await screen.shows(
+                " Ctrl-C again to leave and close the room for everyone (you host it) "
+            )
+            await asyncio.sleep(50 * MS)
+            assert not screen.task.done() and alice.closed is None
+            screen.keys.send_bytes(b"\x03")  # the second one leaves
             assert await screen.exit_status() == 0
-            await screen.shows('you left "lobby"; the room is closed')
-        assert await next_event(bob) == Closed("host alice left; the room is closed")
+            await screen.shows('you left "lobby"')
+        assert isinstance(await next_event(bob), Closed)
         await bob.close()
+
+
+async def test_a_second_ctrl_c_too_late_asks_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(terminal_module, "LEAVE_CONFIRM_SECONDS", 0.2)
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+        async with screen_for(bob) as screen:
+            await screen.shows("type a message")
+            screen.keys.send_bytes(b"\x03")
+            await screen.shows(" Ctrl-C again to leave (or /exit) ")
+            assert "you are the host" not in screen.out.getvalue()  # bob is not
+            await asyncio.sleep(300 * MS)  # too late: this one asks again
+            screen.keys.send_bytes(b"\x03")
+            await screen.shows(" Ctrl-C again to leave (or /exit) ", times=2)
+            assert not screen.task.done()
+            screen.type("/exit\r")
+            assert await screen.exit_status() == 0
+        await alice.close()
+
+
+async def test_tab_cycles_the_names_inline_and_up_is_always_history() -> None:
+    """Issue 13 item 2: no completion menu (it was not drawn, and Up walked it): Tab
+    puts the first name in the line, Tab again the next, Shift-Tab the one before."""
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
+        others = [await ChatClient.join(where(server), "lobby", n) for n in ("bob", "bea")]
+        async with screen_for(alice) as screen:
+            line = screen.ui.session.default_buffer
+
+            async def reads(text: str) -> None:
+                await until(lambda: line.text == text)
+
+            await screen.shows("3 members")
+            screen.type("earlier\r")
+            await screen.shows("<alice> earlier")
+            screen.type("b\t")  # ambiguous: both, in order (nobody has spoken)
+            await reads("bea: ")
+            screen.type("\t")
+            await reads("bob: ")
+            screen.type("\t")
+            await reads("bea: ")
+            screen.type("\x1b[Z")  # Shift-Tab
+            await reads("bob: ")
+            screen.type("hi \t")  # after a space: any name, as a word
+            await reads("bob: hi bea ")
+            screen.keys.send_bytes(b"\x03")
+            await reads("")
+            screen.type("\t")  # an empty line: the first name
+            await reads("bea: ")
+            assert line.complete_state is None
+            screen.type("\x1b[A")  # Up: the history, never a menu
+            await reads("earlier")
+            screen.type("\x1b[B\x15zed\t")  # no match: nothing happens
+            await asyncio.sleep(50 * MS)
+            assert line.text == "zed"
+            screen.type("\x15/exit\r")
+            assert await screen.exit_status() == 0
+        for member in others:
+            await member.close()
+
+
+async def test_focus_reports_and_the_bell_in_process() -> None:
+    """The unread marker goes above the first line that came while the window was in
+    the background; the bell rings for a message that names us while we are not
+    typing, and not at all with bell=False."""
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+        await focus_and_bell(alice, bob, bell=True)
+        await focus_and_bell(
+            alice, await ChatClient.join(where(server), "lobby", "bea"), bell=False
+        )
+        await alice.close()
+
+
+async def focus_and_bell(alice: ChatClient, chat: ChatClient, *, bell: bool) -> None:
+    with create_pipe_input() as keys:
+        out = io.StringIO()
+        output = PlainTextOutput(out)
+        rings: list[None] = []
+        output.bell = lambda: rings.append(None)  # type: ignore[method-assign]
+        ui = TerminalChat(chat, input=keys, output=output, clock=lambda: NOON, bell=bell)
+        task = asyncio.create_task(ui.run())
+        await until(lambda: "type a message" in out.getvalue())
+        await alice.send(f"{chat.name}: ping")
+        await until(lambda: f"<alice> {chat.name}: ping" in out.getvalue())
+        assert len(rings) == bell
+        keys.send_text("typing")
+        await until(lambda: ui.session.default_buffer.text == "typing")
+        await alice.send(f"{chat.name}?")  # we are typing: no bell
+        await until(lambda: f"<alice> {chat.name}?" in out.getvalue())
+        keys.send_text("\x1b[O")  # focus out
+        await until(lambda: ui._away)
+        await alice.send(f"still there, {chat.name}?")  # away: it rings though we typed
+        await until(lambda: "still there" in out.getvalue())
+        assert len(rings) == 2 * bell
+        keys.send_text("\x1b[I")  # focus in
+        await until(lambda: not ui._away)
+        await alice.send("back")
+        await until(lambda: "<alice> back" in out.getvalue())
+        text = out.getvalue()
+        assert text.count("-- new since you were away --") == 1
+        assert text.index(f"{chat.name}?") < text.index("you were away") < text.index("still")
+        assert ui.session.default_buffer.text == "typing"  # the reports typed nothing
+        keys.send_text("\x03/exit\r")
+        async with asyncio.timeout(2000 * MS):
+            assert await task == EXIT_LEFT
 
 
 async def test_the_room_closing_under_the_prompt_ends_the_client() -> None:
@@ -459,7 +584,8 @@ async def test_interactive_stops_at_an_unreachable_server() -> None:
 
 class _Screen(pyte.HistoryScreen):
     """pyte's screen, answering the program's cursor-position requests through the pty
-    like a real terminal does, and keeping what scrolls off the top (``history.top``)."""
+    like a real terminal does, and keeping what scrolls off the top (``history.top``)
+    as tmux does, a cleared screen included."""
 
     def __init__(self, columns: int, rows: int, reply: Callable[[str], object]) -> None:
         super().__init__(columns, rows, history=1000)
@@ -467,6 +593,20 @@ class _Screen(pyte.HistoryScreen):
 
     def write_process_input(self, data: str) -> None:
         self.reply(data)
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        # tmux's scroll-on-clear (on by default): clearing the whole screen, or all of it
+        # from its top-left corner, first scrolls what it held into the scrollback. A
+        # prompt redrawn from the top row would leave a copy there at each redraw.
+        if how == 2 or (how == 0 and (self.cursor.y, self.cursor.x) == (0, 0)):
+            used = [y for y in range(self.lines) if _row_text(self.buffer[y], self.columns)]
+            for y in range(max(used, default=-1) + 1):
+                self.history.top.append(copy.copy(self.buffer[y]))
+        super().erase_in_display(how, *args, **kwargs)
+
+
+def _row_text(row: Any, columns: int) -> str:
+    return "".join(row[x].data for x in range(columns)).rstrip()
 
 
 class Terminal:
@@ -515,11 +655,7 @@ class Terminal:
 
     def scrollback(self) -> list[str]:
         """The lines that scrolled off the top, oldest first."""
-        columns = self.screen.columns
-        return [
-            "".join(line[x].data for x in range(columns)).rstrip()
-            for line in self.screen.history.top
-        ]
+        return [_row_text(line, self.screen.columns) for line in self.screen.history.top]
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -727,6 +863,156 @@ async def test_the_terminal_shows_the_last_20_messages_dimmed_by_default() -> No
             assert await term.exit_status() == 0
         finally:
             term.close()
+        await alice.close()
+
+
+def bells(term: Terminal) -> int:
+    """How many times the program rang the terminal's bell (BEL outside a sequence)."""
+    return ANSI.sub(b"", bytes(term.raw)).count(b"\x07")
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_tab_completes_a_name_in_the_line_itself() -> None:
+    """Issue 13 item 2: the completion menu was not drawn (no room under the input
+    line) and Up walked it. Tab now writes the name in the line, Tab again the next."""
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
+        others = [await ChatClient.join(where(server), "lobby", n) for n in ("bea", "ben")]
+        async with terminal(["join", "lobby", "--name", "bob", "--server", where(server)]) as term:
+            await term.shows("bob>")
+            await until(lambda: registered(server, "lobby", "bob"))
+            term.type("hi all\r")
+            await term.shows("<bob> hi all")
+            await alice.send("hello")  # alice has spoken: she comes first
+            await term.shows("<alice> hello")
+
+            def typed(text: str) -> Callable[[list[str]], bool]:
+                return lambda lines: lines[-2] == f"bob> {text}".rstrip()
+
+            for key, text in (("\t", "alice:"), ("\t", "bea:"), ("\t", "ben:"), ("\t", "alice:")):
+                term.type(key)
+                await term.until(typed(text))
+            term.type("\x15b\t")  # ambiguous: the first of the two, in the line
+            await term.until(typed("bea:"))
+            term.type("\t")
+            await term.until(typed("ben:"))
+            assert term.lines[-1].startswith(" lobby  4 members")  # the toolbar
+            names = {"alice", "bea", "ben"}
+            assert [line for line in term.lines if line.strip() in names] == []  # no menu
+            term.type("\x1b[A")  # Up: the history
+            await term.until(typed("hi all"))
+            term.type("\x15/exit\r")
+            assert await term.exit_status() == 0
+        for member in [alice, *others]:
+            await member.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_a_long_paste_is_refused_in_sight_and_leaves_no_stray_lines() -> None:
+    """Issue 13 item 3: a 5,000-character paste filled the screen, the error scrolled
+    out of sight, and tmux kept copies of the prompt and toolbar in its scrollback
+    (each redraw from the top row cleared the whole screen). The error now stays under
+    the text, which takes at most half the screen."""
+    async with running_server() as server:
+        alice = await ChatClient.create(where(server), "lobby", "alice")
+        async with terminal(["join", "lobby", "--name", "bob", "--server", where(server)]) as term:
+            await term.shows("bob>")
+            await until(lambda: registered(server, "lobby", "bob"))
+            await alice.send("before")
+            await term.shows("<alice> before")
+            term.type("\x1b[200~" + "x" * 5000 + "\x1b[201~")
+            refused = "too long to send: 5000 bytes, at most "
+            await term.until(
+                lambda lines: lines[-2].startswith(refused) and lines[-1].startswith(" lobby")
+            )
+            rows = [i for i, line in enumerate(term.lines) if "x" * 20 in line]
+            assert 0 < len(rows) <= len(term.lines) // 2
+            assert term.row_of("<alice> before") < rows[0]  # the chat is still in sight
+            term.type("\r")  # Enter: nothing is sent, the text and the error stay
+            await term.idle(0.3)
+            assert term.lines[-2].startswith(refused) and "x" * 20 in term.lines[-3]
+            assert server.relay.relayed == 1
+            term.type("\x03")  # Ctrl-C clears the line
+            await term.until(
+                lambda lines: "bob>" in lines and not any("xxxx" in line for line in lines)
+            )
+            await alice.send("after")
+            await term.shows("<alice> after")
+            term.type("hello\r")
+            await term.shows("<bob> hello")
+            stray = ("bob>", " lobby ", "xxxx", "too long")
+            assert [line for line in term.scrollback() if line.startswith(stray)] == []
+            term.type("/exit\r")
+            assert await term.exit_status() == 0
+        await alice.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_the_bell_and_the_unread_marker_in_a_terminal() -> None:
+    async with running_server() as server:
+        alice = await ChatClient.create(where(server), "lobby", "alice")
+        async with terminal(["join", "lobby", "--name", "bob", "--server", where(server)]) as term:
+            await term.shows("bob>")
+            await until(lambda: registered(server, "lobby", "bob"))
+            assert terminal_module.FOCUS_REPORTING_ON.encode() in term.raw
+            await alice.send("bob: ping")
+            await term.shows("<alice> bob: ping")
+            await term.until(lambda _: bells(term) == 1)  # named, the line empty: BEL
+            term.type("typing")
+            await term.shows("bob> typing")
+            await alice.send("are you there, Bob?")
+            await term.shows("<alice> are you there, Bob?")
+            await term.idle(0.2)
+            assert bells(term) == 1  # typing: no bell
+            term.type("\x1b[O")  # the window loses the focus
+            await term.idle(0.3)  # (nothing to see: the report is read before "one")
+            await alice.send("one")
+            await term.shows("<alice> one")
+            await alice.send("two, bob")
+            await term.shows("<alice> two, bob")
+            await term.until(lambda _: bells(term) == 2)  # away: the bell though typing
+            term.type("\x1b[I")  # and gets it back
+            await term.idle(0.3)
+            await alice.send("three")
+            await term.shows("<alice> three")
+            marker = term.row_of("-- new since you were away --")
+            assert term.row_of("are you there") < marker < term.row_of("<alice> one")
+            assert sum("you were away" in line for line in term.lines) == 1
+            await term.until(lambda lines: lines[-2] == "bob> typing")  # nothing typed
+            term.type("\x03")  # Ctrl-C clears the line
+            await term.until(lambda lines: lines[-2] == "bob>")
+            term.type("\x03")  # on an empty line it asks
+            await term.until(lambda lines: lines[-1] == " Ctrl-C again to leave (or /exit)")
+            term.type("\x03")
+            assert await term.exit_status() == 0
+            assert term.raw.rfind(terminal_module.FOCUS_REPORTING_OFF.encode()) > term.raw.rfind(
+                terminal_module.FOCUS_REPORTING_ON.encode()
+            )
+        await alice.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_no_bell_rings_no_bell() -> None:
+    async with running_server() as server:
+        alice = await ChatClient.create(where(server), "lobby", "alice")
+        args = ["join", "lobby", "--name", "bob", "--server", where(server), "--no-bell"]
+        async with terminal(args) as term:
+            await term.shows("bob>")
+            await until(lambda: registered(server, "lobby", "bob"))
+            await alice.send("bob: ping")
+            await term.shows("<alice> bob: ping")
+            await term.idle(0.2)
+            assert bells(term) == 0
+            term.type("\x04")  # Ctrl-D on an empty line leaves at once
+            assert await term.exit_status() == 0
         await alice.close()
 
 

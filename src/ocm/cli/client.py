@@ -60,7 +60,7 @@ _MODES = (
 # --help ends. Spelled out here: loading ocm.ui to build the parser would load it for
 # ocm server and ocm rooms too.
 EXIT_STATUSES = (
-    (0, "you left: end of input; /exit, Ctrl-C or Ctrl-D on a terminal"),
+    (0, "you left: end of input; /exit, Ctrl-C twice or Ctrl-D on a terminal"),
     (1, "an error; or a line was refused, or not confirmed by the server"),
     (2, "a usage error"),
     (3, "the room closed: the host left, the server shut down or dropped you"),
@@ -116,6 +116,10 @@ def _history_flag(parser: argparse.ArgumentParser, default: object, help: str) -
     parser.add_argument("--history", type=count(MAX_HELD), default=default, metavar="K", help=help)
 
 
+def _bell_flag(parser: argparse.ArgumentParser, default: object, help: str) -> None:
+    parser.add_argument("--no-bell", action="store_true", default=default, help=help)
+
+
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``ocm`` alone (the interactive questions, then the chat)."""
     _history_flag(
@@ -123,6 +127,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         None,
         "without a command: show the last K messages of the room you join, dimmed "
         "(default: 20; 0: none)",
+    )
+    _bell_flag(
+        parser,
+        False,
+        "without a command: no terminal bell when someone names you while you are not typing",
     )
 
 
@@ -173,6 +182,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "show the room's last K messages when you enter: dimmed on a terminal, each line "
         'starting with "history " in pipe mode; 0 shows none. At most what the server '
         f"keeps (its --history-messages, 1024 by default) (default: {_HISTORY_DEFAULTS})",
+    )
+    # Not given: ocm's own --no-bell stands (ocm --no-bell join also works).
+    _bell_flag(
+        who,
+        argparse.SUPPRESS,
+        "on a terminal: no bell (BEL) when someone else's message names you while your "
+        "input line is empty or the window is in the background",
     )
     for command, summary, description in _ENTER_COMMANDS:
         enter = commands.add_parser(
@@ -342,7 +358,7 @@ async def _chat(args: argparse.Namespace) -> int:
         tcp=args.tcp,
     )
     if prompter is not None:
-        return await terminal.TerminalChat(chat).run()
+        return await terminal.TerminalChat(chat, bell=not args.no_bell).run()
     from ocm.ui.pipe import run_pipe, stdin_lines
 
     return await run_pipe(chat, stdin_lines(), sys.stdout, sys.stderr)

@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import in_terminal
+from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, WordCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.output import Output
+from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.renderer import print_formatted_text as render_fragments
 from prompt_toolkit.styles import Style
@@ -53,6 +59,7 @@ from ocm.ui.chatview import (
     event_lines,
     exit_status,
     info_line,
+    mentions,
     parse_input,
     sanitize,
     toolbar,
@@ -64,7 +71,11 @@ from ocm.wire.tcrp import RoomInfo
 __all__ = [
     "BATCH_LINES",
     "DEFAULT_HISTORY",
+    "FOCUS_REPORTING_OFF",
+    "FOCUS_REPORTING_ON",
+    "LEAVE_CONFIRM_SECONDS",
     "STYLE",
+    "UNREAD_MARKER",
     "NameCompleter",
     "Prompter",
     "TerminalChat",
@@ -78,6 +89,16 @@ DEFAULT_HISTORY = 20
 # piled up behind it for ten seconds. Printing what is waiting in one go keeps up with
 # any room; the bound keeps one print short enough not to hold up typing.
 BATCH_LINES = 1000
+# Ctrl-C on an empty line leaves only if a second one follows within this many seconds:
+# one stray Ctrl-C must not end the chat (nor, for a host, close the room).
+LEAVE_CONFIRM_SECONDS = 3.0
+# xterm's focus reporting (DEC mode 1004): once on, the terminal sends ESC [ I when its
+# window gets the focus and ESC [ O when it loses it. A terminal without it ignores the
+# request and sends nothing (tmux passes it on with "set -g focus-events on").
+FOCUS_REPORTING_ON = "\x1b[?1004h"
+FOCUS_REPORTING_OFF = "\x1b[?1004l"
+# The line above the first line that came while the window was in the background.
+UNREAD_MARKER = "new since you were away --"
 
 STYLE = Style.from_dict(
     {
@@ -97,6 +118,9 @@ STYLE = Style.from_dict(
         "bottom-toolbar": "noreverse bg:ansiblue ansiwhite",
         "bottom-toolbar.room": "bold",
         "bottom-toolbar.sending": "bold",
+        "bottom-toolbar.leaving": "bold noreverse bg:ansiyellow ansiblack",
+        "validation-toolbar": "bold bg:ansired ansiwhite",
+        "marker": "bold ansiyellow",
     }
 )
 
@@ -128,9 +152,24 @@ class NameCompleter(Completer):
             )
 
 
+@dataclass(slots=True)
+class _Cycle:
+    """Tab's inline completion in progress: ``matches[index]`` stands at ``start`` in
+    ``text``, the cursor right after it."""
+
+    start: int
+    matches: list[str]
+    index: int
+    text: str
+    cursor: int
+
+
 class TerminalChat:
     """The chat screen for one room. ``await TerminalChat(chat).run()`` returns the exit
-    status; it always leaves the room (the host's leave closes it)."""
+    status; it always leaves the room (the host's leave closes it).
+
+    ``bell``: ring the terminal's bell when someone else's message names us while we
+    are not typing (the input line is empty, or the window is in the background)."""
 
     def __init__(
         self,
@@ -139,13 +178,20 @@ class TerminalChat:
         input: Input | None = None,
         output: Output | None = None,
         clock: Callable[[], datetime] = datetime.now,
+        bell: bool = True,
     ) -> None:
         self.chat = chat
         self.clock = clock
+        self.bell = bell
         self.roster = Roster(chat.name)
+        self.completer = NameCompleter(self.roster, lambda: chat.members)
         self.ended: Closed | None = None
         self._history_shown = False  # the line that introduces the history
         self._day = clock().date()
+        self._cycle: _Cycle | None = None  # Tab's completion in progress
+        self._leave_until = 0.0  # a second Ctrl-C before this (monotonic) time leaves
+        self._away = False  # the terminal said its window lost the focus
+        self._marker_due = False  # the unread marker goes above the next line shown
         self.session: PromptSession[str] = PromptSession(
             message=[("class:prompt", f"{sanitize(chat.name)}> ")],
             input=input,
@@ -153,18 +199,13 @@ class TerminalChat:
             style=STYLE,
             # Redrawn with every line printed above the prompt, so the count of messages
             # on their way stays current: each copy that comes back is such a line.
-            bottom_toolbar=lambda: FormattedText(
-                toolbar(
-                    chat.room,
-                    chat.members,
-                    chat.host,
-                    chat.name,
-                    chat.unconfirmed,
-                    over_tcp=chat.over_tcp,
-                )
-            ),
-            completer=NameCompleter(self.roster, lambda: chat.members),
-            complete_while_typing=False,
+            bottom_toolbar=self._toolbar,
+            key_bindings=self._key_bindings(),
+            # A line too long to send says so under the input as soon as it is too long
+            # (a paste, say), and Enter keeps it there: the reason stays in sight with
+            # the text, however tall the input line has grown.
+            validator=_FunctionValidator(self._check_line),
+            validate_while_typing=True,
             # The typed line is erased on Enter; it shows up again when the server's copy
             # comes back, which is the delivery confirmation. Until then the toolbar
             # counts it, and if the copy never comes the client reports it Undelivered
@@ -172,6 +213,9 @@ class TerminalChat:
             erase_when_done=True,
             reserve_space_for_menu=0,
         )
+        for window in self.session.layout.find_all_windows():
+            if window.content is self.session.layout.current_control:  # the input line
+                window.height = self._input_height
 
     @property
     def output(self) -> Output:
@@ -195,15 +239,25 @@ class TerminalChat:
         """Chat until the user leaves or the room ends; the exit status of
         :func:`~ocm.ui.chatview.exit_status` (0: you left)."""
         chat = self.chat
+        # Only a VT100 terminal is asked to report focus (Windows' console input does
+        # not carry it), and only while the chat runs: the questions before do not care.
+        report_focus = isinstance(self.output, Vt100_Output)
         with patch_stdout(raw=True):
-            await self._introduce()
-            receiver = asyncio.create_task(self._receive(), name="ocm-terminal-receive")
+            if report_focus:
+                self.output.write_raw(FOCUS_REPORTING_ON)
             try:
-                await self._read_input()
+                await self._introduce()
+                receiver = asyncio.create_task(self._receive(), name="ocm-terminal-receive")
+                try:
+                    await self._read_input()
+                finally:
+                    left = await chat.close()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await receiver
             finally:
-                left = await chat.close()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await receiver
+                if report_focus:
+                    self.output.write_raw(FOCUS_REPORTING_OFF)
+                    self.output.flush()
             server_lost = self.ended is not None and chat.server_lost
             if self.ended is not None:
                 await self.show([closed_line(self.ended, self.clock(), server_lost=server_lost)])
@@ -253,6 +307,7 @@ class TerminalChat:
             # This event and every one already waiting behind it, up to a batch.
             lines: list[Fragments] = []
             closed: Closed | None = None
+            ring = False
             events = [first]
             while events and closed is None:
                 for event in events:
@@ -260,15 +315,31 @@ class TerminalChat:
                         closed = event  # always the last event
                         break
                     lines += self._lines(event)
+                    ring = ring or self._calls_us(event)
                 if len(lines) >= BATCH_LINES:
                     break
                 events = chat.ready_events(BATCH_LINES - len(lines))
             if lines:
+                if self._marker_due:
+                    self._marker_due = False
+                    lines.insert(0, info_line(UNREAD_MARKER, self.clock(), "class:marker"))
                 await self.show(self._dated(lines))
+            if ring and self.bell and (self._away or not self.session.default_buffer.text):
+                self.output.bell()
             if closed is not None:
                 self._end(closed)  # printed once the prompt is gone, as the last line
                 break
         self._end(None)
+
+    def _calls_us(self, event: Event) -> bool:
+        """Whether ``event`` is someone else's message, sent now, that names us."""
+        me = self.chat.name
+        return (
+            isinstance(event, Message)
+            and not event.history
+            and event.sender.casefold() != me.casefold()
+            and mentions(event.text, me)
+        )
 
     def _lines(self, event: Event) -> list[Fragments]:
         if isinstance(event, Message):
@@ -302,6 +373,118 @@ class TerminalChat:
         if self.ended is not None or self.chat.closed is not None:
             self._exit_prompt()
 
+    # -- the input line ------------------------------------------------------------
+
+    def _toolbar(self) -> FormattedText:
+        chat = self.chat
+        if time.monotonic() < self._leave_until:
+            if chat.is_host:
+                text = " Ctrl-C again to leave and close the room for everyone (you host it) "
+            else:
+                text = " Ctrl-C again to leave (or /exit) "
+            return FormattedText([("class:bottom-toolbar.leaving", text)])
+        return FormattedText(
+            toolbar(
+                chat.room,
+                chat.members,
+                chat.host,
+                chat.name,
+                chat.unconfirmed,
+                over_tcp=chat.over_tcp,
+            )
+        )
+
+    def _input_height(self) -> Dimension:
+        """At most half the screen for the input line: a long paste scrolls inside it
+        rather than push the chat out of sight. And the prompt never starts on the
+        screen's top row, whose erasing (before each line printed above the prompt) is
+        a clear of the whole screen, which tmux keeps in the scrollback: stray copies
+        of the prompt and the toolbar would pile up there."""
+        return Dimension(max=max(1, self.output.get_size().rows // 2))
+
+    def _check_line(self, document: Document) -> None:
+        """Refuse, under the input line, a line the client would refuse to send."""
+        command = parse_input(document.text)
+        if command.kind != "send":
+            return
+        try:
+            self.chat.check_text(command.text)
+        except OCMError as error:
+            if error.code is ErrorCode.TOO_LARGE:
+                size = len(command.text.encode("utf-8", "surrogatepass"))
+                limit = self.chat.max_text_bytes
+                message = f"too long to send: {size} bytes, at most {limit} (Ctrl-C clears it)"
+            else:
+                message = error.message
+            raise ValidationError(document.cursor_position, message) from None
+
+    def _key_bindings(self) -> KeyBindings:
+        keys = KeyBindings()
+
+        @keys.add("c-c")
+        def _interrupt(event: KeyPressEvent) -> None:
+            # irssi and weechat ignore Ctrl-C; here it clears the line, and leaves only
+            # when pressed twice on an empty one.
+            buffer = event.current_buffer
+            if buffer.text:
+                buffer.reset()
+                self._leave_until = 0.0
+            elif time.monotonic() < self._leave_until:
+                event.app.exit(exception=KeyboardInterrupt())
+            else:
+                self._leave_until = time.monotonic() + LEAVE_CONFIRM_SECONDS
+                # The toolbar's question goes when the time is up.
+                asyncio.get_running_loop().call_later(LEAVE_CONFIRM_SECONDS, event.app.invalidate)
+
+        @keys.add("tab")
+        def _complete(event: KeyPressEvent) -> None:
+            self._complete(event.current_buffer, 1)
+
+        @keys.add("s-tab")
+        def _complete_back(event: KeyPressEvent) -> None:
+            self._complete(event.current_buffer, -1)
+
+        # Focus reports (FOCUS_REPORTING_ON): prompt_toolkit reads them as Escape, "[",
+        # then "I" or "O", and binds nothing to them, so they would be typed as "[I".
+        @keys.add("escape", "[", "I")
+        def _focus_in(event: KeyPressEvent) -> None:
+            self._away = False
+            self._marker_due = False
+
+        @keys.add("escape", "[", "O")
+        def _focus_out(event: KeyPressEvent) -> None:
+            self._away = True
+            self._marker_due = True
+
+        return keys
+
+    def _complete(self, buffer: Buffer, step: int) -> None:
+        """Tab: complete the name before the cursor inline, irssi's way. The first Tab
+        puts the first match in the line (recent speakers first), each Tab after it the
+        next one in its place (Shift-Tab the one before); any other key keeps the
+        line as it is. Nothing hidden: no menu to walk, so Up is always the history."""
+        document = buffer.document
+        cycle = self._cycle
+        if cycle is None or (document.text, document.cursor_position) != (
+            cycle.text,
+            cycle.cursor,
+        ):
+            found = list(
+                self.completer.get_completions(document, CompleteEvent(completion_requested=True))
+            )
+            if not found:
+                self._cycle = None
+                return
+            start = document.cursor_position + found[0].start_position
+            cycle = _Cycle(start, [c.text for c in found], -1 if step > 0 else 0, "", 0)
+        cycle.index = (cycle.index + step) % len(cycle.matches)
+        match = cycle.matches[cycle.index]
+        text = document.text[: cycle.start] + match + document.text[document.cursor_position :]
+        cycle.cursor = cycle.start + len(match)
+        cycle.text = text
+        buffer.document = Document(text, cycle.cursor)
+        self._cycle = cycle
+
     async def _read_input(self) -> None:
         chat = self.chat
         kept = ""  # a line the client refused, given back to edit
@@ -309,7 +492,7 @@ class TerminalChat:
             try:
                 line = await self.session.prompt_async(default=kept, pre_run=self._exit_if_ended)
             except (_Ended, EOFError, KeyboardInterrupt):
-                return  # Ctrl-D, Ctrl-C, or the room ended
+                return  # Ctrl-D, Ctrl-C twice, or the room ended
             kept = ""
             command = parse_input(line)
             match command.kind:
@@ -318,10 +501,10 @@ class TerminalChat:
                 case "send":
                     try:
                         await chat.send(command.text)
-                    except ProtocolError as error:  # too long: say why, give the text back
+                    except ProtocolError as error:  # refused: say why, give the text back
                         kept = line
                         await self.info(
-                            f"{error.message}; it is back in the input line to shorten",
+                            f"{error.message}; it is back in the input line",
                             "class:error",
                         )
                     except OCMError as error:
