@@ -24,7 +24,7 @@ from ocm.server.registry import (
     new_token,
 )
 from ocm.wire import Kind, RoomInfo, ServerDatagram, decode_server_datagram
-from ocm.wire.texts import ServerShutdown
+from ocm.wire.texts import HostGone, Presence, ServerShutdown, format_closed
 
 IP = "127.0.0.1"
 OTHER_IP = "127.0.0.2"
@@ -1030,17 +1030,23 @@ def test_logs_every_event_and_never_a_password_or_token(
         for secret in secrets:
             assert secret not in line, line
     # The events are there (so the test would notice if logging moved elsewhere).
+    # Each with the client's IP; the wrong password at WARNING.
     assert lines == [
-        'room "vault" created by alice (protected)',
-        'bob joined room "vault"',
-        'carol joined room "vault"',
-        'dave joined room "vault"',
-        'carol left room "vault"',
-        'bob timed out in room "vault"',
-        'room "vault" closed: host alice left; the room is closed',
-        'room "lobby" created by erin (open)',
-        'room "lobby" closed: server shutting down',
+        'room "vault" created by alice (127.0.0.1), protected',
+        'bob (127.0.0.2) joined room "vault"',
+        'wrong password for room "vault" (name mallory) from 127.0.0.2, 1 of 5 failures in 60 s',
+        'carol (127.0.0.1) joined room "vault"',
+        'dave (127.0.0.1) joined room "vault"',
+        'carol (127.0.0.1) left room "vault"',
+        'bob (127.0.0.2) timed out in room "vault"',
+        'room "vault" of alice (127.0.0.1) closed: '
+        + format_closed(HostGone("alice", Presence.LEFT)),
+        'room "lobby" created by erin (127.0.0.1), open',
+        'room "lobby" of erin (127.0.0.1) closed: ' + format_closed(ServerShutdown()),
     ]
+    levels = {record.getMessage(): record.levelname for record in room_log.records}
+    assert {level for line, level in levels.items() if "wrong" not in line} == {"INFO"}
+    assert levels[lines[2]] == "WARNING"
     # Nor in the raw arguments a formatter might print.
     for record in room_log.records:
         for arg in record.args or ():

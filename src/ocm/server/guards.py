@@ -2,7 +2,8 @@
 
 :class:`FailureLimiter` counts wrong passwords per IP in a sliding window (guessing);
 :class:`ErrorReplyLimiter` is a token bucket per IP for UDP ERROR replies (reflection).
-Both take ``now`` and remember a bounded number of IPs.
+Both take ``now`` and remember a bounded number of IPs. :class:`LogLimiter` keeps a
+flood (of guesses, of bad datagrams) from flooding the log as well.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections import deque
 
 from ocm.server.limits import Limits
 
-__all__ = ["ErrorReplyLimiter", "FailureLimiter", "canonical_ip"]
+__all__ = ["ErrorReplyLimiter", "FailureLimiter", "LogLimiter", "canonical_ip", "held_back"]
 
 _DEFAULTS = Limits()  # the defaults of a limiter made alone (in a unit test)
 
@@ -54,7 +55,10 @@ class FailureLimiter:
         times = self._recent(canonical_ip(ip), now)
         return times is not None and len(times) >= self.max_failures
 
-    def record(self, ip: str, now: float) -> None:
+    def record(self, ip: str, now: float) -> int:
+        """Count a failure of ``ip``; return its failures within the window, this one
+        included: ``max_failures`` the first time it is blocked (the server logs that
+        once per block, not once per try)."""
         ip = canonical_ip(ip)  # one client, whichever socket family it came through
         times = self._recent(ip, now)
         if times is None:
@@ -62,6 +66,7 @@ class FailureLimiter:
                 del self._failures[next(iter(self._failures))]
             times = self._failures[ip] = deque(maxlen=self.max_failures)
         times.append(now)
+        return len(times)
 
 
 class ErrorReplyLimiter:
@@ -84,3 +89,38 @@ class ErrorReplyLimiter:
             return False
         self._buckets[ip] = (tokens - 1.0, now)
         return True
+
+
+class LogLimiter:
+    """A token bucket for log lines: ``burst`` lines at once, then ``rate`` a second.
+
+    For lines a client can cause at will (a wrong password, a datagram with a bad
+    token): an attacker must not flood the log, nor the disk under it. The lines held
+    back are counted, and the next line let through says how many (:func:`held_back`).
+    """
+
+    def __init__(self, rate: float = 1.0, burst: int = 10) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+        self._held = 0
+
+    def allow(self, now: float) -> int | None:
+        """None to hold this line back (it is counted); else how many were held back
+        since the last line let through (usually 0)."""
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1.0:
+            self._held += 1
+            return None
+        self._tokens -= 1.0
+        held, self._held = self._held, 0
+        return held
+
+
+def held_back(count: int) -> str:
+    """What to add to a line that :meth:`LogLimiter.allow` let through after ``count``
+    lines it held back."""
+    return f" (and {count} more like it, not logged)" if count else ""

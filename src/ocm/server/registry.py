@@ -7,7 +7,9 @@ says when the adapter should next call :meth:`RoomRegistry.expire`. Refusals rai
 
 What happens to a room is returned as :class:`Outgoing` datagrams (NOTICE and CLOSED,
 already numbered with the room's Seq), which the UDP adapter only has to send. Room
-events are logged here, one line each, never with a password or a token.
+events are logged here (INFO), one line each with the client's IP; a wrong password or
+resume secret, and an IP blocked for them, at WARNING, held back past a few a second.
+Never a password, a token or a resume secret.
 
 For members that negotiated the delivery extension (docs/protocol.md, section 3) the
 registry also keeps each room's :class:`~ocm.server.history.History`, what each such
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocm.errors import ErrorCode, RoomError
-from ocm.server.guards import FailureLimiter, canonical_ip
+from ocm.server.guards import FailureLimiter, LogLimiter, canonical_ip, held_back
 from ocm.server.history import Budget, History, RelayedLog
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
@@ -271,6 +273,10 @@ class RoomRegistry:
         # Set by close_all: a create or join that was waiting for a password hash
         # while the server shut down must not open a room nobody will close.
         self.closed = False
+        # WARNING lines a client causes at will (wrong passwords and secrets, from many
+        # addresses), and the blocks they lead to: a few a second at most of each.
+        self._failure_lines = LogLimiter()
+        self._block_lines = LogLimiter()
 
     # -- queries ---------------------------------------------------------------
 
@@ -325,9 +331,10 @@ class RoomRegistry:
         room.host = host
         self._count_hosted(room.counted_ip, +1)
         log.info(
-            'room "%s" created by %s (%s)',
+            'room "%s" created by %s (%s), %s',
             name,
             pending.username,
+            pending.ip,
             "protected" if password else "open",
         )
         return host
@@ -360,13 +367,14 @@ class RoomRegistry:
         room = self._check_join(pending, now)
         if room.password is not None:
             if not password_ok:
-                self.failures.record(pending.ip, now)
+                what = f'wrong password for room "{room.name}" (name {pending.username})'
+                self._failed(pending.ip, now, what)
                 raise RoomError(ErrorCode.WRONG_PASSWORD, f'wrong password for room "{room.name}"')
             self._check_vacancy(room, pending.username)  # only now: the password is right
         username = pending.username
         notice = room.announce(Kind.NOTICE, format_notice(MemberEvent(username, Presence.JOINED)))
         member = self._add_member(room, username, pending.ip, now, delivery)
-        log.info('%s joined room "%s"', username, room.name)
+        log.info('%s (%s) joined room "%s"', username, pending.ip, room.name)
         return member, [notice]
 
     def check_pending(self, pending: PendingCreate | PendingJoin, now: float) -> None:
@@ -460,11 +468,12 @@ class RoomRegistry:
             raise refused
         digest = hashlib.sha256(secret.encode("ascii", "replace")).digest()
         if member.secret_digest is None or not hmac.compare_digest(member.secret_digest, digest):
-            self.failures.record(ip, now)
+            what = f'wrong resume secret for the token of {member.name} in room "{name}"'
+            self._failed(ip, now, what)
             raise refused
         if not self._same_ip(member, ip):
             # A host's room still counts against the IP that created it (Room.counted_ip).
-            log.info('%s in room "%s" moved to another address', member.name, name)
+            log.info('%s (%s) in room "%s" moved to %s', member.name, member.ip, name, ip)
         member.ip = ip
         if member.address is not None:
             member.address = None
@@ -628,6 +637,33 @@ class RoomRegistry:
         self._activity[member] = None
         return member
 
+    def _failed(self, ip: str, now: float, what: str) -> None:
+        """Count a wrong password or resume secret against ``ip``, and log it: once per
+        try (WARNING, a few a second at most), and once more when it blocks the IP."""
+        failures = self.failures.record(ip, now)
+        limit, window = self.failures.max_failures, self.failures.window
+        held = self._failure_lines.allow(now)
+        if held is not None:
+            log.warning(
+                "%s from %s, %d of %d failures in %g s%s",
+                what,
+                ip,
+                failures,
+                limit,
+                window,
+                held_back(held),
+            )
+        if failures == limit and (held := self._block_lines.allow(now)) is not None:
+            log.warning(
+                "rate limiting %s for up to %g s: %d wrong passwords or resume secrets in"
+                " %g s (its joins of protected rooms and its resumes get rate_limited)%s",
+                ip,
+                window,
+                limit,
+                window,
+                held_back(held),
+            )
+
     def _count_hosted(self, ip: str, change: int) -> None:
         host_ip = canonical_ip(ip)
         hosted = self._rooms_by_ip.get(host_ip, 0) + change
@@ -663,8 +699,9 @@ class RoomRegistry:
         self._release_held(member)
         room.refresh_addresses()
         log.info(
-            '%s %s room "%s"',
+            '%s (%s) %s room "%s"',
             member.name,
+            member.ip,
             "left" if how is Presence.LEFT else how + " in",
             room.name,
         )
@@ -691,5 +728,9 @@ class RoomRegistry:
         del self.rooms[room.name]
         if room.counted_ip:
             self._count_hosted(room.counted_ip, -1)
-        log.info('room "%s" closed: %s', room.name, text)
+        host = room.host
+        if host is None:
+            log.info('room "%s" closed: %s', room.name, text)
+        else:
+            log.info('room "%s" of %s (%s) closed: %s', room.name, host.name, host.ip, text)
         return [closed]

@@ -15,14 +15,19 @@ Reflection: an unauthenticated datagram is never answered with more bytes than i
 carried, and each source IP gets at most ``Limits.error_replies_per_second`` ERRORs a
 second (RESTARTED, the answer to a PING from before a restart: 100 a second, since a
 whole office behind one address may be asking at once).
+
+Each refused datagram is a DEBUG line (its source IP and why: unknown token, too long,
+...), ten at once and one a second at most: a flood of bad datagrams must not flood the
+log. Never its token, nor its text.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 
 from ocm.errors import ProtocolError
-from ocm.server.guards import ErrorReplyLimiter
+from ocm.server.guards import ErrorReplyLimiter, LogLimiter, held_back
 from ocm.server.history import REFUSED
 from ocm.server.registry import MAX_HELD_TOTAL, Address, Member, Outgoing, RoomRegistry
 from ocm.wire.constants import CLIENT_HEADER_SIZE, MAX_DATAGRAM, SEQ_CYCLE, SERVER_HEADER_SIZE
@@ -54,6 +59,8 @@ from ocm.wire.texts import (
 )
 
 __all__ = ["Answer", "Answers", "RelayCore"]
+
+logger = logging.getLogger("ocm.server.relay")  # ``log`` here is a member's RelayedLog
 
 # What the relay sends for one datagram: one datagram, to each of these addresses; or,
 # for the few datagrams that need more than one (a chat line in a room of both kinds of
@@ -94,6 +101,7 @@ class RelayCore:
         self.duplicates = 0  # DATA that arrived again: confirmed, not relayed
         self.repaired = 0  # datagrams sent again on request
         self.unknown = 0  # extended datagrams of a Type this server does not know
+        self._refusal_lines = LogLimiter()
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> list[Outgoing]:
         """Handle one client datagram from ``address``; return what to send."""
@@ -362,7 +370,18 @@ class RelayCore:
     ) -> Answer | None:
         """An ERROR to ``address``; ``cap`` bounds its size for unauthenticated senders."""
         self.rejected += 1
-        if not self.errors.allow(address[0], now):
+        allowed = self.errors.allow(address[0], now)
+        if logger.isEnabledFor(logging.DEBUG):
+            held = self._refusal_lines.allow(now)
+            if held is not None:
+                logger.debug(
+                    "refused a datagram from %s: %s%s%s",
+                    address[0],
+                    why,
+                    "" if allowed else " (no ERROR sent: too many to that IP)",
+                    held_back(held),
+                )
+        if not allowed:
             return None
         # Section 3: an ERROR that answers a DATA carries its MsgNo where Seq would be.
         prefix = _ERROR_PREFIX if not msg_no else server_datagram_prefix(Kind.ERROR, msg_no)

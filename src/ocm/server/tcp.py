@@ -4,6 +4,12 @@ Four steps per request: read exactly one message (with caps and timeouts), decod
 with :mod:`ocm.wire`, ask the :class:`~ocm.server.registry.RoomRegistry`, write the ACK
 and COMPLETE. No protocol decisions are made here. Datagrams the registry produces
 (NOTICE, CLOSED) go to the UDP endpoint through the ``send`` callback.
+
+Logging: each request at DEBUG (operation, client IP, room and name, outcome: ``ok`` or
+the error code), written from chosen fields, never from the request itself, which holds
+the password, the token or the resume secret. Connections refused for a connection
+limit are a WARNING: at most one line a minute per client IP (and for the limit on all
+connections), which says how many were refused since the last.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from ocm.errors import ErrorCode, OCMError, ProtocolError
+from ocm.server.guards import LogLimiter, held_back
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
 from ocm.server.registry import (
@@ -69,6 +76,8 @@ _READ_SIZE = 16 * 1024
 # room for one member. Left to itself Linux grows it to 4 MiB a connection (tcp_wmem),
 # which would hide a reader that stopped, and hold as much per tunnel.
 TUNNEL_SEND_BUFFER = 64 * 1024
+# Connections refused for a limit: one WARNING line a minute at most per client IP.
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 class TcrpHandler:
@@ -113,15 +122,23 @@ class TcrpHandler:
         # The waiting requests are bounded by the connection limits (one per connection).
         self._hash_executor = hash_executor
         self._hashing = asyncio.Semaphore(limits.max_concurrent_hashes)
+        # Refused connections, by client IP ("*": --max-connections): when the last line
+        # about them was logged, and how many were refused since. An IP is forgotten
+        # with its last connection, so this holds only IPs with connections open.
+        self._refusals: dict[str, tuple[float, int]] = {}
+        self._refusal_lines = LogLimiter()  # many IPs at their limit at once
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         ip = str(peer[0]) if peer else "?"
-        if (
-            self.connections.get(ip, 0) >= self.limits.max_connections_per_ip
-            or len(self.writers) >= self.limits.max_connections
-        ):
-            log.debug("refusing a connection from %s: too many connections", ip)
+        if self.connections.get(ip, 0) >= self.limits.max_connections_per_ip:
+            why = f"{ip} has {self.connections[ip]} open (--max-connections-per-ip)"
+            self._refuse_connection(ip, why)
+            writer.transport.abort()
+            return
+        if len(self.writers) >= self.limits.max_connections:
+            why = f"{len(self.writers)} open in all (--max-connections); {ip} refused"
+            self._refuse_connection("*", why)
             writer.transport.abort()
             return
         self.connections[ip] = self.connections.get(ip, 0) + 1
@@ -142,11 +159,26 @@ class TcrpHandler:
             self.connections[ip] -= 1
             if not self.connections[ip]:
                 del self.connections[ip]
+                self._refusals.pop(ip, None)
             if writer.transport.get_write_buffer_size():
                 # A reply the peer would not read: drop it rather than keep it queued.
                 writer.transport.abort()
             else:
                 writer.close()
+
+    def _refuse_connection(self, key: str, why: str) -> None:
+        """Log a refused connection: at most one line a minute for ``key``."""
+        now = asyncio.get_running_loop().time()
+        last, refused = self._refusals.get(key, (-math.inf, 0))
+        refused += 1
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[key] = (last, refused)
+            return
+        self._refusals[key] = (now, 0)
+        held = self._refusal_lines.allow(now)
+        if held is not None:
+            since = f"; {refused} refused since the last such line" if refused > 1 else ""
+            log.warning("refusing connections: %s%s%s", why, since, held_back(held))
 
     async def close(self, timeout: float) -> None:
         """Close every connection and wait for its handler to finish (at most ``timeout``).
@@ -187,20 +219,27 @@ class TcrpHandler:
                 request = parse_request(message)
             except ProtocolError as error:
                 # Malformed: answer (the framer has seen a whole header), then close.
+                log.debug(
+                    "malformed request from %s: %s (%s)", ip, error.code, _printable(error.message)
+                )
                 operation = framer.operation or 0
                 await self._write(
                     writer, encode_error_ack(operation, "", error.code, error.message)
                 )
                 return
             tunnelled = False
+            debug = log.isEnabledFor(logging.DEBUG)
+            what = self._describe(message.operation, request, ip) if debug else ""
             try:
                 reply = await self._handle(request, ip)
             except OCMError as error:
                 assert error.code is not None
+                log.debug("%s: %s", what, error.code)
                 answer = encode_reply(
                     Ack(message.operation, message.room, error.code, error.message)
                 )
             else:
+                log.debug("%s: ok", what)
                 answer = encode_reply(Ack(message.operation, message.room)) + encode_reply(reply)
                 tunnelled = isinstance(reply, Tunnelled)
             finally:
@@ -235,6 +274,19 @@ class TcrpHandler:
                 return None
             framer.feed(data)
         return message
+
+    def _describe(self, operation: Operation, request: Request, ip: str) -> str:
+        """A request as its DEBUG line names it: the operation, the client IP, the room,
+        the name (or whose token it is), and never a password, token or secret."""
+        match request:
+            case CreateRoom(room, username, password) | JoinRoom(room, username, password):
+                access = "a password" if password else "no password"
+                return f'{operation.name} from {ip}: room "{room}", name {username}, {access}'
+            case LeaveRoom(room, token) | Tunnel(room, token) | Resume(room, token):
+                member = self.registry.by_token.get(token.encode("ascii", "replace"))
+                whose = "an unknown token" if member is None else f"the token of {member.name}"
+                return f'{operation.name} from {ip}: room "{room}", {whose}'
+        return f"{operation.name} from {ip}"
 
     async def _handle(self, request: Request, ip: str) -> Reply:
         registry = self.registry
@@ -377,3 +429,10 @@ class TcrpHandler:
             history=registry.history_messages,
             resume=registry.issue_secret(member) if RESUME in features else None,
         )
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` from a client, made safe for a log line: control characters escaped
+    (no forged lines), cut to ``limit`` characters."""
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in cut)
