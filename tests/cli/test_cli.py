@@ -173,21 +173,24 @@ def test_history_takes_a_count_for_create_join_and_ocm_alone(
         )
 
 
-def test_ocm_alone_passes_its_history_to_the_questions(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ocm_alone_passes_its_history_and_bell_to_the_questions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from ocm.cli import client
     from ocm.ui import terminal
 
-    asked: list[int] = []
+    asked: list[tuple[int, bool]] = []
 
-    async def interactive(server: str, *, history: int) -> int:
-        asked.append(history)
+    async def interactive(server: str, *, history: int, bell: bool) -> int:
+        asked.append((history, bell))
         return 0
 
     monkeypatch.setattr(client, "_on_terminal", lambda: True)
     monkeypatch.setattr(terminal, "interactive", interactive)
     assert main(["--history", "7"]) == 0
     assert main([]) == 0
-    assert asked == [7, terminal.DEFAULT_HISTORY] == [7, 20]
+    assert main(["--no-bell"]) == 0
+    assert asked == [(7, True), (terminal.DEFAULT_HISTORY, True), (20, False)]
 
 
 def test_no_bell_for_create_join_and_ocm_alone() -> None:

@@ -48,6 +48,7 @@ from ocm.ui.terminal import (
     Prompter,
     TerminalChat,
     ask_name,
+    ask_new_password,
     ask_password,
     interactive,
 )
@@ -517,7 +518,8 @@ async def test_a_burst_is_shown_in_batches(monkeypatch: pytest.MonkeyPatch) -> N
 
 async def test_passwords_are_taken_as_typed_spaces_included() -> None:
     with create_pipe_input() as keys:
-        prompter = Prompter(input=keys, output=PlainTextOutput(io.StringIO()))
+        out = io.StringIO()
+        prompter = Prompter(input=keys, output=PlainTextOutput(out))
         keys.send_text("  pass phrase  \r")
         assert await ask_password(prompter, "vault") == "  pass phrase  "
         keys.send_text("  bob  \r")
@@ -525,46 +527,117 @@ async def test_passwords_are_taken_as_typed_spaces_included() -> None:
         # ...of U+0020 only, as the server does: other spaces are part of the name.
         keys.send_text(" \u2003bob\u00a0 \r")
         assert await ask_name(prompter) == "\u2003bob\u00a0"
+        # No echo, not even stars; and no history: Up at the next question does not
+        # bring the password back, in clear.
+        keys.send_text("s3cret\r")
+        assert await ask_password(prompter, "vault") == "s3cret"
+        keys.send_text("\x1b[A\x1b[A\x1b[A\x15carol\r")
+        assert await ask_name(prompter) == "carol"
+        assert "pass phrase" not in out.getvalue() and "s3cret" not in out.getvalue()
+        assert "*" not in out.getvalue()
 
 
-async def test_interactive_questions_then_chat() -> None:
+async def test_a_new_password_is_asked_twice_until_both_agree() -> None:
+    with create_pipe_input() as keys:
+        out = io.StringIO()
+        prompter = Prompter(input=keys, output=PlainTextOutput(out))
+        keys.send_text("s3cret\rs3cert\rs3cret\rs3cret\r")
+        async with asyncio.timeout(1000 * MS):
+            assert await ask_new_password(prompter, "vault") == "s3cret"
+        text = out.getvalue()
+        assert text.index('password for the new room "vault"') < text.index("the same password")
+        assert "! the two passwords differ; once more" in text
+        keys.send_text("\r")  # empty: an open room, asked once
+        async with asyncio.timeout(1000 * MS):
+            assert await ask_new_password(prompter) == ""
+
+
+class Questions:
+    """``ocm`` alone (:func:`interactive`) on a pipe input and a plain-text output."""
+
+    def __init__(self, server: OCMServer, keys: PipeInput) -> None:
+        self.keys = keys
+        self.out = io.StringIO()
+        self.task = asyncio.create_task(
+            interactive(where(server), input=keys, output=PlainTextOutput(self.out))
+        )
+
+    async def index(self, text: str, start: int = 0) -> int:
+        """Where ``text`` is shown first after ``start`` (waiting for it)."""
+        async with asyncio.timeout(1000 * MS):
+            while (found := self.out.getvalue().find(text, start)) < 0:
+                await asyncio.sleep(5 * MS)
+        return found
+
+    async def asks(self, question: str, answer: str, *, after: str = "") -> None:
+        """Answer ``question``, asked after ``after`` is shown (a question is drawn
+        more than once: a count would not tell one asking from the next)."""
+        start = await self.index(after) + len(after) if after else 0
+        await self.index(question, start)
+        self.keys.send_text(answer + "\r")
+
+    def since(self, text: str) -> str:
+        """What was shown from ``text`` on."""
+        output = self.out.getvalue()
+        return output[output.index(text) :]
+
+
+async def test_interactive_asks_again_only_what_was_refused() -> None:
+    """A room gone since it was listed asks for the room again; a wrong password for
+    the password; a taken name (known only once the password is right) for the name;
+    and nothing else is asked twice."""
     async with running_server() as server:
         carol = await ChatClient.create(where(server), "vault", "carol", "s3cret")
+        erin = await ChatClient.create(where(server), "den", "erin")
         with create_pipe_input() as keys:
-            out = io.StringIO()
-            session = asyncio.create_task(
-                interactive(where(server), input=keys, output=PlainTextOutput(out))
-            )
-
-            async def shows(text: str) -> None:
-                async with asyncio.timeout(1000 * MS):
-                    while text not in out.getvalue():
-                        await asyncio.sleep(5 * MS)
-
-            await shows("server [127.0.0.1:")
-            keys.send_text("\r")  # the default
-            await shows("your name")
-            keys.send_text("CAROL\r")
-            await shows("join a room or create one?")
-            keys.send_text("\r")  # join, the default
-            await shows("room [vault]")
-            keys.send_text("\r")
-            await shows('password for "vault"')
-            keys.send_text("s3cret\r")
-            await shows('! the name "CAROL" is taken in "vault"')  # asked again
-            keys.send_text("dave\r")
-            await shows("join a room or create one?")
-            keys.send_text("create\r")
-            await shows("new room name")
+            ask = Questions(server, keys)
+            await ask.asks("server [127.0.0.1:", "")  # the default
+            await ask.asks("your name", "CAROL")
+            await ask.asks("join a room or create one?", "")  # join, the default
+            await ask.index("room:")
+            await erin.close()  # den closes while the question is open
             keys.send_text("den\r")
-            await shows("password (empty for an open room)")
-            keys.send_text("\r")
-            await shows("you are the host")
-            keys.send_text("exit\r")
+            gone = '! no room named "den"'
+            await ask.asks("room [vault]", "", after=gone)  # listed anew: only vault now
+            await ask.asks('password for "vault"', "guess", after=gone)
+            wrong = '! wrong password for room "vault"'
+            await ask.asks('password for "vault"', "s3cret", after=wrong)
+            taken = '! the name "CAROL" is taken in "vault"'
+            await ask.asks("your name", "dave", after=taken)
+            await ask.asks("dave>", "exit", after=taken)
             async with asyncio.timeout(2000 * MS):
-                assert await session == 0
-        assert "s3cret" not in out.getvalue()  # no echo
-        assert [r for r in server.registry.rooms] == ["vault"]
+                assert await ask.task == 0
+            questions = ("server [", "your name", "join a room", "room [", "password for")
+            for refused, asked_again in ((gone, "room ["), (wrong, "password"), (taken, "your")):
+                again = ask.since(refused)
+                first = min((q for q in questions if q in again), key=again.index)
+                assert first.startswith(asked_again), (refused, first)
+                assert "join a room or create one?" not in again and "server [" not in again
+            assert "s3cret" not in ask.out.getvalue() and "guess" not in ask.out.getvalue()
+        texts = [e.text for e in await settle(carol) if isinstance(e, Notice)]
+        assert texts == ["dave joined", "dave left"]
+        await carol.close()
+
+
+async def test_interactive_create_asks_a_taken_room_name_again() -> None:
+    async with running_server() as server:
+        carol = await ChatClient.create(where(server), "vault", "carol")
+        with create_pipe_input() as keys:
+            ask = Questions(server, keys)
+            await ask.asks("server [", "")
+            await ask.asks("your name", "dave")
+            await ask.asks("join a room or create one?", "create")
+            await ask.asks("new room name", "vault")
+            await ask.asks("password (empty for an open room)", "pw")
+            await ask.asks("the same password again", "pw")
+            exists = '! room "vault" already exists'
+            await ask.asks("new room name", "den", after=exists)  # only the name again
+            await ask.asks("you are the host", "exit", after=exists)
+            async with asyncio.timeout(2000 * MS):
+                assert await ask.task == 0
+            again = ask.since(exists)
+            assert "password" not in again and "join a room" not in again
+        assert list(server.registry.rooms) == ["vault"]
         await carol.close()
 
 
@@ -824,7 +897,12 @@ async def test_interactive_mode_in_a_terminal() -> None:
             await term.shows("room [vault]:")
             term.type("vault\r")
             await term.shows('password for "vault":')
-            term.type("s3cret\r")
+            row = term.row_of('password for "vault":')
+            term.type("s3cret")
+            await term.idle(0.2)
+            assert term.lines[row] == 'password for "vault":'  # no echo, not even stars
+            assert term.cursor() == (row, len('password for "vault": '))
+            term.type("\r")
             await term.shows("zoë>")
             assert "s3cret" not in term.text()
             assert await next_event(carol) == Notice("zoë joined", 1)
@@ -1014,6 +1092,59 @@ async def test_no_bell_rings_no_bell() -> None:
             term.type("\x04")  # Ctrl-D on an empty line leaves at once
             assert await term.exit_status() == 0
         await alice.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_join_asks_again_what_was_asked_and_refused() -> None:
+    """Issue 13 item 8: ocm join with the name asked on a terminal exited on a taken
+    name. What was asked there is asked again when refused: the password, the name."""
+    async with running_server() as server:
+        carol = await ChatClient.create(where(server), "vault", "carol", "s3cret")
+        async with terminal(["join", "vault", "--server", where(server)]) as term:
+            await term.shows("your name:")
+            term.type("CAROL\r")
+            await term.shows('password for "vault":')
+            term.type("guess\r")
+            await term.shows('! wrong password for room "vault"')
+            await term.until(lambda lines: lines[term.cursor()[0]] == 'password for "vault":')
+            term.type("s3cret\r")
+            await term.shows('! the name "CAROL" is taken in "vault"')
+            await term.until(lambda lines: lines[term.cursor()[0]] == "your name:")
+            term.type("dave\r")
+            await term.shows("dave>")
+            assert await next_event(carol) == Notice("dave joined", 1)
+            assert "guess" not in term.text() and "s3cret" not in term.text()
+            term.type("/exit\r")
+            assert await term.exit_status() == 0
+        await carol.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_create_ask_password_asks_twice() -> None:
+    """Issue 13 item 9: one typo in a password asked once locked everyone out."""
+    async with running_server() as server:
+        args = ["create", "vault", "--name", "alice", "--ask-password", "--server", where(server)]
+        async with terminal(args) as term:
+            question = 'password for the new room "vault" (empty for an open room):'
+            await term.shows(question)
+            term.type("s3cret\r")
+            await term.shows("the same password again:")
+            term.type("s3cert\r")
+            await term.shows("! the two passwords differ; once more")
+            await term.until(lambda lines: lines[term.cursor()[0]] == question)
+            term.type("s3cret\r")
+            await term.until(lambda lines: lines[term.cursor()[0]] == "the same password again:")
+            term.type("s3cret\r")
+            await term.shows("alice>")
+            bob = await ChatClient.join(where(server), "vault", "bob", "s3cret")
+            await term.shows("-- bob joined")
+            await bob.close()
+            term.type("/exit\r")
+            assert await term.exit_status() == 0
 
 
 ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")

@@ -158,8 +158,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     secret.add_argument(
         "--ask-password",
         action="store_true",
-        help="ask for the password without echo (on a terminal; joining a protected room "
-        "on a terminal asks anyway)",
+        help="ask for the password without echo (on a terminal; create asks twice, to "
+        "catch a typo; joining a protected room on a terminal asks anyway)",
     )
     who.add_argument(
         "--heartbeat",
@@ -328,7 +328,7 @@ async def _chat(args: argparse.Namespace) -> int:
         from ocm.ui import terminal
 
         history = terminal.DEFAULT_HISTORY if args.history is None else args.history
-        return await terminal.interactive(_env_server(), history=history)
+        return await terminal.interactive(_env_server(), history=history, bell=not args.no_bell)
     if args.command == "rooms":
         return await _print_rooms(args.server)
     prompter = None
@@ -348,15 +348,31 @@ async def _chat(args: argparse.Namespace) -> int:
     history = args.history
     if history is None:
         history = terminal.DEFAULT_HISTORY if prompter is not None else 0
-    chat = await enter(
-        args.server,
-        args.room,
-        name,
-        password,
-        heartbeat_interval=args.heartbeat,
-        history=history,
-        tcp=args.tcp,
-    )
+    while True:
+        try:
+            chat = await enter(
+                args.server,
+                args.room,
+                name,
+                password,
+                heartbeat_interval=args.heartbeat,
+                history=history,
+                tcp=args.tcp,
+            )
+            break
+        except ServerError as error:
+            # On a terminal, what was asked there and refused is asked again, and only
+            # that; what came on the command line ends with its one-line error.
+            if prompter is None:
+                raise
+            if error.code is ErrorCode.NAME_TAKEN and args.name is None:
+                await prompter.say(f"! {error.message}", "class:error")
+                name = await terminal.ask_name(prompter)
+            elif error.code is ErrorCode.WRONG_PASSWORD and _password_asked(args):
+                await prompter.say(f"! {error.message}", "class:error")
+                password = await terminal.ask_password(prompter, args.room)
+            else:
+                raise
     if prompter is not None:
         return await terminal.TerminalChat(chat, bell=not args.no_bell).run()
     from ocm.ui.pipe import run_pipe, stdin_lines
@@ -364,13 +380,20 @@ async def _chat(args: argparse.Namespace) -> int:
     return await run_pipe(chat, stdin_lines(), sys.stdout, sys.stderr)
 
 
+def _password_asked(args: argparse.Namespace) -> bool:
+    """Whether the password is asked on the terminal (not given by flag or variable)."""
+    return args.ask_password or (args.password is None and not os.environ.get(PASSWORD_ENV))
+
+
 async def _password(args: argparse.Namespace, prompter: Prompter | None) -> str | None:
     if args.ask_password:
         if prompter is None:
             raise _Usage(f"--ask-password needs a terminal; in scripts set {PASSWORD_ENV}")
-        from ocm.ui.terminal import ask_password
+        from ocm.ui.terminal import ask_new_password, ask_password
 
-        return await ask_password(prompter, args.room)
+        if args.command == "create":  # twice: a typo nobody knows locks everyone out
+            return await ask_new_password(prompter, args.room) or None
+        return await ask_password(prompter, args.room) or None
     if args.password is not None:
         return str(args.password) or None
     if os.environ.get(PASSWORD_ENV):

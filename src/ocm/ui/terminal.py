@@ -28,9 +28,11 @@ from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, WordCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import DummyHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout.dimension import Dimension
+from prompt_toolkit.layout.processors import Processor, Transformation, TransformationInput
 from prompt_toolkit.output import Output
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
@@ -79,6 +81,9 @@ __all__ = [
     "NameCompleter",
     "Prompter",
     "TerminalChat",
+    "ask_name",
+    "ask_new_password",
+    "ask_password",
     "interactive",
 ]
 
@@ -525,11 +530,28 @@ class TerminalChat:
 # ---------------------------------------------------------------------------
 
 
+class _Hidden(Processor):
+    """Shows nothing of what is typed, and leaves the cursor where the answer starts:
+    no echo, as ssh and sudo ask for a password (not even its length)."""
+
+    def apply_transformation(self, transformation_input: TransformationInput) -> Transformation:
+        return Transformation([], source_to_display=lambda i: 0, display_to_source=lambda i: 0)
+
+
 class Prompter:
-    """Asks one question at a time on the terminal (echo off for passwords)."""
+    """Asks one question at a time on the terminal (passwords without echo)."""
 
     def __init__(self, *, input: Input | None = None, output: Output | None = None) -> None:
         self.session: PromptSession[str] = PromptSession(input=input, output=output, style=STYLE)
+        # Passwords have their own session, which keeps no history: Up at a later
+        # question must not bring a password back, in clear.
+        self.secrets: PromptSession[str] = PromptSession(
+            input=input,
+            output=output,
+            style=STYLE,
+            history=DummyHistory(),
+            input_processors=[_Hidden()],
+        )
 
     async def say(self, text: str, style: str = "") -> None:
         async with in_terminal():
@@ -547,7 +569,8 @@ class Prompter:
         choices: Sequence[str] = (),
     ) -> str:
         """Ask until ``check`` accepts the answer (it raises ValueError or OCMError to
-        refuse, with the reason shown under the prompt). Empty means ``default``."""
+        refuse, with the reason shown under the prompt). Empty means ``default``. A
+        ``password`` is not shown at all while it is typed."""
 
         def explain(document: Document) -> None:
             if check is None:
@@ -559,9 +582,9 @@ class Prompter:
                 raise ValidationError(len(document.text), message) from None
 
         hint = f" [{default}]" if default else ""
-        answer = await self.session.prompt_async(
+        session = self.secrets if password else self.session
+        answer = await session.prompt_async(
             [("class:question", f"{question}{hint}: ")],
-            is_password=password,
             completer=WordCompleter(list(choices), sentence=True) if choices else None,
             validator=_FunctionValidator(explain),
             validate_while_typing=False,
@@ -593,6 +616,21 @@ async def ask_password(prompter: Prompter, room: str) -> str:
     return await prompter.ask(f'password for "{room}"', password=True)
 
 
+async def ask_new_password(prompter: Prompter, room: str | None = None) -> str:
+    """The password of a room about to be created, asked twice until both agree: a typo
+    nobody knows would lock everyone out. Empty (asked once): an open room."""
+    question = "password (empty for an open room)"
+    if room is not None:
+        question = f'password for the new room "{room}" (empty for an open room)'
+    while True:
+        password = await prompter.ask(question, password=True)
+        if not password:
+            return ""
+        if await prompter.ask("the same password again", password=True) == password:
+            return password
+        await prompter.say("! the two passwords differ; once more", "class:error")
+
+
 def _room_lines(rooms: Sequence[RoomInfo]) -> list[str]:
     lines = []
     for room in rooms:
@@ -607,14 +645,17 @@ async def interactive(
     *,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     history: int = DEFAULT_HISTORY,
+    bell: bool = True,
     input: Input | None = None,
     output: Output | None = None,
 ) -> int:
     """``ocm`` alone: ask where and who, create or join, then chat (showing the room's
-    last ``history`` messages first).
+    last ``history`` messages first; ``bell``: see :class:`TerminalChat`).
 
-    A refusal from the server (name taken, wrong password, room exists ...) is shown
-    and the questions about the room are asked again.
+    A refusal from the server is shown, and only what it refused is asked again: a
+    taken name asks for another name, a wrong password for the password, a room that
+    is gone (or exists already) for the room. Anything else goes back to the choice
+    between joining and creating.
     """
     prompter = Prompter(input=input, output=output)
     try:
@@ -623,74 +664,132 @@ async def interactive(
         )
         server = parse_server_address(server_text)
         rooms = await list_rooms(server)
-        name = await ask_name(prompter)
+        entry = _Entry(prompter, server, await ask_name(prompter), heartbeat_interval, history)
         while True:
             try:
-                chat = await _choose_room(
-                    prompter,
-                    server,
-                    name,
-                    rooms,
-                    heartbeat_interval=heartbeat_interval,
-                    history=history,
-                )
+                chat = await entry.choose(rooms)
             except ServerError as error:
                 await prompter.say(f"! {error.message}", "class:error")
-                if error.code is ErrorCode.NAME_TAKEN:
-                    name = await ask_name(prompter)
                 rooms = await list_rooms(server)
                 continue
             break
     except (EOFError, KeyboardInterrupt):
         return 0
-    return await TerminalChat(chat, input=input, output=output).run()
+    return await TerminalChat(chat, input=input, output=output, bell=bell).run()
 
 
-async def _choose_room(
-    prompter: Prompter,
-    server: tuple[str, int],
-    name: str,
-    rooms: Sequence[RoomInfo],
-    *,
-    heartbeat_interval: float,
-    history: int,
-) -> ChatClient:
-    where = format_server_address(server)
-    if rooms:
-        await prompter.say(f"rooms on {where}:")
+class _Entry:
+    """The questions of ``ocm`` alone after the server and the name, and the way in."""
+
+    def __init__(
+        self,
+        prompter: Prompter,
+        server: tuple[str, int],
+        name: str,
+        heartbeat_interval: float,
+        history: int,
+    ) -> None:
+        self.prompter = prompter
+        self.server = server
+        self.name = name
+        self.heartbeat_interval = heartbeat_interval
+        self.history = history
+
+    async def choose(self, rooms: Sequence[RoomInfo]) -> ChatClient:
+        """Join a listed room or create one; a ServerError this cannot answer."""
+        prompter = self.prompter
+        if rooms:
+            await self._list(rooms)
+            choice = await prompter.ask(
+                "join a room or create one? (join/create)",
+                default="join",
+                check=_check_choice,
+                choices=["join", "create"],
+            )
+            if not choice.lower().startswith("c"):
+                return await self._join(rooms)
+        else:
+            await prompter.say(
+                f"no rooms on {format_server_address(self.server)} yet: create the first one"
+            )
+        return await self._create()
+
+    async def _list(self, rooms: Sequence[RoomInfo]) -> None:
+        await self.prompter.say(f"rooms on {format_server_address(self.server)}:")
         for line in _room_lines(rooms):
-            await prompter.say(line)
-        choice = await prompter.ask(
-            "join a room or create one? (join/create)",
-            default="join",
-            check=_check_choice,
-            choices=["join", "create"],
-        )
-    else:
-        await prompter.say(f"no rooms on {where} yet: create the first one")
-        choice = "create"
-    if choice.lower().startswith("c"):
-        room = await prompter.ask(
+            await self.prompter.say(line)
+
+    async def _create(self) -> ChatClient:
+        prompter = self.prompter
+        room = await self._ask_new_room()
+        password = await ask_new_password(prompter)
+        while True:
+            try:
+                return await ChatClient.create(
+                    self.server,
+                    room,
+                    self.name,
+                    password or None,
+                    heartbeat_interval=self.heartbeat_interval,
+                )  # a new room has no history to show
+            except ServerError as error:
+                if error.code is not ErrorCode.ROOM_EXISTS:
+                    raise
+                await prompter.say(f"! {error.message}", "class:error")
+                room = await self._ask_new_room()
+
+    async def _ask_new_room(self) -> str:
+        return await self.prompter.ask(
             "new room name",
             check=lambda t: validate_name(t, "room name", error=LocalProtocolError),
         )
-        secret = await prompter.ask("password (empty for an open room)", password=True)
-        return await ChatClient.create(
-            server, room, name, secret or None, heartbeat_interval=heartbeat_interval
-        )  # a new room has no history to show
-    by_name = {r.name: r for r in rooms}
-    room = await prompter.ask(
-        "room",
-        default=rooms[0].name if len(rooms) == 1 else "",
-        check=lambda t: _check_listed(t, by_name),
-        choices=list(by_name),
-    )
-    password: str | None = None
-    if by_name[room].protected:
-        password = await ask_password(prompter, room)
-    return await ChatClient.join(
-        server, room, name, password, heartbeat_interval=heartbeat_interval, history=history
-    )
+
+    async def _join(self, rooms: Sequence[RoomInfo]) -> ChatClient:
+        prompter = self.prompter
+        room, protected = await self._ask_room(rooms)
+        password = await ask_password(prompter, room) if protected else None
+        while True:
+            try:
+                return await ChatClient.join(
+                    self.server,
+                    room,
+                    self.name,
+                    password,
+                    heartbeat_interval=self.heartbeat_interval,
+                    history=self.history,
+                )
+            except ServerError as error:
+                if error.code not in _ASKED_AGAIN:
+                    raise
+                if error.code is ErrorCode.NO_SUCH_ROOM:  # gone since it was listed
+                    rooms = await list_rooms(self.server)
+                    if not rooms:
+                        raise  # and the choice comes again: create the first one
+                await prompter.say(f"! {error.message}", "class:error")
+                if error.code is ErrorCode.NAME_TAKEN:  # the password was right
+                    self.name = await ask_name(prompter)
+                elif error.code is ErrorCode.WRONG_PASSWORD:
+                    password = await ask_password(prompter, room)
+                else:
+                    await self._list(rooms)
+                    room, protected = await self._ask_room(rooms)
+                    password = await ask_password(prompter, room) if protected else None
+
+    async def _ask_room(self, rooms: Sequence[RoomInfo]) -> tuple[str, bool]:
+        """A listed room, and whether it wants a password."""
+        by_name = {r.name: r for r in rooms}
+        room = await self.prompter.ask(
+            "room",
+            default=rooms[0].name if len(rooms) == 1 else "",
+            check=lambda t: _check_listed(t, by_name),
+            choices=list(by_name),
+        )
+        return room, by_name[room].protected
+
+
+# What joining asks again when the server refuses it (the rest is not the user's to fix
+# by typing something else).
+_ASKED_AGAIN = frozenset({ErrorCode.NAME_TAKEN, ErrorCode.WRONG_PASSWORD, ErrorCode.NO_SUCH_ROOM})
 
 
 def _check_choice(text: str) -> None:
