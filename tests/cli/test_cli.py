@@ -625,7 +625,7 @@ async def test_the_host_leaving_ends_a_member_whose_input_is_still_open() -> Non
             assert await anext(alice) == Notice("bob joined", 1)
             await until(lambda: registered(server, "lobby", "bob"), 5000 * MS)
             await alice.close()
-            assert await bob.line() == "! room closed: host alice left; the room is closed"
+            assert await bob.line() == "! room closed: the host alice left"
             assert bob.process.stdin is not None
             async with asyncio.timeout(5):
                 # stdin still open: it exits anyway, with the status for a closed room
@@ -712,7 +712,10 @@ async def test_a_server_that_stops_answering_ends_pipe_mode_with_status_4() -> N
             server.send_signal(signal.SIGSTOP)
             try:
                 started = asyncio.get_running_loop().time()
-                assert await bob.line(timeout=10) == "! room closed: the server stopped answering"
+                assert (
+                    await bob.line(timeout=10)
+                    == "! the server stopped answering — the chat is over"
+                )
                 assert asyncio.get_running_loop().time() - started < 3 * 0.5 + 2
                 code, out, err = await bob.finish()
                 assert (code, out, err) == (4, "", "")

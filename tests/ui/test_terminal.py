@@ -181,7 +181,7 @@ async def test_typing_sends_commands_answer_and_exit_leaves() -> None:
             "hello alice",
             "hello alice",
             "hi bob",
-            "/me waves",
+            "waves",  # an action (Message.action): its words
             "/slash",
             "pasted one\npasted two",
             "bob left",
@@ -357,8 +357,8 @@ async def test_the_room_closing_under_the_prompt_ends_the_client() -> None:
             screen.type("half typed")
             await alice.close()
             assert await screen.exit_status() == EXIT_ROOM_CLOSED
-            await screen.shows("12:05 !! room closed: host alice left; the room is closed")
-            assert screen.out.getvalue().rstrip().endswith("the room is closed")
+            await screen.shows("12:05 !! room closed: the host alice left")
+            assert screen.out.getvalue().rstrip().endswith("room closed: the host alice left")
 
 
 async def test_a_lost_line_is_counted_in_the_toolbar_then_reported() -> None:
@@ -476,9 +476,9 @@ async def test_a_leave_the_server_never_confirmed_is_said() -> None:
             screen.type("/exit\r")
             assert await screen.exit_status() == EXIT_SERVER_LOST
             out = screen.out.getvalue()
-            assert out.rstrip().endswith(
-                "12:05 -- could not confirm that you left; "
-                "the server will drop you after its idle timeout"
+            assert out.rstrip().endswith(  # wrapped to the 80 columns, under the text
+                "12:05 -- could not confirm that you left; the server will drop you after its"
+                "\r\n" + " " * len("12:05 -- ") + "idle timeout"
             )
             assert 'you left "lobby"' not in out
 
@@ -1145,6 +1145,37 @@ async def test_create_ask_password_asks_twice() -> None:
             await bob.close()
             term.type("/exit\r")
             assert await term.exit_status() == 0
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_lines_wrap_to_the_terminal_under_the_text_and_help_is_a_table() -> None:
+    async with running_server() as server:
+        alice = await ChatClient.create(where(server), "lobby", "alice")
+        args = ["join", "lobby", "--name", "bob", "--server", where(server)]
+        term = Terminal(args, {}, rows=30, cols=40)
+        try:
+            await term.shows("bob>")
+            await until(lambda: registered(server, "lobby", "bob"))
+            await alice.send("the quick brown fox jumps over the lazy dog")
+            await term.shows("<alice> the quick brown fox")
+            row = term.row_of("<alice> the quick brown fox")
+            indent = " " * len("00:00 <alice> ")
+            assert term.lines[row : row + 2] == [
+                term.lines[row][:6] + "<alice> the quick brown fox jumps",
+                indent + "over the lazy dog",
+            ]
+            term.type("/help\r")
+            await term.shows("-- keys")
+            assert any(line.endswith("--   /who         list the") for line in term.lines)
+            assert any(line.endswith("--   Ctrl-C       clear the line;") for line in term.lines)
+            assert all(len(line) <= 40 for line in term.lines)
+            term.type("/exit\r")
+            assert await term.exit_status() == 0
+        finally:
+            term.close()
+        await alice.close()
 
 
 ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")

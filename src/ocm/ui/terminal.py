@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,14 +54,16 @@ from ocm.client import (
 )
 from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ProtocolError, ServerError
 from ocm.ui.chatview import (
-    HELP,
     NOT_LEFT,
     Fragments,
     Roster,
-    closed_line,
+    closed_lines,
     event_lines,
     exit_status,
+    help_lines,
     info_line,
+    info_lines,
+    left_lines,
     mentions,
     parse_input,
     sanitize,
@@ -238,7 +241,15 @@ class TerminalChat:
             self.output.flush()
 
     async def info(self, text: str, style: str = "class:info") -> None:
-        await self.show([info_line(text, self.clock(), style)])
+        await self.show(info_lines(text, self.clock(), style, width=self.width))
+
+    @property
+    def width(self) -> int:
+        """The columns lines are wrapped to: the terminal's (read anew for each line,
+        so a resized window gets lines of its new width). One less on Windows, whose
+        console may wrap a line that fills its last column, then break it again."""
+        columns = self.output.get_size().columns
+        return columns - 1 if sys.platform == "win32" else columns
 
     async def run(self) -> int:
         """Chat until the user leaves or the room ends; the exit status of
@@ -264,14 +275,22 @@ class TerminalChat:
                     self.output.write_raw(FOCUS_REPORTING_OFF)
                     self.output.flush()
             server_lost = self.ended is not None and chat.server_lost
+            now = self.clock()
             if self.ended is not None:
-                await self.show([closed_line(self.ended, self.clock(), server_lost=server_lost)])
+                await self.show(
+                    closed_lines(
+                        self.ended,
+                        now,
+                        server_lost=server_lost,
+                        me=chat.name,
+                        is_host=chat.is_host,
+                        width=self.width,
+                    )
+                )
             elif not left:
                 await self.info(NOT_LEFT, "class:error")
-            elif chat.is_host:
-                await self.info(f'you left "{chat.room}"; the room is closed', "class:warning")
             else:
-                await self.info(f'you left "{chat.room}"')
+                await self.show(left_lines(chat.room, now, is_host=chat.is_host, width=self.width))
         lines_lost = chat.undelivered + chat.unconfirmed > 0
         return exit_status(self.ended, server_lost=server_lost, left=left, lines_lost=lines_lost)
 
@@ -283,27 +302,30 @@ class TerminalChat:
         self.output.write_raw("\n" * max(0, self.output.get_size().rows - 1))
         where = format_server_address(chat.server)
         role = "host" if chat.is_host else "member"
+        width = self.width
         lines = [
-            info_line(f'in room "{chat.room}" on {where} as {chat.name} ({role})', now),
-            *who_lines(chat.members, chat.host, now),
+            *info_lines(
+                f'in room "{chat.room}" on {where} as {chat.name} ({role})', now, width=width
+            ),
+            *who_lines(chat.members, chat.host, now, width=width),
         ]
         if chat.is_host:
-            lines.append(
-                info_line(
-                    "you are the host: when you leave, the room closes for everyone",
-                    now,
-                    "class:warning",
-                )
+            lines += info_lines(
+                "you are the host: when you leave, the room closes for everyone",
+                now,
+                "class:warning",
+                width=width,
             )
         if not chat.delivery:
-            lines.append(
-                info_line(
-                    "this server speaks version 1 of the protocol: no history, and lost "
-                    "messages are reported, not resent",
-                    now,
-                )
+            lines += info_lines(
+                "this server speaks version 1 of the protocol: no history, and lost "
+                "messages are reported, not resent",
+                now,
+                width=width,
             )
-        lines.append(info_line("type a message and Enter to send; /help for commands", now))
+        lines += info_lines(
+            "type a message and Enter to send; /help for commands", now, width=width
+        )
         await self.show(lines)
 
     async def _receive(self) -> None:
@@ -350,7 +372,9 @@ class TerminalChat:
         if isinstance(event, Message):
             self.roster.spoke(event.sender)
         now = self.clock()
-        lines = event_lines(event, now, self.chat.name, delivery=self.chat.delivery)
+        lines = event_lines(
+            event, now, self.chat.name, delivery=self.chat.delivery, width=self.width
+        )
         if isinstance(event, Message | Notice) and event.history and not self._history_shown:
             self._history_shown = True
             lines.insert(0, info_line("earlier in the room:", now))
@@ -515,9 +539,11 @@ class TerminalChat:
                     except OCMError as error:
                         await self.info(error.message, "class:error")
                 case "who":
-                    await self.show(who_lines(chat.members, chat.host, self.clock()))
+                    await self.show(
+                        who_lines(chat.members, chat.host, self.clock(), width=self.width)
+                    )
                 case "help":
-                    await self.show(info_line(text, self.clock()) for text in HELP)
+                    await self.show(help_lines(self.clock(), width=self.width))
                 case "unknown":
                     await self.info(
                         f"unknown command {sanitize(command.text)} — /help lists the commands",
