@@ -76,6 +76,9 @@ def test_the_core_names_are_the_same_objects_from_ocm_client() -> None:
         "Undelivered",
         "PathChanged",
         "Event",
+        "DROPPED",
+        "NETWORK_GONE",
+        "COULD_NOT_RESUME",
     }
     core = set(ocm.client.__all__) & set(ocm.client.session.__all__)
     assert core >= {"RoomState", "SeqTracker"}

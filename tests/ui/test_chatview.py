@@ -18,8 +18,9 @@ from ocm.client import (
     PathChanged,
     Undelivered,
 )
-from ocm.client.chat import LOST_CONTACT, NETWORK_GONE
+from ocm.client.chat import LOST_CONTACT
 from ocm.client.delivery import STOPPED_ANSWERING, restarted_reason
+from ocm.client.events import NETWORK_GONE
 from ocm.client.session import RoomState
 from ocm.ui.chatview import (
     EXIT_ERROR,

@@ -30,6 +30,7 @@ from ocm.client import (
     parse_server_address,
 )
 from ocm.client.delivery import MAX_HELD
+from ocm.client.exchange import describe_error
 from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ServerError
 from ocm.wire.names import validate_name
 
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ocm: {_explain(error, args)}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"ocm: {error.strerror or error}", file=sys.stderr)
+        print(f"ocm: {describe_error(error)}", file=sys.stderr)  # words, never a tuple
         return 1
     except Exception as error:  # a bug: still one line, with enough to report it
         print(f"ocm: unexpected {type(error).__name__}: {error}", file=sys.stderr)

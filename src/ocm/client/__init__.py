@@ -28,6 +28,9 @@ from ocm.client.chat import (
 )
 from ocm.client.delivery import DeliveryState
 from ocm.client.events import (
+    COULD_NOT_RESUME,
+    DROPPED,
+    NETWORK_GONE,
     Closed,
     ErrorReply,
     Event,
@@ -44,12 +47,15 @@ from ocm.wire.constants import DEFAULT_PORT
 from ocm.wire.tcrp import RoomInfo
 
 __all__ = [
+    "COULD_NOT_RESUME",
     "DEFAULT_CONFIRM_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_MAX_EVENTS",
     "DEFAULT_PORT",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WINDOW",
+    "DROPPED",
+    "NETWORK_GONE",
     "ChatClient",
     "ChatOptions",
     "Closed",

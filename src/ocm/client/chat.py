@@ -65,7 +65,14 @@ from ocm.client.delivery import (
     delivery_granted,
     restarted_reason,
 )
-from ocm.client.events import Closed, Event, PathChanged
+from ocm.client.events import (
+    COULD_NOT_RESUME,
+    DROPPED,
+    NETWORK_GONE,
+    Closed,
+    Event,
+    PathChanged,
+)
 from ocm.client.exchange import DEFAULT_TIMEOUT, Channel, Link, call, describe_error
 from ocm.client.session import (
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -143,7 +150,6 @@ _TUNNEL_READ_SIZE = 64 * 1024
 OVER_TCP = "UDP blocked here; chatting over TCP"
 RESUMED = "the network changed; still in the room"
 TUNNEL_CLOSED = "the TCP connection to the server closed"
-NETWORK_GONE = "our network went away"
 # What a UDP send reports when our address or route went away: a laptop that left its
 # Wi-Fi, a socket bound to an address the machine no longer has.
 _NETWORK_GONE = frozenset(
@@ -544,9 +550,9 @@ class ChatClient:
             if error.code is ErrorCode.INVALID_TOKEN:
                 state.out = True  # dropped meanwhile (or the room closed): nothing to leave
                 unknown = format_refusal(UnknownToken())
-                reason = f"no longer in the room (the server says: {unknown})"
+                reason = f"{DROPPED} (the server says: {unknown})"
             else:
-                reason = f"could not resume ({error.message})"
+                reason = f"{COULD_NOT_RESUME} ({error.message})"
             await self._give_up(state, reason)
         except (OCMError, OSError, TimeoutError):
             lost = {LOST_CONTACT: LOST_CONTACT, NETWORK_GONE: NETWORK_GONE}
@@ -634,11 +640,15 @@ class ChatClient:
     def server_lost(self) -> bool:
         """Whether the room ended because we lost the server rather than by its word:
         it stopped answering (:data:`~ocm.client.delivery.STOPPED_ANSWERING`), it
-        restarted (the room is gone with it), or its UDP port closed (``"lost contact
-        with the server"``). False while we are in the room, and after a CLOSED."""
+        restarted (the room is gone with it), its UDP port closed (``"lost contact
+        with the server"``), our network went away, or it would not move our token to
+        where we are now (section 4). False while we are in the room, and after a
+        CLOSED."""
         ended = self._state.ended
-        lost = (STOPPED_ANSWERING, restarted_reason(self.room), LOST_CONTACT)
-        return ended is not None and ended.reason in lost
+        if ended is None:
+            return False
+        lost = (STOPPED_ANSWERING, restarted_reason(self.room), LOST_CONTACT, NETWORK_GONE)
+        return ended.reason in lost or ended.reason.startswith(COULD_NOT_RESUME)
 
     @property
     def unconfirmed(self) -> int:

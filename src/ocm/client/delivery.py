@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ocm.client.events import Closed, ErrorReply, Event, Gap, Notice, Undelivered
+from ocm.client.events import DROPPED, Closed, ErrorReply, Event, Gap, Notice, Undelivered
 from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, chat_message, follow_notice
 from ocm.errors import ProtocolError
 from ocm.wire.constants import SEQ_CYCLE, SERVER_HEADER_SIZE
@@ -531,7 +531,7 @@ class DeliveryState:
                     return []
                 # Out of the room without asking (another client with our token left
                 # for us): over for us, as an unknown token is.
-                return self.end("no longer in the room (the server says: departed)")
+                return self.end(f"{DROPPED} (the server says: departed)")
             case Restarted():
                 self.out = True
                 return self.end(restarted_reason(self.room))
@@ -547,7 +547,7 @@ class DeliveryState:
                     self.path_trouble = self.path_trouble or REFUSED_HERE
                 return []
             self.out = True
-            return self.end(f"no longer in the room (the server says: {datagram.text})")
+            return self.end(f"{DROPPED} (the server says: {datagram.text})")
         if datagram.seq:  # the MsgNo of the DATA it refused
             refused = self._outgoing.pop(datagram.seq, None)
             return [] if refused is None else [ErrorReply(datagram.text)]

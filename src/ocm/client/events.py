@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from ocm.wire.constants import SEQ_CYCLE
 
 __all__ = [
+    "COULD_NOT_RESUME",
+    "DROPPED",
+    "NETWORK_GONE",
     "Closed",
     "ErrorReply",
     "Event",
@@ -49,6 +52,14 @@ class Notice:
     text: str
     seq: int
     history: bool = False
+
+
+# How the client's own verdicts in a Closed begin, when the room may well go on without
+# us: the server no longer knows our token (it dropped us after a silence), our network
+# went away, or the server refused to move our token to where we are now.
+DROPPED = "no longer in the room"
+NETWORK_GONE = "our network went away"
+COULD_NOT_RESUME = "could not resume"
 
 
 @dataclass(frozen=True, slots=True)

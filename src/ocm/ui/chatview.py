@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ocm.client import (
+    COULD_NOT_RESUME,
+    DROPPED,
+    NETWORK_GONE,
     Closed,
     ErrorReply,
     Event,
@@ -148,7 +151,7 @@ HELP_COMMANDS = (
 )
 HELP_KEYS = (
     ("Enter", "send the line"),
-    ("Tab", "complete a member's name, recent speakers first"),
+    ("Tab", "complete a member's name in the line, recent speakers first; Tab again for the next"),
     ("Up, Down", "walk your earlier lines"),
     ("Ctrl-C", "clear the line; on an empty line, press it twice to leave"),
     ("Ctrl-D", "leave (on an empty line)"),
@@ -223,11 +226,11 @@ def _typed(text: str) -> str:
 # How a chat ended
 # ---------------------------------------------------------------------------
 
-# The client's own verdicts (ocm.client) that end a chat without the room closing. The
-# server no longer has our token: it dropped us after a silence (its idle timeout).
-_DROPPED = "no longer in the room"
-# We lost our way to the server: our network went away, or a RESUME was refused.
-_PATH_LOST = ("our network went away", "could not resume")
+# The client's own verdicts (ocm.client) that end a chat without the room closing: the
+# server no longer has our token (it dropped us after a silence, its idle timeout), or
+# we lost our way to it (our network went away, or a RESUME was refused).
+_DROPPED = DROPPED
+_PATH_LOST = (NETWORK_GONE, COULD_NOT_RESUME)
 
 
 @dataclass(frozen=True, slots=True)
