@@ -232,7 +232,7 @@ def test_9_tunnel_garbage_ends_only_the_offending_tunnels(suite: SuiteResult) ->
         assert case["ping_answered"], label  # it was a working tunnel until then
         assert case["ending"] in ("closed", "reset"), (label, case)
         assert case["seconds"] < AT_ONCE, (label, case)  # at once, not at a timeout
-        assert case["frames_after"] == 0, (label, case)  # and without an answer
+        assert case["errors_after"] == 0, (label, case)  # and without an answer
     assert bad["sibling_alive"]  # the same member's other tunnel was left alone
     # A frame that comes a byte at a time, whole within the message timeout, is served.
     assert facts["trickle"]["fast_answered"], facts["trickle"]
