@@ -353,7 +353,13 @@ class RoomRegistry:
         return pending
 
     def finish_join(
-        self, pending: PendingJoin, password_ok: bool, now: float, *, delivery: bool = False
+        self,
+        pending: PendingJoin,
+        password_ok: bool,
+        now: float,
+        *,
+        delivery: bool = False,
+        password_given: bool = True,
     ) -> tuple[Member, list[Outgoing]]:
         """Second half of JOIN_ROOM: add the member, and the NOTICE that says so.
 
@@ -362,10 +368,19 @@ class RoomRegistry:
         may have closed or been created anew with another password, the name been taken,
         the IP been blocked by its other tries, or the server begun to close. A wrong
         password counts once against its IP, and only if it was checked against the
-        room's current hash.
+        room's current hash. No password at all (``password_given`` False) is refused
+        the same way but not counted: it is someone who forgot to give one, not a guess.
         """
         room = self._check_join(pending, now)
         if room.password is not None:
+            if not password_given:
+                log.info(
+                    '%s (%s) tried room "%s" without its password',
+                    pending.username,
+                    pending.ip,
+                    room.name,
+                )
+                raise RoomError(ErrorCode.WRONG_PASSWORD, f'room "{room.name}" needs a password')
             if not password_ok:
                 what = f'wrong password for room "{room.name}" (name {pending.username})'
                 self._failed(pending.ip, now, what)
@@ -423,7 +438,9 @@ class RoomRegistry:
         if pending.expected is not None:
             self.check_pending(pending, now)
             password_ok = pending.expected.verify(password)
-        return self.finish_join(pending, password_ok, now, delivery=delivery)
+        return self.finish_join(
+            pending, password_ok, now, delivery=delivery, password_given=bool(password)
+        )
 
     # -- leave, expire, close --------------------------------------------------
 

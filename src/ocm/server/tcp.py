@@ -303,11 +303,15 @@ class TcrpHandler:
             case JoinRoom(room, username, password, features):
                 joining = registry.begin_join(room, username, ip, self._clock())
                 password_ok = False
-                if joining.expected is not None:
+                if joining.expected is not None and password:  # none given: no hash
                     checking = functools.partial(joining.expected.verify, password)
                     password_ok = await self._hash(joining, checking)
                 member, outgoing = registry.finish_join(
-                    joining, password_ok, self._clock(), delivery=DELIVERY in features
+                    joining,
+                    password_ok,
+                    self._clock(),
+                    delivery=DELIVERY in features,
+                    password_given=bool(password),
                 )
                 self._send(outgoing)
                 return self._admission(Operation.JOIN_ROOM, member, features)
