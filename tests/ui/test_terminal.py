@@ -994,7 +994,7 @@ async def test_a_long_paste_is_refused_in_sight_and_leaves_no_stray_lines() -> N
     """Issue 13 item 3: a 5,000-character paste filled the screen, the error scrolled
     out of sight, and tmux kept copies of the prompt and toolbar in its scrollback
     (each redraw from the top row cleared the whole screen). The error now stays under
-    the text, which takes at most half the screen."""
+    the text, which takes at most INPUT_ROWS rows."""
     async with running_server() as server:
         alice = await ChatClient.create(where(server), "lobby", "alice")
         async with terminal(["join", "lobby", "--name", "bob", "--server", where(server)]) as term:
@@ -1008,7 +1008,7 @@ async def test_a_long_paste_is_refused_in_sight_and_leaves_no_stray_lines() -> N
                 lambda lines: lines[-2].startswith(refused) and lines[-1].startswith(" lobby")
             )
             rows = [i for i, line in enumerate(term.lines) if "x" * 20 in line]
-            assert 0 < len(rows) <= len(term.lines) // 2
+            assert 0 < len(rows) <= terminal_module.INPUT_ROWS
             assert term.row_of("<alice> before") < rows[0]  # the chat is still in sight
             term.type("\r")  # Enter: nothing is sent, the text and the error stay
             await term.idle(0.3)
@@ -1026,6 +1026,44 @@ async def test_a_long_paste_is_refused_in_sight_and_leaves_no_stray_lines() -> N
             assert [line for line in term.scrollback() if line.startswith(stray)] == []
             term.type("/exit\r")
             assert await term.exit_status() == 0
+        await alice.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_the_prompt_is_back_at_the_bottom_once_a_long_paste_is_gone() -> None:
+    """Review item: after a 5,000-character paste was cleared (or sent), the input area
+    stayed half the screen tall, the prompt mid-screen with empty rows under it until
+    some ten chat lines pushed it down. The prompt is now back above the toolbar at
+    once, whether the paste is cleared by Ctrl-C or sent."""
+    async with running_server() as server:
+        alice = await ChatClient.create(where(server), "lobby", "alice")
+        args = ["join", "lobby", "--name", "bob", "--server", where(server)]
+        term = Terminal(args, {}, rows=20, cols=90)
+        try:
+            await term.shows("bob>")
+            await until(lambda: registered(server, "lobby", "bob"))
+
+            def at_the_bottom(lines: list[str]) -> bool:
+                return lines[-2] == "bob>" and lines[-1].startswith(" lobby  2 members")
+
+            for pasted, end in (("x" * 5000, "\x03"), ("y" * 1000, "\r")):  # cleared, sent
+                term.type("\x1b[200~" + pasted + "\x1b[201~")
+                rows = pasted[:20]
+                await term.until(lambda lines: sum(rows in line for line in lines) > 1)  # noqa: B023
+                term.type(end)
+                await term.until(at_the_bottom)
+                await term.idle(0.2)
+                assert at_the_bottom(term.lines), term.text()
+            await term.shows("<bob> yyyy")
+            await alice.send("after")
+            await term.shows("<alice> after")
+            await term.until(at_the_bottom)
+            term.type("/exit\r")
+            assert await term.exit_status() == 0
+        finally:
+            term.close()
         await alice.close()
 
 

@@ -28,10 +28,12 @@ from prompt_toolkit.application import in_terminal
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, WordCompleter
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import to_filter
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import DummyHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.layout.containers import HSplit, VerticalAlign
 from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.processors import Processor, Transformation, TransformationInput
 from prompt_toolkit.output import Output
@@ -78,6 +80,7 @@ __all__ = [
     "DEFAULT_HISTORY",
     "FOCUS_REPORTING_OFF",
     "FOCUS_REPORTING_ON",
+    "INPUT_ROWS",
     "LEAVE_CONFIRM_SECONDS",
     "STYLE",
     "UNREAD_MARKER",
@@ -100,6 +103,8 @@ BATCH_LINES = 1000
 # Ctrl-C on an empty line leaves only if a second one follows within this many seconds:
 # one stray Ctrl-C must not end the chat (nor, for a host, close the room).
 LEAVE_CONFIRM_SECONDS = 3.0
+# The input line's rows at most: a longer text (a paste) scrolls inside them.
+INPUT_ROWS = 5
 # xterm's focus reporting (DEC mode 1004): once on, the terminal sends ESC [ I when its
 # window gets the focus and ESC [ O when it loses it. A terminal without it ignores the
 # request and sends nothing (tmux passes it on with "set -g focus-events on").
@@ -221,9 +226,18 @@ class TerminalChat:
             erase_when_done=True,
             reserve_space_for_menu=0,
         )
-        for window in self.session.layout.find_all_windows():
-            if window.content is self.session.layout.current_control:  # the input line
+        layout = self.session.layout
+        for window in layout.find_all_windows():
+            if window.content is layout.current_control:  # the input line
                 window.height = self._input_height
+                # Never taller than its text: once a long paste is cleared or sent, the
+                # prompt is one row again ...
+                window.dont_extend_height = to_filter(True)
+        if isinstance(layout.container, HSplit):
+            # ... and sits at the bottom. prompt_toolkit never shrinks the area it has
+            # drawn while the prompt runs: the rows a paste took are blank padding above
+            # the prompt (the chat's next lines fill them), never empty rows under it.
+            layout.container.align = VerticalAlign.BOTTOM
 
     @property
     def output(self) -> Output:
@@ -424,12 +438,15 @@ class TerminalChat:
         )
 
     def _input_height(self) -> Dimension:
-        """At most half the screen for the input line: a long paste scrolls inside it
-        rather than push the chat out of sight. And the prompt never starts on the
-        screen's top row, whose erasing (before each line printed above the prompt) is
-        a clear of the whole screen, which tmux keeps in the scrollback: stray copies
-        of the prompt and the toolbar would pile up there."""
-        return Dimension(max=max(1, self.output.get_size().rows // 2))
+        """At most :data:`INPUT_ROWS` rows for the input line (fewer on a small screen):
+        a long paste scrolls inside it rather than push the chat out of sight. And the
+        prompt never starts on the screen's top row, whose erasing (before each line
+        printed above the prompt) is a clear of the whole screen, which tmux keeps in
+        the scrollback: stray copies of the prompt and the toolbar would pile up there.
+        (Three rows stay free: the error under a line too long, the toolbar, and one
+        above the prompt.)"""
+        rows = self.output.get_size().rows
+        return Dimension(max=max(1, min(INPUT_ROWS, rows // 2, rows - 3)))
 
     def _check_line(self, document: Document) -> None:
         """Refuse, under the input line, a line the client would refuse to send."""
