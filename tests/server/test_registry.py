@@ -16,6 +16,7 @@ from ocm.errors import ErrorCode, RoomError
 from ocm.server.guards import FailureLimiter
 from ocm.server.passwords import PasswordHash
 from ocm.server.registry import (
+    ROOM_EVENT_BURST,
     Member,
     Outgoing,
     PendingCreate,
@@ -1068,3 +1069,22 @@ def test_logs_every_event_and_never_a_password_or_token(
         for arg in record.args or ():
             for secret in secrets:
                 assert secret not in str(arg)
+
+
+def test_room_events_from_one_address_are_held_back_in_a_flood(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A create-and-leave loop from one address wrote 700 INFO lines a second: its lines
+    are held back past a burst (and counted in the next), another address's are not."""
+    registry = RoomRegistry()
+    caplog.set_level(logging.INFO, logger="ocm")
+    for n in range(100):  # 100 rooms created and closed within a second
+        host = registry.create_room(f"r{n}", "loop", None, OTHER_IP, n / 100)
+        registry.leave(f"r{n}", host.token, OTHER_IP, n / 100)
+    registry.create_room("lobby", "alice", None, IP, 0.99)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if OTHER_IP in line]) <= ROOM_EVENT_BURST + 5
+    assert any(line.startswith('room "lobby" created by alice') for line in lines)
+    # A second later the looping address logs again, and says what was held back.
+    host = registry.create_room("again", "loop", None, OTHER_IP, 2.0)
+    assert caplog.records[-1].getMessage().endswith("more like it, not logged)")

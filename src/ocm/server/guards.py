@@ -110,7 +110,8 @@ class LogLimiter:
         """None to hold this line back (it is counted); else how many were held back
         since the last line let through (usually 0)."""
         if self._last is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            elapsed = max(0.0, now - self._last)  # a clock that steps back refills nothing
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
         self._last = now
         if self._tokens < 1.0:
             self._held += 1

@@ -83,6 +83,14 @@ CLOSED_RESENDS = (1, 3, 7)
 _DEPARTED = encode_received(Departed())
 
 
+# Room events one client address may log at once, then a second: an office joining
+# together is logged whole, a create-and-leave loop is not (its count is).
+ROOM_EVENT_BURST = 20
+ROOM_EVENT_RATE = 5.0
+# Addresses whose room-event lines are counted at most (the stalest forgotten first).
+MAX_LOGGED_ADDRESSES = 10_000
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
@@ -276,6 +284,8 @@ class RoomRegistry:
         # WARNING lines a client causes at will (wrong passwords and secrets, from many
         # addresses), and the blocks they lead to: a few a second at most of each.
         self._failure_lines = LogLimiter()
+        # INFO lines about rooms, by address (most recently active last).
+        self._event_lines: dict[str, LogLimiter] = {}
         self._block_lines = LogLimiter()
 
     # -- queries ---------------------------------------------------------------
@@ -330,7 +340,9 @@ class RoomRegistry:
         host = self._add_member(room, pending.username, pending.ip, now, delivery)
         room.host = host
         self._count_hosted(room.counted_ip, +1)
-        log.info(
+        self._room_event(
+            pending.ip,
+            now,
             'room "%s" created by %s (%s), %s',
             name,
             pending.username,
@@ -374,7 +386,9 @@ class RoomRegistry:
         room = self._check_join(pending, now)
         if room.password is not None:
             if not password_given:
-                log.info(
+                self._room_event(
+                    pending.ip,
+                    now,
                     '%s (%s) tried room "%s" without its password',
                     pending.username,
                     pending.ip,
@@ -389,7 +403,9 @@ class RoomRegistry:
         username = pending.username
         notice = room.announce(Kind.NOTICE, format_notice(MemberEvent(username, Presence.JOINED)))
         member = self._add_member(room, username, pending.ip, now, delivery)
-        log.info('%s (%s) joined room "%s"', username, pending.ip, room.name)
+        self._room_event(
+            pending.ip, now, '%s (%s) joined room "%s"', username, pending.ip, room.name
+        )
         return member, [notice]
 
     def check_pending(self, pending: PendingCreate | PendingJoin, now: float) -> None:
@@ -490,7 +506,9 @@ class RoomRegistry:
             raise refused
         if not self._same_ip(member, ip):
             # A host's room still counts against the IP that created it (Room.counted_ip).
-            log.info('%s (%s) in room "%s" moved to %s', member.name, member.ip, name, ip)
+            self._room_event(
+                ip, now, '%s (%s) in room "%s" moved to %s', member.name, member.ip, name, ip
+            )
         member.ip = ip
         if member.address is not None:
             member.address = None
@@ -715,7 +733,9 @@ class RoomRegistry:
         del self._activity[member]
         self._release_held(member)
         room.refresh_addresses()
-        log.info(
+        self._room_event(
+            member.ip,
+            now,
             '%s (%s) %s room "%s"',
             member.name,
             member.ip,
@@ -749,5 +769,19 @@ class RoomRegistry:
         if host is None:
             log.info('room "%s" closed: %s', room.name, text)
         else:
-            log.info('room "%s" of %s (%s) closed: %s', room.name, host.name, host.ip, text)
+            line = 'room "%s" of %s (%s) closed: %s'
+            self._room_event(host.ip, now, line, room.name, host.name, host.ip, text)
         return [closed]
+
+    def _room_event(self, ip: str, now: float, message: str, *args: object) -> None:
+        """An INFO line about a room, held back when one address causes too many: a
+        create-and-leave loop wrote 700 lines a second. What was held back is counted
+        in the address's next line."""
+        ip = canonical_ip(ip)
+        limiter = self._event_lines.pop(ip, None) or LogLimiter(ROOM_EVENT_RATE, ROOM_EVENT_BURST)
+        if len(self._event_lines) >= MAX_LOGGED_ADDRESSES:
+            del self._event_lines[next(iter(self._event_lines))]  # the stalest
+        self._event_lines[ip] = limiter
+        held = limiter.allow(now)
+        if held is not None:
+            log.info(message + held_back(held), *args)
