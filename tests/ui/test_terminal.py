@@ -27,9 +27,11 @@ from typing import Any
 import pyte
 import pytest
 from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.data_structures import Size
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.plain_text import PlainTextOutput
+from prompt_toolkit.output.vt100 import Vt100_Output
 
 from ocm.client import ChatClient, Closed, Message, Notice
 from ocm.errors import ConnectionLost
@@ -481,6 +483,48 @@ async def test_a_leave_the_server_never_confirmed_is_said() -> None:
                 "\r\n" + " " * len("12:05 -- ") + "idle timeout"
             )
             assert 'you left "lobby"' not in out
+
+
+async def test_focus_reporting_is_off_before_a_slow_leave() -> None:
+    """Review item: focus reporting was switched off only once chat.close() returned,
+    seconds later when the server is gone; each focus change meanwhile printed ESC [ I
+    or ESC [ O. It is off as soon as input reading ends, before the leave; and off on a
+    way out that never reaches the leave (a cancellation)."""
+    on, off = terminal_module.FOCUS_REPORTING_ON, terminal_module.FOCUS_REPORTING_OFF
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+        with create_pipe_input() as keys:
+            out = io.StringIO()
+            output = Vt100_Output(out, lambda: Size(rows=20, columns=80), term="xterm")
+            ui = TerminalChat(bob, input=keys, output=output, clock=lambda: NOON)
+            at_close: list[str] = []
+            close = bob.close
+
+            async def slow_close() -> bool:
+                at_close.append(out.getvalue())
+                return await close()
+
+            bob.close = slow_close  # type: ignore[method-assign]
+            task = asyncio.create_task(ui.run())
+            await until(lambda: "type a message" in out.getvalue())
+            assert on in out.getvalue() and off not in out.getvalue()
+            keys.send_text("/exit\r")
+            assert await asyncio.wait_for(task, 2) == EXIT_LEFT
+            assert len(at_close) == 1 and at_close[0].rfind(off) > at_close[0].rfind(on)
+            assert out.getvalue().count(off) == 1
+
+        carol = await ChatClient.join(where(server), "lobby", "carol")
+        with create_pipe_input() as keys:
+            out = io.StringIO()
+            output = Vt100_Output(out, lambda: Size(rows=20, columns=80), term="xterm")
+            task = asyncio.create_task(TerminalChat(carol, input=keys, output=output).run())
+            await until(lambda: "type a message" in out.getvalue())
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert out.getvalue().rfind(off) > out.getvalue().rfind(on)
+        await carol.close()
+        await alice.close()
 
 
 async def test_a_burst_is_shown_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -271,9 +271,17 @@ class TerminalChat:
         chat = self.chat
         # Only a VT100 terminal is asked to report focus (Windows' console input does
         # not carry it), and only while the chat runs: the questions before do not care.
-        report_focus = isinstance(self.output, Vt100_Output)
+        reporting = isinstance(self.output, Vt100_Output)
+
+        def stop_reporting() -> None:
+            nonlocal reporting
+            if reporting:
+                reporting = False
+                self.output.write_raw(FOCUS_REPORTING_OFF)
+                self.output.flush()
+
         with patch_stdout(raw=True):
-            if report_focus:
+            if reporting:
                 self.output.write_raw(FOCUS_REPORTING_ON)
             try:
                 await self._introduce()
@@ -281,13 +289,15 @@ class TerminalChat:
                 try:
                     await self._read_input()
                 finally:
+                    # Off as soon as nothing reads the keys any more: leaving may take
+                    # seconds when the server is gone, and meanwhile each focus change
+                    # would type "^[[I" or "^[[O" on the screen (and the shell's line).
+                    stop_reporting()
                     left = await chat.close()
                     with contextlib.suppress(asyncio.CancelledError):
                         await receiver
             finally:
-                if report_focus:
-                    self.output.write_raw(FOCUS_REPORTING_OFF)
-                    self.output.flush()
+                stop_reporting()  # every other way out (an error, a cancellation)
             server_lost = self.ended is not None and chat.server_lost
             now = self.clock()
             if self.ended is not None:
