@@ -210,14 +210,18 @@ def join_help() -> str:
 
 
 def test_join_help_ends_with_the_exit_statuses() -> None:
-    """The statuses ocm.ui.chatview returns, as ocm join --help and the README say them."""
+    """The statuses ocm.ui.chatview returns, as ocm join --help and the README say them:
+    the same codes with the same meanings, word for word (a --help that said a dropped
+    member's status was 3 while the code and the README said 4 passed a check of the
+    codes alone)."""
     from ocm.ui import chatview
 
     text = join_help()
     assert "(default: 20 on a terminal, 0 in pipe mode)" in " ".join(text.split())
     epilog = text.split("\nexit status:\n", 1)[1]
-    listed = [int(line.split()[0]) for line in epilog.splitlines() if line[2:3].isdigit()]
-    assert listed == [code for code, _ in EXIT_STATUSES] == [0, 1, 2, 3, 4, 130]
+    entries = re.split(r"^  (?=\d)", epilog, flags=re.M)[1:]  # one per status, rewrapped
+    listed = [(int(e.split()[0]), " ".join(e.split()[1:])) for e in entries]
+    assert listed == list(EXIT_STATUSES)
     constants = (
         chatview.EXIT_LEFT,
         chatview.EXIT_ERROR,
@@ -228,8 +232,14 @@ def test_join_help_ends_with_the_exit_statuses() -> None:
     assert constants == (0, 1, 2, 3, 4)
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     table = readme.split("<!-- exit-statuses -->\n", 1)[1].split("\n\n", 1)[0]
-    rows = re.findall(r"^\| `(\d+)` \|", table, re.M)
-    assert [int(code) for code in rows] == [0, 1, 2, 3, 4, 130, 143, 129]
+    rows = re.findall(r"^\| `(\d+)` \| (.*) \|$", table, re.M)
+    assert [(int(code), meaning.replace("`", "")) for code, meaning in rows] == listed
+    assert [code for code, _ in listed] == [0, 1, 2, 3, 4, 130, 143, 129]
+    said = dict(listed)  # the meanings the code's constants stand for
+    assert "you left" in said[chatview.EXIT_LEFT]
+    assert "the room closed" in said[chatview.EXIT_ROOM_CLOSED]
+    assert "dropped you" in said[chatview.EXIT_SERVER_LOST]
+    assert "dropped" not in said[chatview.EXIT_ROOM_CLOSED]
 
 
 def test_password_flags_take_no_positional_by_surprise(

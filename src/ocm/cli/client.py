@@ -57,16 +57,32 @@ _MODES = (
     "On a terminal: an interactive chat (/help inside). Otherwise each stdin line is sent "
     "and each event is one stdout line; end of input leaves."
 )
-# The exit statuses of create and join (ocm.ui.chatview.exit_status, README), as their
-# --help ends. Spelled out here: loading ocm.ui to build the parser would load it for
-# ocm server and ocm rooms too.
+# The exit statuses of create and join (ocm.ui.chatview.exit_status), as their --help
+# ends: README.md's exit-status table word for word (tests/cli/test_cli.py holds them to
+# it). Spelled out here: loading ocm.ui to build the parser would load it for ocm server
+# and ocm rooms too.
 EXIT_STATUSES = (
-    (0, "you left: end of input; /exit, Ctrl-C twice or Ctrl-D on a terminal"),
-    (1, "an error; or a line was refused, or not confirmed by the server"),
+    (
+        0,
+        "you left: end of input or exit (on a terminal: /exit, Ctrl-C twice, Ctrl-D), "
+        "every line confirmed",
+    ),
+    (
+        1,
+        "an error (such as a refusal when entering); or you left, but a line was refused "
+        "or not confirmed",
+    ),
     (2, "a usage error"),
-    (3, "the room closed: the host left, the server shut down or dropped you"),
-    (4, "the server was lost: it stopped answering or restarted, or never confirmed your leave"),
-    (130, "Ctrl-C in pipe mode; 128 + N after signal N (143 SIGTERM, 129 SIGHUP)"),
+    (3, "the room closed: the host left or timed out, or the server shut down"),
+    (
+        4,
+        "you lost the room, which may go on: the server stopped answering, restarted or "
+        "closed its port, your network went away, or the server dropped you after too long "
+        "a silence; or it never confirmed your leave",
+    ),
+    (130, "Ctrl-C in pipe mode"),
+    (143, "SIGTERM"),
+    (129, "SIGHUP"),
 )
 _EPILOG = "exit status:\n" + "\n".join(
     textwrap.fill(f"{code:<4} {meaning}", 76, initial_indent="  ", subsequent_indent=" " * 7)
