@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import colorsys
+import re
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prompt_toolkit.utils import get_cwidth
 
 from ocm.client import (
     Closed,
@@ -68,6 +72,7 @@ from ocm.wire.texts import (
     format_closed,
     format_refusal,
 )
+from tests.strategies import names
 
 NOON = datetime(2025, 6, 3, 12, 5)
 
@@ -626,6 +631,75 @@ def test_actions_notices_who_and_info_lines_wrap_too() -> None:
     info = info_lines("a " * 40, NOON, width=30)
     assert all(plain(line).startswith(" " * 9) for line in info[1:])
     assert plain(info_line("a " * 40, NOON)) == "12:05 -- " + sanitize("a " * 40)
+
+
+def test_a_word_that_fits_a_line_goes_to_the_next_one_whole() -> None:
+    """The review's cases: a long name leaves no room for the first word."""
+    name = "x" * 12  # "12:05 <xxxxxxxxxxxx> " is 21 columns
+    lines = [plain(line) for line in event_lines(Message(name, "  b", 1), NOON, "bob", width=23)]
+    assert lines == [f"12:05 <{name}>", "      b"]  # not 24 columns, no line of spaces
+    party = "🎉 party time for all of us"
+    lines = [plain(line) for line in event_lines(Message(name, party, 1), NOON, "bob", width=21)]
+    assert lines == [f"12:05 <{name}>", "      🎉 party time", "      for all of us"]
+    # The name itself wider than the terminal: cut like a long word, the text whole.
+    name = "x" * 30
+    lines = [plain(line) for line in event_lines(Message(name, "abc def", 1), NOON, "", width=10)]
+    assert all(cells(line) <= 10 for line in lines)
+    assert lines[0] == "12:05 <xxx" and lines[-2:] == ["      abc", "      def"]
+    assert "".join(line.strip() for line in lines[1:-2]) == "x" * 27 + ">"
+
+
+def test_spaces_that_do_not_fit_still_part_two_words() -> None:
+    # One column left after "abcdefg": the two spaces cannot be drawn, and "i", narrow
+    # enough to fit where they would have been, must not be glued to it.
+    event = Message("al", "abcdefg  i", 1)
+    lines = [plain(line) for line in event_lines(event, NOON, "", width=19)]
+    assert lines == ["12:05 <al> abcdefg", "      i"]
+
+
+def test_cells_counts_as_prompt_toolkit_draws() -> None:
+    for text in ["a", "漢", "🎉", "❤️", "e\u0301", "a\u200bb", "a\u200db", "\ufe0f", "\u00ad", "한"]:
+        assert cells(text) == get_cwidth(text), text
+    assert cells("❤️") == 1  # the variation selector takes no column
+
+
+# Words made of narrow, wide, zero-width and combining characters, long and short.
+_WORD_CHARS = st.sampled_from(["a", "b", "é", "e\u0301", "漢", "🎉", "❤️", "\u200b", "-", "/"])
+_WORDS = st.lists(_WORD_CHARS, min_size=1, max_size=40).map("".join)
+_TEXTS = st.lists(
+    st.one_of(_WORDS, st.sampled_from([" ", "  ", "     ", "\n", "\t"])), max_size=30
+).map("".join)
+_SENDERS = st.one_of(names(), st.lists(_WORD_CHARS, min_size=1, max_size=30).map("".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SENDERS, _TEXTS, st.integers(min_value=12, max_value=80), st.booleans())
+def test_wrapped_lines_fit_the_width_and_keep_every_word(
+    sender: str, text: str, width: int, action: bool
+) -> None:
+    event = Message(sender, text, 1, action=action)
+    shown = [plain(line) for line in event_lines(event, NOON, "bob", width=width)]
+    assert all(cells(line) <= width for line in shown)
+    # A line of spaces only is an empty (or blank) line of the text, never the wrapping.
+    text_lines = [sanitize(line) for line in text.split("\n")]
+    blank = sum(1 for line in text_lines[1:] if not line.strip(" "))
+    assert sum(1 for line in shown if not line.strip(" ")) <= blank
+    assert shown[0].strip(" ")
+    # Every word comes back in order; a word is cut only when longer than a whole line.
+    name = sanitize(sender)
+    head = f"12:05 * {name} " if action else f"12:05 <{name}> "
+    column = cells(head)
+    indent = column if width - column >= MIN_TEXT_COLUMNS else min(column, len("12:05 "))
+    room = width - (0 if indent >= width else indent)
+    pieces = iter(piece for line in shown for piece in re.findall(r"[^ ]+", line))
+    for word in re.findall(r"[^ \n]+", head + "\n".join(text_lines)):
+        joined, count = "", 0
+        while joined != word:
+            joined += next(pieces)
+            count += 1
+            assert word.startswith(joined)
+        assert count == 1 or cells(word) > room, (word, count)
+    assert next(pieces, None) is None
 
 
 def test_roster_completes_recent_speakers_first_and_never_ourselves() -> None:

@@ -205,13 +205,32 @@ def mentions(text: str, name: str) -> bool:
 
 
 def cells(text: str) -> int:
-    """The terminal columns ``text`` takes: two for a wide character (CJK, most emoji),
-    none for a combining mark, one for the rest."""
+    """The terminal columns ``text`` takes, counted as prompt_toolkit counts them when
+    it draws (``wcwidth``; this module does not import it): two for a wide character
+    (CJK, most emoji), none for a mark, a format character (zero-width space and
+    joiner, a variation selector: ``❤️`` takes one) or a Hangul jamo that joins the
+    one before, one for the rest. Characters newer than Python's Unicode tables may
+    still count differently."""
     return sum(_char_cells(char) for char in text)
 
 
+# Zero columns: marks (combining, enclosing, spacing: wcwidth counts those as part of
+# the character before), format and line/paragraph separator characters...
+_NO_CELLS = frozenset({"Mn", "Me", "Mc", "Cf", "Cc", "Zl", "Zp"})
+# ... but for the format characters that are drawn: the soft hyphen and the prepended
+# concatenation marks (the Arabic number sign ...).
+_SHOWN_FORMAT = frozenset("\u00ad\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u0890\u0891")
+_SHOWN_FORMAT |= frozenset("\u08e2\U000110bd\U000110cd")
+# Hangul jamo that join the syllable before (medial vowels, final consonants), fillers.
+_JOINING_HANGUL = frozenset(
+    [*map(chr, range(0x1160, 0x1200)), *map(chr, range(0xD7B0, 0xD800)), "\u3164", "\uffa0"]
+)
+
+
 def _char_cells(char: str) -> int:
-    if unicodedata.combining(char):
+    if unicodedata.category(char) in _NO_CELLS and char not in _SHOWN_FORMAT:
+        return 0
+    if char in _JOINING_HANGUL:
         return 0
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
@@ -371,61 +390,111 @@ def _stamp(now: datetime) -> Fragments:
     return [("class:time", now.strftime("%H:%M")), ("", " ")]
 
 
-def _wrap(prefix: Fragments, body: Fragments, width: int | None, indent: int) -> list[Fragments]:
-    """``prefix`` then ``body``, cut into lines of at most ``width`` columns at spaces;
-    the lines after the first start with ``indent`` spaces. A word longer than a line
-    is cut where the line ends. No ``width``: one line, as it is."""
-    if width is None or cells(_plain(prefix) + _plain(body)) <= width:
-        return [prefix + body]
+def _hang(indent: int, width: int | None) -> int:
+    """The indent of every line after the first, under a head of ``indent`` columns: the
+    text column, or under the name (after the time) when that leaves a sliver of less
+    than :data:`MIN_TEXT_COLUMNS`, or none when even that leaves nothing."""
+    if width is None:
+        return indent
     if width - indent < MIN_TEXT_COLUMNS:
         indent = min(indent, _STAMP_COLUMNS)
-    if indent >= width:
-        indent = 0
+    return 0 if indent >= width else indent
+
+
+def _wrap(prefix: Fragments, body: Fragments, width: int | None, indent: int) -> list[Fragments]:
+    """``prefix`` then ``body``, cut into lines of at most ``width`` columns at spaces;
+    the lines after the first start with ``indent`` spaces (less than ``width``) and
+    never with a space. A word goes whole to the next line when it fits there; only a
+    word longer than a whole line (``width - indent``) is cut, where a line ends. The
+    prefix wraps the same way when it alone is too wide (a very long name). No line is
+    left with spaces only. No ``width``: one line, as it is."""
+    if width is None or cells(_plain(prefix) + _plain(body)) <= width:
+        return [prefix + body]
+    room = width - indent
     lines: list[Fragments] = []
-    line, column, started = list(prefix), cells(_plain(prefix)), False
+    line: Fragments = []
+    column = 0
+    worded = False  # the line holds more than spaces
+    pending = False  # spaces that did not fit: the next word starts a new line
+
+    def add(parts: Fragments, word: bool) -> None:
+        nonlocal column, worded
+        for style, text in parts:
+            if not text:
+                continue
+            if line and line[-1][0] == style:
+                line[-1] = (style, line[-1][1] + text)
+            else:
+                line.append((style, text))
+            column += cells(text)
+        worded = worded or word
 
     def new_line() -> None:
-        nonlocal line, column, started
-        while line and line[-1][1].isspace() and line[-1][1]:
-            line.pop()  # no trailing spaces where a line breaks
-        lines.append(line)
-        line, column, started = [("", " " * indent)], indent, False
+        """End the line (one of spaces only is dropped) and start an indented one."""
+        nonlocal line, column, worded
+        if worded:
+            while line and not line[-1][1].rstrip(" "):
+                line.pop()  # no trailing spaces where a line breaks
+            line[-1] = (line[-1][0], line[-1][1].rstrip(" "))
+            lines.append(line)
+        line, column, worded = ([("", " " * indent)] if indent else []), indent, False
 
-    for style, text in body:
-        for token in re.findall(r" +|[^ ]+", text):
-            size = cells(token)
-            if token.startswith(" "):
-                if lines and not started:
-                    continue  # a continuation starts with a word
-                if column + size <= width:
-                    line.append((style, token))
-                    column += size
+    for is_space, parts in _tokens(prefix + body):
+        size = cells(_plain(parts))
+        fresh = column == indent and not worded
+        if is_space:
+            if lines and fresh:
+                continue  # a continuation starts with a word
+            if pending or column + size > width:
+                pending = True
+            else:
+                add(parts, False)
+            continue
+        if pending or (column + size > width and size <= room and not fresh):
+            new_line()  # the word fits on a line of its own: not cut
+        pending = False
+        while column + size > width:  # longer than a whole line: cut where the line ends
+            fresh = column == indent and not worded
+            # On a fresh line a character wider than what is left goes anyway: no loop.
+            piece, parts = _cut(parts, max(width - column, 2) if fresh else width - column)
+            if not _plain(piece):
+                new_line()
                 continue
-            if column + size > width and started:
-                new_line()
-            while column + size > width:  # longer than the line: cut it at the edge
-                piece = _fit_cells(token, max(1, width - column))
-                line.append((style, piece))
-                token = token[len(piece) :]
-                size = cells(token)
-                new_line()
-            if token:
-                line.append((style, token))
-                column += size
-                started = True
-    lines.append(line)
+            add(piece, True)
+            size = cells(_plain(parts))
+        add(parts, True)
+    if worded or not lines:
+        lines.append(line)
     return lines
 
 
-def _fit_cells(text: str, columns: int) -> str:
-    """The longest prefix of ``text`` that takes at most ``columns`` (one character at
-    least)."""
+def _tokens(fragments: Fragments) -> list[tuple[bool, Fragments]]:
+    """Words and runs of spaces, ``(is_space, parts)``: a word is every character
+    between two spaces, across fragments (``<`` ``alice`` ``>``)."""
+    tokens: list[tuple[bool, Fragments]] = []
+    for style, text in fragments:
+        for run in re.findall(r" +|[^ ]+", text):
+            is_space = run.startswith(" ")
+            if tokens and tokens[-1][0] == is_space:
+                tokens[-1][1].append((style, run))
+            else:
+                tokens.append((is_space, [(style, run)]))
+    return tokens
+
+
+def _cut(parts: Fragments, columns: int) -> tuple[Fragments, Fragments]:
+    """``parts`` cut in two: the longest start that takes at most ``columns`` (a
+    zero-width character stays with the one before it), and the rest."""
     used = 0
-    for index, char in enumerate(text):
-        used += _char_cells(char)
-        if used > columns:
-            return text[: max(index, 1)]
-    return text
+    for index, (style, text) in enumerate(parts):
+        for at, char in enumerate(text):
+            used += _char_cells(char)
+            if used > columns:
+                return [*parts[:index], (style, text[:at])], [
+                    (style, text[at:]),
+                    *parts[index + 1 :],
+                ]
+    return list(parts), []
 
 
 def _plain(fragments: Fragments) -> str:
@@ -434,8 +503,8 @@ def _plain(fragments: Fragments) -> str:
 
 def _layout(head: Fragments, bodies: Sequence[Fragments], width: int | None) -> list[Fragments]:
     """A head (time, name ...) and the text's lines under it: the later lines, and
-    every line the wrapping makes, are indented under the text column."""
-    indent = cells(_plain(head))
+    every line the wrapping makes, are indented under the text column (:func:`_hang`)."""
+    indent = _hang(cells(_plain(head)), width)
     pad: Fragments = [("", " " * indent)]
     lines = _wrap(head, bodies[0], width, indent)
     for body in bodies[1:]:
