@@ -505,7 +505,9 @@ def test_info_who_and_toolbar() -> None:
         ("/who", Command("who")),
         ("/help", Command("help")),
         ("/me waves", Command("send", "\x01ACTION waves\x01")),
-        ("/ME  waves twice ", Command("send", format_action(" waves twice"))),
+        ("/ME  waves twice ", Command("send", format_action("waves twice"))),
+        ("/me    x", Command("send", format_action("x"))),
+        ("  /me x  y ", Command("send", format_action("x  y"))),
         ("/me", Command("help")),
         ("//etc/hosts", Command("send", "/etc/hosts")),
         ("//me x", Command("send", "/me x")),
@@ -534,7 +536,10 @@ def test_parse_input(line: str, command: Command) -> None:
         ("/say exit", Command("send", "exit")),
         ("/who", Command("send", "/who")),  # a script's lines are its messages
         ("/etc/hosts changed", Command("send", "/etc/hosts changed")),
-        ("/me", Command("send", "/me")),
+        ("/me", Command("empty")),  # help on a terminal: nothing sent, no empty action
+        ("/ME   ", Command("empty")),
+        ("/me  x", Command("send", format_action("x"))),
+        ("/mexico", Command("send", "/mexico")),
     ],
 )
 def test_pipe_input_follows_the_terminal_for_exit_me_say_and_slashes(

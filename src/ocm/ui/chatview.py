@@ -738,7 +738,8 @@ def parse_input(line: str) -> Command:
         case "/help" | "/?":
             return Command("help")
         case "/me":
-            return Command("send", format_action(rest)) if rest.strip() else Command("help")
+            words = rest.lstrip()  # "/me  waves": the action is "waves"
+            return Command("send", format_action(words)) if words else Command("help")
         case "/say":
             said = line.lstrip()[len(word) + 1 :]  # as typed after "/say ", spaces too
             return Command("send", said) if said.strip() else Command("help")
@@ -750,9 +751,12 @@ def pipe_input(line: str) -> Command:
 
     The same rule as on a terminal (:func:`parse_input`) for ``exit``, ``/exit``, ``/me
     TEXT``, ``/say TEXT`` and ``//``; any other line is sent as it is, ``/who`` or
-    ``/etc/hosts`` too: a script's lines are its messages.
+    ``/etc/hosts`` too: a script's lines are its messages. ``/me`` with no words,
+    which shows the help on a terminal, sends nothing (``empty``): no empty action.
     """
     command = parse_input(line)
+    if command.kind == "help" and line.split(maxsplit=1)[0].lower() == "/me":
+        return Command("empty")
     if command.kind in ("who", "help", "unknown"):
         return Command("send", line)
     return command
