@@ -21,6 +21,7 @@ import pytest
 from ocm.cli import build_parser, main
 from ocm.cli.client import EXIT_STATUSES
 from ocm.client import ChatClient, Event, Message, Notice, list_rooms
+from ocm.errors import ErrorCode, ServerError
 from ocm.wire import RoomInfo
 from tests.kit import LOOPBACK, MS, create_rooms, ready, registered, running_server, until
 
@@ -240,6 +241,25 @@ def test_join_help_ends_with_the_exit_statuses() -> None:
     assert "the room closed" in said[chatview.EXIT_ROOM_CLOSED]
     assert "dropped you" in said[chatview.EXIT_SERVER_LOST]
     assert "dropped" not in said[chatview.EXIT_ROOM_CLOSED]
+
+
+def test_the_password_hint_offers_ask_password_only_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review item: in pipe mode the hint offered --ask-password, which then failed with
+    "--ask-password needs a terminal"."""
+    from ocm.cli import client as cli_client
+
+    monkeypatch.delenv("OCM_PASSWORD", raising=False)
+    args = build_parser().parse_args(["join", "vault", "--name", "mallory"])
+    refused = ServerError(ErrorCode.WRONG_PASSWORD, "wrong password")
+    head = 'room "vault" needs a password — give it with '
+    monkeypatch.setattr(cli_client, "_on_terminal", lambda: False)
+    assert cli_client._explain(refused, args) == head + "--password or $OCM_PASSWORD"
+    monkeypatch.setattr(cli_client, "_on_terminal", lambda: True)
+    assert cli_client._explain(refused, args) == (
+        head + "--password, $OCM_PASSWORD or --ask-password"
+    )
 
 
 def test_password_flags_take_no_positional_by_surprise(
@@ -547,13 +567,17 @@ async def test_a_password_room_through_the_cli() -> None:
             )
             assert (wrong.code, wrong.out) == (1, "")
             assert wrong.err == 'ocm: wrong password for room "vault"\n'
-            # No password at all: say that the room wants one, and how to give it.
+            # No password at all: say that the room wants one, and how to give it (in
+            # pipe mode --ask-password is no way: it needs a terminal).
             missing = await ocm("join", "vault", "--name", "mallory", "--server", where)
             assert (missing.code, missing.err) == (
                 1,
-                'ocm: room "vault" needs a password — give it with --password, '
-                "$OCM_PASSWORD or --ask-password\n",
+                'ocm: room "vault" needs a password — give it with --password or $OCM_PASSWORD\n',
             )
+            asked = await ocm(
+                "join", "vault", "--name", "mallory", "--ask-password", "--server", where
+            )
+            assert asked.code == 2 and "--ask-password needs a terminal" in asked.err
             empty = await ocm(
                 "join", "vault", "--name", "mallory", "--server", where, env={"OCM_PASSWORD": ""}
             )

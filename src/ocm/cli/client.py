@@ -90,8 +90,10 @@ _EPILOG = "exit status:\n" + "\n".join(
 )
 # What --history shows when it is not given.
 _HISTORY_DEFAULTS = "20 on a terminal, 0 in pipe mode"
-# The ways to give a room's password, as an error names them.
-_PASSWORD_WAYS = f"--password, ${PASSWORD_ENV} or --ask-password"
+# The ways to give a room's password, as an error names them: --ask-password only on a
+# terminal, the only place it works.
+_PASSWORD_WAYS = f"--password or ${PASSWORD_ENV}"
+_PASSWORD_WAYS_ON_TERMINAL = f"--password, ${PASSWORD_ENV} or --ask-password"
 
 
 class _Usage(Exception):
@@ -241,7 +243,8 @@ def _explain(error: OCMError, args: argparse.Namespace) -> str:
             case ErrorCode.NAME_TAKEN:
                 return f"{error.message} — choose another with --name"
             case ErrorCode.WRONG_PASSWORD if not _password_given(args):
-                return f'room "{room}" needs a password — give it with {_PASSWORD_WAYS}'
+                ways = _PASSWORD_WAYS_ON_TERMINAL if _on_terminal() else _PASSWORD_WAYS
+                return f'room "{room}" needs a password — give it with {ways}'
     return error.message
 
 
