@@ -61,10 +61,45 @@ def test_an_ambiguous_ipv6_address_is_refused_with_how_to_write_it(
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("text", ["host:1:2", "fe80::1:99999", "a:b:c"])
+@pytest.mark.parametrize("text", ["host:1:2", "a:b:c", "fe80::1:x", "::1:+9001"])
 def test_several_colons_that_are_no_ipv6_address_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"is not a server address: write HOST, HOST:PORT"):
         parse_server_address(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # str.isdigit takes these, int() refuses "²" and reads "٣" as 3: ASCII only.
+        ("host:²", '"²" is not a port number'),
+        ("host:٣", '"٣" is not a port number'),
+        ("[::1]:٣", '"٣" is not a port number'),
+        ("host:", 'missing port after ":" in "host:"'),
+        ("host:0", "port 0 is out of range (1-65535)"),
+        ("host:65536", "port 65536 is out of range (1-65535)"),
+        ("[::1]:65536", "port 65536 is out of range (1-65535)"),
+        # No IPv6 address ends in a group that long: the port is what is wrong.
+        ("::1:65536", "port 65536 is out of range (1-65535)"),
+        ("fe80::1:99999", "port 99999 is out of range (1-65535)"),
+        ("::1:00000", "port 0 is out of range (1-65535)"),
+    ],
+)
+def test_a_bad_port_is_named_as_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_server_address(text)
+    assert str(refused.value) == message
+    assert "invalid literal" not in message
+
+
+def test_a_bare_ipv6_address_with_what_can_only_be_a_port_is_told_the_brackets() -> None:
+    # "09001" is no IPv6 group (five digits), so it can only be port 9001 of ::1.
+    with pytest.raises(ValueError) as refused:
+        parse_server_address("::1:09001")
+    assert str(refused.value) == (
+        '"::1:09001": an IPv6 address takes brackets when a port follows: [::1]:9001'
+    )
+    assert parse_server_address("[::1]:09001") == ("::1", 9001)
+    assert parse_server_address("host:09001") == ("host", 9001)
 
 
 def test_connection_errors_are_words_not_tuples() -> None:

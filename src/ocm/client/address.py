@@ -19,7 +19,10 @@ def parse_server_address(
     its last group cannot be a port: it follows ``::`` (``"::1"``, ``"fe80::1"``), or
     it is not a number (``"fe80::abcd"``), or the address has all eight groups. Anything
     else (``"::1:9312"``: port 9312 of ``::1``, or the address ``::1:9312``?) is refused
-    with a message that says how to write it. An empty host means ``localhost``.
+    with a message that says how to write it; so is a bare IPv6 address followed by
+    what can only be a port (``"::1:65536"``: the port is out of range; ``"::1:09001"``:
+    it takes brackets). A port is ASCII digits, 1-65535. An empty host means
+    ``localhost``.
     Raises ValueError with a one-line readable message.
     """
     if isinstance(server, tuple):
@@ -44,36 +47,60 @@ def parse_server_address(
             port = default_port
         elif not port_text:
             raise ValueError(f'missing port after ":" in "{server}"')
-        elif not port_text.isdigit():
+        elif not _is_number(port_text):
             raise ValueError(f'"{port_text}" is not a port number')
         else:
             port = int(port_text)
     host = host or "localhost"
+    _check_port(port)
+    return host, port
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²" (which ``int`` refuses) and
+    "٣" (which ``int`` reads as 3)."""
+    return text.isascii() and text.isdigit()
+
+
+def _check_port(port: int) -> None:
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range (1-65535)")
-    return host, port
 
 
 def _check_bare_ipv6(text: str) -> None:
     """Refuse ``text`` (several colons, no brackets) unless it is an IPv6 address whose
     last group cannot be read as a port."""
+    head, _, tail = text.rpartition(":")
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
+        if _is_number(tail) and _is_ipv6(head):
+            # An address and a port, not written in brackets: say what is wrong with
+            # the port first ("::1:65536"), then where it goes ("::1:09001").
+            _check_port(int(tail))
+            raise ValueError(
+                f'"{text}": an IPv6 address takes brackets when a port follows:'
+                f" [{head}]:{int(tail)}"
+            ) from None
         raise ValueError(
             f'"{text}" is not a server address: write HOST, HOST:PORT or [IPv6]:PORT'
         ) from None
-    head, _, tail = text.rpartition(":")
-    if not (tail.isdigit() and 0 < int(tail) < 65536) or head.endswith(":"):
+    if not (_is_number(tail) and 0 < int(tail) < 65536) or head.endswith(":"):
         return  # not a port, or it follows "::" (no one connects to an address "X::")
-    try:
-        ipaddress.IPv6Address(head)
-    except ValueError:
+    if not _is_ipv6(head):
         return  # eight groups: the head alone is no address
     raise ValueError(
         f'"{text}" is ambiguous: write an IPv6 address in brackets: [{head}]:{tail}'
         f" (or [{text}] for that address on the default port)"
     )
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_server_address(address: tuple[str, int]) -> str:
