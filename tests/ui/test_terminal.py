@@ -201,8 +201,18 @@ async def test_a_too_long_line_is_refused_under_the_input_and_kept() -> None:
             # Said under the input as soon as it is too long, not once Enter is pressed.
             refused = "too long to send: 4100 bytes, at most 4057 (Ctrl-C clears it)"
             await screen.shows(refused, timeout=3000 * MS)
-            screen.type("\r")  # Enter: refused, and the text stays where it is
-            await asyncio.sleep(100 * MS)
+            # Enter: refused, and the text stays where it is. Seen to be handled (Enter's
+            # binding has run), not merely given time to be.
+            entered: list[None] = []
+            accept = line.validate_and_handle
+
+            def accept_and_record() -> None:
+                accept()
+                entered.append(None)
+
+            line.validate_and_handle = accept_and_record  # type: ignore[method-assign]
+            screen.type("\r")
+            await until(lambda: len(entered) == 1)
             assert line.text == "x" * 4100
             assert line.validation_error is not None
             assert alice.unconfirmed == 0 and server.relay.relayed == 0
@@ -220,9 +230,13 @@ async def list_rooms_now(server: OCMServer) -> int:
     return len(server.registry.rooms)
 
 
-async def test_ctrl_c_clears_the_line_then_leaves_when_pressed_twice() -> None:
+async def test_ctrl_c_clears_the_line_then_leaves_when_pressed_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 13 item 4: one Ctrl-C no longer leaves (nor closes a host's room): it
     clears a typed line; on an empty line the toolbar asks for a second one."""
+    # The second Ctrl-C must come within the window, however slow the machine.
+    monkeypatch.setattr(terminal_module, "LEAVE_CONFIRM_SECONDS", 30.0)
     async with running_server() as server:
         alice, bob = await alice_and_bob(server)
         async with screen_for(alice) as screen:
@@ -295,9 +309,8 @@ async def test_tab_cycles_the_names_inline_and_up_is_always_history() -> None:
             assert line.complete_state is None
             screen.type("\x1b[A")  # Up: the history, never a menu
             await reads("earlier")
-            screen.type("\x1b[B\x15zed\t")  # no match: nothing happens
-            await asyncio.sleep(50 * MS)
-            assert line.text == "zed"
+            screen.type("\x1b[B\x15zed\t.")  # no match: Tab does nothing
+            await reads("zed.")  # the "." after it is handled, so Tab was
             screen.type("\x15/exit\r")
             assert await screen.exit_status() == 0
         for member in others:
