@@ -221,7 +221,7 @@ async def test_a_too_long_line_is_refused_under_the_input_and_kept() -> None:
             screen.type("short\r")
             await screen.shows("<alice> short")
             assert server.relay.relayed == 1
-            screen.keys.send_bytes(b"\x04")  # Ctrl-D on an empty line
+            screen.keys.send_bytes(b"\x04\x04")  # Ctrl-D twice on an empty line
             assert await screen.exit_status() == 0
         assert await list_rooms_now(server) == 0
 
@@ -253,6 +253,38 @@ async def test_ctrl_c_clears_the_line_then_leaves_when_pressed_twice(
             await asyncio.sleep(50 * MS)
             assert not screen.task.done() and alice.closed is None
             screen.keys.send_bytes(b"\x03")  # the second one leaves
+            assert await screen.exit_status() == 0
+            await screen.shows('you left "lobby"')
+        assert isinstance(await next_event(bob), Closed)
+        await bob.close()
+
+
+async def test_ctrl_d_on_an_empty_line_asks_as_ctrl_c_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review item: Ctrl-D on an empty line left at once and, for a host, closed the
+    room without the question Ctrl-C asks. It now asks the same (the host is told that
+    leaving closes the room) and leaves on a second press within the window; on a typed
+    line it still deletes the character under the cursor."""
+    monkeypatch.setattr(terminal_module, "LEAVE_CONFIRM_SECONDS", 30.0)
+    async with running_server() as server:
+        alice, bob = await alice_and_bob(server)
+        async with screen_for(alice) as screen:
+            line = screen.ui.session.default_buffer
+            await screen.shows("type a message")
+            screen.type("ab\x01")  # Ctrl-A: the cursor on the "a"
+            await until(lambda: line.text == "ab" and line.cursor_position == 0)
+            screen.keys.send_bytes(b"\x04")  # Ctrl-D on a typed line: deletes
+            await until(lambda: line.text == "b")
+            screen.keys.send_bytes(b"\x05\x15")  # Ctrl-E, Ctrl-U: the line is empty
+            await until(lambda: line.text == "")
+            screen.keys.send_bytes(b"\x04")  # Ctrl-D on the empty line: asks
+            await screen.shows(
+                " Ctrl-D again to leave and close the room for everyone (you host it) "
+            )
+            assert not screen.task.done() and alice.closed is None
+            assert server.registry.rooms  # the room is still open
+            screen.keys.send_bytes(b"\x04")  # the second one leaves
             assert await screen.exit_status() == 0
             await screen.shows('you left "lobby"')
         assert isinstance(await next_event(bob), Closed)
@@ -963,7 +995,7 @@ async def test_interactive_mode_in_a_terminal() -> None:
             await term.shows("zoë>")
             assert "s3cret" not in term.text()
             assert await next_event(carol) == Notice("zoë joined", 1)
-            term.type("\x04")  # Ctrl-D leaves
+            term.type("\x04\x04")  # Ctrl-D twice leaves
             assert await term.exit_status() == 0
             assert await next_event(carol) == Notice("zoë left", 2)
         await carol.close()
@@ -994,7 +1026,7 @@ async def test_the_terminal_shows_the_last_20_messages_dimmed_by_default() -> No
                 assert cell(term, old, text).fg == "brightblack", text
             assert cell(term, live, "alice").fg not in ("default", "brightblack")
             assert cell(term, live, "live").fg == "default"
-            term.type("\x04")
+            term.type("\x04\x04")
             assert await term.exit_status() == 0
         finally:
             term.close()
@@ -1184,7 +1216,10 @@ async def test_no_bell_rings_no_bell() -> None:
             await term.shows("<alice> bob: ping")
             await term.idle(0.2)
             assert bells(term) == 0
-            term.type("\x04")  # Ctrl-D on an empty line leaves at once
+            term.type("\x04")  # Ctrl-D on an empty line asks, as Ctrl-C does
+            await term.until(lambda lines: lines[-1] == " Ctrl-D again to leave (or /exit)")
+            assert term.child.poll() is None
+            term.type("\x04")
             assert await term.exit_status() == 0
         await alice.close()
 

@@ -28,7 +28,7 @@ from prompt_toolkit.application import in_terminal
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, WordCompleter
 from prompt_toolkit.document import Document
-from prompt_toolkit.filters import to_filter
+from prompt_toolkit.filters import Condition, to_filter
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import DummyHistory
 from prompt_toolkit.input import Input
@@ -100,8 +100,8 @@ DEFAULT_HISTORY = 20
 # piled up behind it for ten seconds. Printing what is waiting in one go keeps up with
 # any room; the bound keeps one print short enough not to hold up typing.
 BATCH_LINES = 1000
-# Ctrl-C on an empty line leaves only if a second one follows within this many seconds:
-# one stray Ctrl-C must not end the chat (nor, for a host, close the room).
+# Ctrl-C or Ctrl-D on an empty line leaves only if a second one follows within this many
+# seconds: one stray key must not end the chat (nor, for a host, close the room).
 LEAVE_CONFIRM_SECONDS = 3.0
 # The input line's rows at most: a longer text (a paste) scrolls inside them.
 INPUT_ROWS = 5
@@ -202,7 +202,8 @@ class TerminalChat:
         self._history_shown = False  # the line that introduces the history
         self._day = clock().date()
         self._cycle: _Cycle | None = None  # Tab's completion in progress
-        self._leave_until = 0.0  # a second Ctrl-C before this (monotonic) time leaves
+        self._leave_until = 0.0  # a second Ctrl-C/D before this (monotonic) time leaves
+        self._leave_key = "Ctrl-C"  # the key that asked
         self._away = False  # the terminal said its window lost the focus
         self._marker_due = False  # the unread marker goes above the next line shown
         self.session: PromptSession[str] = PromptSession(
@@ -431,10 +432,11 @@ class TerminalChat:
     def _toolbar(self) -> FormattedText:
         chat = self.chat
         if time.monotonic() < self._leave_until:
+            key = self._leave_key
             if chat.is_host:
-                text = " Ctrl-C again to leave and close the room for everyone (you host it) "
+                text = f" {key} again to leave and close the room for everyone (you host it) "
             else:
-                text = " Ctrl-C again to leave (or /exit) "
+                text = f" {key} again to leave (or /exit) "
             return FormattedText([("class:bottom-toolbar.leaving", text)])
         return FormattedText(
             toolbar(
@@ -477,6 +479,15 @@ class TerminalChat:
     def _key_bindings(self) -> KeyBindings:
         keys = KeyBindings()
 
+        def leave_when_pressed_twice(event: KeyPressEvent, key: str) -> None:
+            if time.monotonic() < self._leave_until:
+                event.app.exit(exception=KeyboardInterrupt())
+                return
+            self._leave_key = key
+            self._leave_until = time.monotonic() + LEAVE_CONFIRM_SECONDS
+            # The toolbar's question goes when the time is up.
+            asyncio.get_running_loop().call_later(LEAVE_CONFIRM_SECONDS, event.app.invalidate)
+
         @keys.add("c-c")
         def _interrupt(event: KeyPressEvent) -> None:
             # irssi and weechat ignore Ctrl-C; here it clears the line, and leaves only
@@ -485,12 +496,15 @@ class TerminalChat:
             if buffer.text:
                 buffer.reset()
                 self._leave_until = 0.0
-            elif time.monotonic() < self._leave_until:
-                event.app.exit(exception=KeyboardInterrupt())
             else:
-                self._leave_until = time.monotonic() + LEAVE_CONFIRM_SECONDS
-                # The toolbar's question goes when the time is up.
-                asyncio.get_running_loop().call_later(LEAVE_CONFIRM_SECONDS, event.app.invalidate)
+                leave_when_pressed_twice(event, "Ctrl-C")
+
+        # Ctrl-D on an empty line asks as Ctrl-C does (it left at once, and for a host
+        # closed the room, on one stray press); on a typed line it deletes the character
+        # under the cursor, prompt_toolkit's own binding.
+        @keys.add("c-d", filter=Condition(lambda: not self.session.default_buffer.text))
+        def _end_of_input(event: KeyPressEvent) -> None:
+            leave_when_pressed_twice(event, "Ctrl-D")
 
         @keys.add("tab")
         def _complete(event: KeyPressEvent) -> None:
@@ -548,7 +562,7 @@ class TerminalChat:
             try:
                 line = await self.session.prompt_async(default=kept, pre_run=self._exit_if_ended)
             except (_Ended, EOFError, KeyboardInterrupt):
-                return  # Ctrl-D, Ctrl-C twice, or the room ended
+                return  # Ctrl-C or Ctrl-D twice, or the room ended
             kept = ""
             command = parse_input(line)
             match command.kind:
