@@ -64,7 +64,7 @@ _MODES = (
 EXIT_STATUSES = (
     (
         0,
-        "you left: end of input or exit (on a terminal: /exit, Ctrl-C twice, Ctrl-D), "
+        "you left: end of input or exit (on a terminal: /exit, Ctrl-C or Ctrl-D twice), "
         "every line confirmed",
     ),
     (

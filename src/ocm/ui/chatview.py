@@ -154,7 +154,7 @@ HELP_KEYS = (
     ("Tab", "complete a member's name in the line, recent speakers first; Tab again for the next"),
     ("Up, Down", "walk your earlier lines"),
     ("Ctrl-C", "clear the line; on an empty line, press it twice to leave"),
-    ("Ctrl-D", "leave (on an empty line)"),
+    ("Ctrl-D", "on an empty line, press it twice to leave"),
 )
 _HELP_COLUMN = 2 + max(len(key) for key, _ in HELP_COMMANDS + HELP_KEYS)
 # The same table as plain lines, for a front end that prints text.
