@@ -540,6 +540,9 @@ def test_parse_input(line: str, command: Command) -> None:
         ("/ME   ", Command("empty")),
         ("/me  x", Command("send", format_action("x"))),
         ("/mexico", Command("send", "/mexico")),
+        ("/say", Command("empty")),  # help on a terminal: nothing sent either
+        ("/SAY  ", Command("empty")),
+        ("/sayonara", Command("send", "/sayonara")),
     ],
 )
 def test_pipe_input_follows_the_terminal_for_exit_me_say_and_slashes(

@@ -751,11 +751,11 @@ def pipe_input(line: str) -> Command:
 
     The same rule as on a terminal (:func:`parse_input`) for ``exit``, ``/exit``, ``/me
     TEXT``, ``/say TEXT`` and ``//``; any other line is sent as it is, ``/who`` or
-    ``/etc/hosts`` too: a script's lines are its messages. ``/me`` with no words,
-    which shows the help on a terminal, sends nothing (``empty``): no empty action.
+    ``/etc/hosts`` too: a script's lines are its messages. ``/me`` or ``/say`` with no
+    words, which show the help on a terminal, send nothing (``empty``).
     """
     command = parse_input(line)
-    if command.kind == "help" and line.split(maxsplit=1)[0].lower() == "/me":
+    if command.kind == "help" and line.split(maxsplit=1)[0].lower() in ("/me", "/say"):
         return Command("empty")
     if command.kind in ("who", "help", "unknown"):
         return Command("send", line)
