@@ -23,13 +23,13 @@ import socket
 import struct
 
 from ocm.server.registry import Address
+from ocm.wire.tunnel import FRAME_LENGTH
 
 __all__ = ["TunnelLink", "tunnel_address"]
 
 log = logging.getLogger("ocm.server.tunnel")
 
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
-_LENGTH = struct.Struct("!H")  # wire.tunnel's frame header, packed here on the hot path
 
 
 def tunnel_address(ip: str, tcp_port: int) -> Address:
@@ -68,7 +68,7 @@ class TunnelLink:
             self._reset()
             self.close()
             return
-        transport.write(_LENGTH.pack(len(datagram)) + datagram)
+        transport.write(FRAME_LENGTH.pack(len(datagram)) + datagram)
 
     def close(self) -> None:
         if not self.closed:

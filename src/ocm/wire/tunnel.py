@@ -17,20 +17,22 @@ import struct
 from ocm.wire._util import bad, refuse
 from ocm.wire.constants import MAX_DATAGRAM
 
-__all__ = ["FRAME_HEADER_SIZE", "RESUME", "TUNNEL", "FrameReader", "encode_frame"]
+__all__ = ["FRAME_HEADER_SIZE", "FRAME_LENGTH", "RESUME", "TUNNEL", "FrameReader", "encode_frame"]
 
 TUNNEL = "tunnel"
 RESUME = "resume"
 
-_LENGTH = struct.Struct("!H")
-FRAME_HEADER_SIZE = _LENGTH.size
+# A frame's Length field; public for the server's hot path, which packs it without
+# encode_frame's checks (the relay only ever hands it datagrams that fit).
+FRAME_LENGTH = struct.Struct("!H")
+FRAME_HEADER_SIZE = FRAME_LENGTH.size
 
 
 def encode_frame(datagram: bytes) -> bytes:
     """One datagram as a frame. A datagram is 1 to MAX_DATAGRAM bytes, as on UDP."""
     if not 0 < len(datagram) <= MAX_DATAGRAM:
         raise refuse(f"a tunnelled datagram is 1-{MAX_DATAGRAM} bytes, got {len(datagram)}")
-    return _LENGTH.pack(len(datagram)) + datagram
+    return FRAME_LENGTH.pack(len(datagram)) + datagram
 
 
 class FrameReader:
@@ -58,7 +60,7 @@ class FrameReader:
         buffer = self._buffer
         if len(buffer) < FRAME_HEADER_SIZE:
             return None
-        (size,) = _LENGTH.unpack_from(buffer)
+        (size,) = FRAME_LENGTH.unpack_from(buffer)
         if not 0 < size <= MAX_DATAGRAM:
             raise bad(f"a tunnel frame is 1-{MAX_DATAGRAM} bytes, got {size}")
         end = FRAME_HEADER_SIZE + size
