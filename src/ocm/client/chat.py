@@ -528,11 +528,7 @@ class ChatClient:
                 channel = await self._connect_anywhere()
                 moved = channel.link.local_ip != self._link.local_ip
                 if self._secret is not None:
-                    resumed = await channel.request(Resume(self.room, self.token, self._secret))
-                    if not isinstance(resumed, Resumed):
-                        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "RESUME answered wrongly")
-                    self._secret = resumed.secret
-                    self._link = channel.link
+                    await self._resume(channel, self._secret)
                 if state.ended is not None or self._closing:
                     return  # the room ended meanwhile, or we are leaving: no new path
                 refused_once = trouble == REFUSED_HERE and not state.recoveries
@@ -568,6 +564,15 @@ class ChatClient:
             self._recovery = None
             if channel is not None:
                 await channel.close()
+
+    async def _resume(self, channel: Channel, secret: str) -> None:
+        """RESUME on ``channel``: our token is bound to its address from now on, and the
+        next secret is the one to use."""
+        resumed = await channel.request(Resume(self.room, self.token, secret))
+        if not isinstance(resumed, Resumed):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "RESUME answered wrongly")
+        self._secret = resumed.secret
+        self._link = channel.link
 
     async def _connect_anywhere(self) -> Channel:
         """A new connection to the server from whatever address we have now, tried
@@ -960,9 +965,7 @@ class ChatClient:
             return
         channel = await Channel.open(self.server, timeout=self.timeout)
         try:
-            resumed = await channel.request(Resume(self.room, self.token, self._secret))
-            if isinstance(resumed, Resumed):
-                self._secret = resumed.secret
+            await self._resume(channel, self._secret)
             await channel.request(LeaveRoom(self.room, self.token))
         finally:
             await channel.close()
