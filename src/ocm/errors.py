@@ -38,6 +38,10 @@ class ErrorCode(StrEnum):
     SERVER_FULL = "server_full"
     RATE_LIMITED = "rate_limited"
     INVALID_TOKEN = "invalid_token"
+    # Section 5 (docs/protocol.md): encryption.
+    ENCRYPTION_REQUIRED = "encryption_required"  # plaintext where the server wants TLS
+    NOT_ENCRYPTED = "not_encrypted"  # an encrypted client asked for a plaintext room
+    E2E_REQUIRED = "e2e_required"  # an end-to-end room, joined without the e2e feature
 
 
 class OCMError(Exception):

@@ -176,7 +176,7 @@ def test_server_datagram_bytes() -> None:
 
 
 def test_wire_numbers() -> None:
-    assert [int(o) for o in Operation] == [1, 2, 3, 4, 5, 6]  # 5, 6: section 4
+    assert [int(o) for o in Operation] == [1, 2, 3, 4, 5, 6, 7, 8]  # 5, 6: section 4; 7, 8: 5
     assert [int(s) for s in State] == [0, 1, 2]
     assert [int(k) for k in Kind] == [1, 2, 3, 4]
     assert {str(c) for c in ErrorCode} == {
@@ -191,6 +191,9 @@ def test_wire_numbers() -> None:
         "server_full",
         "rate_limited",
         "invalid_token",
+        "encryption_required",
+        "not_encrypted",
+        "e2e_required",
     }
 
 
@@ -345,7 +348,7 @@ def test_header_longer_than_32_bytes() -> None:
         decode_header(bytes(33))
 
 
-@pytest.mark.parametrize("operation", [0, 7, 9, 255])
+@pytest.mark.parametrize("operation", [0, 9, 255])
 def test_unknown_operation(operation: int) -> None:
     with expect(ErrorCode.UNKNOWN_OPERATION):
         decode_header(encode_header(0, operation, 0, 0))

@@ -8,9 +8,11 @@ Two levels:
   :func:`decode_tcrp` and :func:`encode_tcrp` (and fed from a byte stream by
   :class:`ocm.wire.framer.TcrpReader`);
 * typed messages: the requests (:class:`CreateRoom`, :class:`JoinRoom`,
-  :class:`ListRooms`, :class:`LeaveRoom`, and section 4's :class:`Tunnel` and
-  :class:`Resume`) and replies (:class:`Ack`, :class:`Admission`, :class:`RoomList`,
-  :class:`Left`, :class:`Tunnelled`, :class:`Resumed`), converted with
+  :class:`ListRooms`, :class:`LeaveRoom`, section 4's :class:`Tunnel` and
+  :class:`Resume`, section 5's :class:`StartTls` and :class:`LookupRoom`) and replies
+  (:class:`Ack`, :class:`Admission`, :class:`RoomList`, :class:`Left`,
+  :class:`Tunnelled`, :class:`Resumed`, :class:`TlsReady`, :class:`RoomDetails`),
+  converted with
   :func:`parse_request` / :func:`encode_request` and :func:`parse_reply` /
   :func:`encode_reply`. Field rules are checked here.
 
@@ -22,6 +24,7 @@ Nothing else escapes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -41,20 +44,26 @@ __all__ = [
     "Ack",
     "Admission",
     "CreateRoom",
+    "E2eParams",
     "JoinRoom",
     "LeaveRoom",
     "Left",
     "ListRooms",
+    "LookupRoom",
     "Operation",
     "Reply",
     "Request",
     "Resume",
     "Resumed",
+    "RoomDetails",
     "RoomInfo",
     "RoomList",
+    "SealedKeys",
+    "StartTls",
     "State",
     "TcrpHeader",
     "TcrpMessage",
+    "TlsReady",
     "Tunnel",
     "Tunnelled",
     "decode_header",
@@ -80,6 +89,9 @@ class Operation(IntEnum):
     # Section 4 of docs/protocol.md, each granted as a feature of the same name.
     TUNNEL = 5  # the connection carries the member's relay datagrams from then on
     RESUME = 6  # the member moves its token to the connection's IP address
+    # Section 5.
+    STARTTLS = 7  # after its COMPLETE the connection carries TLS
+    LOOKUP_ROOM = 8  # what a client must know before it joins: an e2e room's KDF salt
 
 
 class State(IntEnum):
@@ -121,7 +133,7 @@ def decode_header(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpHe
     """Decode a 32-byte TCRP header.
 
     Raises ProtocolError: ``bad_request`` for a short header or unknown state,
-    ``unknown_operation`` for an operation outside 1-6, ``too_large`` for a payload
+    ``unknown_operation`` for an operation outside 1-8, ``too_large`` for a payload
     size over ``max_payload``. The checks run in that order so that a server can
     still answer an unknown operation (it knows the state was a request).
     """
@@ -193,6 +205,18 @@ def encode_tcrp(message: TcrpMessage) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class E2eParams:
+    """Section 5: how an end-to-end room's members derive its keys from its password
+    (Argon2id, RFC 9106). The creator chooses them; the server keeps and tells them."""
+
+    salt: bytes  # 16-64 bytes, random per room
+    memory_kib: int
+    iterations: int
+    lanes: int
+    kdf: str = "argon2id"  # the only one defined
+
+
+@dataclass(frozen=True, slots=True)
 class CreateRoom:
     room: str
     username: str
@@ -200,6 +224,8 @@ class CreateRoom:
     # Extensions the client speaks (section 3 of docs/protocol.md), e.g. ("delivery",).
     # Empty: a version 1 request, byte for byte.
     features: tuple[str, ...] = ()
+    # Section 5: an end-to-end room; ``password`` is then the key derived for the server.
+    e2e: E2eParams | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +264,19 @@ class Resume:
     secret: str
 
 
-Request = CreateRoom | JoinRoom | ListRooms | LeaveRoom | Tunnel | Resume
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """Section 5: the next bytes on the connection, after the COMPLETE, are TLS's."""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRoom:
+    """Section 5: what a client must know about ``room`` before it joins."""
+
+    room: str
+
+
+Request = CreateRoom | JoinRoom | ListRooms | LeaveRoom | Tunnel | Resume | StartTls | LookupRoom
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +316,18 @@ class Admission:
     history: int | None = None
     # Section 4, with "resume": the secret that moves the token to another address.
     resume: str | None = None
+    # Section 5, with "sealed": the keys of the member's datagrams and of the room's.
+    sealed: SealedKeys | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedKeys:
+    """Section 5: a sealed member's Session id and key, and its room's KeyId and key."""
+
+    session: bytes  # 8 bytes
+    key: bytes  # 32 bytes: the member's datagrams to the server
+    room_key_id: bytes  # 4 bytes
+    room_key: bytes  # 32 bytes: the server's datagrams to the room
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +368,22 @@ class Resumed:
     seq: int
 
 
-Reply = Ack | Admission | RoomList | Left | Tunnelled | Resumed
+@dataclass(frozen=True, slots=True)
+class TlsReady:
+    """COMPLETE of STARTTLS: the client starts the TLS handshake next."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomDetails:
+    """COMPLETE of LOOKUP_ROOM. ``e2e`` is set for an end-to-end room."""
+
+    room: str
+    members: int
+    protected: bool
+    e2e: E2eParams | None = None
+
+
+Reply = Ack | Admission | RoomList | Left | Tunnelled | Resumed | TlsReady | RoomDetails
 
 
 def _field(payload: dict[str, Any], key: str, kind: type, *, required: bool = True) -> Any:
@@ -363,8 +428,11 @@ def parse_request(message: TcrpMessage) -> Request:
     match message.operation:
         case Operation.CREATE_ROOM | Operation.JOIN_ROOM:
             room = validate_name(message.room, "room name")
-            cls = CreateRoom if message.operation is Operation.CREATE_ROOM else JoinRoom
-            return cls(room, _username(payload), _password(payload), _features(payload))
+            username, password = _username(payload), _password(payload)
+            if message.operation is Operation.JOIN_ROOM:
+                return JoinRoom(room, username, password, _features(payload))
+            e2e = None if payload.get("e2e") is None else _e2e_params(payload["e2e"])
+            return CreateRoom(room, username, password, _features(payload), e2e)
         case Operation.LIST_ROOMS:
             return ListRooms()
         case Operation.LEAVE_ROOM:
@@ -377,6 +445,10 @@ def parse_request(message: TcrpMessage) -> Request:
             room = validate_name(message.room, "room name")
             token = _token(_field(payload, "token", str))
             return Resume(room, token, _token(_field(payload, "secret", str), "secret"))
+        case Operation.STARTTLS:
+            return StartTls()
+        case Operation.LOOKUP_ROOM:
+            return LookupRoom(validate_name(message.room, "room name"))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -393,6 +465,8 @@ def request_message(request: Request) -> TcrpMessage:
                 payload["password"] = password
             if features:
                 payload["features"] = list(features)
+            if isinstance(request, CreateRoom) and request.e2e is not None:
+                payload["e2e"] = _e2e_json(request.e2e)
             return TcrpMessage(operation, State.REQUEST, room, payload)
         case ListRooms():
             return TcrpMessage(Operation.LIST_ROOMS, State.REQUEST, "", {})
@@ -403,6 +477,10 @@ def request_message(request: Request) -> TcrpMessage:
         case Resume(room, token, secret):
             payload = {"token": token, "secret": secret}
             return TcrpMessage(Operation.RESUME, State.REQUEST, room, payload)
+        case StartTls():
+            return TcrpMessage(Operation.STARTTLS, State.REQUEST, "", {})
+        case LookupRoom(room):
+            return TcrpMessage(Operation.LOOKUP_ROOM, State.REQUEST, room, {})
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -429,6 +507,14 @@ def reply_message(reply: Reply) -> TcrpMessage:
             for key, value in (*extensions, ("resume", reply.resume)):
                 if value is not None:
                     payload[key] = value
+            if reply.sealed is not None:
+                keys = reply.sealed
+                payload["sealed"] = {
+                    "session": keys.session.hex(),
+                    "key": keys.key.hex(),
+                    "room_key_id": keys.room_key_id.hex(),
+                    "room_key": keys.room_key.hex(),
+                }
             return TcrpMessage(operation, State.COMPLETE, room, payload)
         case RoomList(rooms):
             listed = [
@@ -442,6 +528,13 @@ def reply_message(reply: Reply) -> TcrpMessage:
         case Resumed(room, secret, seq):
             payload = {"secret": secret, "seq": seq}
             return TcrpMessage(Operation.RESUME, State.COMPLETE, room, payload)
+        case TlsReady():
+            return TcrpMessage(Operation.STARTTLS, State.COMPLETE, "", {})
+        case RoomDetails(room, members, protected, e2e):
+            payload = {"members": members, "protected": protected}
+            if e2e is not None:
+                payload["e2e"] = _e2e_json(e2e)
+            return TcrpMessage(Operation.LOOKUP_ROOM, State.COMPLETE, room, payload)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -507,6 +600,64 @@ def _optional_secret(payload: dict[str, Any], key: str) -> str | None:
     return None if value is None else _token(value, f'field "{key}"')
 
 
+# Section 5: the bounds of an e2e room's KDF parameters as the wire carries them. The
+# client that derives a key applies its own floor (ocm.client), so a server cannot talk
+# it into a cheap derivation that would make the password easy to guess.
+MIN_SALT, MAX_SALT = 16, 64
+MAX_KDF_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
+MAX_KDF_ITERATIONS = 64
+MAX_KDF_LANES = 64
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def _hex(value: Any, what: str, sizes: range) -> bytes:
+    if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) % 2:
+        raise bad(f'field "{what}" must be lowercase hex digits')
+    if len(value) // 2 not in sizes:
+        raise bad(f'field "{what}" must be {sizes.start}-{sizes.stop - 1} bytes')
+    return bytes.fromhex(value)
+
+
+def _e2e_params(value: Any) -> E2eParams:
+    if not isinstance(value, dict):
+        raise bad('field "e2e" must be a JSON object')
+    kdf = _field(value, "kdf", str)
+    if kdf != "argon2id":
+        raise bad(f'unknown e2e kdf "{kdf}"')
+    bounds = {"memory_kib": MAX_KDF_MEMORY_KIB, "iterations": MAX_KDF_ITERATIONS}
+    numbers = {key: _field(value, key, int) for key in ("memory_kib", "iterations", "lanes")}
+    for key, number in numbers.items():
+        if not 1 <= number <= bounds.get(key, MAX_KDF_LANES):
+            raise bad(f'e2e field "{key}" out of range')
+    if numbers["memory_kib"] < 8 * numbers["lanes"]:
+        raise bad('e2e field "memory_kib" must be at least 8 per lane')
+    salt = _hex(_field(value, "salt", str), "salt", range(MIN_SALT, MAX_SALT + 1))
+    return E2eParams(salt, numbers["memory_kib"], numbers["iterations"], numbers["lanes"], kdf)
+
+
+def _e2e_json(params: E2eParams) -> dict[str, Any]:
+    return {
+        "kdf": params.kdf,
+        "salt": params.salt.hex(),
+        "memory_kib": params.memory_kib,
+        "iterations": params.iterations,
+        "lanes": params.lanes,
+    }
+
+
+def _sealed_keys(value: Any) -> SealedKeys | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad('field "sealed" must be a JSON object')
+    return SealedKeys(
+        _hex(_field(value, "session", str), "session", range(8, 9)),
+        _hex(_field(value, "key", str), "key", range(32, 33)),
+        _hex(_field(value, "room_key_id", str), "room_key_id", range(4, 5)),
+        _hex(_field(value, "room_key", str), "room_key", range(32, 33)),
+    )
+
+
 def _room_info(value: Any) -> RoomInfo:
     if not isinstance(value, dict):
         raise bad("each room must be a JSON object")
@@ -554,6 +705,7 @@ def parse_reply(message: TcrpMessage) -> Reply:
                 _boot(payload),
                 _optional_count(payload, "history", 0xFFFFFFFF),
                 _optional_secret(payload, "resume"),
+                _sealed_keys(payload.get("sealed")),
             )
         case Operation.LIST_ROOMS:
             rooms = _field(payload, "rooms", list)
@@ -567,4 +719,10 @@ def parse_reply(message: TcrpMessage) -> Reply:
             if seq is None:
                 raise bad('missing field "seq"')
             return Resumed(message.room, _token(_field(payload, "secret", str), "secret"), seq)
+        case Operation.STARTTLS:
+            return TlsReady()
+        case Operation.LOOKUP_ROOM:
+            members = _field(payload, "members", int)
+            e2e = None if payload.get("e2e") is None else _e2e_params(payload["e2e"])
+            return RoomDetails(message.room, members, _field(payload, "protected", bool), e2e)
     raise AssertionError("unreachable")  # pragma: no cover
