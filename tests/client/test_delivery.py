@@ -55,6 +55,7 @@ from ocm.wire.delivery import (
     decode_extended,
     encode_received,
 )
+from ocm.wire.sealed import SEALED
 from ocm.wire.tunnel import RESUME, TUNNEL
 
 TOKEN = "t" * 32
@@ -148,7 +149,7 @@ def feed(state: DeliveryState, now: float, *datagrams: bytes) -> list[Event]:
 
 
 def test_the_client_asks_for_delivery_and_needs_seq_and_boot_to_use_it() -> None:
-    assert FEATURES == (DELIVERY, TUNNEL, RESUME)  # section 4 builds on delivery
+    assert FEATURES == (DELIVERY, TUNNEL, RESUME, SEALED)  # sections 4 and 5 build on delivery
 
     def admission(**fields: object) -> Admission:
         return Admission(Operation.JOIN_ROOM, "lobby", TOKEN, 9001, "alice", ("alice",), **fields)  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ from ocm.wire.delivery import (
     encode_received,
 )
 from ocm.wire.tcrp import Operation
-from ocm.wire.tunnel import encode_frame
+from ocm.wire.tunnel import MAX_FRAME, encode_frame
 from tests.hostile.context import Context, fake_token, fmt, span, timed
 from tests.hostile.harness import (
     TUNNEL_FEATURES,
@@ -65,7 +65,11 @@ TUNNELYARD = "tunnelyard"
 RANDOM_FRAMES = 2_000
 MUTATED_FRAMES = 400
 # Bad Lengths: each on a tunnel of its own, after a PING that shows the tunnel works.
-BAD_LENGTHS = {"length 0": b"\x00\x00", "length 4097": b"\x10\x01", "length 0xFFFF": b"\xff\xff"}
+BAD_LENGTHS = {
+    "length 0": b"\x00\x00",
+    "over MAX_FRAME": (MAX_FRAME + 1).to_bytes(2, "big"),
+    "length 0xFFFF": b"\xff\xff",
+}
 # A PING frame (49 bytes) a byte at a time: whole in half a second (well within the
 # message timeout), or a byte every quarter second (it would take 12 s).
 TRICKLE_FAST = 10 * MS
@@ -289,7 +293,7 @@ async def attack_9_tunnel_garbage(ctx: Context) -> Attack:
         finally:
             await tunnel.close()
 
-    # (c) a Length of 0, 4097 and 0xFFFF, each after a PING on a tunnel of its own,
+    # (c) a Length of 0, MAX_FRAME + 1 and 0xFFFF, each after a PING on a tunnel of its own,
     # while a sibling tunnel of the same member stays open.
     async def bad_lengths() -> dict[str, Any]:
         sibling = await TunnelClient.open("127.0.0.92", port, TUNNELYARD, breaker.token)

@@ -50,7 +50,7 @@ from ocm.wire.delivery import (
     encode_received,
 )
 from ocm.wire.tcrp import Resume, Resumed, Tunnel, Tunnelled
-from ocm.wire.tunnel import encode_frame
+from ocm.wire.tunnel import MAX_FRAME, encode_frame
 from tests.kit import (
     LOOPBACK,
     MS,
@@ -267,7 +267,9 @@ async def test_tunnel_is_refused_from_another_host() -> None:
             await connection.close()
 
 
-@pytest.mark.parametrize("header", [b"\x00\x00", b"\x10\x01"], ids=["length 0", "length 4097"])
+@pytest.mark.parametrize(
+    "header", [b"\x00\x00", (MAX_FRAME + 1).to_bytes(2, "big")], ids=["length 0", "over MAX_FRAME"]
+)
 async def test_a_malformed_frame_closes_the_tunnel_and_the_server_goes_on(header: bytes) -> None:
     async with running_server() as server:
         alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, TUNNEL))

@@ -27,7 +27,14 @@ from ocm.wire import (
 )
 from ocm.wire.delivery import Data, Ping, encode_extended
 from ocm.wire.tcrp import Reply, Request, Resume, Resumed, Tunnel, Tunnelled
-from ocm.wire.tunnel import FRAME_HEADER_SIZE, RESUME, TUNNEL, FrameReader, encode_frame
+from ocm.wire.tunnel import (
+    FRAME_HEADER_SIZE,
+    MAX_FRAME,
+    RESUME,
+    TUNNEL,
+    FrameReader,
+    encode_frame,
+)
 
 TOKEN = "T0k3n-abcdefghijklmnopqrstuvwxyz"
 SECRET = "s3cret-ABCDEFGHIJKLMNOPQRSTUVWX"
@@ -115,7 +122,7 @@ def test_the_bytes_behind_the_complete_start_the_reader() -> None:
     assert not reader.started
 
 
-@pytest.mark.parametrize("length", [0, MAX_DATAGRAM + 1, 0xFFFF])
+@pytest.mark.parametrize("length", [0, MAX_FRAME + 1, 0xFFFF])
 def test_an_impossible_length_is_refused_once_its_two_bytes_are_in(length: int) -> None:
     """Refused before any body arrives: nothing waits for 64 KiB that will not come."""
     reader = FrameReader()
@@ -135,7 +142,7 @@ def test_an_impossible_length_after_a_good_frame() -> None:
         reader.next_frame()
 
 
-@pytest.mark.parametrize("size", [0, MAX_DATAGRAM + 1])
+@pytest.mark.parametrize("size", [0, MAX_FRAME + 1])
 def test_encode_frame_refuses_what_no_datagram_can_be(size: int) -> None:
     with pytest.raises(LocalProtocolError) as info:
         encode_frame(bytes(size))

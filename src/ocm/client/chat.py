@@ -90,7 +90,17 @@ from ocm.errors import (
     RemoteProtocolError,
     ServerError,
 )
-from ocm.wire.datagrams import ClientDatagram, encode_client_datagram
+from ocm.wire.datagrams import ClientDatagram, Kind, encode_client_datagram
+from ocm.wire.delivery import DeliveryKind
+from ocm.wire.sealed import (
+    SEALED,
+    Refusal,
+    Sealer,
+    is_sealed_down,
+    key_id_of,
+    room_opener,
+    up_prefix,
+)
 from ocm.wire.tcrp import (
     Admission,
     CreateRoom,
@@ -231,7 +241,7 @@ def _settled(options: ChatOptions) -> ChatOptions:
 
 
 def _features(options: ChatOptions) -> tuple[str, ...]:
-    """What to ask for in CREATE_ROOM / JOIN_ROOM: the delivery extension by default."""
+    """What to ask for in CREATE_ROOM / JOIN_ROOM: the extensions by default."""
     return FEATURES if options.get("delivery", True) else ()
 
 
@@ -321,6 +331,16 @@ class ChatClient:
                 now=self._loop.time(),
             )
         self.tcp = settled["tcp"]
+        # Section 5: with sealed datagrams, ours are sealed with our member key and the
+        # room's opened with the room key; anything else from the server is dropped and
+        # counted (sealed_refused), but for the two hints below (_unsealed).
+        keys = admission.sealed if SEALED in admission.features else None
+        self._sealer = None if keys is None else Sealer(keys.key, up_prefix(keys.session))
+        self._opener = None if keys is None else room_opener(keys.room_key)
+        self._room_key_id = b"" if keys is None else keys.room_key_id
+        self.encrypted = self._sealer is not None
+        self.sealed_refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
+        self._restart_hinted = False  # a RESTARTED in clear: believed once RESUME fails
         # Section 4: the secret that moves our token to another address (given only
         # over TCP), and whether the server carries the chat over TCP.
         self._secret = admission.resume
@@ -547,6 +567,8 @@ class ChatClient:
                 state.out = True  # dropped meanwhile (or the room closed): nothing to leave
                 unknown = format_refusal(UnknownToken())
                 reason = f"{DROPPED} (the server says: {unknown})"
+                if self._restart_hinted:  # section 5: the RESTARTED in clear was true
+                    reason = restarted_reason(self.room)
             else:
                 reason = f"{COULD_NOT_RESUME} ({error.message})"
             await self._give_up(state, reason)
@@ -738,6 +760,8 @@ class ChatClient:
         """With delivery: send every datagram the core has made."""
         assert isinstance(self._state, DeliveryState)
         datagrams = self._state.datagrams_to_send()
+        if self._sealer is not None:
+            datagrams = [self._sealer.seal(datagram) for datagram in datagrams]
         if self._tunnel is not None:
             if datagrams and not self._tunnel.writer.is_closing():
                 self._tunnel.writer.write(b"".join(map(encode_frame, datagrams)))
@@ -819,6 +843,11 @@ class ChatClient:
 
     def _datagram_received(self, data: bytes) -> None:
         state = self._state
+        if self._opener is not None:
+            opened = self._unseal(data)
+            if opened is None:
+                return
+            data = opened
         if isinstance(state, DeliveryState):
             self._feed(state.datagram_received(data, self._loop.time()))
             self._transmit()
@@ -826,6 +855,35 @@ class ChatClient:
             self._check_path()
         else:
             self._feed(state.datagram_received(data))
+
+    def _unseal(self, data: bytes) -> bytes | None:
+        """Section 5: the datagram inside a sealed one of our room's, or None (dropped,
+        counted). Two datagrams in clear get through, as hints that cannot end the chat
+        by themselves: an ERROR "unknown token" (the server does not know our Session)
+        and RESTARTED. The first makes the core doubt the path, and the recovery's
+        RESUME over TLS says whether we are still in; the second does the same, and is
+        believed only if that RESUME is refused."""
+        assert self._opener is not None
+        if is_sealed_down(data):
+            if key_id_of(data) != self._room_key_id:
+                self.sealed_refused[Refusal.UNKNOWN] += 1
+                return None
+            opened = self._opener.open(data)
+            if isinstance(opened, Refusal):
+                self.sealed_refused[opened] += 1
+                return None
+            return opened
+        if data[:1] == bytes((DeliveryKind.RESTARTED,)):
+            self._restart_hinted = True
+            state = self._state
+            if isinstance(state, DeliveryState):
+                state.path_lost(REFUSED_HERE)
+                self._check_path()
+            return None
+        if data[:5] == bytes((Kind.ERROR, 0, 0, 0, 0)):  # Seq 0: not about one of ours
+            return data  # the core reads an unknown token as a doubt, anything else it shows
+        self.sealed_refused[Refusal.MALFORMED] += 1
+        return None
 
     def _feed(self, events: list[Event]) -> None:
         self._events.extend(events)

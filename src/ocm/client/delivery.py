@@ -45,6 +45,7 @@ from ocm.wire.delivery import (
     decode_received,
     encode_extended,
 )
+from ocm.wire.sealed import SEALED
 from ocm.wire.texts import UnknownToken, parse_refusal
 from ocm.wire.tunnel import RESUME, TUNNEL
 
@@ -76,7 +77,8 @@ __all__ = [
 
 # The features OCM's client asks for in CREATE_ROOM / JOIN_ROOM: section 4's tunnel and
 # resume build on delivery.
-FEATURES = (DELIVERY, TUNNEL, RESUME)
+# Section 5's sealed datagrams too: the server grants them only over TLS.
+FEATURES = (DELIVERY, TUNNEL, RESUME, SEALED)
 # Section 4: a path that heard nothing from the server this long after it was taken
 # (or three heartbeat intervals, if shorter) is taken for blocked: many networks drop
 # UDP and pass TCP. Seconds, so a person waits little; several round trips of a bad

@@ -37,6 +37,15 @@ from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
 from ocm.wire.datagrams import Kind, next_seq, server_datagram_prefix
 from ocm.wire.delivery import BOOT_SIZE, Departed, encode_received
+from ocm.wire.sealed import (
+    KEY_ID_SIZE,
+    KEY_SIZE,
+    SESSION_SIZE,
+    Opener,
+    Sealer,
+    down_prefix,
+    member_opener,
+)
 from ocm.wire.tcrp import RoomInfo
 from ocm.wire.texts import (
     ClosedReason,
@@ -101,6 +110,9 @@ class Outgoing:
 
     datagram: bytes
     addresses: tuple[Address, ...]
+    # Section 5: a sealed room's datagrams are sealed, once for all its members, when
+    # they are sent (each send takes the next Counter: a resent CLOSED is sealed anew).
+    sealer: Sealer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +136,7 @@ class PendingJoin:
     username: str
     ip: str
     expected: PasswordHash | None
+    sealed: bool = False  # section 5: the joiner was granted sealed datagrams
 
 
 @dataclass(eq=False, slots=True)
@@ -144,6 +157,11 @@ class Member:
     secret_digest: bytes | None = None
     # Section 4: granted the ``tunnel`` feature (only with delivery), so TUNNEL is for it.
     tunnel: bool = False
+    # Section 5, a sealed member: its Session id and key, and the opener of its
+    # datagrams (which holds their replay window). Its token then travels only sealed.
+    session: bytes | None = None
+    key: bytes = b""
+    opener: Opener | None = None
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -185,9 +203,18 @@ class Room:
     addresses: tuple[Address, ...] = ()
     v1_addresses: tuple[Address, ...] = ()
     delivery_addresses: tuple[Address, ...] = ()
+    # Section 5, a sealed room: every member is sealed, and everything sent to the room
+    # is sealed once with the room key (KeyId ``key_id``) by ``sealer``.
+    key: bytes = b""
+    key_id: bytes = b""
+    sealer: Sealer | None = None
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
+
+    @property
+    def sealed(self) -> bool:
+        return self.sealer is not None
 
     @property
     def protected(self) -> bool:
@@ -218,7 +245,7 @@ class Room:
         datagram = server_datagram_prefix(kind, seq) + text.encode("utf-8")
         if self.history is not None:
             self.history.append(seq, datagram)
-        return Outgoing(datagram, self.addresses)
+        return Outgoing(datagram, self.addresses, self.sealer)
 
     def info(self) -> RoomInfo:
         return RoomInfo(self.name, len(self.members), self.protected)
@@ -240,6 +267,7 @@ class RoomRegistry:
         closed_resend_interval: float = _DEFAULTS.closed_resend_interval,
         failures: FailureLimiter | None = None,
         token_factory: Callable[[], str] = new_token,
+        key_factory: Callable[[int], bytes] = secrets.token_bytes,
         boot: bytes | None = None,
     ) -> None:
         self.idle_timeout = idle_timeout
@@ -252,6 +280,7 @@ class RoomRegistry:
         self.closed_resend_interval = closed_resend_interval
         self.failures = failures or FailureLimiter()
         self._new_token = token_factory
+        self._new_key = key_factory
         # This incarnation of the server (section 3): a delivery member's PING names the
         # one it joined, so one that joined before a restart is told so.
         self.boot = boot if boot is not None else secrets.token_bytes(BOOT_SIZE)
@@ -268,6 +297,10 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         # The relay routes by token bytes: one dict lookup per datagram.
         self.by_token: dict[bytes, Member] = {}
+        # Section 5: sealed members by Session id; and those gone, for as long as their
+        # token is answered (Gone), so a resent LEAVE is still opened and confirmed.
+        self.by_session: dict[bytes, Member] = {}
+        self.gone_sessions: OrderedDict[bytes, Member] = OrderedDict()
         # Every member, least recently heard first: the next to fall idle is always at
         # the front, so expiry never scans the whole server. Kept in order because
         # ``now`` never goes backwards.
@@ -326,18 +359,25 @@ class RoomRegistry:
         now: float,
         *,
         delivery: bool = False,
+        sealed: bool = False,
     ) -> Member:
         """Second half of CREATE_ROOM: create the room with its creator as host.
 
         ``password`` is the hash of the request's password (None: an open room). Checked
         again first: the name may have been taken, or the server filled or closed, while
-        it was computed.
+        it was computed. ``sealed`` (section 5, only with ``delivery``) makes a sealed
+        room: it gets its room key now, and admits only sealed members.
         """
+        if sealed and not delivery:
+            raise ValueError("sealed is granted only with delivery")
         self._check_create(pending)
         name = pending.room
         room = Room(name, password, counted_ip=canonical_ip(pending.ip))
+        if sealed:
+            room.key, room.key_id = self._new_key(KEY_SIZE), self._new_key(KEY_ID_SIZE)
+            room.sealer = Sealer(room.key, down_prefix(room.key_id))
         self.rooms[name] = room
-        host = self._add_member(room, pending.username, pending.ip, now, delivery)
+        host = self._add_member(room, pending.username, pending.ip, now, delivery, sealed)
         room.host = host
         self._count_hosted(room.counted_ip, +1)
         self._room_event(
@@ -351,16 +391,20 @@ class RoomRegistry:
         )
         return host
 
-    def begin_join(self, name: str, username: str, ip: str, now: float) -> PendingJoin:
+    def begin_join(
+        self, name: str, username: str, ip: str, now: float, *, sealed: bool = False
+    ) -> PendingJoin:
         """First half of JOIN_ROOM: what the password must match, or a refusal now.
 
         An open room is checked in full (name_taken, room_full): ``expected`` is None and
         nothing needs hashing. A protected room tells nothing about its members to someone
-        who has not given its password: only a blocked IP (rate_limited) is refused before
-        the hash, so that a guesser's tries cost no scrypt.
+        who has not given its password: only a blocked IP (rate_limited) and a joiner of
+        the wrong kind (section 5: sealed rooms admit sealed members only, and plaintext
+        rooms plaintext ones) are refused before the hash, so that such tries cost no
+        scrypt.
         """
         self._check_open()
-        pending = PendingJoin(name, username, ip, self._room(name).password)
+        pending = PendingJoin(name, username, ip, self._room(name).password, sealed)
         self._check_join(pending, now)
         return pending
 
@@ -402,7 +446,7 @@ class RoomRegistry:
             self._check_vacancy(room, pending.username)  # only now: the password is right
         username = pending.username
         notice = room.announce(Kind.NOTICE, format_notice(MemberEvent(username, Presence.JOINED)))
-        member = self._add_member(room, username, pending.ip, now, delivery)
+        member = self._add_member(room, username, pending.ip, now, delivery, pending.sealed)
         self._room_event(
             pending.ip, now, '%s (%s) joined room "%s"', username, pending.ip, room.name
         )
@@ -429,10 +473,11 @@ class RoomRegistry:
         now: float,
         *,
         delivery: bool = False,
+        sealed: bool = False,
     ) -> Member:
         """:meth:`begin_create` and :meth:`finish_create` in one call (password hashed)."""
         pending = self.begin_create(name, username, ip)
-        return self.finish_create(pending, password, now, delivery=delivery)
+        return self.finish_create(pending, password, now, delivery=delivery, sealed=sealed)
 
     def join_room(
         self,
@@ -443,13 +488,14 @@ class RoomRegistry:
         now: float,
         *,
         delivery: bool = False,
+        sealed: bool = False,
     ) -> tuple[Member, list[Outgoing]]:
         """:meth:`begin_join`, the password check and :meth:`finish_join`, in one call.
 
         The server's sequence (:class:`ocm.server.tcp.TcrpHandler`), with the hash
         verified in line: tests that join through it exercise the server's path.
         """
-        pending = self.begin_join(name, username, ip, now)
+        pending = self.begin_join(name, username, ip, now, sealed=sealed)
         password_ok = False
         if pending.expected is not None:
             self.check_pending(pending, now)
@@ -564,6 +610,9 @@ class RoomRegistry:
         gone = self.gone
         while gone and next(iter(gone.values())).until <= now:
             gone.popitem(last=False)
+        sessions = self.gone_sessions
+        while sessions and next(iter(sessions.values())).token_bytes not in gone:
+            sessions.popitem(last=False)
         return outgoing
 
     def close_all(self, reason: ClosedReason, now: float) -> list[Outgoing]:
@@ -589,6 +638,20 @@ class RoomRegistry:
         member = self.by_token.get(token)
         if member is None or member.room.name_bytes != room_name:
             return None
+        if member.ip != ip and not self._same_ip(member, ip):
+            return None
+        return member
+
+    def sealed_member(self, session: bytes, ip: str, now: float) -> Member | None:
+        """Section 5: the member whose key opens a datagram of Session ``session`` from
+        ``ip``: a sealed member, or one gone whose token is still answered (its LEAVE
+        may come again). None for a Session this server does not know (from that IP)."""
+        member = self.by_session.get(session)
+        if member is None:
+            member = self.gone_sessions.get(session)
+            if member is None or self.gone_reply(member.token_bytes, ip, now) is None:
+                return None
+            return member
         if member.ip != ip and not self._same_ip(member, ip):
             return None
         return member
@@ -638,6 +701,17 @@ class RoomRegistry:
         """Every check of a join but the password's; the room it would join."""
         self._check_open()
         room = self._room(pending.room)
+        if room.sealed and not pending.sealed:
+            raise RoomError(
+                ErrorCode.ENCRYPTION_REQUIRED,
+                f'room "{room.name}" is encrypted: its members must join with encryption',
+            )
+        if pending.sealed and not room.sealed:
+            raise RoomError(
+                ErrorCode.NOT_ENCRYPTED,
+                f'room "{room.name}" is not encrypted (its host chats in plaintext);'
+                " joining it needs --insecure",
+            )
         if room.password is None:
             self._check_vacancy(room, pending.username)
             return room
@@ -657,11 +731,20 @@ class RoomRegistry:
         if len(room.members) >= self.max_members:
             raise RoomError(ErrorCode.ROOM_FULL, f'room "{room.name}" is full')
 
-    def _add_member(self, room: Room, username: str, ip: str, now: float, delivery: bool) -> Member:
+    def _add_member(
+        self, room: Room, username: str, ip: str, now: float, delivery: bool, sealed: bool = False
+    ) -> Member:
         token = self._new_token()
         while token.encode("ascii") in self.by_token:  # never with a real CSPRNG
             token = self._new_token()
         member = Member(username, token, ip, room, now)
+        if sealed:
+            session = self._new_key(SESSION_SIZE)
+            while session in self.by_session or session in self.gone_sessions:
+                session = self._new_key(SESSION_SIZE)  # 64 random bits: never in practice
+            member.session, member.key = session, self._new_key(KEY_SIZE)
+            member.opener = member_opener(member.key)
+            self.by_session[session] = member
         if delivery:
             member.relayed = RelayedLog()
             member.repairs = Budget(self.repair_rate, min(self.repair_rate, REPAIR_BURST), now)
@@ -723,6 +806,12 @@ class RoomRegistry:
         gone[member.token_bytes] = Gone(member.ip, reply, now + self.idle_timeout)
         while len(gone) > MAX_GONE:
             gone.popitem(last=False)
+        if member.session is not None:
+            sessions = self.gone_sessions
+            sessions.pop(member.session, None)
+            sessions[member.session] = member
+            while len(sessions) > MAX_GONE:
+                sessions.popitem(last=False)
 
     def _remove(self, member: Member, how: Presence, now: float) -> list[Outgoing]:
         room = member.room
@@ -730,6 +819,8 @@ class RoomRegistry:
             return self._close(room, HostGone(member.name, how), now)
         del room.members[member.name.casefold()]
         del self.by_token[member.token_bytes]
+        if member.session is not None:
+            del self.by_session[member.session]
         del self._activity[member]
         self._release_held(member)
         room.refresh_addresses()
@@ -748,7 +839,7 @@ class RoomRegistry:
         text = format_closed(reason)
         closed = room.announce(Kind.CLOSED, text)
         if room.delivery_addresses:  # once more later, for those whose copy was lost
-            again = Outgoing(closed.datagram, room.delivery_addresses)
+            again = Outgoing(closed.datagram, room.delivery_addresses, room.sealer)
             self.deadline_moved = True
             for intervals in CLOSED_RESENDS:
                 self._resend_count += 1
@@ -758,6 +849,8 @@ class RoomRegistry:
             if member.delivery:
                 self._remember_gone(member, closed.datagram, now)
             del self.by_token[member.token_bytes]
+            if member.session is not None:
+                del self.by_session[member.session]
             del self._activity[member]
             self._release_held(member)
         room.members.clear()

@@ -11,6 +11,15 @@ with STATUS), REPAIR (answered from the room's history, within the member's budg
 and LEAVE (answered with DEPARTED). Every chat line, NOTICE and CLOSED of a room goes
 into its history.
 
+Section 5: a sealed member's datagrams arrive sealed with its own key (Marker 0, Type 5,
+its Session): opened, each Counter once, they are extended datagrams like any other,
+and whatever answers them goes out sealed once with the room key, the same bytes to
+every member. A sealed member's token counts only inside its own sealed datagrams. A
+sealed datagram that does not open (forged or altered), or comes again (replayed), is
+dropped without an answer and counted in :attr:`RelayCore.sealed_refused`; one whose
+Session the server does not know (it restarted, or the member is long gone) is answered
+like an unknown token, with an ERROR no longer than what came.
+
 Reflection: an unauthenticated datagram is never answered with more bytes than it
 carried, and each source IP gets at most ``Limits.error_replies_per_second`` ERRORs a
 second (RESTARTED, the answer to a PING from before a restart: 100 a second, since a
@@ -49,6 +58,7 @@ from ocm.wire.delivery import (
     repair_body,
     split_extended,
 )
+from ocm.wire.sealed import SEALED_TYPE, SESSION_SIZE, Opener, Refusal
 from ocm.wire.texts import (
     RESTARTED_TEXT,
     Malformed,
@@ -81,6 +91,7 @@ _CHAT = int(DeliveryKind.CHAT)
 _EXTENDED_HEADER = EXTENDED_HEADER_SIZE
 _HEAD = struct.Struct("!BIB")  # Kind, Seq, SenderSize
 _RESTARTED = encode_received(Restarted(RESTARTED_TEXT))
+_SEALED = SEALED_TYPE
 
 
 class RelayCore:
@@ -101,6 +112,8 @@ class RelayCore:
         self.duplicates = 0  # DATA that arrived again: confirmed, not relayed
         self.repaired = 0  # datagrams sent again on request
         self.unknown = 0  # extended datagrams of a Type this server does not know
+        # Section 5: sealed datagrams dropped, by why (forged, replayed, ...).
+        self.sealed_refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         self._refusal_lines = LogLimiter()
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> list[Outgoing]:
@@ -121,7 +134,9 @@ class RelayCore:
         """
         size = len(data)
         if size and not data[0]:
-            return self._extended(data, address, now)
+            if size > 1 and data[1] == _SEALED:
+                return self._sealed(data, address, now)
+            return self._extended(data, address, now, None)
         # Fast path, inlined from wire.datagrams.split_client_datagram: a chat datagram
         # is parsed with two index reads and three slices.
         if CLIENT_HEADER_SIZE <= size <= MAX_DATAGRAM and data[0] and data[1]:
@@ -131,7 +146,7 @@ class RelayCore:
                 member = self.registry.authenticate(
                     data[CLIENT_HEADER_SIZE:room_end], data[room_end:token_end], address[0]
                 )
-                if member is None:
+                if member is None or member.opener is not None:  # sealed: only sealed
                     return self._refuse(address, now, size, _UNKNOWN_TOKEN)
                 self.registry.touch(member, address, now)
                 if token_end == size:
@@ -165,7 +180,38 @@ class RelayCore:
 
     # -- the delivery extension (section 3) ---------------------------------------------
 
-    def _extended(self, data: bytes, address: Address, now: float) -> Answers | None:
+    def _sealed(self, data: bytes, address: Address, now: float) -> Answers | None:
+        """Section 5: open a sealed member's datagram, answer what is inside, and seal
+        the answers with its room's key."""
+        registry = self.registry
+        member = registry.sealed_member(data[2 : 2 + SESSION_SIZE], address[0], now)
+        if member is None:
+            self.sealed_refused[Refusal.UNKNOWN] += 1
+            return self._refuse(address, now, len(data), _UNKNOWN_TOKEN)
+        opener = member.opener
+        assert opener is not None
+        inner = opener.open(data)
+        if isinstance(inner, Refusal):
+            self.sealed_refused[inner] += 1
+            self.rejected += 1
+            return None
+        if not inner or inner[0]:  # a sealed member speaks extended datagrams only
+            self.sealed_refused[Refusal.MALFORMED] += 1
+            self.rejected += 1
+            return None
+        answer = self._extended(inner, address, now, opener)
+        sealer = member.room.sealer
+        if answer is None or sealer is None:
+            return answer
+        if isinstance(answer, tuple):
+            return sealer.seal(answer[0]), answer[1]
+        return [(sealer.seal(datagram), addresses) for datagram, addresses in answer]
+
+    def _extended(
+        self, data: bytes, address: Address, now: float, opener: Opener | None
+    ) -> Answers | None:
+        """An extended datagram (section 3); ``opener`` is the key it came sealed with
+        (section 5), whose member alone its token may name, or None: not sealed."""
         size = len(data)
         # Fast path, as version 1's: a DATA that is its member's next message, with none
         # waiting, from the token's own IP, is parsed with index reads and slices and
@@ -177,6 +223,7 @@ class RelayCore:
             log = None if member is None else member.relayed
             if (
                 log is not None
+                and member.opener is opener  # type: ignore[union-attr]
                 and not log.held
                 and number_end < size
                 and member.ip == address[0]  # type: ignore[union-attr]
@@ -206,6 +253,8 @@ class RelayCore:
         except ProtocolError as error:
             return self._refuse(address, now, size, error.message)
         member = self.registry.authenticate_token(token, address[0])
+        if member is not None and member.opener is not opener:
+            member = None  # a sealed member's token in clear, or in another's datagram
         if member is None or member.relayed is None:
             return self._stranger(kind, token, body, address, now, size)
         self.registry.touch(member, address, now)

@@ -25,7 +25,7 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from ocm.errors import ErrorCode, OCMError, ProtocolError
+from ocm.errors import ErrorCode, OCMError, ProtocolError, RoomError
 from ocm.server.guards import LogLimiter, held_back
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
@@ -40,6 +40,7 @@ from ocm.server.registry import (
 from ocm.server.tunnel import TunnelLink, tunnel_address
 from ocm.wire.delivery import DELIVERY
 from ocm.wire.framer import TcrpReader
+from ocm.wire.sealed import SEALED
 from ocm.wire.tcrp import (
     Ack,
     Admission,
@@ -54,6 +55,7 @@ from ocm.wire.tcrp import (
     Resume,
     Resumed,
     RoomList,
+    SealedKeys,
     TcrpMessage,
     Tunnel,
     Tunnelled,
@@ -96,6 +98,7 @@ class TcrpHandler:
         deliver: Callable[[bytes, Address], None] = lambda data, address: None,
         open_tunnel: Callable[[TunnelLink], None] = lambda link: None,
         close_tunnel: Callable[[TunnelLink], None] = lambda link: None,
+        allow_plaintext: bool = True,
     ) -> None:
         self.registry = registry
         self.limits = limits
@@ -111,6 +114,8 @@ class TcrpHandler:
         self._deliver = deliver
         self._open_tunnel = open_tunnel
         self._close_tunnel = close_tunnel
+        # Section 5: whether members whose datagrams are not sealed may enter at all.
+        self.allow_plaintext = allow_plaintext
         self.connections: dict[str, int] = {}  # client IP -> open connections
         self.writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # one per open connection
@@ -288,20 +293,48 @@ class TcrpHandler:
                 return f'{operation.name} from {ip}: room "{room}", {whose}'
         return f"{operation.name} from {ip}"
 
-    async def _handle(self, request: Request, ip: str) -> Reply:
+    def _sealed(self, features: tuple[str, ...], secure: bool) -> bool:
+        """Section 5: whether a CREATE or JOIN with ``features`` is granted sealed
+        datagrams: asked for, with delivery, on a TLS connection (the keys travel in the
+        COMPLETE). Without them a member chats in plaintext: refused unless allowed."""
+        sealed = secure and SEALED in features and DELIVERY in features
+        if not sealed and not self.allow_plaintext:
+            raise RoomError(
+                ErrorCode.ENCRYPTION_REQUIRED,
+                "this server accepts encrypted members only: TLS, and the sealed and"
+                " delivery features",
+            )
+        return sealed
+
+    def _check_sealed_token(self, token: str, secure: bool) -> None:
+        """A sealed member's token may travel only inside TLS (section 5): over plaintext
+        it is refused, as the sealed datagrams' token would otherwise leak here."""
+        if secure:
+            return
+        member = self.registry.by_token.get(token.encode("ascii", "replace"))
+        if member is not None and member.session is not None:
+            raise RoomError(
+                ErrorCode.ENCRYPTION_REQUIRED, "an encrypted member's token travels only in TLS"
+            )
+
+    async def _handle(self, request: Request, ip: str, secure: bool = False) -> Reply:
         registry = self.registry
         match request:
             case CreateRoom(room, username, password, features):
+                sealed = self._sealed(features, secure)
                 creating = registry.begin_create(room, username, ip)
                 secret = None
                 if password:
                     hashing = functools.partial(PasswordHash.create, password)
                     secret = await self._hash(creating, hashing)
                 delivery = DELIVERY in features  # section 3: granted to whoever asks
-                member = registry.finish_create(creating, secret, self._clock(), delivery=delivery)
+                member = registry.finish_create(
+                    creating, secret, self._clock(), delivery=delivery, sealed=sealed
+                )
                 return self._admission(Operation.CREATE_ROOM, member, features)
             case JoinRoom(room, username, password, features):
-                joining = registry.begin_join(room, username, ip, self._clock())
+                sealed = self._sealed(features, secure)
+                joining = registry.begin_join(room, username, ip, self._clock(), sealed=sealed)
                 password_ok = False
                 if joining.expected is not None and password:  # none given: no hash
                     checking = functools.partial(joining.expected.verify, password)
@@ -318,12 +351,15 @@ class TcrpHandler:
             case ListRooms():
                 return RoomList(tuple(registry.list_rooms()))
             case LeaveRoom(room, token):
+                self._check_sealed_token(token, secure)
                 self._send(registry.leave(room, token, ip, self._clock()))
                 return Left(room)
             case Tunnel(room, token):
+                self._check_sealed_token(token, secure)
                 registry.tunnel_member(room, token, ip)
                 return Tunnelled(room)
             case Resume(room, token, secret):
+                self._check_sealed_token(token, secure)
                 member, next_secret = registry.resume(room, token, secret, ip, self._clock())
                 return Resumed(room, next_secret, member.room.seq)
         raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
@@ -421,6 +457,10 @@ class TcrpHandler:
         # Section 4 builds on section 3: a tunnel carries extended datagrams, and a
         # resumed member repairs what it missed.
         granted = (DELIVERY, *(f for f in (TUNNEL, RESUME) if f in features))
+        sealed = None
+        if member.session is not None:
+            granted += (SEALED,)
+            sealed = SealedKeys(member.session, member.key, room.key_id, room.key)
         if TUNNEL in granted:
             registry.grant_tunnel(member)  # TUNNEL is for it alone (tunnel_member)
         # Section 3: the member receives every Seq after this one (its own join NOTICE
@@ -432,6 +472,7 @@ class TcrpHandler:
             boot=registry.boot.hex(),
             history=registry.history_messages,
             resume=registry.issue_secret(member) if RESUME in features else None,
+            sealed=sealed,
         )
 
 

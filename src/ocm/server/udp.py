@@ -122,7 +122,11 @@ class RelayEndpoint(asyncio.DatagramProtocol):
 
     def send(self, outgoing: Iterable[Outgoing]) -> None:
         for item in outgoing:
-            self.send_to(item.datagram, item.addresses)
+            if not item.addresses:
+                continue  # nobody to send it to: not even worth sealing
+            sealer = item.sealer  # section 5: sealed once, for every member of the room
+            datagram = item.datagram if sealer is None else sealer.seal(item.datagram)
+            self.send_to(datagram, item.addresses)
 
     def send_to(self, datagram: bytes, addresses: tuple[Address, ...]) -> None:
         """Send ``datagram`` to each address, straight to the socket when possible."""

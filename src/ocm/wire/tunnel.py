@@ -16,8 +16,17 @@ import struct
 
 from ocm.wire._util import bad, refuse
 from ocm.wire.constants import MAX_DATAGRAM
+from ocm.wire.sealed import UP_OVERHEAD
 
-__all__ = ["FRAME_HEADER_SIZE", "FRAME_LENGTH", "RESUME", "TUNNEL", "FrameReader", "encode_frame"]
+__all__ = [
+    "FRAME_HEADER_SIZE",
+    "FRAME_LENGTH",
+    "MAX_FRAME",
+    "RESUME",
+    "TUNNEL",
+    "FrameReader",
+    "encode_frame",
+]
 
 TUNNEL = "tunnel"
 RESUME = "resume"
@@ -26,19 +35,23 @@ RESUME = "resume"
 # encode_frame's checks (the relay only ever hands it datagrams that fit).
 FRAME_LENGTH = struct.Struct("!H")
 FRAME_HEADER_SIZE = FRAME_LENGTH.size
+# A frame holds one datagram as UDP would carry it: up to MAX_DATAGRAM bytes, and a
+# sealed one (section 5) that much plus its header and tag (the client's overhead is
+# the larger of the two directions').
+MAX_FRAME = MAX_DATAGRAM + UP_OVERHEAD
 
 
 def encode_frame(datagram: bytes) -> bytes:
-    """One datagram as a frame. A datagram is 1 to MAX_DATAGRAM bytes, as on UDP."""
-    if not 0 < len(datagram) <= MAX_DATAGRAM:
-        raise refuse(f"a tunnelled datagram is 1-{MAX_DATAGRAM} bytes, got {len(datagram)}")
+    """One datagram as a frame. A datagram is 1 to MAX_FRAME bytes."""
+    if not 0 < len(datagram) <= MAX_FRAME:
+        raise refuse(f"a tunnelled datagram is 1-{MAX_FRAME} bytes, got {len(datagram)}")
     return FRAME_LENGTH.pack(len(datagram)) + datagram
 
 
 class FrameReader:
     """Fed bytes with :meth:`feed`, returns whole datagrams from :meth:`next_frame`.
 
-    A length of 0 or over MAX_DATAGRAM raises :class:`~ocm.errors.RemoteProtocolError`
+    A length of 0 or over MAX_FRAME raises :class:`~ocm.errors.RemoteProtocolError`
     (``bad_request``) as soon as its two bytes are in: the stream is out of step after
     that, and the connection is closed. Memory stays bounded: the caller feeds more only
     when :meth:`next_frame` has returned None, so at most one read beyond a frame waits.
@@ -61,8 +74,8 @@ class FrameReader:
         if len(buffer) < FRAME_HEADER_SIZE:
             return None
         (size,) = FRAME_LENGTH.unpack_from(buffer)
-        if not 0 < size <= MAX_DATAGRAM:
-            raise bad(f"a tunnel frame is 1-{MAX_DATAGRAM} bytes, got {size}")
+        if not 0 < size <= MAX_FRAME:
+            raise bad(f"a tunnel frame is 1-{MAX_FRAME} bytes, got {size}")
         end = FRAME_HEADER_SIZE + size
         if len(buffer) < end:
             return None
