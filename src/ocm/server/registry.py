@@ -40,6 +40,7 @@ from ocm.wire.delivery import BOOT_SIZE, Departed, encode_received
 from ocm.wire.sealed import (
     KEY_ID_SIZE,
     KEY_SIZE,
+    SESSION_PREFIX_SIZE,
     SESSION_SIZE,
     Opener,
     Sealer,
@@ -284,6 +285,7 @@ class RoomRegistry:
         # This incarnation of the server (section 3): a delivery member's PING names the
         # one it joined, so one that joined before a restart is told so.
         self.boot = boot if boot is not None else secrets.token_bytes(BOOT_SIZE)
+        self.session_prefix = self.boot[:SESSION_PREFIX_SIZE]
         # Delivery members gone, by token (what to answer them), oldest first.
         self.gone: OrderedDict[bytes, Gone] = OrderedDict()
         # CLOSED copies due again: (when, tie-breaker, datagram and addresses).
@@ -739,9 +741,11 @@ class RoomRegistry:
             token = self._new_token()
         member = Member(username, token, ip, room, now)
         if sealed:
-            session = self._new_key(SESSION_SIZE)
+            # A Session starts with this incarnation's boot id (section 5), so a server
+            # that restarted tells a Session of its predecessor from one it forgot.
+            session = self.session_prefix + self._new_key(SESSION_SIZE - SESSION_PREFIX_SIZE)
             while session in self.by_session or session in self.gone_sessions:
-                session = self._new_key(SESSION_SIZE)  # 64 random bits: never in practice
+                session = self.session_prefix + self._new_key(SESSION_SIZE - SESSION_PREFIX_SIZE)
             member.session, member.key = session, self._new_key(KEY_SIZE)
             member.opener = member_opener(member.key)
             self.by_session[session] = member

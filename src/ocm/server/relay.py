@@ -18,7 +18,8 @@ every member. A sealed member's token counts only inside its own sealed datagram
 sealed datagram that does not open (forged or altered), or comes again (replayed), is
 dropped without an answer and counted in :attr:`RelayCore.sealed_refused`; one whose
 Session the server does not know (it restarted, or the member is long gone) is answered
-like an unknown token, with an ERROR no longer than what came.
+like an unknown token, with an ERROR no longer than what came; one that an earlier
+incarnation gave out (its first bytes are not this boot id's) with RESTARTED.
 
 Reflection: an unauthenticated datagram is never answered with more bytes than it
 carried, and each source IP gets at most ``Limits.error_replies_per_second`` ERRORs a
@@ -184,9 +185,16 @@ class RelayCore:
         """Section 5: open a sealed member's datagram, answer what is inside, and seal
         the answers with its room's key."""
         registry = self.registry
-        member = registry.sealed_member(data[2 : 2 + SESSION_SIZE], address[0], now)
+        session = data[2 : 2 + SESSION_SIZE]
+        member = registry.sealed_member(session, address[0], now)
         if member is None:
             self.sealed_refused[Refusal.UNKNOWN] += 1
+            if len(session) == SESSION_SIZE and not session.startswith(registry.session_prefix):
+                # Given out by an earlier incarnation: say RESTARTED, in clear (the key
+                # died with it); the client believes it only once RESUME is refused.
+                if len(_RESTARTED) > len(data) or not self.restarts.allow(address[0], now):
+                    return None
+                return _RESTARTED, (address,)
             return self._refuse(address, now, len(data), _UNKNOWN_TOKEN)
         opener = member.opener
         assert opener is not None

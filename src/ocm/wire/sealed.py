@@ -40,6 +40,7 @@ __all__ = [
     "SEALED",
     "SEALED_KIND",
     "SEALED_TYPE",
+    "SESSION_PREFIX_SIZE",
     "SESSION_SIZE",
     "TAG_SIZE",
     "UP_HEADER_SIZE",
@@ -67,6 +68,9 @@ SEALED_KIND = 16
 
 KEY_SIZE = 32
 SESSION_SIZE = 8
+# A Session's first bytes are the server's boot id's (section 3's ``boot``), the rest
+# random: a restarted server knows a Session of its predecessor for what it is.
+SESSION_PREFIX_SIZE = 4
 KEY_ID_SIZE = 4
 COUNTER_SIZE = 8
 TAG_SIZE = 16
