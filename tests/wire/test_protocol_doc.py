@@ -9,6 +9,7 @@ import pytest
 
 from ocm.wire import (
     Admission,
+    JoinRoom,
     State,
     decode_client_datagram,
     decode_server_datagram,
@@ -27,6 +28,16 @@ from ocm.wire.delivery import (
     decode_received,
     encode_extended,
     encode_received,
+)
+from ocm.wire.sealed import (
+    DOWN_HEADER_SIZE,
+    UP_HEADER_SIZE,
+    Opener,
+    Sealer,
+    is_sealed_down,
+    is_sealed_up,
+    member_opener,
+    room_opener,
 )
 from ocm.wire.tunnel import FrameReader, encode_frame
 
@@ -53,8 +64,25 @@ def reencode(kind: str, data: bytes) -> bytes:
         assert datagram is not None and not frames.started  # exactly one whole frame
         inner = "extended" if kind == "upframe" else "received"
         return encode_frame(reencode(inner, datagram))
+    if kind in ("sealedup", "sealeddown"):  # section 5, with the examples' keys
+        up = kind == "sealedup"
+        assert is_sealed_up(data) if up else is_sealed_down(data)
+        header_size = UP_HEADER_SIZE if up else DOWN_HEADER_SIZE
+        opener: Opener = member_opener(MEMBER_KEY) if up else room_opener(ROOM_KEY)
+        opened = opener.open(data)
+        assert isinstance(opened, bytes), opened
+        counter = int.from_bytes(data[header_size - 8 : header_size])
+        sealer = Sealer(
+            MEMBER_KEY if up else ROOM_KEY, data[: header_size - 8], counter=counter - 1
+        )
+        return sealer.seal(reencode("extended" if up else "received", opened))
     assert kind == "server"
     return encode_server_datagram(decode_server_datagram(data))
+
+
+# Section 5's examples: the keys that the join-sealed-complete example gives out.
+MEMBER_KEY = bytes(range(32))
+ROOM_KEY = bytes(range(32, 64))
 
 
 def test_every_message_kind_has_an_example() -> None:
@@ -95,6 +123,23 @@ def test_the_tunnel_complete_example_grants_both_and_carries_a_secret() -> None:
     assert isinstance(admission, Admission)
     assert admission.features == ("delivery", "tunnel", "resume")
     assert admission.resume is not None and len(admission.resume) == 32
+
+
+def test_the_sealed_examples_use_the_keys_of_the_sealed_complete() -> None:
+    """Section 5: the COMPLETE grants sealed and gives out the keys the examples use;
+    its Session names the PING example's key and starts with the server's boot id."""
+    examples = {(kind, name): h for kind, name, h in EXAMPLES}
+    admission = parse_reply(decode_tcrp(bytes.fromhex(examples["tcrp", "join-sealed-complete"])))
+    assert isinstance(admission, Admission) and admission.sealed is not None
+    assert admission.features == ("delivery", "sealed")
+    keys = admission.sealed
+    assert (keys.key, keys.room_key) == (MEMBER_KEY, ROOM_KEY)
+    assert admission.boot is not None and keys.session[:4] == bytes.fromhex(admission.boot)[:4]
+    ping = bytes.fromhex(examples["sealedup", "ping"])
+    status = bytes.fromhex(examples["sealeddown", "status"])
+    assert ping[2:10] == keys.session and status[1:5] == keys.room_key_id
+    request = parse_request(decode_tcrp(bytes.fromhex(examples["tcrp", "join-sealed-request"])))
+    assert isinstance(request, JoinRoom) and request.features == ("delivery", "sealed")
 
 
 @pytest.mark.parametrize(("kind", "name", "hex_dump"), EXAMPLES, ids=[e[1] for e in EXAMPLES])

@@ -170,12 +170,14 @@ class Sealer:
 
     __slots__ = ("_aead", "_counter", "_prefix")
 
-    def __init__(self, key: bytes, prefix: bytes) -> None:
+    def __init__(self, key: bytes, prefix: bytes, *, counter: int = 0) -> None:
+        """``counter``: the Counter of the last datagram sealed with this key before (0:
+        none, the next is 1). A key must never seal two datagrams with one Counter."""
         if len(key) != KEY_SIZE:
             raise ValueError(f"a key is {KEY_SIZE} bytes")
         self._aead = ChaCha20Poly1305(key)
         self._prefix = prefix
-        self._counter = 0
+        self._counter = counter
 
     @property
     def counter(self) -> int:
