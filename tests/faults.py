@@ -17,6 +17,14 @@ root, ``tc netem`` or a second machine::
   datagrams, not TCRP, and passes raw both ways; RESUME (6) and any other reply pass as
   they came. TCP is reliable: no fault touches it, except :meth:`FaultProxy.blackhole`
   (``drop_all_udp`` does not: "UDP is blocked, TCP works").
+* **Encrypted clients** (section 5: TCRP inside TLS) cannot have their COMPLETE
+  rewritten: start the proxy with ``mirror_udp_port=True`` on a loopback address of its
+  own (``host="127.0.0.9"``). It then listens for UDP on the server's UDP port number
+  there, so the COMPLETE's ``udp_port`` leads the client's datagrams to the proxy as
+  they are, and TCP passes byte for byte (``tunnels`` is not counted: TLS hides TUNNEL).
+* **Capture**: with ``capture=True`` every byte that reaches the proxy is kept in
+  :attr:`FaultProxy.captured`, each TCP read and each datagram as it came, both ways:
+  what an observer on the path would see.
 * **UDP** goes through a NAT-like table: each client source address gets its own
   upstream socket on 127.0.0.1, so the server sees one (ip, port) per client, and the
   server's datagrams to that socket go back to that client. Datagrams in each direction
@@ -308,11 +316,11 @@ class ReplyRewriter:
 # ---------------------------------------------------------------------------
 
 
-def _udp_socket(host: str) -> socket.socket:
+def _udp_socket(host: str, port: int = 0) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.bind((host, 0))
+        sock.bind((host, port))
         keep_receiving_after_unreachable(sock)
         sock.setblocking(False)
     except BaseException:
@@ -402,11 +410,18 @@ class FaultProxy:
         max_clients: int = MAX_CLIENTS,
         max_pending: int = MAX_PENDING,
         max_connections: int = MAX_CONNECTIONS,
+        mirror_udp_port: bool = False,
+        capture: bool = False,
         **faults: Unpack[FaultOptions],
     ) -> None:
         self._server_ip = _loopback(server_host, "the server host")
         if _loopback(host, "the proxy host").version != 4:
             raise ValueError(f"the proxy listens on IPv4 loopback, got {host!r}")
+        if mirror_udp_port and host == str(self._server_ip):
+            raise ValueError("mirror_udp_port needs a proxy host other than the server's")
+        self.mirror_udp_port = mirror_udp_port
+        # What crossed the proxy, as it came (capture=True): TCP reads and datagrams.
+        self.captured: list[bytes] | None = [] if capture else None
         for name, value in (
             ("max_clients", max_clients),
             ("max_pending", max_pending),
@@ -463,6 +478,8 @@ class FaultProxy:
         max_clients: int = MAX_CLIENTS,
         max_pending: int = MAX_PENDING,
         max_connections: int = MAX_CONNECTIONS,
+        mirror_udp_port: bool = False,
+        capture: bool = False,
         **faults: Unpack[FaultOptions],
     ) -> AsyncIterator[FaultProxy]:
         """Listen on ``host`` (TCP and UDP, port 0) and relay to the server; close on
@@ -480,6 +497,8 @@ class FaultProxy:
             max_clients=max_clients,
             max_pending=max_pending,
             max_connections=max_connections,
+            mirror_udp_port=mirror_udp_port,
+            capture=capture,
             **faults,
         )
         try:
@@ -489,7 +508,7 @@ class FaultProxy:
             await proxy.close()
 
     async def _open(self) -> None:
-        front = _udp_socket(self.host)
+        front = _udp_socket(self.host, self.server_udp_port if self.mirror_udp_port else 0)
         try:
             transport, _ = await self._loop.create_datagram_endpoint(
                 lambda: _Datagrams(self._from_client), sock=front
@@ -599,6 +618,8 @@ class FaultProxy:
         if self._closed:
             return
         client: Address = (addr[0], addr[1])
+        if self.captured is not None:
+            self.captured.append(data)
         if client in self._mappings:
             self._mappings.move_to_end(client)
         self._pass(self._up, self.up, client, data)
@@ -606,6 +627,8 @@ class FaultProxy:
     def _from_server(self, mapping: _Mapping, data: bytes, addr: Any) -> None:
         if self._closed or (addr[0], addr[1]) != (self.server_host, self.server_udp_port):
             return  # only the server's datagrams cross the NAT
+        if self.captured is not None:
+            self.captured.append(data)
         if self._mappings.get(mapping.client) is not mapping:
             self._down.counters.received += 1
             self._down.counters.dropped += 1  # to a mapping rebound away
@@ -767,7 +790,12 @@ class FaultProxy:
             )
             await asyncio.gather(
                 self._pump(reader, upstream, writer, None),
-                self._pump(server_reader, writer, upstream, ReplyRewriter(self.udp_port)),
+                self._pump(
+                    server_reader,
+                    writer,
+                    upstream,
+                    None if self.mirror_udp_port else ReplyRewriter(self.udp_port),
+                ),
             )
         except OSError:
             pass  # the server refused or vanished: the client sees its connection close
@@ -791,6 +819,8 @@ class FaultProxy:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     break
+                if self.captured is not None:
+                    self.captured.append(data)
                 if rewriter is not None:
                     tunnelled = rewriter.tunnelled
                     data = rewriter.feed(data)
