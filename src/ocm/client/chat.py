@@ -90,7 +90,7 @@ from ocm.errors import (
     RemoteProtocolError,
     ServerError,
 )
-from ocm.wire.datagrams import ClientDatagram, Kind, encode_client_datagram
+from ocm.wire.datagrams import ClientDatagram, Kind, encode_client_datagram, server_datagram_prefix
 from ocm.wire.delivery import DeliveryKind
 from ocm.wire.sealed import (
     SEALED,
@@ -166,6 +166,10 @@ _NETWORK_GONE = frozenset(
     code
     for name in ("EADDRNOTAVAIL", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH")
     if (code := getattr(errno, name, None)) is not None
+)
+# Section 5: the one ERROR a sealed member accepts in clear (the server's, whole).
+_UNKNOWN_TOKEN_ERROR = (
+    server_datagram_prefix(Kind.ERROR, 0) + format_refusal(UnknownToken()).encode()
 )
 # Troubles after which UDP may work again from a new address.
 _SILENT = frozenset({STOPPED_ANSWERING, NETWORK_GONE})
@@ -880,9 +884,9 @@ class ChatClient:
                 state.path_lost(REFUSED_HERE)
                 self._check_path()
             return None
-        if data[:5] == bytes((Kind.ERROR, 0, 0, 0, 0)):  # Seq 0: not about one of ours
-            return data  # the core reads an unknown token as a doubt, anything else it shows
-        self.sealed_refused[Refusal.MALFORMED] += 1
+        if data == _UNKNOWN_TOKEN_ERROR:
+            return data  # the core takes it for a doubt about the path
+        self.sealed_refused[Refusal.MALFORMED] += 1  # nothing in clear reaches the person
         return None
 
     def _feed(self, events: list[Event]) -> None:
