@@ -16,6 +16,11 @@ registry also keeps each room's :class:`~ocm.server.history.History`, what each 
 member had relayed, and for a while after they are gone, what to answer their tokens
 (the room's CLOSED, or DEPARTED); it re-sends their CLOSED on a schedule that
 :meth:`RoomRegistry.next_deadline` includes.
+
+An end-to-end room (section 5) keeps its creator's KDF parameters (:attr:`Room.e2e`),
+told to anyone who asks (:meth:`RoomRegistry.lookup`); its password is its members'
+auth key, checked as any password, and a join that does not say it speaks ``e2e`` is
+refused before the password is checked.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
 from ocm.wire.datagrams import Kind, next_seq, server_datagram_prefix
 from ocm.wire.delivery import BOOT_SIZE, Departed, encode_received
-from ocm.wire.tcrp import RoomInfo
+from ocm.wire.tcrp import E2eParams, RoomDetails, RoomInfo
 from ocm.wire.texts import (
     ClosedReason,
     HostGone,
@@ -110,6 +115,7 @@ class PendingCreate:
     room: str
     username: str
     ip: str
+    e2e: E2eParams | None = None  # section 5: an end-to-end room's KDF parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +130,7 @@ class PendingJoin:
     username: str
     ip: str
     expected: PasswordHash | None
+    e2e: bool = False  # section 5: the request listed the "e2e" feature
 
 
 @dataclass(eq=False, slots=True)
@@ -185,6 +192,9 @@ class Room:
     addresses: tuple[Address, ...] = ()
     v1_addresses: tuple[Address, ...] = ()
     delivery_addresses: tuple[Address, ...] = ()
+    # Section 5: an end-to-end room's KDF parameters, told to joiners (LOOKUP_ROOM).
+    # Its password is then the members' auth key: the server never sees the real one.
+    e2e: E2eParams | None = None
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -222,6 +232,9 @@ class Room:
 
     def info(self) -> RoomInfo:
         return RoomInfo(self.name, len(self.members), self.protected)
+
+    def details(self) -> RoomDetails:
+        return RoomDetails(self.name, len(self.members), self.protected, self.e2e)
 
 
 class RoomRegistry:
@@ -293,6 +306,10 @@ class RoomRegistry:
     def list_rooms(self) -> list[RoomInfo]:
         return [room.info() for room in sorted(self.rooms.values(), key=lambda r: r.name)]
 
+    def lookup(self, name: str) -> RoomDetails:
+        """LOOKUP_ROOM (section 5): what a client must know before it joins ``name``."""
+        return self._room(name).details()
+
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has something to do next: the next member falls idle, or a
         CLOSED is due again. None if neither will happen."""
@@ -313,9 +330,22 @@ class RoomRegistry:
     # the adapter (ocm.server.tcp) runs the hash between the calls; create_room and
     # join_room make the same calls in the same order, with the hash computed in line.
 
-    def begin_create(self, name: str, username: str, ip: str) -> PendingCreate:
-        """First half of CREATE_ROOM: refuse now a create bound to fail, before any hash."""
-        pending = PendingCreate(name, username, ip)
+    def begin_create(
+        self,
+        name: str,
+        username: str,
+        ip: str,
+        *,
+        e2e: E2eParams | None = None,
+        password_given: bool = False,
+    ) -> PendingCreate:
+        """First half of CREATE_ROOM: refuse now a create bound to fail, before any hash.
+
+        ``e2e``: an end-to-end room (section 5), which needs a password (its members'
+        auth key)."""
+        if e2e is not None and not password_given:
+            raise RoomError(ErrorCode.BAD_REQUEST, "an end-to-end room needs a password")
+        pending = PendingCreate(name, username, ip, e2e)
         self._check_create(pending)
         return pending
 
@@ -335,7 +365,9 @@ class RoomRegistry:
         """
         self._check_create(pending)
         name = pending.room
-        room = Room(name, password, counted_ip=canonical_ip(pending.ip))
+        if pending.e2e is not None and password is None:
+            raise RoomError(ErrorCode.BAD_REQUEST, "an end-to-end room needs a password")
+        room = Room(name, password, counted_ip=canonical_ip(pending.ip), e2e=pending.e2e)
         self.rooms[name] = room
         host = self._add_member(room, pending.username, pending.ip, now, delivery)
         room.host = host
@@ -347,20 +379,24 @@ class RoomRegistry:
             name,
             pending.username,
             pending.ip,
-            "protected" if password else "open",
+            "end-to-end" if pending.e2e else "protected" if password else "open",
         )
         return host
 
-    def begin_join(self, name: str, username: str, ip: str, now: float) -> PendingJoin:
+    def begin_join(
+        self, name: str, username: str, ip: str, now: float, *, e2e: bool = False
+    ) -> PendingJoin:
         """First half of JOIN_ROOM: what the password must match, or a refusal now.
 
         An open room is checked in full (name_taken, room_full): ``expected`` is None and
         nothing needs hashing. A protected room tells nothing about its members to someone
         who has not given its password: only a blocked IP (rate_limited) is refused before
-        the hash, so that a guesser's tries cost no scrypt.
+        the hash, so that a guesser's tries cost no scrypt. An end-to-end room refuses a
+        join without ``e2e`` (the request's "e2e" feature) before its password is
+        checked: ``e2e_required``, not counted as a failure (section 5).
         """
         self._check_open()
-        pending = PendingJoin(name, username, ip, self._room(name).password)
+        pending = PendingJoin(name, username, ip, self._room(name).password, e2e)
         self._check_join(pending, now)
         return pending
 
@@ -443,13 +479,14 @@ class RoomRegistry:
         now: float,
         *,
         delivery: bool = False,
+        e2e: bool = False,
     ) -> tuple[Member, list[Outgoing]]:
         """:meth:`begin_join`, the password check and :meth:`finish_join`, in one call.
 
         The server's sequence (:class:`ocm.server.tcp.TcrpHandler`), with the hash
         verified in line: tests that join through it exercise the server's path.
         """
-        pending = self.begin_join(name, username, ip, now)
+        pending = self.begin_join(name, username, ip, now, e2e=e2e)
         password_ok = False
         if pending.expected is not None:
             self.check_pending(pending, now)
@@ -638,6 +675,13 @@ class RoomRegistry:
         """Every check of a join but the password's; the room it would join."""
         self._check_open()
         room = self._room(pending.room)
+        if room.e2e is not None and not pending.e2e:
+            # Section 5: a client that cannot read the room must not join it, and one
+            # that would send the real password must be stopped before it is checked.
+            raise RoomError(
+                ErrorCode.E2E_REQUIRED,
+                f'room "{room.name}" is end-to-end encrypted; join it with an OCM client',
+            )
         if room.password is None:
             self._check_vacancy(room, pending.username)
             return room
