@@ -285,7 +285,8 @@ async def _admit(
     end-to-end room it derives the keys (with the server's parameters, if they clear
     the floor) and sends the auth key, never the password. A server that does not know
     LOOKUP_ROOM has no such rooms, and closes the connection after its refusal: the
-    join goes on a new one, as before.
+    join goes on a new one, as before. Without a password there is nothing to look up
+    (an end-to-end room refuses it: ``e2e_required``).
     """
     keys: E2eKeys | None = None
     password = request.password
@@ -293,10 +294,6 @@ async def _admit(
         assert password is not None  # create() checked
         keys = await _derive(password, request.e2e)
         request = replace(request, password=keys.auth_password, features=(*request.features, E2E))
-    elif isinstance(request, JoinRoom) and not password:
-        # Saying we speak e2e costs nothing without a password (an e2e room will not
-        # let us in without one), and its refusal is then "needs a password".
-        request = replace(request, features=(*request.features, E2E))
     channel = await Channel.open(address, timeout=timeout)
     try:
         if isinstance(request, JoinRoom) and password:

@@ -19,6 +19,10 @@ must not talk a joiner into a cheap derivation, which would make the password ea
 guess from the auth key the joiner sends. The nonce comes from the caller (the wire
 draws no random numbers); opening failures raise
 :class:`~ocm.errors.RemoteProtocolError` (``bad_request``).
+
+``cryptography`` is imported only when a key is derived or a text sealed or opened:
+``ocm server`` and the client's parser, which load this module for its names and
+limits, still start from the standard library alone.
 """
 
 from __future__ import annotations
@@ -26,12 +30,6 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ocm.errors import ErrorCode, LocalProtocolError
 from ocm.wire._util import bad
@@ -145,6 +143,8 @@ def derive_keys(password: str, params: E2eParams) -> E2eKeys:
         raise LocalProtocolError(
             ErrorCode.BAD_REQUEST, "the password is not valid Unicode"
         ) from None
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
     master = Argon2id(
         salt=params.salt,
         length=KEY_SIZE,
@@ -156,6 +156,9 @@ def derive_keys(password: str, params: E2eParams) -> E2eKeys:
 
 
 def _expand(master: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(master)
 
 
@@ -169,6 +172,8 @@ def seal_text(key: bytes, room: str, sender: str, text: str, nonce: bytes) -> st
     ``nonce`` is 12 random bytes, never used twice with ``key``."""
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"the nonce must be {NONCE_SIZE} bytes")
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     sealed = ChaCha20Poly1305(key).encrypt(nonce, text.encode("utf-8"), _aad(room, sender))
     return ENVELOPE_PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
 
@@ -188,6 +193,9 @@ def open_text(key: bytes, room: str, sender: str, envelope: str) -> str:
     if len(data) < NONCE_SIZE + TAG_SIZE:
         raise bad("the envelope is too short")
     nonce, sealed = data[:NONCE_SIZE], data[NONCE_SIZE:]
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     try:
         plain = ChaCha20Poly1305(key).decrypt(nonce, sealed, _aad(room, sender))
     except InvalidTag:
