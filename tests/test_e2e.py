@@ -24,7 +24,7 @@ from ocm.errors import (
     ServerError,
 )
 from ocm.server.app import OCMServer
-from ocm.server.registry import Room
+from ocm.server.registry import Room, RoomRegistry
 from ocm.wire import (
     Admission,
     ClientDatagram,
@@ -282,6 +282,23 @@ async def test_a_creator_uses_the_default_parameters_with_a_fresh_salt() -> None
             bob = await ChatClient.join(where, "one", "bob", PASSWORD)
             async with bob:
                 assert bob.e2e
+
+
+async def test_a_creator_leaves_a_room_the_server_did_not_make_end_to_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that ignores CREATE_ROOM's e2e field makes a plain protected room, which
+    joiners would enter with the password itself: the creator leaves it and says so."""
+    original = RoomRegistry.begin_create
+
+    def ignoring(self: RoomRegistry, *args: Any, **kwargs: Any) -> Any:
+        return original(self, *args, **{**kwargs, "e2e": None})
+
+    monkeypatch.setattr(RoomRegistry, "begin_create", ignoring)
+    async with running_server() as server:
+        with pytest.raises(RemoteProtocolError, match="does not support end-to-end rooms"):
+            await ChatClient.create(server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR)
+        await until(lambda: not server.registry.rooms)
 
 
 async def test_a_joiner_refuses_weak_parameters_from_the_server_and_sends_nothing() -> None:
