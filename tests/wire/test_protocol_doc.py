@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from ocm.errors import ErrorCode
 from ocm.wire import (
+    Ack,
     Admission,
+    CreateRoom,
     JoinRoom,
     State,
     decode_client_datagram,
@@ -29,6 +32,7 @@ from ocm.wire.delivery import (
     encode_extended,
     encode_received,
 )
+from ocm.wire.e2e import derive_keys, open_text
 from ocm.wire.sealed import (
     DOWN_HEADER_SIZE,
     UP_HEADER_SIZE,
@@ -39,6 +43,7 @@ from ocm.wire.sealed import (
     member_opener,
     room_opener,
 )
+from ocm.wire.tcrp import RoomDetails
 from ocm.wire.tunnel import FrameReader, encode_frame
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -146,3 +151,33 @@ def test_the_sealed_examples_use_the_keys_of_the_sealed_complete() -> None:
 def test_example_round_trips(kind: str, name: str, hex_dump: str) -> None:
     data = bytes.fromhex(hex_dump)
     assert reencode(kind, data) == data
+
+
+def test_every_end_to_end_message_has_an_example() -> None:
+    """Section 5: LOOKUP_ROOM both ways, CREATE and JOIN of an e2e room, the refusal of
+    a join without the feature, and a MESSAGE that carries an envelope."""
+    examples = {(kind, name) for kind, name, _ in EXAMPLES}
+    tcrp = {"lookup-request", "lookup-complete", "create-e2e-request", "join-e2e-request"}
+    tcrp |= {"join-e2e-required-ack"}
+    assert {("tcrp", name) for name in tcrp} | {("server", "e2e-message")} <= examples
+
+
+def test_the_end_to_end_examples_agree_with_each_other_and_the_derivation() -> None:
+    dumps = {name: bytes.fromhex(h) for _, name, h in EXAMPLES}
+    create = parse_request(decode_tcrp(dumps["create-e2e-request"]))
+    join = parse_request(decode_tcrp(dumps["join-e2e-request"]))
+    details = parse_reply(decode_tcrp(dumps["lookup-complete"]))
+    refusal = parse_reply(decode_tcrp(dumps["join-e2e-required-ack"]))
+    assert isinstance(create, CreateRoom) and isinstance(join, JoinRoom)
+    assert isinstance(details, RoomDetails) and isinstance(refusal, Ack)
+    assert create.e2e is not None and create.e2e == details.e2e
+    assert (create.e2e.memory_kib, create.e2e.iterations, create.e2e.lanes) == (65536, 3, 4)
+    # The password both carry is the auth key of the page's password with those params.
+    auth = derive_keys("correct horse battery staple", create.e2e).auth_password
+    assert create.password == join.password == auth
+    assert "e2e" in create.features and "e2e" in join.features
+    assert refusal.error is ErrorCode.E2E_REQUIRED
+    # The MESSAGE carries the test vector's envelope, which opens as alice's in vault.
+    message = decode_server_datagram(dumps["e2e-message"])
+    key = bytes.fromhex("9651a819eed3d3204930106d33e0a16d2a3160638103a19283585cd100c898f2")
+    assert open_text(key, "vault", message.sender, message.text) == "hello, bob"

@@ -219,6 +219,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         enter.add_argument("room", metavar="ROOM")
+        if command == "create":
+            enter.add_argument(
+                "--e2e",
+                action="store_true",
+                help="an end-to-end encrypted room: the texts are sealed with a key derived "
+                "from the password, which the server never gets, so it relays them but "
+                "cannot read them (needs a password; ocm join finds out by itself)",
+            )
     commands.add_parser(
         "rooms",
         parents=[where],
@@ -245,6 +253,11 @@ def _explain(error: OCMError, args: argparse.Namespace) -> str:
             case ErrorCode.WRONG_PASSWORD if not _password_given(args):
                 ways = _PASSWORD_WAYS_ON_TERMINAL if _on_terminal() else _PASSWORD_WAYS
                 return f'room "{room}" needs a password — give it with {ways}'
+            case ErrorCode.E2E_REQUIRED if not _password_given(args):
+                # Our client joins without the e2e feature only when it has no password.
+                ways = _PASSWORD_WAYS_ON_TERMINAL if _on_terminal() else _PASSWORD_WAYS
+                needs = f'room "{room}" is end-to-end encrypted and needs a password'
+                return f"{needs} — give it with {ways}"
     return error.message
 
 
@@ -364,21 +377,36 @@ async def _chat(args: argparse.Namespace) -> int:
     # Trimmed as the server does (spaces only), and refused before anything is sent.
     validate_name(name.strip(" "), "name", error=LocalProtocolError)
     password = await _password(args, prompter)
-    enter = ChatClient.create if args.command == "create" else ChatClient.join
+    e2e = args.command == "create" and args.e2e
+    if e2e and not password:
+        ways = _PASSWORD_WAYS_ON_TERMINAL if prompter is not None else _PASSWORD_WAYS
+        raise _Usage(f"an end-to-end room (--e2e) needs a password: give it with {ways}")
     history = args.history
     if history is None:
         history = terminal.DEFAULT_HISTORY if prompter is not None else 0
     while True:
         try:
-            chat = await enter(
-                args.server,
-                args.room,
-                name,
-                password,
-                heartbeat_interval=args.heartbeat,
-                history=history,
-                tcp=args.tcp,
-            )
+            if args.command == "create":
+                chat = await ChatClient.create(
+                    args.server,
+                    args.room,
+                    name,
+                    password,
+                    e2e=e2e,
+                    heartbeat_interval=args.heartbeat,
+                    history=history,
+                    tcp=args.tcp,
+                )
+            else:
+                chat = await ChatClient.join(
+                    args.server,
+                    args.room,
+                    name,
+                    password,
+                    heartbeat_interval=args.heartbeat,
+                    history=history,
+                    tcp=args.tcp,
+                )
             break
         except ServerError as error:
             # On a terminal, what was asked there and refused is asked again, and only

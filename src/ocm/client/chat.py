@@ -28,6 +28,12 @@ Otherwise (a version 1 server, or ``delivery=False``) the core is a
 datagrams itself, when the timer fires overdue copies are reported, and close() leaves
 with LEAVE_ROOM over TCP.
 
+In an end-to-end room (section 5) the adapter derives the room's keys from its
+password (off the event loop) before it enters, and sends the server only the auth key;
+:class:`~ocm.client.e2e.RoomCipher` seals our texts before the core sees them and opens
+the core's events before the reader does, so the cores, which match our copies and
+repair gaps on the wire's bytes, never need the plaintext.
+
 Refusals raise the one error tree of :mod:`ocm.errors`: an error ACK is a
 :class:`~ocm.errors.ServerError` with the wire code, an unreachable server is
 :class:`~ocm.errors.ConnectionLost`, a text that cannot be sent (too long, empty) is a
@@ -50,8 +56,10 @@ import asyncio
 import contextlib
 import errno
 import random
+import secrets
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypedDict, Unpack
 
 from ocm.client.address import format_server_address, parse_server_address
@@ -65,6 +73,7 @@ from ocm.client.delivery import (
     delivery_granted,
     restarted_reason,
 )
+from ocm.client.e2e import RoomCipher
 from ocm.client.events import (
     COULD_NOT_RESUME,
     DROPPED,
@@ -85,6 +94,7 @@ from ocm.client.session import (
 from ocm.errors import (
     ConnectionLost,
     ErrorCode,
+    LocalProtocolError,
     OCMError,
     ProtocolError,
     RemoteProtocolError,
@@ -92,6 +102,15 @@ from ocm.errors import (
 )
 from ocm.wire.datagrams import ClientDatagram, Kind, encode_client_datagram, server_datagram_prefix
 from ocm.wire.delivery import DeliveryKind
+from ocm.wire.e2e import (
+    E2E,
+    NONCE_SIZE,
+    SALT_SIZE,
+    E2eKeys,
+    check_params,
+    default_params,
+    derive_keys,
+)
 from ocm.wire.sealed import (
     SEALED,
     Refusal,
@@ -104,10 +123,14 @@ from ocm.wire.sealed import (
 from ocm.wire.tcrp import (
     Admission,
     CreateRoom,
+    E2eParams,
     JoinRoom,
     LeaveRoom,
+    LookupRoom,
+    Reply,
     Resume,
     Resumed,
+    RoomDetails,
     Tunnel,
     Tunnelled,
 )
@@ -265,13 +288,93 @@ def _admitted_name(request: CreateRoom | JoinRoom, admission: Admission) -> str:
     return request.username.strip(" ")  # a server that lists nobody: trim as it does
 
 
+async def _admit(
+    address: tuple[str, int], request: CreateRoom | JoinRoom, timeout: float
+) -> tuple[Reply, Link, E2eKeys | None]:
+    """CREATE_ROOM or JOIN_ROOM on one connection: the COMPLETE, the link, and an
+    end-to-end room's keys (section 5), or None.
+
+    An end-to-end create derives the keys first and sends the auth key as the password.
+    A join with a password asks LOOKUP_ROOM first, on the same connection: for an
+    end-to-end room it derives the keys (with the server's parameters, if they clear
+    the floor) and sends the auth key, never the password. A server that does not know
+    LOOKUP_ROOM has no such rooms, and closes the connection after its refusal: the
+    join goes on a new one, as before. Without a password there is nothing to look up
+    (an end-to-end room refuses it: ``e2e_required``).
+    """
+    keys: E2eKeys | None = None
+    password = request.password
+    if isinstance(request, CreateRoom) and request.e2e is not None:
+        assert password is not None  # create() checked
+        keys = await _derive(password, request.e2e)
+        request = replace(request, password=keys.auth_password, features=(*request.features, E2E))
+    channel = await Channel.open(address, timeout=timeout)
+    try:
+        if isinstance(request, JoinRoom) and password:
+            details = await _lookup(channel, request.room)
+            if details is None:  # an older server, which closed the connection
+                await channel.close()
+                channel = await Channel.open(address, timeout=timeout)
+            elif details.e2e is not None:
+                problem = check_params(details.e2e)
+                if problem is not None:
+                    raise RemoteProtocolError(
+                        ErrorCode.BAD_REQUEST,
+                        f'room "{request.room}" is end-to-end encrypted, but {problem}:'
+                        " not joining, the password would be easy to guess",
+                    )
+                keys = await _derive(password, details.e2e)
+                request = replace(
+                    request, password=keys.auth_password, features=(*request.features, E2E)
+                )
+        reply = await channel.request(request)
+        if (
+            isinstance(request, CreateRoom)
+            and isinstance(reply, Admission)
+            and keys is not None
+            and E2E not in reply.features
+        ):
+            # A server that ignored the e2e field made a plain protected room: joiners
+            # would not know to derive the key. Leave it rather than chat in it.
+            with contextlib.suppress(OCMError, OSError):
+                await channel.request(LeaveRoom(reply.room, reply.token))
+            where = format_server_address(address)
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, f"server {where} does not support end-to-end rooms"
+            )
+        return reply, channel.link, keys
+    finally:
+        await channel.close()
+
+
+async def _lookup(channel: Channel, room: str) -> RoomDetails | None:
+    """LOOKUP_ROOM on ``channel``: the room's details, or None from a server that does
+    not know the operation (``unknown_operation``)."""
+    try:
+        details = await channel.request(LookupRoom(room))
+    except ServerError as error:
+        if error.code is ErrorCode.UNKNOWN_OPERATION:
+            return None
+        raise
+    if not isinstance(details, RoomDetails):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "LOOKUP_ROOM answered wrongly")
+    return details
+
+
+async def _derive(password: str, params: E2eParams) -> E2eKeys:
+    """The room's keys, derived off the event loop (tens of milliseconds of CPU and
+    ``params.memory_kib`` of memory, on purpose)."""
+    return await asyncio.to_thread(derive_keys, password, params)
+
+
 class ChatClient:
     """One member of one room. Make it with :meth:`create` or :meth:`join`.
 
     Iterate it (``async for event in chat``) for :data:`Event` values; the iteration
     ends after :class:`Closed` or once :meth:`close` is called. Use it as an async
     context manager to leave the room on the way out. :attr:`delivery` says whether the
-    server granted the delivery extension.
+    server granted the delivery extension, :attr:`e2e` whether the room is end-to-end
+    encrypted.
     """
 
     def __init__(
@@ -364,6 +467,8 @@ class ChatClient:
         self._closing = False
         self._close_done = asyncio.Event()
         self._stream_ended = False  # no event will be added any more
+        # Section 5: an end-to-end room's message key (set by _enter), or None.
+        self._cipher: RoomCipher | None = None
 
     # -- entering ----------------------------------------------------------------
 
@@ -374,10 +479,27 @@ class ChatClient:
         room: str,
         name: str,
         password: str | None = None,
+        *,
+        e2e: bool | E2eParams = False,
         **options: Unpack[ChatOptions],
     ) -> ChatClient:
-        """Create ``room`` (with ``password``, or open) and enter it as its host."""
-        request = CreateRoom(room, name, password or None, _features(options))
+        """Create ``room`` (with ``password``, or open) and enter it as its host.
+
+        ``e2e``: an end-to-end room (section 5 of docs/protocol.md), whose texts the
+        server relays but cannot read: True derives its keys from ``password`` with
+        Argon2id at RFC 9106's second recommended option (64 MiB, 3 passes, 4 lanes),
+        or give the :class:`~ocm.wire.tcrp.E2eParams` (at least the client's floor,
+        :func:`~ocm.wire.e2e.check_params`). It needs a password (LocalProtocolError
+        otherwise, before anything is sent).
+        """
+        params: E2eParams | None = None
+        if e2e is not False:
+            if not password:
+                raise LocalProtocolError(
+                    ErrorCode.BAD_REQUEST, "an end-to-end room needs a password"
+                )
+            params = default_params(secrets.token_bytes(SALT_SIZE)) if e2e is True else e2e
+        request = CreateRoom(room, name, password or None, _features(options), params)
         return await cls._enter(server, request, options)
 
     @classmethod
@@ -389,7 +511,12 @@ class ChatClient:
         password: str | None = None,
         **options: Unpack[ChatOptions],
     ) -> ChatClient:
-        """Join the existing ``room`` as ``name``."""
+        """Join the existing ``room`` as ``name``.
+
+        With a password the client first asks the server about the room (LOOKUP_ROOM,
+        section 5): an end-to-end room's keys are derived from the password, and only
+        the auth key is sent, never the password itself (:attr:`e2e` is then True).
+        """
         request = JoinRoom(room, name, password or None, _features(options))
         return await cls._enter(server, request, options)
 
@@ -399,15 +526,15 @@ class ChatClient:
     ) -> ChatClient:
         timeout = _settled(options)["timeout"]  # refuses bad options before any request
         address = parse_server_address(server)
-        exchange = asyncio.ensure_future(call(address, request, timeout=timeout))
+        exchange = asyncio.ensure_future(_admit(address, request, timeout))
         try:
-            reply, link = await asyncio.shield(exchange)
+            reply, link, keys = await asyncio.shield(exchange)
         except asyncio.CancelledError:
             # Cancelled (Ctrl-C) after the request left: the server may have let us in.
             # Finish the exchange and leave, or we would stay in the room as a ghost
             # (and a host's room would stay open) until the idle timeout.
             with contextlib.suppress(OCMError, OSError):
-                admitted, link = await exchange
+                admitted, link, _ = await exchange
                 if isinstance(admitted, Admission):
                     leave = LeaveRoom(admitted.room, admitted.token)
                     await call(address, leave, timeout=timeout, link=link)
@@ -417,6 +544,8 @@ class ChatClient:
                 ErrorCode.BAD_REQUEST, "CREATE/JOIN answered with another reply"
             )
         client = cls(address, reply, _admitted_name(request, reply), link, **options)
+        if keys is not None:
+            client._cipher = RoomCipher(client.room, client.name, keys)
         try:
             if client.tcp:
                 await client._open_tunnel_first()
@@ -643,6 +772,19 @@ class ChatClient:
         await self._open_udp()
 
     @property
+    def e2e(self) -> bool:
+        """Whether the room is end-to-end encrypted (section 5): our texts leave sealed
+        with a key the server does not have, and others' are opened here."""
+        return self._cipher is not None
+
+    @property
+    def undecryptable(self) -> int:
+        """Messages of an end-to-end room dropped because they did not open (another
+        key, or forged or altered on the way); the first from each sender is reported
+        as a :class:`~ocm.client.events.Notice`."""
+        return 0 if self._cipher is None else self._cipher.undecryptable
+
+    @property
     def over_tcp(self) -> bool:
         """Whether the chat goes over a TCP tunnel (section 4) rather than UDP."""
         return self._tunnel is not None
@@ -695,7 +837,8 @@ class ChatClient:
     def max_text_bytes(self) -> int:
         """The longest text (UTF-8 bytes) :meth:`send` accepts for this member and room
         (:func:`~ocm.client.session.text_limit`)."""
-        return text_limit(self.room, self.token, self.name, delivery=self.delivery)
+        limit = text_limit(self.room, self.token, self.name, delivery=self.delivery)
+        return limit if self._cipher is None else self._cipher.limit(limit)
 
     def fit(self, text: str) -> str:
         """``text`` cut to the longest prefix :meth:`send` accepts, on a character
@@ -727,6 +870,8 @@ class ChatClient:
         await asyncio.sleep(0)
         await self._wait_until(lambda: self._state.unconfirmed < self.window or self._over)
         self._check_open()
+        if self._cipher is not None:  # the core and the server see only the envelope
+            text = self._cipher.seal(text, secrets.token_bytes(NONCE_SIZE))
         state = self._state
         if isinstance(state, DeliveryState):
             state.send(text, self._loop.time())
@@ -890,6 +1035,8 @@ class ChatClient:
         return None
 
     def _feed(self, events: list[Event]) -> None:
+        if self._cipher is not None:  # section 5: the reader sees plaintext
+            events = self._cipher.open_events(events)
         self._events.extend(events)
         if self._state.ended is not None:
             self._stop_timers()

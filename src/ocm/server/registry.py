@@ -16,6 +16,11 @@ registry also keeps each room's :class:`~ocm.server.history.History`, what each 
 member had relayed, and for a while after they are gone, what to answer their tokens
 (the room's CLOSED, or DEPARTED); it re-sends their CLOSED on a schedule that
 :meth:`RoomRegistry.next_deadline` includes.
+
+An end-to-end room (section 5) keeps its creator's KDF parameters (:attr:`Room.e2e`),
+told to anyone who asks (:meth:`RoomRegistry.lookup`); its password is its members'
+auth key, checked as any password, and a join that does not say it speaks ``e2e`` is
+refused before the password is checked.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from ocm.wire.sealed import (
     down_prefix,
     member_opener,
 )
-from ocm.wire.tcrp import RoomInfo
+from ocm.wire.tcrp import E2eParams, RoomDetails, RoomInfo
 from ocm.wire.texts import (
     ClosedReason,
     HostGone,
@@ -123,6 +128,7 @@ class PendingCreate:
     room: str
     username: str
     ip: str
+    e2e: E2eParams | None = None  # section 5: an end-to-end room's KDF parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +144,7 @@ class PendingJoin:
     ip: str
     expected: PasswordHash | None
     sealed: bool = False  # section 5: the joiner was granted sealed datagrams
+    e2e: bool = False  # section 5: the request listed the "e2e" feature
 
 
 @dataclass(eq=False, slots=True)
@@ -209,6 +216,9 @@ class Room:
     key: bytes = b""
     key_id: bytes = b""
     sealer: Sealer | None = None
+    # Section 5: an end-to-end room's KDF parameters, told to joiners (LOOKUP_ROOM).
+    # Its password is then the members' auth key: the server never sees the real one.
+    e2e: E2eParams | None = None
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -250,6 +260,9 @@ class Room:
 
     def info(self) -> RoomInfo:
         return RoomInfo(self.name, len(self.members), self.protected)
+
+    def details(self) -> RoomDetails:
+        return RoomDetails(self.name, len(self.members), self.protected, self.e2e)
 
 
 class RoomRegistry:
@@ -328,6 +341,10 @@ class RoomRegistry:
     def list_rooms(self) -> list[RoomInfo]:
         return [room.info() for room in sorted(self.rooms.values(), key=lambda r: r.name)]
 
+    def lookup(self, name: str) -> RoomDetails:
+        """LOOKUP_ROOM (section 5): what a client must know before it joins ``name``."""
+        return self._room(name).details()
+
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has something to do next: the next member falls idle, or a
         CLOSED is due again. None if neither will happen."""
@@ -348,9 +365,22 @@ class RoomRegistry:
     # the adapter (ocm.server.tcp) runs the hash between the calls; create_room and
     # join_room make the same calls in the same order, with the hash computed in line.
 
-    def begin_create(self, name: str, username: str, ip: str) -> PendingCreate:
-        """First half of CREATE_ROOM: refuse now a create bound to fail, before any hash."""
-        pending = PendingCreate(name, username, ip)
+    def begin_create(
+        self,
+        name: str,
+        username: str,
+        ip: str,
+        *,
+        e2e: E2eParams | None = None,
+        password_given: bool = False,
+    ) -> PendingCreate:
+        """First half of CREATE_ROOM: refuse now a create bound to fail, before any hash.
+
+        ``e2e``: an end-to-end room (section 5), which needs a password (its members'
+        auth key)."""
+        if e2e is not None and not password_given:
+            raise RoomError(ErrorCode.BAD_REQUEST, "an end-to-end room needs a password")
+        pending = PendingCreate(name, username, ip, e2e)
         self._check_create(pending)
         return pending
 
@@ -374,7 +404,9 @@ class RoomRegistry:
             raise ValueError("sealed is granted only with delivery")
         self._check_create(pending)
         name = pending.room
-        room = Room(name, password, counted_ip=canonical_ip(pending.ip))
+        if pending.e2e is not None and password is None:
+            raise RoomError(ErrorCode.BAD_REQUEST, "an end-to-end room needs a password")
+        room = Room(name, password, counted_ip=canonical_ip(pending.ip), e2e=pending.e2e)
         if sealed:
             room.key, room.key_id = self._new_key(KEY_SIZE), self._new_key(KEY_ID_SIZE)
             room.sealer = Sealer(room.key, down_prefix(room.key_id))
@@ -389,24 +421,32 @@ class RoomRegistry:
             name,
             pending.username,
             pending.ip,
-            "protected" if password else "open",
+            "end-to-end" if pending.e2e else "protected" if password else "open",
         )
         return host
 
     def begin_join(
-        self, name: str, username: str, ip: str, now: float, *, sealed: bool = False
+        self,
+        name: str,
+        username: str,
+        ip: str,
+        now: float,
+        *,
+        sealed: bool = False,
+        e2e: bool = False,
     ) -> PendingJoin:
         """First half of JOIN_ROOM: what the password must match, or a refusal now.
 
         An open room is checked in full (name_taken, room_full): ``expected`` is None and
         nothing needs hashing. A protected room tells nothing about its members to someone
         who has not given its password: only a blocked IP (rate_limited) and a joiner of
-        the wrong kind (section 5: sealed rooms admit sealed members only, and plaintext
-        rooms plaintext ones) are refused before the hash, so that such tries cost no
-        scrypt.
+        the wrong kind are refused before the hash, so that such tries cost no scrypt.
+        Section 5: sealed rooms admit sealed members only, and plaintext rooms plaintext
+        ones; an end-to-end room refuses a join without ``e2e`` (the request's "e2e"
+        feature): ``e2e_required``, not counted as a failure.
         """
         self._check_open()
-        pending = PendingJoin(name, username, ip, self._room(name).password, sealed)
+        pending = PendingJoin(name, username, ip, self._room(name).password, sealed, e2e)
         self._check_join(pending, now)
         return pending
 
@@ -491,13 +531,14 @@ class RoomRegistry:
         *,
         delivery: bool = False,
         sealed: bool = False,
+        e2e: bool = False,
     ) -> tuple[Member, list[Outgoing]]:
         """:meth:`begin_join`, the password check and :meth:`finish_join`, in one call.
 
         The server's sequence (:class:`ocm.server.tcp.TcrpHandler`), with the hash
         verified in line: tests that join through it exercise the server's path.
         """
-        pending = self.begin_join(name, username, ip, now, sealed=sealed)
+        pending = self.begin_join(name, username, ip, now, sealed=sealed, e2e=e2e)
         password_ok = False
         if pending.expected is not None:
             self.check_pending(pending, now)
@@ -713,6 +754,13 @@ class RoomRegistry:
                 ErrorCode.NOT_ENCRYPTED,
                 f'room "{room.name}" is not encrypted (its host chats in plaintext);'
                 " joining it needs --insecure",
+            )
+        if room.e2e is not None and not pending.e2e:
+            # Section 5: a client that cannot read the room must not join it, and one
+            # that would send the real password must be stopped before it is checked.
+            raise RoomError(
+                ErrorCode.E2E_REQUIRED,
+                f'room "{room.name}" is end-to-end encrypted; join it with an OCM client',
             )
         if room.password is None:
             self._check_vacancy(room, pending.username)

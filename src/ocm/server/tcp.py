@@ -39,6 +39,7 @@ from ocm.server.registry import (
 )
 from ocm.server.tunnel import TunnelLink, tunnel_address
 from ocm.wire.delivery import DELIVERY
+from ocm.wire.e2e import E2E
 from ocm.wire.framer import TcrpReader
 from ocm.wire.sealed import SEALED
 from ocm.wire.tcrp import (
@@ -49,6 +50,7 @@ from ocm.wire.tcrp import (
     LeaveRoom,
     Left,
     ListRooms,
+    LookupRoom,
     Operation,
     Reply,
     Request,
@@ -320,9 +322,11 @@ class TcrpHandler:
     async def _handle(self, request: Request, ip: str, secure: bool = False) -> Reply:
         registry = self.registry
         match request:
-            case CreateRoom(room, username, password, features):
+            case CreateRoom(room, username, password, features, e2e):
                 sealed = self._sealed(features, secure)
-                creating = registry.begin_create(room, username, ip)
+                creating = registry.begin_create(
+                    room, username, ip, e2e=e2e, password_given=bool(password)
+                )
                 secret = None
                 if password:
                     hashing = functools.partial(PasswordHash.create, password)
@@ -334,7 +338,9 @@ class TcrpHandler:
                 return self._admission(Operation.CREATE_ROOM, member, features)
             case JoinRoom(room, username, password, features):
                 sealed = self._sealed(features, secure)
-                joining = registry.begin_join(room, username, ip, self._clock(), sealed=sealed)
+                joining = registry.begin_join(
+                    room, username, ip, self._clock(), sealed=sealed, e2e=E2E in features
+                )
                 password_ok = False
                 if joining.expected is not None and password:  # none given: no hash
                     checking = functools.partial(joining.expected.verify, password)
@@ -350,6 +356,8 @@ class TcrpHandler:
                 return self._admission(Operation.JOIN_ROOM, member, features)
             case ListRooms():
                 return RoomList(tuple(registry.list_rooms()))
+            case LookupRoom(room):
+                return registry.lookup(room)
             case LeaveRoom(room, token):
                 self._check_sealed_token(token, secure)
                 self._send(registry.leave(room, token, ip, self._clock()))
@@ -452,8 +460,11 @@ class TcrpHandler:
             # timeout has no JSON number, and needs no heartbeat.
             idle_timeout if math.isfinite(idle_timeout) else None,
         )
+        # Section 5: a member of an end-to-end room is told so (it had to ask for it).
+        e2e = (E2E,) if room.e2e is not None else ()
         if not member.delivery:
-            return admission  # version 1, byte for byte
+            # Version 1, byte for byte (but for an e2e room, which no v1 client joins).
+            return replace(admission, features=e2e) if e2e else admission
         # Section 4 builds on section 3: a tunnel carries extended datagrams, and a
         # resumed member repairs what it missed.
         granted = (DELIVERY, *(f for f in (TUNNEL, RESUME) if f in features))
@@ -467,7 +478,7 @@ class TcrpHandler:
         # was the last), whether or not the server knows its UDP address yet.
         return replace(
             admission,
-            features=granted,
+            features=(*granted, *e2e),
             seq=room.seq,
             boot=registry.boot.hex(),
             history=registry.history_messages,

@@ -666,14 +666,17 @@ def toolbar(
     unconfirmed: int = 0,
     *,
     over_tcp: bool = False,
+    e2e: bool = False,
 ) -> Fragments:
     """The bottom toolbar: room, member count, host, how to get help, how many of our
     messages are on their way (sent, the server's copy not back yet), and whether the
-    chat goes over TCP (UDP blocked here)."""
+    chat goes over TCP (UDP blocked here). ``e2e``: the room is end-to-end encrypted
+    (section 5), marked ``e2e`` right after its name."""
     you_host = host.casefold() == me.casefold()
     host_text = "you are the host" if you_host else f"host: {sanitize(host)}"
     fragments = [
         ("class:bottom-toolbar.room", f" {sanitize(room)} "),
+        *([("class:bottom-toolbar.e2e", " e2e ")] if e2e else []),
         ("", f" {_count(len(members), 'member')} · {host_text} · /help"),
     ]
     if unconfirmed:

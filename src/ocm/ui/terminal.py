@@ -130,6 +130,7 @@ STYLE = Style.from_dict(
         "question": "bold",
         "bottom-toolbar": "noreverse bg:ansiblue ansiwhite",
         "bottom-toolbar.room": "bold",
+        "bottom-toolbar.e2e": "bold noreverse bg:ansigreen ansiblack",
         "bottom-toolbar.sending": "bold",
         "bottom-toolbar.leaving": "bold noreverse bg:ansiyellow ansiblack",
         "validation-toolbar": "bold bg:ansired ansiwhite",
@@ -446,6 +447,7 @@ class TerminalChat:
                 chat.name,
                 chat.unconfirmed,
                 over_tcp=chat.over_tcp,
+                e2e=chat.e2e,
             )
         )
 
