@@ -3,6 +3,10 @@ pipe mode, against a real server; ``ocm join`` finds out by itself."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from ocm.cli import build_parser
 from ocm.client import ChatClient, Message
 from ocm.wire.e2e import derive_keys
@@ -10,11 +14,39 @@ from tests.cli.test_cli import Piped, ocm, wait_for_room
 from tests.kit import registered, running_server, settle, until
 
 
-def test_e2e_is_a_flag_of_create_only() -> None:
+def test_e2e_is_a_flag_of_create_and_join() -> None:
     parser = build_parser()
-    assert parser.parse_args(["create", "vault", "--e2e"]).e2e is True
-    assert parser.parse_args(["create", "vault"]).e2e is False
-    assert not hasattr(parser.parse_args(["join", "vault"]), "e2e")
+    for command in ("create", "join"):
+        assert parser.parse_args([command, "vault", "--e2e"]).e2e is True
+        assert parser.parse_args([command, "vault"]).e2e is False
+
+
+async def test_join_e2e_stops_before_sending_the_password_to_a_room_that_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server could say a room is not end-to-end to be sent the password itself:
+    ``ocm join --e2e`` refuses, in one line, and sends no JOIN_ROOM at all."""
+    caplog.set_level(logging.DEBUG, logger="ocm.server.tcp")
+    async with running_server() as server:
+        where = f"127.0.0.1:{server.tcp_port}"
+        host = await ChatClient.create(where, "plain", "alice", "s3cret")
+        try:
+            argv = ["join", "plain", "--name", "bob", "--password", "s3cret", "--server", where]
+            result = await ocm(*argv, "--e2e")
+            assert result.code == 1
+            assert result.err == (
+                f'ocm: server {where} says room "plain" is not end-to-end encrypted:'
+                " not sending it the password\n"
+            )
+            requests = [r.getMessage().split(" from ")[0] for r in caplog.records]
+            assert requests == ["CREATE_ROOM", "LOOKUP_ROOM"], requests
+            assert set(server.registry.rooms["plain"].members) == {"alice"}
+            # Without --e2e the same join goes ahead: the refusal was the flag's.
+            await ocm(*argv, stdin="exit\n")
+            requests = [r.getMessage().split(" from ")[0] for r in caplog.records]
+            assert requests[2:4] == ["LOOKUP_ROOM", "JOIN_ROOM"], requests
+        finally:
+            await host.close()
 
 
 async def test_create_e2e_without_a_password_is_one_line_and_sends_nothing() -> None:

@@ -219,14 +219,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         enter.add_argument("room", metavar="ROOM")
-        if command == "create":
-            enter.add_argument(
-                "--e2e",
-                action="store_true",
-                help="an end-to-end encrypted room: the texts are sealed with a key derived "
-                "from the password, which the server never gets, so it relays them but "
-                "cannot read them (needs a password; ocm join finds out by itself)",
-            )
+        enter.add_argument(
+            "--e2e",
+            action="store_true",
+            help="an end-to-end encrypted room: the texts are sealed with a key derived "
+            "from the password, which the server never gets, so it relays them but "
+            "cannot read them (needs a password; ocm join finds out by itself)"
+            if command == "create"
+            else "insist that the room is end-to-end encrypted: if the server says it is "
+            "not, stop before sending it the password (ocm join finds out by itself; "
+            "this guards against a server that lies about it)",
+        )
     commands.add_parser(
         "rooms",
         parents=[where],
@@ -377,7 +380,7 @@ async def _chat(args: argparse.Namespace) -> int:
     # Trimmed as the server does (spaces only), and refused before anything is sent.
     validate_name(name.strip(" "), "name", error=LocalProtocolError)
     password = await _password(args, prompter)
-    e2e = args.command == "create" and args.e2e
+    e2e = args.e2e
     if e2e and not password:
         ways = _PASSWORD_WAYS_ON_TERMINAL if prompter is not None else _PASSWORD_WAYS
         raise _Usage(f"an end-to-end room (--e2e) needs a password: give it with {ways}")
@@ -403,6 +406,7 @@ async def _chat(args: argparse.Namespace) -> int:
                     args.room,
                     name,
                     password,
+                    e2e=e2e,
                     heartbeat_interval=args.heartbeat,
                     history=history,
                     tcp=args.tcp,

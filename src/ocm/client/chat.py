@@ -289,7 +289,11 @@ def _admitted_name(request: CreateRoom | JoinRoom, admission: Admission) -> str:
 
 
 async def _admit(
-    address: tuple[str, int], request: CreateRoom | JoinRoom, timeout: float
+    address: tuple[str, int],
+    request: CreateRoom | JoinRoom,
+    timeout: float,
+    *,
+    require_e2e: bool = False,
 ) -> tuple[Reply, Link, E2eKeys | None]:
     """CREATE_ROOM or JOIN_ROOM on one connection: the COMPLETE, the link, and an
     end-to-end room's keys (section 5), or None.
@@ -300,7 +304,9 @@ async def _admit(
     the floor) and sends the auth key, never the password. A server that does not know
     LOOKUP_ROOM has no such rooms, and closes the connection after its refusal: the
     join goes on a new one, as before. Without a password there is nothing to look up
-    (an end-to-end room refuses it: ``e2e_required``).
+    (an end-to-end room refuses it: ``e2e_required``). With ``require_e2e`` a join
+    goes on only if the server says the room is end-to-end: a server that claims it is
+    not would otherwise be sent the password itself.
     """
     keys: E2eKeys | None = None
     password = request.password
@@ -312,6 +318,13 @@ async def _admit(
     try:
         if isinstance(request, JoinRoom) and password:
             details = await _lookup(channel, request.room)
+            if require_e2e and (details is None or details.e2e is None):
+                where = format_server_address(address)
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f'server {where} says room "{request.room}" is not end-to-end encrypted:'
+                    " not sending it the password",
+                )
             if details is None:  # an older server, which closed the connection
                 await channel.close()
                 channel = await Channel.open(address, timeout=timeout)
@@ -509,6 +522,8 @@ class ChatClient:
         room: str,
         name: str,
         password: str | None = None,
+        *,
+        e2e: bool = False,
         **options: Unpack[ChatOptions],
     ) -> ChatClient:
         """Join the existing ``room`` as ``name``.
@@ -516,17 +531,28 @@ class ChatClient:
         With a password the client first asks the server about the room (LOOKUP_ROOM,
         section 5): an end-to-end room's keys are derived from the password, and only
         the auth key is sent, never the password itself (:attr:`e2e` is then True).
+        ``e2e=True`` insists on it: if the server says the room is not end-to-end, the
+        join stops there (RemoteProtocolError) and the password is not sent.
         """
+        if e2e and not password:
+            raise LocalProtocolError(
+                ErrorCode.BAD_REQUEST, "an end-to-end room is joined with its password"
+            )
         request = JoinRoom(room, name, password or None, _features(options))
-        return await cls._enter(server, request, options)
+        return await cls._enter(server, request, options, require_e2e=e2e)
 
     @classmethod
     async def _enter(
-        cls, server: str | tuple[str, int], request: CreateRoom | JoinRoom, options: ChatOptions
+        cls,
+        server: str | tuple[str, int],
+        request: CreateRoom | JoinRoom,
+        options: ChatOptions,
+        *,
+        require_e2e: bool = False,
     ) -> ChatClient:
         timeout = _settled(options)["timeout"]  # refuses bad options before any request
         address = parse_server_address(server)
-        exchange = asyncio.ensure_future(_admit(address, request, timeout))
+        exchange = asyncio.ensure_future(_admit(address, request, timeout, require_e2e=require_e2e))
         try:
             reply, link, keys = await asyncio.shield(exchange)
         except asyncio.CancelledError:
