@@ -6,7 +6,7 @@ root, ``tc netem`` or a second machine::
 
     async with running_server() as server:
         async with FaultProxy.start(server.tcp_port, server.udp_port, seed=7, loss=0.2) as proxy:
-            chat = await ChatClient.create(proxy.address, "lobby", "alice")
+            chat = await ChatClient.create(proxy.address, "lobby", "alice", security=PLAINTEXT)
             ...
             print(proxy.counters.up.dropped, proxy.counters.down.dropped)
 
@@ -51,6 +51,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict, Unpack
 
+from ocm.client.trust import Security
 from ocm.errors import ProtocolError
 from ocm.server.app import keep_receiving_after_unreachable
 from ocm.wire import (
@@ -95,6 +96,10 @@ MAX_WAITING = 256
 # No fault may hold a datagram longer than this (seconds): tests stay short.
 MAX_DELAY = 10.0
 READ_SIZE = 64 * 1024
+# The proxy rewrites the udp_port of CREATE/JOIN's COMPLETE, which it can only read and
+# change in clear: clients go through it in plaintext (section 5), to a server that
+# allows it (tests/kit.py's running_server does).
+PLAINTEXT = Security(insecure=True)
 
 _PROBABILITIES = frozenset({"loss", "duplicate", "reorder"})
 

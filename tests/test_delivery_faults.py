@@ -24,7 +24,7 @@ from ocm.client import ChatClient, Closed, Event, Gap, Message, Notice
 from ocm.client.delivery import STOPPED_ANSWERING, restarted_reason
 from ocm.server.app import OCMServer
 from ocm.wire.delivery import Ping, Restarted, decode_received, encode_extended
-from tests.faults import FaultProxy, Faults
+from tests.faults import PLAINTEXT, FaultProxy, Faults
 from tests.kit import LOOPBACK, MS, UdpPeer, running_server, server_of, until
 
 # The issue's network, one direction.
@@ -58,11 +58,15 @@ async def collect(chat: ChatClient, count: int, timeout: float = 20_000 * MS) ->
 
 async def test_every_message_once_in_one_order() -> None:
     async with running_server() as server, lossy(server, seed=1) as proxy:
-        alice = await ChatClient.create(proxy.address, "lobby", "alice", heartbeat_interval=BEAT)
+        alice = await ChatClient.create(
+            proxy.address, "lobby", "alice", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         members = [alice]
         for name in ("bob", "carol"):
             members.append(
-                await ChatClient.join(proxy.address, "lobby", name, heartbeat_interval=BEAT)
+                await ChatClient.join(
+                    proxy.address, "lobby", name, heartbeat_interval=BEAT, security=PLAINTEXT
+                )
             )
         listening = [asyncio.create_task(collect(m, 90)) for m in members]
 
@@ -90,7 +94,9 @@ async def test_every_message_once_in_one_order() -> None:
 async def test_a_gap_is_reported_once_only_when_the_server_no_longer_has_it() -> None:
     async with running_server(history_messages=5) as server, lossy(server, 2, loss=0.0) as proxy:
         alice = await ChatClient.create(server_of(server), "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.down.loss = 1.0  # bob hears nothing while alice says 12 things
         for n in range(12):
@@ -113,7 +119,9 @@ async def test_a_gap_is_reported_once_only_when_the_server_no_longer_has_it() ->
 async def test_a_lost_last_message_is_found_without_a_next_one() -> None:
     async with running_server() as server, lossy(server, 3, loss=0.0) as proxy:
         alice = await ChatClient.create(server_of(server), "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.down.loss = 1.0
         await alice.send("the last word")
@@ -131,7 +139,7 @@ async def test_a_joiner_whose_first_pings_are_lost_misses_nothing() -> None:
         await alice.send("before bob")
         proxy.up.loss = 1.0  # bob's PINGs are lost: the server does not know his address
         bob = await ChatClient.join(
-            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, history=2
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, history=2, security=PLAINTEXT
         )
         for n in range(3):
             await alice.send(f"to bob {n}")
@@ -153,7 +161,9 @@ async def test_a_vanished_server_is_noticed_within_four_heartbeats() -> None:
     """Three intervals of silence, then one interval at most for TCP to say whether the
     server is still there (section 4: it may be only UDP that is gone)."""
     async with running_server() as server, lossy(server, 5, loss=0.0) as proxy:
-        bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.create(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.blackhole()  # no answers, no ICMP: as if the host were unplugged
         started = asyncio.get_running_loop().time()
@@ -168,7 +178,9 @@ async def test_a_restart_is_named_as_such() -> None:
     async with running_server() as first:
         ports = {"port": first.tcp_port, "udp_port": first.udp_port}
         async with lossy(first, 6, loss=0.0) as proxy:
-            bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+            bob = await ChatClient.create(
+                proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+            )
             await until(lambda: first.registry.rooms["lobby"].members["bob"].address is not None)
             proxy.blackhole()  # bob misses the CLOSED: as if the server had crashed
             await first.close()
@@ -204,9 +216,10 @@ async def test_a_restart_reaches_every_client_behind_one_address() -> None:
 async def test_twenty_percent_loss_does_not_evict_quiet_members() -> None:
     idle = 600 * MS
     async with running_server(idle_timeout=idle) as server, lossy(server, 7) as proxy:
-        host = await ChatClient.create(proxy.address, "quiet", "host")
+        host = await ChatClient.create(proxy.address, "quiet", "host", security=PLAINTEXT)
         members = [host] + [
-            await ChatClient.join(proxy.address, "quiet", f"m{n}") for n in range(14)
+            await ChatClient.join(proxy.address, "quiet", f"m{n}", security=PLAINTEXT)
+            for n in range(14)
         ]
         assert host.heartbeat_interval == idle / 3
         await asyncio.sleep(10 * idle)  # 10 idle timeouts, nobody says a word
@@ -221,8 +234,8 @@ async def test_twenty_percent_loss_does_not_evict_quiet_members() -> None:
 
 async def test_leaving_over_a_lossy_network_is_confirmed_and_quick() -> None:
     async with running_server() as server, lossy(server, 8) as proxy:
-        alice = await ChatClient.create(proxy.address, "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob")
+        alice = await ChatClient.create(proxy.address, "lobby", "alice", security=PLAINTEXT)
+        bob = await ChatClient.join(proxy.address, "lobby", "bob", security=PLAINTEXT)
         assert await bob.close()
         assert "bob" not in server.registry.rooms["lobby"].members
         started = asyncio.get_running_loop().time()
@@ -249,7 +262,9 @@ async def test_shutdown_reaches_every_member_through_loss() -> None:
         lossy(server, 9, loss=0.10) as proxy,
     ):
         members = [
-            await ChatClient.create(proxy.address, f"r{n}", f"u{n}", heartbeat_interval=BEAT)
+            await ChatClient.create(
+                proxy.address, f"r{n}", f"u{n}", heartbeat_interval=BEAT, security=PLAINTEXT
+            )
             for n in range(20)
         ]
         rooms = server.registry.rooms

@@ -26,7 +26,7 @@ from ocm.client import ChatClient, Closed, Event, Gap, Message, Notice, PathChan
 from ocm.client.chat import OVER_TCP, RESUMED
 from ocm.client.delivery import STOPPED_ANSWERING
 from ocm.server.app import OCMServer
-from tests.faults import FaultProxy
+from tests.faults import PLAINTEXT, FaultProxy
 from tests.kit import MS, has_loopback_alias, running_server, server_of, until
 
 BEAT = 100 * MS  # heartbeat interval: a blocked path is taken for blocked in 0.3 s
@@ -61,7 +61,9 @@ async def test_where_udp_is_blocked_the_chat_goes_over_tcp_both_ways() -> None:
         alice = await ChatClient.create(
             server_of(server), "lobby", "alice", heartbeat_interval=BEAT
         )
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         assert not bob.over_tcp  # it tries UDP first
         first = await asyncio.wait_for(anext(bob), 2000 * MS)
         assert first == PathChanged(OVER_TCP) and bob.over_tcp and not alice.over_tcp
@@ -108,7 +110,9 @@ async def test_a_member_whose_address_changes_keeps_its_place_and_misses_nothing
         alice = await ChatClient.create(
             server_of(server), "lobby", "alice", heartbeat_interval=BEAT
         )
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         seq_before = server.registry.rooms["lobby"].seq
         for n in range(5):
@@ -160,7 +164,9 @@ async def test_a_broken_tunnel_is_resumed_and_opened_again() -> None:
 
 async def test_a_server_gone_for_good_is_still_noticed_with_a_tunnel() -> None:
     async with running_server() as server, proxied(server, drop_all_udp=True) as proxy:
-        bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.create(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         assert await asyncio.wait_for(anext(bob), 2000 * MS) == PathChanged(OVER_TCP)
         proxy.blackhole()
         for link in list(server._endpoint.tunnels.values()):
@@ -212,7 +218,9 @@ async def test_udp_and_tcp_from_two_addresses_end_up_in_a_tunnel_not_a_loop() ->
     row takes the tunnel, where TCP is all there is."""
     async with running_server() as server, proxied(server) as proxy:
         alice = await ChatClient.create(server_of(server), "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.move(MOVED_HOST, tcp=False)
         await bob.send("one")
@@ -231,7 +239,9 @@ async def test_leaving_right_after_a_move_leaves_no_ghost() -> None:
     refused from the new address, so it resumes there and leaves over TCP. The room
     must not keep it (a host's room must close), and close() says it left."""
     async with running_server() as server, proxied(server) as proxy:
-        bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.create(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=PLAINTEXT
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.move(MOVED_HOST)
         assert await bob.close()

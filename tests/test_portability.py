@@ -210,7 +210,18 @@ def test_ctrl_c_before_the_server_is_up_exits_quietly(
 def _server_process(*extra_env: tuple[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **dict(extra_env)}
     return subprocess.Popen(
-        [sys.executable, "-m", "ocm", "server", "--host", LOOPBACK, "--port", "0"],
+        # --allow-plaintext: the tests speak raw TCRP.
+        [
+            sys.executable,
+            "-m",
+            "ocm",
+            "server",
+            "--host",
+            LOOPBACK,
+            "--port",
+            "0",
+            "--allow-plaintext",
+        ],
         stderr=subprocess.PIPE,
         env=env,
     )

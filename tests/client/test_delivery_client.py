@@ -33,7 +33,7 @@ from ocm.errors import ConnectionLost
 from ocm.wire import MAX_DATAGRAM, JoinRoom, Kind, LeaveRoom
 from ocm.wire.delivery import Chat, Data, Departed, Leave, Ping, Repair
 from tests.client.fake_delivery import FakeDeliveryServer, delivery_server
-from tests.faults import FaultProxy
+from tests.faults import PLAINTEXT, FaultProxy
 from tests.kit import LOOPBACK, MS, next_event, ready, running_server, server_of, settle, until
 
 BEAT = 50 * MS  # a heartbeat interval for tests about heartbeats: liveness in 150 ms
@@ -483,11 +483,15 @@ async def test_real_server_through_a_lossy_network_every_message_once_in_order()
     ):
         beat = 300 * MS  # a lost last message is found by the next STATUS
         members = [
-            await ChatClient.create(proxy.address, "lobby", "alice", heartbeat_interval=beat)
+            await ChatClient.create(
+                proxy.address, "lobby", "alice", heartbeat_interval=beat, security=PLAINTEXT
+            )
         ]
         for name in ("bob", "carol"):
             members.append(
-                await ChatClient.join(proxy.address, "lobby", name, heartbeat_interval=beat)
+                await ChatClient.join(
+                    proxy.address, "lobby", name, heartbeat_interval=beat, security=PLAINTEXT
+                )
             )
         assert all(m.delivery for m in members)
 

@@ -82,6 +82,7 @@ from ocm.client.session import (
     fit_text,
     text_limit,
 )
+from ocm.client.trust import Security
 from ocm.errors import (
     ConnectionLost,
     ErrorCode,
@@ -194,6 +195,7 @@ class ChatOptions(TypedDict, total=False):
     delivery: bool  # ask for the delivery extension (False: a version 1 member)
     history: int  # with delivery: the room's last N Seqs, delivered first (history=True)
     tcp: bool  # carry the chat over a TCP tunnel from the start (networks that block UDP)
+    security: Security  # section 5: TLS and whom to trust, for every TCP connection
 
 
 _DEFAULT_OPTIONS: ChatOptions = {
@@ -206,6 +208,7 @@ _DEFAULT_OPTIONS: ChatOptions = {
     "delivery": True,
     "history": 0,
     "tcp": False,
+    "security": Security(),
 }
 
 
@@ -217,7 +220,10 @@ def _settled(options: ChatOptions) -> ChatOptions:
         raise TypeError(f"unknown option {sorted(unknown)[0]!r}")
     settled: ChatOptions = {**_DEFAULT_OPTIONS, **options}
     for key, value in settled.items():
-        if key in ("delivery", "tcp"):
+        if key == "security":
+            if not isinstance(value, Security):
+                raise TypeError(f"security must be a Security, got {value!r}")
+        elif key in ("delivery", "tcp"):
             if not isinstance(value, bool):
                 raise TypeError(f"{key} must be True or False, got {value!r}")
         elif key == "history":
@@ -321,6 +327,10 @@ class ChatClient:
                 now=self._loop.time(),
             )
         self.tcp = settled["tcp"]
+        # Section 5: every TCP connection of ours (enter, tunnel, resume, leave) is TLS,
+        # checked as this says, unless it says insecure.
+        self.security = settled["security"]
+        self.encrypted = not self.security.insecure
         # Section 4: the secret that moves our token to another address (given only
         # over TCP), and whether the server carries the chat over TCP.
         self._secret = admission.resume
@@ -373,9 +383,10 @@ class ChatClient:
     async def _enter(
         cls, server: str | tuple[str, int], request: CreateRoom | JoinRoom, options: ChatOptions
     ) -> ChatClient:
-        timeout = _settled(options)["timeout"]  # refuses bad options before any request
+        settled = _settled(options)  # refuses bad options before any request
+        timeout, security = settled["timeout"], settled["security"]
         address = parse_server_address(server)
-        exchange = asyncio.ensure_future(call(address, request, timeout=timeout))
+        exchange = asyncio.ensure_future(call(address, request, timeout=timeout, security=security))
         try:
             reply, link = await asyncio.shield(exchange)
         except asyncio.CancelledError:
@@ -386,7 +397,7 @@ class ChatClient:
                 admitted, link = await exchange
                 if isinstance(admitted, Admission):
                     leave = LeaveRoom(admitted.room, admitted.token)
-                    await call(address, leave, timeout=timeout, link=link)
+                    await call(address, leave, timeout=timeout, link=link, security=security)
             raise
         if not isinstance(reply, Admission):
             raise RemoteProtocolError(
@@ -441,7 +452,9 @@ class ChatClient:
         if not self._can_tunnel:
             where = format_server_address(self.server)
             raise ConnectionLost(f"server {where} cannot carry the chat over TCP")
-        channel = await Channel.open(self.server, timeout=self.timeout, link=self._link)
+        channel = await Channel.open(
+            self.server, timeout=self.timeout, link=self._link, security=self.security
+        )
         try:
             await self._start_tunnel(channel)
         except BaseException:
@@ -581,7 +594,7 @@ class ChatClient:
         pause = 0.25
         while True:
             try:
-                return await Channel.open(self.server, timeout=self.timeout)
+                return await Channel.open(self.server, timeout=self.timeout, security=self.security)
             except ConnectionLost:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
@@ -961,9 +974,11 @@ class ChatClient:
         the token, which a caller takes as a LEAVE_ROOM refused the same way."""
         if self._secret is None:
             leave = LeaveRoom(self.room, self.token)
-            await call(self.server, leave, timeout=self.timeout, link=self._link)
+            await call(
+                self.server, leave, timeout=self.timeout, link=self._link, security=self.security
+            )
             return
-        channel = await Channel.open(self.server, timeout=self.timeout)
+        channel = await Channel.open(self.server, timeout=self.timeout, security=self.security)
         try:
             await self._resume(channel, self._secret)
             await channel.request(LeaveRoom(self.room, self.token))

@@ -666,10 +666,12 @@ def toolbar(
     unconfirmed: int = 0,
     *,
     over_tcp: bool = False,
+    encrypted: bool = True,
 ) -> Fragments:
     """The bottom toolbar: room, member count, host, how to get help, how many of our
-    messages are on their way (sent, the server's copy not back yet), and whether the
-    chat goes over TCP (UDP blocked here)."""
+    messages are on their way (sent, the server's copy not back yet), whether the
+    chat goes over TCP (UDP blocked here), and ``not encrypted`` for a client that talks
+    to the server in plaintext (``--insecure``)."""
     you_host = host.casefold() == me.casefold()
     host_text = "you are the host" if you_host else f"host: {sanitize(host)}"
     fragments = [
@@ -680,6 +682,8 @@ def toolbar(
         fragments.append(("class:bottom-toolbar.sending", f" · {unconfirmed} sending"))
     if over_tcp:
         fragments.append(("", " · over TCP"))
+    if not encrypted:
+        fragments.append(("", " · not encrypted"))
     return fragments
 
 

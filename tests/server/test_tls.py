@@ -1,0 +1,137 @@
+"""Section 5, TLS for TCRP, from the server's side: STARTTLS over real sockets, the
+plaintext policy, the injection rule, and a tunnel inside TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+from ocm.client import ChatClient, Message, Security
+from ocm.client.exchange import list_rooms
+from ocm.errors import ErrorCode
+from ocm.server.tcp import PLAINTEXT_REFUSED
+from ocm.wire import ListRooms, Operation, RoomList
+from ocm.wire.tcrp import StartTls, TlsReady, encode_request
+from tests.kit import MS, TcrpConnection, next_event, ready, running_server, server_of
+
+
+def _any_key() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _upgrade(connection: TcrpConnection) -> None:
+    """STARTTLS on a raw connection, then the handshake (any key)."""
+    ack, complete = await connection.call(StartTls())
+    assert ack.ok and ack.operation is Operation.STARTTLS, ack
+    assert complete == TlsReady()
+    await connection.writer.start_tls(_any_key(), server_hostname="127.0.0.1")
+
+
+async def test_plaintext_is_refused_unless_allowed_and_the_connection_can_still_upgrade() -> None:
+    async with running_server(allow_plaintext=False) as server:
+        connection = await TcrpConnection.open(server.tcp_port)
+        try:
+            ack, complete = await connection.call(ListRooms())
+            assert (ack.error, ack.message, complete) == (
+                ErrorCode.ENCRYPTION_REQUIRED,
+                PLAINTEXT_REFUSED,
+                None,
+            )
+            assert "--allow-plaintext" in ack.message
+            # The same connection stays open for a STARTTLS, and then is served.
+            await _upgrade(connection)
+            assert connection.writer.get_extra_info("ssl_object").version() == "TLSv1.3"
+            ack, complete = await connection.call(ListRooms())
+            assert ack.ok and complete == RoomList(())
+        finally:
+            await connection.close()
+
+
+async def test_with_allow_plaintext_a_version_1_client_and_a_tls_client_share_the_port(
+    tmp_path: Path,
+) -> None:
+    async with running_server(allow_plaintext=True) as server:
+        plain = await TcrpConnection.open(server.tcp_port)
+        try:
+            ack, complete = await plain.call(ListRooms())
+            assert ack.ok and complete == RoomList(())  # version 1, as before
+        finally:
+            await plain.close()
+        security = Security(known_servers=tmp_path / "known_servers")
+        assert await list_rooms(server_of(server), security=security) == ()
+        encrypted = await TcrpConnection.open(server.tcp_port)
+        try:
+            await _upgrade(encrypted)
+            ack, complete = await encrypted.call(ListRooms())
+            assert ack.ok and complete == RoomList(())
+        finally:
+            await encrypted.close()
+
+
+async def test_starttls_with_bytes_pipelined_behind_it_is_closed_not_upgraded() -> None:
+    """The STARTTLS command injection: what was sent in clear behind the request must
+    never be taken for what came through TLS."""
+    async with running_server(allow_plaintext=False) as server:
+        for pipelined in (encode_request(ListRooms()), b"x", b"y" * (200 * 1024)):
+            connection = await TcrpConnection.open(server.tcp_port)
+            try:
+                connection.writer.write(encode_request(StartTls()) + pipelined)
+                await connection.writer.drain()
+                async with asyncio.timeout(2000 * MS):
+                    # Closed without a word: no ACK, no COMPLETE, no handshake. (Reset,
+                    # when the server closes with the pipelined bytes still unread.)
+                    try:
+                        answer = await connection.reader.read()
+                    except ConnectionResetError:
+                        answer = b""
+                    assert answer == b""
+            finally:
+                connection.writer.transport.abort()
+
+
+async def test_starttls_on_a_tls_connection_is_a_bad_request() -> None:
+    async with running_server(allow_plaintext=False) as server:
+        connection = await TcrpConnection.open(server.tcp_port)
+        try:
+            await _upgrade(connection)
+            ack, complete = await connection.call(StartTls())
+            assert (ack.error, complete) == (ErrorCode.BAD_REQUEST, None)
+            ack, complete = await connection.call(ListRooms())  # still served
+            assert ack.ok and complete == RoomList(())
+        finally:
+            await connection.close()
+
+
+async def test_a_handshake_that_never_comes_is_cut_after_the_message_timeout() -> None:
+    async with running_server(allow_plaintext=False, message_timeout=100 * MS) as server:
+        connection = await TcrpConnection.open(server.tcp_port)
+        try:
+            ack, complete = await connection.call(StartTls())
+            assert ack.ok and complete == TlsReady()
+            async with asyncio.timeout(2000 * MS):
+                assert await connection.reader.read() == b""  # no ClientHello: closed
+            assert not server.tcrp.writers
+        finally:
+            await connection.close()
+
+
+async def test_a_tunnel_works_inside_tls(tmp_path: Path) -> None:
+    security = Security(known_servers=tmp_path / "known_servers")
+    async with running_server(allow_plaintext=False) as server:
+        where = server_of(server)
+        alice = await ChatClient.create(where, "lobby", "alice", tcp=True, security=security)
+        bob = await ready(server, await ChatClient.join(where, "lobby", "bob", security=security))
+        async with alice, bob:
+            assert alice.over_tcp and alice.encrypted
+            # Alice's tunnel is a TLS connection on the server's side.
+            (writer,) = server.tcrp.writers
+            assert writer.get_extra_info("ssl_object") is not None
+            await alice.send("hello through TLS")
+            await bob.send("and back")
+            seen = [await next_event(alice) for _ in range(3)]
+            said = {(e.sender, e.text) for e in seen if isinstance(e, Message)}
+            assert said == {("alice", "hello through TLS"), ("bob", "and back")}
