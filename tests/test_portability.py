@@ -144,7 +144,8 @@ async def test_without_add_signal_handler_a_plain_handler_stops_the_server(
     monkeypatch.setattr(loop, "add_signal_handler", unsupported)
     caplog.set_level(logging.INFO, logger="ocm.server")
     before = signal.getsignal(signal.SIGINT)
-    task = asyncio.create_task(serve(ServerConfig(host=LOOPBACK, port=0)))
+    # Plaintext allowed: the test speaks raw TCRP.
+    task = asyncio.create_task(serve(ServerConfig(host=LOOPBACK, port=0, allow_plaintext=True)))
     try:
         async with asyncio.timeout(2000 * MS):
             while signal.getsignal(signal.SIGINT) is before:

@@ -35,7 +35,7 @@ async def test_first_contact_is_told_once_and_remembered(tmp_path: Path) -> None
             f"{_known(tmp_path)}\n",
         )
         assert first.out.startswith("no rooms on")
-        assert _known(tmp_path).read_text() == f"{where} {key}\n"
+        assert _known(tmp_path).read_text(encoding="utf-8") == f"{where} {key}\n"
         again = await ocm("rooms", "--server", where, env=_env(tmp_path))
         assert (again.code, again.err) == (0, "")
 
@@ -46,7 +46,7 @@ async def test_a_changed_key_exits_5_and_fingerprint_accepts_the_new_one(tmp_pat
         where = f"127.0.0.1:{port}"
         new = _server_key()
         _known(tmp_path).parent.mkdir(parents=True)
-        _known(tmp_path).write_text(f"{where} {old}\n")
+        _known(tmp_path).write_text(f"{where} {old}\n", encoding="utf-8")
         refused = await ocm("join", "lobby", "--name", "bob", "--server", where, env=_env(tmp_path))
         assert refused.code == 5
         assert refused.err.count("\n") == 1 and refused.err.startswith("ocm: the key of server")
@@ -56,11 +56,11 @@ async def test_a_changed_key_exits_5_and_fingerprint_accepts_the_new_one(tmp_pat
 
         wrong = await ocm("rooms", "--server", where, "--fingerprint", old, env=_env(tmp_path))
         assert wrong.code == 5 and "as --fingerprint says" in wrong.err
-        assert _known(tmp_path).read_text() == f"{where} {old}\n"
+        assert _known(tmp_path).read_text(encoding="utf-8") == f"{where} {old}\n"
 
         accepted = await ocm("rooms", "--server", where, "--fingerprint", new, env=_env(tmp_path))
         assert (accepted.code, accepted.err) == (0, "")
-        assert _known(tmp_path).read_text() == f"{where} {new}\n"
+        assert _known(tmp_path).read_text(encoding="utf-8") == f"{where} {new}\n"
         later = await ocm("rooms", "--server", where, env=_env(tmp_path))
         assert (later.code, later.err) == (0, "")
 

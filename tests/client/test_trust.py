@@ -42,7 +42,7 @@ async def test_first_contact_remembers_the_key_and_reports_it_once(tmp_path: Pat
         key = server.identity.fingerprint
         assert await list_rooms(server_of(server), security=security) == ()
         assert told.calls == [(where, key)]
-        assert known.read_text() == f"{where} {key}\n"
+        assert known.read_text(encoding="utf-8") == f"{where} {key}\n"
         assert await list_rooms(server_of(server), security=security) == ()
         assert told.calls == [(where, key)]  # known now: nothing more to say
 
@@ -55,7 +55,7 @@ async def test_a_changed_key_is_refused_with_both_keys_the_file_and_the_way_to_a
     async with running_server(data_dir=tmp_path / "new") as server:
         where = f"{LOOPBACK}:{server.tcp_port}"
         new = server.identity.fingerprint
-        known.write_text(f"other.example:9001 {new}\n{where} {old}\n")
+        known.write_text(f"other.example:9001 {new}\n{where} {old}\n", encoding="utf-8")
         security = Security(known_servers=known)
         with pytest.raises(ServerKeyChanged) as caught:
             await ChatClient.create(server_of(server), "lobby", "alice", security=security)
@@ -77,14 +77,14 @@ async def test_the_right_fingerprint_is_accepted_and_remembered_a_wrong_one_refu
     async with running_server(data_dir=tmp_path / "new") as server:
         where = f"{LOOPBACK}:{server.tcp_port}"
         new = server.identity.fingerprint
-        known.write_text(f"{where} {old}\n")
+        known.write_text(f"{where} {old}\n", encoding="utf-8")
         with pytest.raises(ServerKeyChanged, match=r"not .* as --fingerprint says"):
             wrong = Security(fingerprint=old, known_servers=known)
             await list_rooms(server_of(server), security=wrong)
-        assert known.read_text() == f"{where} {old}\n"
+        assert known.read_text(encoding="utf-8") == f"{where} {old}\n"
         # The user checked the new key with the operator, and accepts it.
         await list_rooms(server_of(server), security=Security(fingerprint=new, known_servers=known))
-        assert known.read_text() == f"{where} {new}\n"
+        assert known.read_text(encoding="utf-8") == f"{where} {new}\n"
         await list_rooms(server_of(server), security=Security(known_servers=known))
 
 
@@ -218,7 +218,7 @@ async def test_a_fingerprint_must_look_like_one_and_security_be_a_security() -> 
         Security(fingerprint="SHA256:short")
     with pytest.raises(TypeError, match="security must be a Security"):
         # Checked before anything is sent: nothing listens on port 9.
-        await ChatClient.join((LOOPBACK, 9), "lobby", "bob", security=True)  # type: ignore[typeddict-item]
+        await ChatClient.join((LOOPBACK, 9), "lobby", "bob", security=True)  # type: ignore[arg-type]
 
 
 def test_remember_replaces_the_line_of_a_server_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -226,4 +226,7 @@ def test_remember_replaces_the_line_of_a_server_and_keeps_the_rest(tmp_path: Pat
     remember(known, "a:1", CA)
     remember(known, "[::1]:9001", "SHA256:" + "A" * 43)
     remember(known, "a:1", "SHA256:" + "B" * 43)
-    assert known.read_text() == f"a:1 SHA256:{'B' * 43}\n[::1]:9001 SHA256:{'A' * 43}\n"
+    assert (
+        known.read_text(encoding="utf-8")
+        == f"a:1 SHA256:{'B' * 43}\n[::1]:9001 SHA256:{'A' * 43}\n"
+    )

@@ -11,7 +11,7 @@ from ocm.client import ChatClient, Message, Security
 from ocm.client.exchange import list_rooms
 from ocm.errors import ErrorCode
 from ocm.server.tcp import PLAINTEXT_REFUSED
-from ocm.wire import ListRooms, Operation, RoomList
+from ocm.wire import Ack, ListRooms, Operation, RoomList, encode_header
 from ocm.wire.tcrp import StartTls, TlsReady, encode_request
 from tests.kit import MS, TcrpConnection, next_event, ready, running_server, server_of
 
@@ -135,3 +135,20 @@ async def test_a_tunnel_works_inside_tls(tmp_path: Path) -> None:
             seen = [await next_event(alice) for _ in range(3)]
             said = {(e.sender, e.text) for e in seen if isinstance(e, Message)}
             assert said == {("alice", "hello through TLS"), ("bob", "and back")}
+
+
+async def test_a_starttls_of_32_bytes_is_the_same_request() -> None:
+    """A payload of size 0 means ``{}`` (section 1): the header alone is a STARTTLS."""
+    async with running_server(allow_plaintext=False) as server:
+        connection = await TcrpConnection.open(server.tcp_port)
+        try:
+            connection.writer.write(encode_header(0, Operation.STARTTLS, 0, 0))
+            async with asyncio.timeout(2000 * MS):
+                ack = await connection.replies.next()
+                assert isinstance(ack, Ack) and ack.ok
+                assert await connection.replies.next() == TlsReady()
+            await connection.writer.start_tls(_any_key(), server_hostname="127.0.0.1")
+            ack, complete = await connection.call(ListRooms())
+            assert ack.ok and complete == RoomList(())
+        finally:
+            await connection.close()
