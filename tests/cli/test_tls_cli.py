@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ocm.cli import build_parser
 from ocm.server.identity import load_identity
 from tests.cli.test_cli import ocm, server_process
 
@@ -101,3 +102,16 @@ async def test_ocm_server_says_in_one_line_what_is_wrong_with_its_certificate(
     )
     assert missing.code == 1 and missing.err.startswith("ocm server: cannot read ")
     assert missing.err.count("\n") == 1
+
+
+def test_insecure_and_fingerprint_belong_to_every_client_command_and_to_ocm_alone() -> None:
+    parser = build_parser()
+    key = load_identity().fingerprint
+    assert (parser.parse_args([]).insecure, parser.parse_args([]).fingerprint) == (False, None)
+    for command in (["rooms"], ["join", "lobby"], ["create", "lobby"]):
+        args = parser.parse_args(command)
+        assert (args.insecure, args.fingerprint) == (False, None), command
+        assert parser.parse_args([*command, "--insecure"]).insecure, command
+        assert parser.parse_args(["--insecure", *command]).insecure, command
+        assert parser.parse_args([*command, "--fingerprint", key]).fingerprint == key
+        assert parser.parse_args(["--fingerprint", key, *command]).fingerprint == key

@@ -4,6 +4,7 @@ plaintext policy, the injection rule, and a tunnel inside TLS."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -11,9 +12,32 @@ from ocm.client import ChatClient, Message, Security
 from ocm.client.exchange import list_rooms
 from ocm.errors import ErrorCode
 from ocm.server.tcp import PLAINTEXT_REFUSED
-from ocm.wire import Ack, ListRooms, Operation, RoomList, encode_header
-from ocm.wire.tcrp import StartTls, TlsReady, encode_request
-from tests.kit import MS, TcrpConnection, next_event, ready, running_server, server_of
+from ocm.wire import (
+    Ack,
+    Admission,
+    CreateRoom,
+    JoinRoom,
+    Kind,
+    ListRooms,
+    Operation,
+    RoomList,
+    ServerDatagram,
+    encode_header,
+)
+from ocm.wire.delivery import Chat, Data, Ping, Status, encode_extended
+from ocm.wire.tcrp import StartTls, TlsReady, Tunnel, Tunnelled, encode_request
+from tests.kit import (
+    LOOPBACK,
+    MS,
+    TcrpConnection,
+    TunnelPeer,
+    next_event,
+    ready,
+    running_server,
+    server_of,
+)
+
+DELIVERY = ("delivery",)
 
 
 def _any_key() -> ssl.SSLContext:
@@ -152,3 +176,56 @@ async def test_a_starttls_of_32_bytes_is_the_same_request() -> None:
             assert ack.ok and complete == RoomList(())
         finally:
             await connection.close()
+
+
+async def test_a_tls_tunnel_that_is_not_read_is_cut_and_the_room_goes_on() -> None:
+    """--tunnel-buffer bounds a tunnel inside TLS as well: the SSL transport counts what
+    waits (section 4), and the cut happens, with the sender's CHATs still coming back."""
+    from tests.server.test_tunnel import boot, on_udp, received, tunnelled
+
+    limit = 16 * 1024
+    async with running_server(tunnel_buffer=limit, allow_plaintext=False) as server:
+        alice = await _admit_over_tls(server.tcp_port, CreateRoom("lobby", "alice", None, DELIVERY))
+        a = await on_udp(alice)
+        bob = await _admit_over_tls(
+            server.tcp_port, JoinRoom("lobby", "bob", None, ("delivery", "tunnel"))
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((LOOPBACK, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, server.tcp_port))
+        connection = TcrpConnection(*await asyncio.open_connection(sock=sock))
+        await _upgrade(connection)
+        ack, complete = await connection.call(Tunnel("lobby", bob.token))
+        assert ack.ok and complete == Tunnelled("lobby")
+        b = TunnelPeer(connection)
+        b.send(encode_extended(Ping(bob.token, 1, boot(bob))))
+        assert isinstance(await tunnelled(b), Status)
+        link = server._endpoint.tunnels[(LOOPBACK, -b.port)]
+        try:
+            assert await received(a) == ServerDatagram(Kind.NOTICE, 1, "", "bob joined")
+            b.stop_reading()
+            text = "x" * 4000
+            n = 0
+            async with asyncio.timeout(4000 * MS):
+                while not link.cut and n < 4000:
+                    n += 1
+                    a.send_raw(encode_extended(Data(alice.token, n, text)))
+                    assert await received(a, 500 * MS) == Chat(1 + n, "alice", n, text)
+            assert link.cut and link.closed
+            assert list(server.registry.rooms["lobby"].members) == ["alice", "bob"]
+        finally:
+            a.close()
+            connection.writer.transport.abort()
+
+
+async def _admit_over_tls(port: int, request: CreateRoom | JoinRoom) -> Admission:
+    connection = await TcrpConnection.open(port)
+    try:
+        await _upgrade(connection)
+        ack, complete = await connection.call(request)
+        assert ack.ok and isinstance(complete, Admission), ack
+        return complete
+    finally:
+        await connection.close()

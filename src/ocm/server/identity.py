@@ -89,7 +89,7 @@ def load_identity(
         return _check_pair(cert_file, key_file, created=False)
     where = data_dir if data_dir is not None else default_data_dir()
     try:
-        where.mkdir(parents=True, exist_ok=True)
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)  # the key is in it
         key_path, cert_path = where / KEY_FILE, where / CERT_FILE
         created = False
         if not key_path.exists():
