@@ -4,11 +4,15 @@ processes; each test has a config directory (so a known_servers file) of its own
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from ocm.cli import build_parser
 from ocm.server.identity import load_identity
-from tests.cli.test_cli import ocm, server_process
+from tests.cli.test_cli import ocm, server_process, spawn
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -115,3 +119,46 @@ def test_insecure_and_fingerprint_belong_to_every_client_command_and_to_ocm_alon
         assert parser.parse_args(["--insecure", *command]).insecure, command
         assert parser.parse_args([*command, "--fingerprint", key]).fingerprint == key
         assert parser.parse_args(["--fingerprint", key, *command]).fingerprint == key
+
+
+@asynccontextmanager
+async def server_at(port: int, data_dir: Path) -> AsyncIterator[None]:
+    """``ocm server`` on 127.0.0.1:``port`` with its key in ``data_dir``."""
+    process = await spawn(
+        "server", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)
+    )
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(10):
+            line = (await process.stderr.readline()).decode()
+        assert "listening" in line, line
+        yield
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP both, as ocm server wants them."""
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        port = int(tcp.getsockname()[1])
+        udp.bind(("127.0.0.1", port))
+    return port
+
+
+async def test_a_server_restarted_with_a_new_data_dir_is_refused(tmp_path: Path) -> None:
+    """The real thing: the same address, a server with another key."""
+    port = free_port()
+    where = f"127.0.0.1:{port}"
+    async with server_at(port, tmp_path / "first"):
+        met = await ocm("rooms", "--server", where, env=_env(tmp_path))
+        assert met.code == 0 and "first contact" in met.err
+    async with server_at(port, tmp_path / "second"):
+        refused = await ocm("rooms", "--server", where, env=_env(tmp_path))
+    old = load_identity(tmp_path / "first").fingerprint
+    new = load_identity(tmp_path / "second").fingerprint
+    assert refused.code == 5 and refused.out == ""
+    assert f"its key was {old}" in refused.err and f"now it is {new}" in refused.err
+    assert f"--fingerprint {new} to accept it" in refused.err
