@@ -54,7 +54,7 @@ from ocm.client import ChatClient, Closed, ErrorReply, Gap, Message, Overflow, U
 from ocm.errors import ConnectionLost
 
 try:
-    from tests.faults import FaultProxy
+    from tests.faults import PLAINTEXT, FaultProxy
 except ImportError as error:  # pragma: no cover - run from elsewhere than the repository root
     raise SystemExit(f"lossy: {error}: run this from the repository root") from None
 
@@ -227,6 +227,8 @@ async def run_point(
                         f"m{index}",
                         delivery=point.delivery,
                         linger=plan.linger,
+                        # The proxy rewrites the admission, which it can do in clear only.
+                        security=PLAINTEXT,
                     )
                     chats.append(chat)
                     readers.append(

@@ -204,6 +204,15 @@ def source_env(source: Path) -> dict[str, str]:
     return env
 
 
+def plaintext_flags(source: Path | None) -> list[str]:
+    """``--allow-plaintext`` for a server that has it (this checkout, or a ``source``
+    with section 5's TLS): the bench speaks version 1 in clear, which such a server
+    refuses without it. An older server serves plaintext anyway, and knows no flag."""
+    if source is None or (source / "ocm" / "server" / "identity.py").exists():
+        return ["--allow-plaintext"]
+    return []
+
+
 def describe_source(source: Path) -> str:
     """Check that ``source`` really is what the before server imports; say which commit.
 
@@ -258,6 +267,7 @@ class Relay:
             python = [sys.executable, "-c", NO_UVLOOP] if target.name == "ocm-asyncio" else []
             command = [*(python or [sys.executable, "-m", "ocm"]), "server"]
             command += ["--host", HOST, "--port", "0"]
+            command += plaintext_flags(before if target.before else None)
         elif target.kind == "bare":
             command = [sys.executable, "-m", "bench.bare_relay", "--port", "0"]
             command += ["--lifetime", lifetime]

@@ -6,7 +6,7 @@ root, ``tc netem`` or a second machine::
 
     async with running_server() as server:
         async with FaultProxy.start(server.tcp_port, server.udp_port, seed=7, loss=0.2) as proxy:
-            chat = await ChatClient.create(proxy.address, "lobby", "alice")
+            chat = await ChatClient.create(proxy.address, "lobby", "alice", security=PLAINTEXT)
             ...
             print(proxy.counters.up.dropped, proxy.counters.down.dropped)
 
@@ -59,6 +59,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict, Unpack
 
+from ocm.client.trust import Security
 from ocm.errors import ProtocolError
 from ocm.server.app import keep_receiving_after_unreachable
 from ocm.wire import (
@@ -76,6 +77,9 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_DELAY",
     "MAX_PENDING",
+    "MODES",
+    "PLAINTEXT",
+    "PROXY_HOST",
     "TUNNEL",
     "Counters",
     "Decision",
@@ -85,7 +89,9 @@ __all__ = [
     "ReplyRewriter",
     "Traffic",
     "decide",
+    "proxy_options",
     "rewrite_udp_port",
+    "security_for",
 ]
 
 Address = tuple[str, int]
@@ -103,6 +109,28 @@ MAX_WAITING = 256
 # No fault may hold a datagram longer than this (seconds): tests stay short.
 MAX_DELAY = 10.0
 READ_SIZE = 64 * 1024
+# Section 5: the two ways a test's clients go through the proxy. In plaintext the
+# proxy rewrites the udp_port of CREATE/JOIN's COMPLETE, which it can only read and
+# change in clear (the server must allow plaintext: tests/kit.py's running_server does).
+# Sealed, inside TLS, the proxy listens on an address of its own with the server's UDP
+# port number (mirror_udp_port). MODES names both; the default product is "sealed".
+PLAINTEXT = Security(insecure=True)
+PROXY_HOST = "127.0.0.9"
+MODES = ("sealed", "plaintext")
+
+
+def security_for(mode: str) -> Security:
+    """The clients' Security in ``mode`` ("sealed" or "plaintext")."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    return Security() if mode == "sealed" else PLAINTEXT
+
+
+def proxy_options(mode: str) -> dict[str, Any]:
+    """What FaultProxy.start needs in ``mode``, besides the faults."""
+    security_for(mode)  # checks the name
+    return {"host": PROXY_HOST, "mirror_udp_port": True} if mode == "sealed" else {}
+
 
 _PROBABILITIES = frozenset({"loss", "duplicate", "reorder"})
 

@@ -42,6 +42,7 @@ from ocm.wire import (
     Reply,
     Request,
     ServerDatagram,
+    TcrpMessage,
     TcrpReader,
     decode_server_datagram,
     encode_client_datagram,
@@ -60,7 +61,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[OCMServer]:
-    """A real OCMServer on 127.0.0.1, port 0, closed on exit.
+    """A real OCMServer on 127.0.0.1, port 0, that also serves plaintext clients
+    (``allow_plaintext=False`` for one that wants TLS), closed on exit.
 
     ``overrides`` are fields of ServerConfig (``host="::"``) or of Limits
     (``idle_timeout=0.2``, ``max_members=2``), the latter on top of the defaults, except
@@ -71,7 +73,10 @@ async def running_server(**overrides: Any) -> AsyncIterator[OCMServer]:
     limits: dict[str, Any] = {"closed_resend_interval": 10 * MS}
     limits |= {name: value for name, value in overrides.items() if name in limit_names}
     others = {name: value for name, value in overrides.items() if name not in limit_names}
-    config = replace(ServerConfig(host=LOOPBACK, port=0), **others)
+    # Plaintext allowed: the server tests speak version 1 byte for byte on purpose; the
+    # library clients go over TLS (their default) all the same. The data directory is
+    # the session's (tests/conftest.py): one key for every test server.
+    config = replace(ServerConfig(host=LOOPBACK, port=0, allow_plaintext=True), **others)
     config = replace(config, limits=replace(config.limits, **limits))
     server = await OCMServer.start(config)
     try:
@@ -280,7 +285,8 @@ async def until(condition: Callable[[], bool], timeout: float = 2000 * MS) -> No
 
 
 class ServerProcess:
-    """``python -m ocm server`` on loopback port 0 in a child process, from src/."""
+    """``python -m ocm server --allow-plaintext`` on loopback port 0 in a child process,
+    from src/."""
 
     def __init__(self, process: subprocess.Popen[str], tcp_port: int) -> None:
         self.process = process
@@ -290,6 +296,7 @@ class ServerProcess:
     async def start(cls, *flags: str) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         command = [sys.executable, "-m", "ocm", "server", "--host", LOOPBACK, "--port", "0"]
+        command.append("--allow-plaintext")  # raw TCRP from the tests, and TLS clients
         process = subprocess.Popen(
             [*command, *flags], stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env
         )
@@ -385,8 +392,7 @@ class FakeServer:
         self.answering = asyncio.Event()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        message = await read_message(reader, TcrpReader())
-        request = parse_request(message)
+        message, request = await fake_request(reader, writer)
         self.requests.append(request)
         self.answering.set()
         await asyncio.sleep(self.delay)
@@ -408,6 +414,27 @@ class FakeServer:
         assert self.udp.transport is not None
         data = encode_server_datagram(ServerDatagram(kind, seq, sender, text))
         self.udp.transport.sendto(data, self.udp.last_address)
+
+
+async def fake_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[TcrpMessage, Request]:
+    """A fake server's first real request on a connection: a STARTTLS before it is
+    answered and the connection upgraded with the session's server key (section 5), as
+    a real server does, so that clients test over TLS as they run."""
+    from ocm.server.identity import load_identity, server_context
+    from ocm.wire.tcrp import StartTls, TlsReady
+
+    framer = TcrpReader()
+    message = await read_message(reader, framer)
+    request = parse_request(message)
+    if isinstance(request, StartTls):
+        writer.write(encode_reply(Ack(Operation.STARTTLS)) + encode_reply(TlsReady()))
+        await writer.drain()
+        await writer.start_tls(server_context(load_identity()))
+        message = await read_message(reader, TcrpReader())
+        request = parse_request(message)
+    return message, request
 
 
 @asynccontextmanager

@@ -20,20 +20,38 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
+
 from ocm.client import ChatClient, Closed, Event, Gap, Message, Notice
 from ocm.client.delivery import STOPPED_ANSWERING, restarted_reason
 from ocm.server.app import OCMServer
 from ocm.wire.delivery import Ping, Restarted, decode_received, encode_extended
-from tests.faults import FaultProxy, Faults
-from tests.kit import LOOPBACK, MS, UdpPeer, running_server, server_of, until
+from tests.faults import (
+    MODES,
+    PROXY_HOST,
+    FaultProxy,
+    Faults,
+    proxy_options,
+    security_for,
+)
+from tests.kit import LOOPBACK, MS, UdpPeer, has_loopback_alias, running_server, server_of, until
+
+# Section 5: the clients are sealed (TLS, the proxy on an address of its own) unless a
+# test runs in both modes; sealed needs that address.
+pytestmark = pytest.mark.skipif(
+    not has_loopback_alias(PROXY_HOST), reason=f"{PROXY_HOST} is not loopback here"
+)
 
 # The issue's network, one direction.
 BAD = {"loss": 0.20, "duplicate": 0.05, "reorder": 0.10, "reorder_min": 0.005, "reorder_max": 0.060}
 BEAT = 100 * MS  # heartbeat interval: liveness in 0.3 s, a trailing loss found in 0.1 s
+SEALED = security_for("sealed")
 
 
 @contextlib.asynccontextmanager
-async def lossy(server: OCMServer, seed: int, **faults: float) -> AsyncIterator[FaultProxy]:
+async def lossy(
+    server: OCMServer, seed: int, mode: str = "sealed", **faults: float
+) -> AsyncIterator[FaultProxy]:
     settings = faults or BAD
     async with FaultProxy.start(
         server.tcp_port,
@@ -41,6 +59,7 @@ async def lossy(server: OCMServer, seed: int, **faults: float) -> AsyncIterator[
         seed=seed,
         up=Faults(**settings),
         down=Faults(**settings),
+        **proxy_options(mode),
     ) as proxy:
         yield proxy
 
@@ -56,13 +75,19 @@ async def collect(chat: ChatClient, count: int, timeout: float = 20_000 * MS) ->
     return events
 
 
-async def test_every_message_once_in_one_order() -> None:
-    async with running_server() as server, lossy(server, seed=1) as proxy:
-        alice = await ChatClient.create(proxy.address, "lobby", "alice", heartbeat_interval=BEAT)
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_message_once_in_one_order(mode: str) -> None:
+    security = security_for(mode)
+    async with running_server() as server, lossy(server, 1, mode) as proxy:
+        alice = await ChatClient.create(
+            proxy.address, "lobby", "alice", heartbeat_interval=BEAT, security=security
+        )
         members = [alice]
         for name in ("bob", "carol"):
             members.append(
-                await ChatClient.join(proxy.address, "lobby", name, heartbeat_interval=BEAT)
+                await ChatClient.join(
+                    proxy.address, "lobby", name, heartbeat_interval=BEAT, security=security
+                )
             )
         listening = [asyncio.create_task(collect(m, 90)) for m in members]
 
@@ -90,7 +115,9 @@ async def test_every_message_once_in_one_order() -> None:
 async def test_a_gap_is_reported_once_only_when_the_server_no_longer_has_it() -> None:
     async with running_server(history_messages=5) as server, lossy(server, 2, loss=0.0) as proxy:
         alice = await ChatClient.create(server_of(server), "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=SEALED
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.down.loss = 1.0  # bob hears nothing while alice says 12 things
         for n in range(12):
@@ -113,7 +140,9 @@ async def test_a_gap_is_reported_once_only_when_the_server_no_longer_has_it() ->
 async def test_a_lost_last_message_is_found_without_a_next_one() -> None:
     async with running_server() as server, lossy(server, 3, loss=0.0) as proxy:
         alice = await ChatClient.create(server_of(server), "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=SEALED
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.down.loss = 1.0
         await alice.send("the last word")
@@ -131,7 +160,7 @@ async def test_a_joiner_whose_first_pings_are_lost_misses_nothing() -> None:
         await alice.send("before bob")
         proxy.up.loss = 1.0  # bob's PINGs are lost: the server does not know his address
         bob = await ChatClient.join(
-            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, history=2
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, history=2, security=SEALED
         )
         for n in range(3):
             await alice.send(f"to bob {n}")
@@ -153,7 +182,9 @@ async def test_a_vanished_server_is_noticed_within_four_heartbeats() -> None:
     """Three intervals of silence, then one interval at most for TCP to say whether the
     server is still there (section 4: it may be only UDP that is gone)."""
     async with running_server() as server, lossy(server, 5, loss=0.0) as proxy:
-        bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.create(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=SEALED
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.blackhole()  # no answers, no ICMP: as if the host were unplugged
         started = asyncio.get_running_loop().time()
@@ -168,7 +199,9 @@ async def test_a_restart_is_named_as_such() -> None:
     async with running_server() as first:
         ports = {"port": first.tcp_port, "udp_port": first.udp_port}
         async with lossy(first, 6, loss=0.0) as proxy:
-            bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+            bob = await ChatClient.create(
+                proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=SEALED
+            )
             await until(lambda: first.registry.rooms["lobby"].members["bob"].address is not None)
             proxy.blackhole()  # bob misses the CLOSED: as if the server had crashed
             await first.close()
@@ -204,9 +237,10 @@ async def test_a_restart_reaches_every_client_behind_one_address() -> None:
 async def test_twenty_percent_loss_does_not_evict_quiet_members() -> None:
     idle = 600 * MS
     async with running_server(idle_timeout=idle) as server, lossy(server, 7) as proxy:
-        host = await ChatClient.create(proxy.address, "quiet", "host")
+        host = await ChatClient.create(proxy.address, "quiet", "host", security=SEALED)
         members = [host] + [
-            await ChatClient.join(proxy.address, "quiet", f"m{n}") for n in range(14)
+            await ChatClient.join(proxy.address, "quiet", f"m{n}", security=SEALED)
+            for n in range(14)
         ]
         assert host.heartbeat_interval == idle / 3
         await asyncio.sleep(10 * idle)  # 10 idle timeouts, nobody says a word
@@ -221,8 +255,8 @@ async def test_twenty_percent_loss_does_not_evict_quiet_members() -> None:
 
 async def test_leaving_over_a_lossy_network_is_confirmed_and_quick() -> None:
     async with running_server() as server, lossy(server, 8) as proxy:
-        alice = await ChatClient.create(proxy.address, "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob")
+        alice = await ChatClient.create(proxy.address, "lobby", "alice", security=SEALED)
+        bob = await ChatClient.join(proxy.address, "lobby", "bob", security=SEALED)
         assert await bob.close()
         assert "bob" not in server.registry.rooms["lobby"].members
         started = asyncio.get_running_loop().time()
@@ -249,7 +283,9 @@ async def test_shutdown_reaches_every_member_through_loss() -> None:
         lossy(server, 9, loss=0.10) as proxy,
     ):
         members = [
-            await ChatClient.create(proxy.address, f"r{n}", f"u{n}", heartbeat_interval=BEAT)
+            await ChatClient.create(
+                proxy.address, f"r{n}", f"u{n}", heartbeat_interval=BEAT, security=SEALED
+            )
             for n in range(20)
         ]
         rooms = server.registry.rooms

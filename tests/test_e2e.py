@@ -46,7 +46,8 @@ from ocm.wire.e2e import (
     seal_text,
 )
 from ocm.wire.framer import TcrpReader
-from ocm.wire.tcrp import E2eParams, LookupRoom, RoomDetails
+from ocm.wire.tcrp import E2eParams, LookupRoom, RoomDetails, StartTls
+from tests.faults import PLAINTEXT
 from tests.kit import (
     LOOPBACK,
     MS,
@@ -209,7 +210,10 @@ async def test_a_wrong_password_is_wrong_password() -> None:
 async def test_a_join_without_the_feature_is_refused_before_the_password_and_not_counted() -> None:
     async with running_server(max_password_failures=1) as server:
         port = server.tcp_port
-        alice = await ChatClient.create(server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR)
+        # A plaintext room (section 5), so that raw version 1 requests may join it.
+        alice = await ChatClient.create(
+            server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR, security=PLAINTEXT
+        )
         async with alice:
             for password in (PASSWORD, KEYS.auth_password, "guess", None):
                 ack, _ = await call(port, JoinRoom("vault", "old", password, ("delivery",)))
@@ -226,8 +230,13 @@ async def test_a_join_without_the_feature_is_refused_before_the_password_and_not
 async def test_lookup_room_tells_the_parameters_of_an_e2e_room_only() -> None:
     async with running_server() as server:
         port = server.tcp_port
-        alice = await ChatClient.create(server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR)
-        plain = await ChatClient.create(server_of(server), "secret", "carol", "pw")
+        # Plaintext rooms (section 5), so that raw requests in clear may join them.
+        alice = await ChatClient.create(
+            server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR, security=PLAINTEXT
+        )
+        plain = await ChatClient.create(
+            server_of(server), "secret", "carol", "pw", security=PLAINTEXT
+        )
         async with alice, plain:
             connection = await TcrpConnection.open(port)
             try:  # several lookups, then a join, on one connection
@@ -340,7 +349,9 @@ async def test_a_joiner_of_a_server_without_lookup_joins_as_before() -> None:
         listener = await asyncio.start_server(handle, LOOPBACK, 0)
         port = listener.sockets[0].getsockname()[1]
         try:
-            chat = await ChatClient.join((LOOPBACK, port), "lobby", "bob", "pw", delivery=False)
+            chat = await ChatClient.join(
+                (LOOPBACK, port), "lobby", "bob", "pw", delivery=False, security=PLAINTEXT
+            )
             async with chat:
                 assert not chat.e2e
         finally:
@@ -371,7 +382,7 @@ async def test_a_joiner_never_sends_the_password_to_an_e2e_room(
         bob = await ChatClient.join(server_of(server), "vault", "bob", PASSWORD)
         async with alice, bob:
             assert bob.e2e
-    create, lookup, join = parsed[:3]
+    create, lookup, join = [r for r in parsed if not isinstance(r, StartTls)][:3]
     assert isinstance(create, CreateRoom) and create.e2e == FLOOR
     assert lookup == LookupRoom("vault")
     assert isinstance(join, JoinRoom) and "e2e" in join.features
@@ -390,7 +401,9 @@ async def test_a_message_that_does_not_open_is_dropped_counted_and_reported_once
     async with running_server() as server:
         alice = await ready(
             server,
-            await ChatClient.create(server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR),
+            await ChatClient.create(
+                server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR, security=PLAINTEXT
+            ),
         )
         async with alice:
             admission = await admit(

@@ -36,6 +36,7 @@ from ocm.wire import (
     parse_reply,
 )
 from tests.faults import (
+    PLAINTEXT,
     TUNNEL,
     Counters,
     Decision,
@@ -480,10 +481,14 @@ async def test_the_library_client_works_through_the_proxy_and_sees_its_losses() 
                 linger=50 * MS,
                 confirm_timeout=200 * MS,
                 delivery=False,
+                security=PLAINTEXT,
             ),
         )
         bob = await ready(
-            server, await ChatClient.join(proxy.address, "lobby", "bob", delivery=False)
+            server,
+            await ChatClient.join(
+                proxy.address, "lobby", "bob", delivery=False, security=PLAINTEXT
+            ),
         )
         async with alice, bob:
             assert alice.udp_port == proxy.udp_port

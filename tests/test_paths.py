@@ -26,17 +26,29 @@ from ocm.client import ChatClient, Closed, Event, Gap, Message, Notice, PathChan
 from ocm.client.chat import OVER_TCP, RESUMED
 from ocm.client.delivery import STOPPED_ANSWERING
 from ocm.server.app import OCMServer
-from tests.faults import FaultProxy
+from tests.faults import MODES, PROXY_HOST, FaultProxy, proxy_options, security_for
 from tests.kit import MS, has_loopback_alias, running_server, server_of, until
 
 BEAT = 100 * MS  # heartbeat interval: a blocked path is taken for blocked in 0.3 s
 MOVED_HOST = "127.0.0.3"
+SEALED = security_for("sealed")
+# Section 5: the clients are sealed (TLS, the proxy on an address of its own) unless a
+# test runs in both modes; sealed needs that address.
+pytestmark = pytest.mark.skipif(
+    not has_loopback_alias(PROXY_HOST), reason=f"{PROXY_HOST} is not loopback here"
+)
 
 
 @contextlib.asynccontextmanager
-async def proxied(server: OCMServer, *, drop_all_udp: bool = False) -> AsyncIterator[FaultProxy]:
+async def proxied(
+    server: OCMServer, mode: str = "sealed", *, drop_all_udp: bool = False
+) -> AsyncIterator[FaultProxy]:
     async with FaultProxy.start(
-        server.tcp_port, server.udp_port, seed=12, drop_all_udp=drop_all_udp
+        server.tcp_port,
+        server.udp_port,
+        seed=12,
+        drop_all_udp=drop_all_udp,
+        **proxy_options(mode),
     ) as proxy:
         yield proxy
 
@@ -56,16 +68,20 @@ def texts(events: list[Event]) -> list[str]:
     return [e.text for e in events if isinstance(e, Message)]
 
 
-async def test_where_udp_is_blocked_the_chat_goes_over_tcp_both_ways() -> None:
-    async with running_server() as server, proxied(server, drop_all_udp=True) as proxy:
+@pytest.mark.parametrize("mode", MODES)
+async def test_where_udp_is_blocked_the_chat_goes_over_tcp_both_ways(mode: str) -> None:
+    security = security_for(mode)
+    async with running_server() as server, proxied(server, mode, drop_all_udp=True) as proxy:
         alice = await ChatClient.create(
-            server_of(server), "lobby", "alice", heartbeat_interval=BEAT
+            server_of(server), "lobby", "alice", heartbeat_interval=BEAT, security=security
         )
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=security
+        )
         assert not bob.over_tcp  # it tries UDP first
         first = await asyncio.wait_for(anext(bob), 2000 * MS)
         assert first == PathChanged(OVER_TCP) and bob.over_tcp and not alice.over_tcp
-        assert proxy.tunnels == 1
+        assert len(server._endpoint.tunnels) == 1  # (TLS hides TUNNEL from the proxy)
         for n in range(20):
             await alice.send(f"a{n}")
             await bob.send(f"b{n}")
@@ -103,12 +119,18 @@ async def test_tcp_true_tunnels_from_the_start() -> None:
 
 
 @pytest.mark.skipif(not has_loopback_alias(MOVED_HOST), reason=f"{MOVED_HOST} is not loopback")
-async def test_a_member_whose_address_changes_keeps_its_place_and_misses_nothing() -> None:
-    async with running_server() as server, proxied(server) as proxy:
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_member_whose_address_changes_keeps_its_place_and_misses_nothing(
+    mode: str,
+) -> None:
+    security = security_for(mode)
+    async with running_server() as server, proxied(server, mode) as proxy:
         alice = await ChatClient.create(
-            server_of(server), "lobby", "alice", heartbeat_interval=BEAT
+            server_of(server), "lobby", "alice", heartbeat_interval=BEAT, security=security
         )
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=security
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         seq_before = server.registry.rooms["lobby"].seq
         for n in range(5):
@@ -160,7 +182,9 @@ async def test_a_broken_tunnel_is_resumed_and_opened_again() -> None:
 
 async def test_a_server_gone_for_good_is_still_noticed_with_a_tunnel() -> None:
     async with running_server() as server, proxied(server, drop_all_udp=True) as proxy:
-        bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.create(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=SEALED
+        )
         assert await asyncio.wait_for(anext(bob), 2000 * MS) == PathChanged(OVER_TCP)
         proxy.blackhole()
         for link in list(server._endpoint.tunnels.values()):
@@ -212,7 +236,9 @@ async def test_udp_and_tcp_from_two_addresses_end_up_in_a_tunnel_not_a_loop() ->
     row takes the tunnel, where TCP is all there is."""
     async with running_server() as server, proxied(server) as proxy:
         alice = await ChatClient.create(server_of(server), "lobby", "alice")
-        bob = await ChatClient.join(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.join(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=SEALED
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.move(MOVED_HOST, tcp=False)
         await bob.send("one")
@@ -231,7 +257,9 @@ async def test_leaving_right_after_a_move_leaves_no_ghost() -> None:
     refused from the new address, so it resumes there and leaves over TCP. The room
     must not keep it (a host's room must close), and close() says it left."""
     async with running_server() as server, proxied(server) as proxy:
-        bob = await ChatClient.create(proxy.address, "lobby", "bob", heartbeat_interval=BEAT)
+        bob = await ChatClient.create(
+            proxy.address, "lobby", "bob", heartbeat_interval=BEAT, security=SEALED
+        )
         await until(lambda: server.registry.rooms["lobby"].members["bob"].address is not None)
         proxy.move(MOVED_HOST)
         assert await bob.close()

@@ -144,7 +144,8 @@ async def test_without_add_signal_handler_a_plain_handler_stops_the_server(
     monkeypatch.setattr(loop, "add_signal_handler", unsupported)
     caplog.set_level(logging.INFO, logger="ocm.server")
     before = signal.getsignal(signal.SIGINT)
-    task = asyncio.create_task(serve(ServerConfig(host=LOOPBACK, port=0)))
+    # Plaintext allowed: the test speaks raw TCRP.
+    task = asyncio.create_task(serve(ServerConfig(host=LOOPBACK, port=0, allow_plaintext=True)))
     try:
         async with asyncio.timeout(2000 * MS):
             while signal.getsignal(signal.SIGINT) is before:
@@ -210,7 +211,18 @@ def test_ctrl_c_before_the_server_is_up_exits_quietly(
 def _server_process(*extra_env: tuple[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **dict(extra_env)}
     return subprocess.Popen(
-        [sys.executable, "-m", "ocm", "server", "--host", LOOPBACK, "--port", "0"],
+        # --allow-plaintext: the tests speak raw TCRP.
+        [
+            sys.executable,
+            "-m",
+            "ocm",
+            "server",
+            "--host",
+            LOOPBACK,
+            "--port",
+            "0",
+            "--allow-plaintext",
+        ],
         stderr=subprocess.PIPE,
         env=env,
     )

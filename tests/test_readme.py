@@ -43,7 +43,9 @@ def test_server_flag_table_matches_the_parser() -> None:
         actual = flags[flag].default
         if actual is None:
             continue  # --udp-port: "the TCP port"
-        if isinstance(actual, int | float):
+        if isinstance(actual, bool):  # a switch: --allow-plaintext
+            assert default == ("on" if actual else "off"), flag
+        elif isinstance(actual, int | float):
             assert float(default) == float(actual), flag
         else:
             assert default == actual, flag

@@ -11,7 +11,9 @@ code from the protocol (section 1 of docs/protocol.md), so a caller can branch o
     │                            name over 255 bytes (encoders and checks of our input)
     ├── RoomError            the room registry refused a request (room_exists, ...)
     ├── ServerError          the server answered our request with an error ACK (client side)
-    └── ConnectionLost       the server cannot be reached or went away (client side)
+    ├── ConnectionLost       the server cannot be reached or went away (client side)
+    └── ServerKeyChanged     the server's TLS key is not the one we know or were given:
+                             nothing was sent (client side, section 5)
 
 A decoder never lets an IndexError, KeyError or UnicodeDecodeError escape: malformed
 input is always a RemoteProtocolError. The split is h11's: "the peer broke the
@@ -97,3 +99,16 @@ class ConnectionLost(OCMError):
 
     def __init__(self, message: str) -> None:
         super().__init__(None, message)
+
+
+class ServerKeyChanged(OCMError):
+    """The server showed a TLS key other than the one the client trusts for it (its
+    known_servers entry, or the fingerprint it was given): the connection was closed
+    before anything was sent. ``new`` is the key it showed, ``old`` the one expected
+    (None where a certificate authority had vouched for the server)."""
+
+    def __init__(self, message: str, *, where: str, old: str | None, new: str) -> None:
+        super().__init__(None, message)
+        self.where = where
+        self.old = old
+        self.new = new

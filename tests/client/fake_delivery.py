@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ocm.client.exchange import read_message
 from ocm.errors import ErrorCode
 from ocm.wire import (
     Ack,
@@ -33,9 +32,7 @@ from ocm.wire import (
     Operation,
     Request,
     ServerDatagram,
-    TcrpReader,
     encode_reply,
-    parse_request,
 )
 from ocm.wire.delivery import (
     DELIVERY,
@@ -54,7 +51,7 @@ from ocm.wire.delivery import (
     decode_extended,
     encode_received,
 )
-from tests.kit import LOOPBACK, MS
+from tests.kit import LOOPBACK, MS, fake_request
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -173,8 +170,7 @@ class FakeDeliveryServer:
     # -- TCP -----------------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        message = await read_message(reader, TcrpReader())
-        request = parse_request(message)
+        message, request = await fake_request(reader, writer)
         self.requests.append(request)
         port = self.udp.transport.get_extra_info("sockname")[1] if self.udp.transport else 0
         match request:

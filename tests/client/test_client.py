@@ -28,6 +28,7 @@ from ocm.client import (
     Message,
     Notice,
     Overflow,
+    Security,
     Undelivered,
     format_server_address,
     list_rooms,
@@ -353,10 +354,19 @@ async def test_the_heartbeat_follows_the_idle_timeout_the_server_sends() -> None
 async def test_a_dropped_member_learns_it_from_the_token_error(delivery: bool) -> None:
     async with running_server(idle_timeout=200 * MS) as server:
         where = server_of(server)
+        # Sealed rooms admit sealed members only, and sealing needs delivery (section 5):
+        # a version 1 bob joins a plaintext room.
+        security = Security(insecure=not delivery)
         alice = await ready(
-            server, await ChatClient.create(where, "lobby", "alice", heartbeat_interval=FAST)
+            server,
+            await ChatClient.create(
+                where, "lobby", "alice", heartbeat_interval=FAST, security=security
+            ),
         )
-        bob = await ready(server, await ChatClient.join(where, "lobby", "bob", delivery=delivery))
+        bob = await ready(
+            server,
+            await ChatClient.join(where, "lobby", "bob", delivery=delivery, security=security),
+        )
         # Bob goes silent (a suspended laptop): his timer, and so his heartbeat, stops.
         # (He would otherwise beat every idle_timeout / 3, as the server tells him.)
         bob._stop_timers()

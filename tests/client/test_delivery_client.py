@@ -33,7 +33,7 @@ from ocm.errors import ConnectionLost
 from ocm.wire import MAX_DATAGRAM, JoinRoom, Kind, LeaveRoom
 from ocm.wire.delivery import Chat, Data, Departed, Leave, Ping, Repair
 from tests.client.fake_delivery import FakeDeliveryServer, delivery_server
-from tests.faults import FaultProxy
+from tests.faults import PLAINTEXT, FaultProxy
 from tests.kit import LOOPBACK, MS, next_event, ready, running_server, server_of, settle, until
 
 BEAT = 50 * MS  # a heartbeat interval for tests about heartbeats: liveness in 150 ms
@@ -445,10 +445,16 @@ async def test_real_server_leave_and_host_close_are_confirmed_at_once() -> None:
 
 
 async def test_real_server_mixed_room_of_both_versions() -> None:
+    """A version 1 member cannot be sealed (section 5 builds on delivery): the two
+    versions share a plaintext room, on a server that allows one."""
     async with running_server() as server:
         where = server_of(server)
-        alice = await ready(server, await ChatClient.create(where, "lobby", "alice"))
-        bob = await ready(server, await ChatClient.join(where, "lobby", "bob", delivery=False))
+        alice = await ready(
+            server, await ChatClient.create(where, "lobby", "alice", security=PLAINTEXT)
+        )
+        bob = await ready(
+            server, await ChatClient.join(where, "lobby", "bob", delivery=False, security=PLAINTEXT)
+        )
         assert alice.delivery and not bob.delivery
         await bob.send("from version 1")
         await alice.send("from delivery")
@@ -483,11 +489,15 @@ async def test_real_server_through_a_lossy_network_every_message_once_in_order()
     ):
         beat = 300 * MS  # a lost last message is found by the next STATUS
         members = [
-            await ChatClient.create(proxy.address, "lobby", "alice", heartbeat_interval=beat)
+            await ChatClient.create(
+                proxy.address, "lobby", "alice", heartbeat_interval=beat, security=PLAINTEXT
+            )
         ]
         for name in ("bob", "carol"):
             members.append(
-                await ChatClient.join(proxy.address, "lobby", name, heartbeat_interval=beat)
+                await ChatClient.join(
+                    proxy.address, "lobby", name, heartbeat_interval=beat, security=PLAINTEXT
+                )
             )
         assert all(m.delivery for m in members)
 

@@ -143,6 +143,7 @@ class ServerProcess:
                 LOOPBACK,
                 "--port",
                 "0",
+                "--allow-plaintext",  # the attackers and the room speak raw version 1
                 *limits.flags(),
             ],
             stdin=subprocess.DEVNULL,

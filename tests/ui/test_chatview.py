@@ -488,6 +488,9 @@ def test_info_who_and_toolbar() -> None:
     assert sending[-1] == ("class:bottom-toolbar.sending", " · 2 sending")
     tunnelled = toolbar("lobby", ["alice"], "alice", "alice", over_tcp=True)
     assert plain(tunnelled).endswith("· /help · over TCP")
+    # Section 5: a client without TLS (--insecure) says so; an encrypted one says nothing.
+    clear = toolbar("lobby", ["alice"], "alice", "alice", over_tcp=True, encrypted=False)
+    assert plain(clear).endswith("· /help · over TCP · not encrypted")
 
 
 @pytest.mark.parametrize(

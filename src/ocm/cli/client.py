@@ -4,8 +4,8 @@ Their flags, and the flow from the command line to a chat: who and where, the pa
 entering the room, then the interactive UI on a terminal (:mod:`ocm.ui.terminal`) or the
 pipe mode otherwise (:mod:`ocm.ui.pipe`). Those two are imported only when used: the parser
 is built for ``ocm server`` too, and what it loads (this module, :mod:`ocm.client`)
-needs nothing outside the standard library. Every error ends here as one line and an
-exit status, never a traceback.
+needs nothing outside the standard library but ``cryptography`` (TLS). Every error ends
+here as one line and an exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from ocm.client import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_PORT,
     ChatClient,
+    Security,
     format_server_address,
     list_rooms,
     parse_server_address,
 )
 from ocm.client.delivery import MAX_HELD
 from ocm.client.exchange import describe_error
-from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ServerError
+from ocm.errors import ErrorCode, LocalProtocolError, OCMError, ServerError, ServerKeyChanged
+from ocm.wire.fingerprint import is_fingerprint
 from ocm.wire.names import validate_name
 
 if TYPE_CHECKING:
@@ -79,6 +81,11 @@ EXIT_STATUSES = (
         "you lost the room, which may go on: the server stopped answering, restarted or "
         "closed its port, your network went away, or the server dropped you after too long "
         "a silence; or it never confirmed your leave",
+    ),
+    (
+        5,
+        "the server's key is not the one known for it (or given with --fingerprint): "
+        "nothing was sent; the message says how to accept the new key",
     ),
     (130, "Ctrl-C in pipe mode"),
     (143, "SIGTERM"),
@@ -131,6 +138,35 @@ def _env_server() -> str:
     return text
 
 
+def _fingerprint(text: str) -> str:
+    if not is_fingerprint(text):
+        raise argparse.ArgumentTypeError(
+            f"not a key fingerprint: {text} (SHA256: and 43 base64 characters, as the "
+            "server logs it)"
+        )
+    return text
+
+
+def _security_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--insecure`` and ``--fingerprint``, for ``ocm`` alone (``default`` False and
+    None) and each command (SUPPRESS: ``ocm --insecure join`` works too)."""
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=False if default is None else default,
+        help="talk to the server in plaintext, without TLS: only for a server started with "
+        "--allow-plaintext (or an older one); the password and the chat can be read on the way",
+    )
+    parser.add_argument(
+        "--fingerprint",
+        type=_fingerprint,
+        default=default,
+        metavar="SHA256:...",
+        help="accept only the server key with this fingerprint (the server logs it when it "
+        "starts), and remember it: also how to accept a server's new key",
+    )
+
+
 def _history_flag(parser: argparse.ArgumentParser, default: object, help: str) -> None:
     parser.add_argument("--history", type=count(MAX_HELD), default=default, metavar="K", help=help)
 
@@ -152,6 +188,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         False,
         "without a command: no terminal bell when someone names you while you are not typing",
     )
+    _security_flags(parser, None)
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -165,6 +202,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"the server; [ADDRESS]:PORT for IPv6 (default: ${SERVER_ENV} or "
         f"localhost:{DEFAULT_PORT})",
     )
+    _security_flags(where, argparse.SUPPRESS)
     who = argparse.ArgumentParser(add_help=False)
     who.add_argument("--name", help="your name in the room (asked on a terminal if not given)")
     secret = who.add_mutually_exclusive_group()
@@ -288,6 +326,9 @@ def run(args: argparse.Namespace) -> int:
     except _Usage as error:
         print(f"ocm: {error}", file=sys.stderr)
         return 2
+    except ServerKeyChanged as error:
+        print(f"ocm: {error.message}", file=sys.stderr)
+        return 5
     except OCMError as error:
         print(f"ocm: {_explain(error, args)}", file=sys.stderr)
         return 1
@@ -353,9 +394,28 @@ async def _client(args: argparse.Namespace) -> int:
         remove()
 
 
+def _security(args: argparse.Namespace) -> Security:
+    """TLS as the flags say; a first contact is told once on stderr (section 5)."""
+    if args.insecure and args.fingerprint is not None:
+        raise _Usage("--insecure and --fingerprint exclude each other")
+
+    def first_contact(where: str, fingerprint: str) -> None:
+        print(
+            f"ocm: first contact with {where}; its key {fingerprint} is now remembered in "
+            f"{security.path}",
+            file=sys.stderr,
+        )
+
+    security = Security(
+        insecure=args.insecure, fingerprint=args.fingerprint, on_first_contact=first_contact
+    )
+    return security
+
+
 async def _chat(args: argparse.Namespace) -> int:
     if args.command is not None and args.server is None:  # a bad $OCM_SERVER, no --server
         _env_server()
+    security = _security(args)
     if args.command is None:
         if not _on_terminal():
             raise _Usage(
@@ -364,9 +424,11 @@ async def _chat(args: argparse.Namespace) -> int:
         from ocm.ui import terminal
 
         history = terminal.DEFAULT_HISTORY if args.history is None else args.history
-        return await terminal.interactive(_env_server(), history=history, bell=not args.no_bell)
+        return await terminal.interactive(
+            _env_server(), history=history, bell=not args.no_bell, security=security
+        )
     if args.command == "rooms":
-        return await _print_rooms(args.server)
+        return await _print_rooms(args.server, security)
     prompter = None
     if _on_terminal():
         from ocm.ui import terminal
@@ -379,38 +441,28 @@ async def _chat(args: argparse.Namespace) -> int:
         name = await terminal.ask_name(prompter)
     # Trimmed as the server does (spaces only), and refused before anything is sent.
     validate_name(name.strip(" "), "name", error=LocalProtocolError)
-    password = await _password(args, prompter)
+    password = await _password(args, prompter, security)
     e2e = args.e2e
     if e2e and not password:
         ways = _PASSWORD_WAYS_ON_TERMINAL if prompter is not None else _PASSWORD_WAYS
         raise _Usage(f"an end-to-end room (--e2e) needs a password: give it with {ways}")
+    enter = ChatClient.create if args.command == "create" else ChatClient.join
     history = args.history
     if history is None:
         history = terminal.DEFAULT_HISTORY if prompter is not None else 0
     while True:
         try:
-            if args.command == "create":
-                chat = await ChatClient.create(
-                    args.server,
-                    args.room,
-                    name,
-                    password,
-                    e2e=e2e,
-                    heartbeat_interval=args.heartbeat,
-                    history=history,
-                    tcp=args.tcp,
-                )
-            else:
-                chat = await ChatClient.join(
-                    args.server,
-                    args.room,
-                    name,
-                    password,
-                    e2e=e2e,
-                    heartbeat_interval=args.heartbeat,
-                    history=history,
-                    tcp=args.tcp,
-                )
+            chat = await enter(
+                args.server,
+                args.room,
+                name,
+                password,
+                e2e=e2e,
+                heartbeat_interval=args.heartbeat,
+                history=history,
+                tcp=args.tcp,
+                security=security,
+            )
             break
         except ServerError as error:
             # On a terminal, what was asked there and refused is asked again, and only
@@ -437,7 +489,9 @@ def _password_asked(args: argparse.Namespace) -> bool:
     return args.ask_password or (args.password is None and not os.environ.get(PASSWORD_ENV))
 
 
-async def _password(args: argparse.Namespace, prompter: Prompter | None) -> str | None:
+async def _password(
+    args: argparse.Namespace, prompter: Prompter | None, security: Security
+) -> str | None:
     if args.ask_password:
         if prompter is None:
             raise _Usage(f"--ask-password needs a terminal; in scripts set {PASSWORD_ENV}")
@@ -453,7 +507,7 @@ async def _password(args: argparse.Namespace, prompter: Prompter | None) -> str 
     if args.command == "join" and prompter is not None:
         # On a terminal, ask only if the room wants one: a wrong guess counts against
         # the rate limit.
-        listed = {room.name: room for room in await list_rooms(args.server)}
+        listed = {room.name: room for room in await list_rooms(args.server, security=security)}
         if args.room not in listed:
             raise ServerError(ErrorCode.NO_SUCH_ROOM, f'no room named "{args.room}"')
         if listed[args.room].protected:
@@ -463,10 +517,10 @@ async def _password(args: argparse.Namespace, prompter: Prompter | None) -> str 
     return None
 
 
-async def _print_rooms(server: tuple[str, int]) -> int:
+async def _print_rooms(server: tuple[str, int], security: Security) -> int:
     from ocm.ui.chatview import one_line
 
-    rooms = await list_rooms(server)
+    rooms = await list_rooms(server, security=security)
     if not rooms:
         print(f"no rooms on {format_server_address(server)} — create one with: ocm create ROOM")
         return 0

@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from ocm.cli import SERVER_SUMMARY
 from ocm.cli.args import port
 from ocm.server.app import ServerConfig, serve
+from ocm.server.identity import IdentityError
 from ocm.server.limits import Limits, flags
 from ocm.wire.constants import DEFAULT_PORT
 
@@ -41,6 +43,34 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     server.add_argument(
         "--udp-port", type=port, default=None, help="UDP port (default: the TCP port)"
+    )
+    server.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the server keeps its TLS key (server.key, server.crt), made on the "
+        "first start and the same ever after, so that clients recognise the server "
+        "(default: $XDG_DATA_HOME/ocm or ~/.local/share/ocm; macOS: ~/Library/Application "
+        "Support/ocm; Windows: %%LOCALAPPDATA%%\\ocm)",
+    )
+    server.add_argument(
+        "--cert",
+        type=Path,
+        metavar="FILE",
+        help="a certificate (PEM) to use instead of the server's own key, for instance "
+        "one a certificate authority issued for this host; needs --key",
+    )
+    server.add_argument(
+        "--key",
+        type=Path,
+        metavar="FILE",
+        help="the private key (PEM) of --cert, without a passphrase",
+    )
+    server.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="also serve clients that do not encrypt (version 1 clients, ocm --insecure) on "
+        "the same port; without it they are refused with encryption_required",
     )
     # Every limit flag, from the fields of Limits: its default, its unit, its meaning.
     for flag in flags(Limits):
@@ -73,7 +103,14 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     config = ServerConfig(
-        host=args.host, port=args.port, udp_port=args.udp_port, limits=limits_of(args)
+        host=args.host,
+        port=args.port,
+        udp_port=args.udp_port,
+        limits=limits_of(args),
+        data_dir=args.data_dir,
+        cert_file=args.cert,
+        key_file=args.key,
+        allow_plaintext=args.allow_plaintext,
     )
     # uvloop (pip install ocm[fast]) when present: the relay then spends about a fifth
     # less CPU per datagram (docs/performance.md); plain asyncio otherwise.
@@ -91,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             f"ocm server: {error.strerror or error}",
             file=sys.stderr,
         )
+        return 1
+    except IdentityError as error:
+        print(f"ocm server: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130

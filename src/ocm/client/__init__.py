@@ -13,7 +13,8 @@
 * the sans-I/O cores: :class:`RoomState` and :class:`SeqTracker` (version 1,
   :mod:`ocm.client.session`), :class:`DeliveryState` (the delivery extension,
   :mod:`ocm.client.delivery`);
-* server addresses (:mod:`ocm.client.address`).
+* server addresses (:mod:`ocm.client.address`);
+* :class:`Security` (:mod:`ocm.client.trust`) -- TLS and whom to trust (section 5).
 
 Nothing here imports :mod:`ocm.server`: the two share only :mod:`ocm.wire`.
 """
@@ -43,6 +44,7 @@ from ocm.client.events import (
 )
 from ocm.client.exchange import DEFAULT_TIMEOUT, list_rooms
 from ocm.client.session import DEFAULT_HEARTBEAT_INTERVAL, RoomState, SeqTracker
+from ocm.client.trust import Security
 from ocm.wire.constants import DEFAULT_PORT
 from ocm.wire.tcrp import RoomInfo
 
@@ -69,6 +71,7 @@ __all__ = [
     "PathChanged",
     "RoomInfo",
     "RoomState",
+    "Security",
     "SeqTracker",
     "Undelivered",
     "format_server_address",

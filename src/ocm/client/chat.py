@@ -91,6 +91,7 @@ from ocm.client.session import (
     fit_text,
     text_limit,
 )
+from ocm.client.trust import Security
 from ocm.errors import (
     ConnectionLost,
     ErrorCode,
@@ -231,6 +232,7 @@ class ChatOptions(TypedDict, total=False):
     delivery: bool  # ask for the delivery extension (False: a version 1 member)
     history: int  # with delivery: the room's last N Seqs, delivered first (history=True)
     tcp: bool  # carry the chat over a TCP tunnel from the start (networks that block UDP)
+    security: Security  # section 5: TLS and whom to trust, for every TCP connection
 
 
 _DEFAULT_OPTIONS: ChatOptions = {
@@ -243,6 +245,7 @@ _DEFAULT_OPTIONS: ChatOptions = {
     "delivery": True,
     "history": 0,
     "tcp": False,
+    "security": Security(),
 }
 
 
@@ -254,7 +257,10 @@ def _settled(options: ChatOptions) -> ChatOptions:
         raise TypeError(f"unknown option {sorted(unknown)[0]!r}")
     settled: ChatOptions = {**_DEFAULT_OPTIONS, **options}
     for key, value in settled.items():
-        if key in ("delivery", "tcp"):
+        if key == "security":
+            if not isinstance(value, Security):
+                raise TypeError(f"security must be a Security, got {value!r}")
+        elif key in ("delivery", "tcp"):
             if not isinstance(value, bool):
                 raise TypeError(f"{key} must be True or False, got {value!r}")
         elif key == "history":
@@ -293,6 +299,7 @@ async def _admit(
     request: CreateRoom | JoinRoom,
     timeout: float,
     *,
+    security: Security,
     require_e2e: bool = False,
 ) -> tuple[Reply, Link, E2eKeys | None]:
     """CREATE_ROOM or JOIN_ROOM on one connection: the COMPLETE, the link, and an
@@ -314,7 +321,7 @@ async def _admit(
         assert password is not None  # create() checked
         keys = await _derive(password, request.e2e)
         request = replace(request, password=keys.auth_password, features=(*request.features, E2E))
-    channel = await Channel.open(address, timeout=timeout)
+    channel = await Channel.open(address, timeout=timeout, security=security)
     try:
         if isinstance(request, JoinRoom) and password:
             details = await _lookup(channel, request.room)
@@ -327,7 +334,7 @@ async def _admit(
                 )
             if details is None:  # an older server, which closed the connection
                 await channel.close()
-                channel = await Channel.open(address, timeout=timeout)
+                channel = await Channel.open(address, timeout=timeout, security=security)
             elif details.e2e is not None:
                 problem = check_params(details.e2e)
                 if problem is not None:
@@ -451,6 +458,9 @@ class ChatClient:
                 now=self._loop.time(),
             )
         self.tcp = settled["tcp"]
+        # Section 5: every TCP connection of ours (enter, tunnel, resume, leave) is TLS,
+        # checked as this says, unless it says insecure.
+        self.security = settled["security"]
         # Section 5: with sealed datagrams, ours are sealed with our member key and the
         # room's opened with the room key; anything else from the server is dropped and
         # counted (sealed_refused), but for the two hints below (_unsealed).
@@ -550,9 +560,12 @@ class ChatClient:
         *,
         require_e2e: bool = False,
     ) -> ChatClient:
-        timeout = _settled(options)["timeout"]  # refuses bad options before any request
+        settled = _settled(options)  # refuses bad options before any request
+        timeout, security = settled["timeout"], settled["security"]
         address = parse_server_address(server)
-        exchange = asyncio.ensure_future(_admit(address, request, timeout, require_e2e=require_e2e))
+        exchange = asyncio.ensure_future(
+            _admit(address, request, timeout, security=security, require_e2e=require_e2e)
+        )
         try:
             reply, link, keys = await asyncio.shield(exchange)
         except asyncio.CancelledError:
@@ -563,7 +576,7 @@ class ChatClient:
                 admitted, link, _ = await exchange
                 if isinstance(admitted, Admission):
                     leave = LeaveRoom(admitted.room, admitted.token)
-                    await call(address, leave, timeout=timeout, link=link)
+                    await call(address, leave, timeout=timeout, link=link, security=security)
             raise
         if not isinstance(reply, Admission):
             raise RemoteProtocolError(
@@ -620,7 +633,9 @@ class ChatClient:
         if not self._can_tunnel:
             where = format_server_address(self.server)
             raise ConnectionLost(f"server {where} cannot carry the chat over TCP")
-        channel = await Channel.open(self.server, timeout=self.timeout, link=self._link)
+        channel = await Channel.open(
+            self.server, timeout=self.timeout, link=self._link, security=self.security
+        )
         try:
             await self._start_tunnel(channel)
         except BaseException:
@@ -762,7 +777,7 @@ class ChatClient:
         pause = 0.25
         while True:
             try:
-                return await Channel.open(self.server, timeout=self.timeout)
+                return await Channel.open(self.server, timeout=self.timeout, security=self.security)
             except ConnectionLost:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
@@ -1196,9 +1211,11 @@ class ChatClient:
         the token, which a caller takes as a LEAVE_ROOM refused the same way."""
         if self._secret is None:
             leave = LeaveRoom(self.room, self.token)
-            await call(self.server, leave, timeout=self.timeout, link=self._link)
+            await call(
+                self.server, leave, timeout=self.timeout, link=self._link, security=self.security
+            )
             return
-        channel = await Channel.open(self.server, timeout=self.timeout)
+        channel = await Channel.open(self.server, timeout=self.timeout, security=self.security)
         try:
             await self._resume(channel, self._secret)
             await channel.request(LeaveRoom(self.room, self.token))

@@ -9,6 +9,11 @@ many recent connections in TIME_WAIT do not make the bind fail. Bytes are cut in
 :class:`~ocm.wire.framer.TcrpReader`; an error ACK becomes a
 :class:`~ocm.errors.ServerError`, an unreachable server a
 :class:`~ocm.errors.ConnectionLost`.
+
+Section 5: every connection starts with STARTTLS and a TLS handshake, checked against
+the caller's :class:`~ocm.client.trust.Security` (trust on first use, a pinned key, or
+a certificate authority), unless that says ``insecure``: then it is plain TCP, as in
+version 1.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import errno
 import os
 import re
 import socket
+import ssl
 import sys
 from dataclasses import dataclass
 
 from ocm.client.address import format_server_address, parse_server_address
+from ocm.client.trust import Expected, Security, accept, client_context, expect
 from ocm.errors import ConnectionLost, ErrorCode, RemoteProtocolError, ServerError
 from ocm.wire.constants import MAX_REPLY_PAYLOAD
 from ocm.wire.framer import TcrpReader
@@ -33,13 +40,16 @@ from ocm.wire.tcrp import (
     Request,
     RoomInfo,
     RoomList,
+    StartTls,
     TcrpMessage,
+    TlsReady,
     encode_request,
     parse_reply,
 )
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "NO_ENCRYPTION",
     "Channel",
     "Link",
     "call",
@@ -65,6 +75,12 @@ _READ_SIZE = 64 * 1024
 _BIND_ADDRESS_NO_PORT: int | None = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
 if _BIND_ADDRESS_NO_PORT is None and sys.platform == "linux":
     _BIND_ADDRESS_NO_PORT = 24
+# Section 5: what a server that does not know STARTTLS (unknown_operation: version 1, or
+# an OCM server older than TLS) means for the user.
+NO_ENCRYPTION = (
+    "server {where} does not offer encryption (it does not know STARTTLS: an older "
+    "server); --insecure talks to it in plaintext"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,16 +183,30 @@ class Channel:
 
     @classmethod
     async def open(
-        cls, address: tuple[str, int], *, timeout: float, link: Link | None = None
+        cls,
+        address: tuple[str, int],
+        *,
+        timeout: float,
+        link: Link | None = None,
+        security: Security | None = None,
     ) -> Channel:
-        """Connect (from ``link``'s local IP, when given: a token is bound to it)."""
+        """Connect (from ``link``'s local IP, when given: a token is bound to it), and
+        secure the connection as ``security`` says (None: ``Security()``, TLS with trust
+        on first use). ServerKeyChanged if the server is not who we expect."""
+        security = Security() if security is None else security
         where = format_server_address(address)
         try:
             async with asyncio.timeout(timeout):
-                if link is None:
-                    reader, writer = await asyncio.open_connection(*address)
+                if security.insecure:
+                    reader, writer = await _connect(address, link)
                 else:
-                    reader, writer = await open_from(link.server_ip, address[1], link.local_ip)
+                    reader, writer = await _open_tls(address, link, security, timeout)
+        except ssl.SSLError as error:
+            reason = error.reason or describe_error(error)
+            raise ConnectionLost(f"TLS with server {where} failed ({reason})") from None
+        except (asyncio.IncompleteReadError, ConnectionResetError, ConnectionAbortedError):
+            # During STARTTLS: connected, then closed on us (refused is below).
+            raise ConnectionLost(f"server {where} closed the connection") from None
         except (OSError, TimeoutError) as error:
             raise ConnectionLost(f"cannot reach server {where} ({describe_error(error)})") from None
         return cls(reader, writer, where, timeout)
@@ -216,15 +246,96 @@ class Channel:
         self.writer.transport.abort()
 
 
+async def _connect(
+    address: tuple[str, int], link: Link | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if link is None:
+        return await asyncio.open_connection(*address)
+    return await open_from(link.server_ip, address[1], link.local_ip)
+
+
+async def _open_tls(
+    address: tuple[str, int], link: Link | None, security: Security, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection after STARTTLS and a TLS handshake that satisfied ``security``.
+
+    On first contact the handshake verifies the certificate (CA and host name) first;
+    if that fails, a second connection takes any key, which is remembered (section 5).
+    A server known as ``ca`` whose certificate no longer verifies is also connected to
+    again, only to learn its key for the error.
+    """
+    expected = expect(security, address)
+    if expected.verify:
+        try:
+            return await _handshake(address, link, security, expected, timeout, True)
+        except ssl.SSLCertVerificationError:
+            pass  # no authority vouches for it: a self-signed key, as OCM servers make
+    return await _handshake(address, link, security, expected, timeout, False)
+
+
+async def _handshake(
+    address: tuple[str, int],
+    link: Link | None,
+    security: Security,
+    expected: Expected,
+    timeout: float,
+    verify: bool,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await _connect(address, link)
+    try:
+        await _start_tls(reader, writer, address, security, expected, timeout, verify)
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return reader, writer
+
+
+async def _start_tls(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    address: tuple[str, int],
+    security: Security,
+    expected: Expected,
+    timeout: float,
+    verify: bool,
+) -> None:
+    """STARTTLS, then the handshake, then the key check (section 5)."""
+    where = expected.where
+    framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
+    writer.write(encode_request(StartTls()))
+    await writer.drain()
+    ack = parse_reply(await read_message(reader, framer))
+    if isinstance(ack, Ack) and ack.error is ErrorCode.UNKNOWN_OPERATION:
+        raise ConnectionLost(NO_ENCRYPTION.format(where=where))
+    if not isinstance(ack, Ack):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server skipped its ACK")
+    if ack.error is not None:
+        raise ServerError(ack.error, ack.message or str(ack.error))
+    if not isinstance(parse_reply(await read_message(reader, framer)), TlsReady):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "STARTTLS answered wrongly")
+    # Bytes behind the COMPLETE came in clear, and would pass for what TLS brought:
+    # the STARTTLS injection, from the server's side (CVE-2011-1575).
+    if framer.take_rest() or getattr(reader, "_buffer", b""):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "bytes in clear behind STARTTLS")
+    context = client_context(security, verify=verify)
+    await writer.start_tls(context, server_hostname=address[0], ssl_handshake_timeout=timeout)
+    tls = writer.get_extra_info("ssl_object")
+    certificate = tls.getpeercert(binary_form=True) if tls is not None else None
+    if not certificate:
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server showed no certificate")
+    accept(security, expected, certificate, verified=verify)
+
+
 async def call(
     address: tuple[str, int],
     request: Request,
     *,
     timeout: float,
     link: Link | None = None,
+    security: Security | None = None,
 ) -> tuple[Reply, Link]:
     """One TCRP exchange on a new connection: the COMPLETE, or an exception."""
-    channel = await Channel.open(address, timeout=timeout, link=link)
+    channel = await Channel.open(address, timeout=timeout, link=link, security=security)
     try:
         return await channel.request(request), channel.link
     finally:
@@ -232,10 +343,14 @@ async def call(
 
 
 async def list_rooms(
-    server: str | tuple[str, int], *, timeout: float = DEFAULT_TIMEOUT
+    server: str | tuple[str, int],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    security: Security | None = None,
 ) -> tuple[RoomInfo, ...]:
     """The rooms on ``server`` (LIST_ROOMS), sorted by name as the server sends them."""
-    reply, _ = await call(parse_server_address(server), ListRooms(), timeout=timeout)
+    address = parse_server_address(server)
+    reply, _ = await call(address, ListRooms(), timeout=timeout, security=security)
     if not isinstance(reply, RoomList):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "LIST_ROOMS answered with another reply")
     return reply.rooms

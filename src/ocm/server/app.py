@@ -18,8 +18,10 @@ import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ocm.server.guards import ErrorReplyLimiter, FailureLimiter
+from ocm.server.identity import load_identity, server_context
 from ocm.server.limits import Limits
 from ocm.server.registry import Outgoing, RoomRegistry
 from ocm.server.relay import RelayCore
@@ -47,6 +49,13 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     udp_port: int | None = None  # None: the same number as the TCP port
     limits: Limits = field(default_factory=Limits)  # every other flag of ocm server
+    # Section 5, TLS: where the server keeps its own key (None: default_data_dir()), or
+    # an operator's certificate and key instead; and whether clients that do not
+    # STARTTLS are served (version 1 clients), next to those that do.
+    data_dir: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    allow_plaintext: bool = False
 
 
 UDP_SEND_BUFFER = 4 * 1024 * 1024
@@ -168,6 +177,8 @@ class OCMServer:
         # grows to min(32, CPUs + 4) threads, so only a pool of its own makes
         # --max-concurrent-hashes bound the memory (docs/security.md). Threads start on
         # the first hash.
+        # Section 5: the key clients pin; IdentityError (one line) if it cannot be used.
+        self.identity = load_identity(config.data_dir, config.cert_file, config.key_file)
         self.hash_executor = ThreadPoolExecutor(
             max_workers=limits.max_concurrent_hashes, thread_name_prefix="ocm-hash"
         )
@@ -182,6 +193,8 @@ class OCMServer:
             deliver=self._endpoint.datagram_received,
             open_tunnel=self._endpoint.open_tunnel,
             close_tunnel=self._endpoint.close_tunnel,
+            tls=server_context(self.identity),
+            allow_plaintext=config.allow_plaintext,
         )
         self._tcp_server: asyncio.Server | None = None
         # One timer for the registry's next deadline (aioquic's get_timer), re-armed
@@ -222,13 +235,19 @@ class OCMServer:
             self.tcrp, sock=tcp_sock, limit=config.limits.max_payload + 1024, backlog=TCP_BACKLOG
         )
         log.info(
-            "OCM server listening on %s: TCP port %d, UDP port %d (idle timeout %gs, %s loop)",
+            "OCM server listening on %s: TCP port %d, UDP port %d (TLS, %s; idle timeout "
+            "%gs, %s loop)",
             config.host,
             self.tcp_port,
             self.udp_port,
+            "plaintext clients allowed" if config.allow_plaintext else "plaintext refused",
             config.limits.idle_timeout,
             "uvloop" if type(self._loop).__module__.startswith("uvloop") else "asyncio",
         )
+        identity = self.identity
+        if identity.created:
+            log.info("created a new server key in %s", identity.key_file.parent)
+        log.info("server key %s (%s)", identity.fingerprint, identity.cert_file)
 
     def _send(self, outgoing: Iterable[Outgoing]) -> None:
         self._endpoint.send(outgoing)

@@ -5,6 +5,12 @@ with :mod:`ocm.wire`, ask the :class:`~ocm.server.registry.RoomRegistry`, write 
 and COMPLETE. No protocol decisions are made here. Datagrams the registry produces
 (NOTICE, CLOSED) go to the UDP endpoint through the ``send`` callback.
 
+Section 5: STARTTLS upgrades a connection to TLS (1.3 at least) with the server's
+identity; unless the server allows plaintext, every other request on a connection still
+in clear is refused with ``encryption_required``, and the connection stays open for a
+STARTTLS. A STARTTLS with bytes pipelined behind it is not upgraded: the connection is
+closed (those bytes were sent in clear, and must never pass for encrypted ones).
+
 Logging: each request at DEBUG (operation, client IP, room and name, outcome: ``ok`` or
 the error code), written from chosen fields, never from the request itself, which holds
 the password, the token or the resume secret. Connections refused for a connection
@@ -20,6 +26,7 @@ import functools
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import replace
@@ -58,7 +65,9 @@ from ocm.wire.tcrp import (
     Resumed,
     RoomList,
     SealedKeys,
+    StartTls,
     TcrpMessage,
+    TlsReady,
     Tunnel,
     Tunnelled,
     encode_error_ack,
@@ -82,6 +91,11 @@ _READ_SIZE = 16 * 1024
 TUNNEL_SEND_BUFFER = 64 * 1024
 # Connections refused for a limit: one WARNING line a minute at most per client IP.
 REFUSAL_LOG_INTERVAL = 60.0
+# Section 5: the answer to a plaintext request on a server that wants TLS.
+PLAINTEXT_REFUSED = (
+    "this server accepts encrypted clients only (TLS); a plaintext client needs a server "
+    "started with --allow-plaintext"
+)
 
 
 class TcrpHandler:
@@ -100,6 +114,7 @@ class TcrpHandler:
         deliver: Callable[[bytes, Address], None] = lambda data, address: None,
         open_tunnel: Callable[[TunnelLink], None] = lambda link: None,
         close_tunnel: Callable[[TunnelLink], None] = lambda link: None,
+        tls: ssl.SSLContext | None = None,
         allow_plaintext: bool = True,
     ) -> None:
         self.registry = registry
@@ -116,7 +131,9 @@ class TcrpHandler:
         self._deliver = deliver
         self._open_tunnel = open_tunnel
         self._close_tunnel = close_tunnel
-        # Section 5: whether members whose datagrams are not sealed may enter at all.
+        # Section 5: what STARTTLS upgrades with (None: no TLS here, STARTTLS refused),
+        # and whether requests in clear are served too.
+        self._tls = tls
         self.allow_plaintext = allow_plaintext
         self.connections: dict[str, int] = {}  # client IP -> open connections
         self.writers: set[asyncio.StreamWriter] = set()
@@ -155,8 +172,8 @@ class TcrpHandler:
             self._tasks.add(task)
         try:
             await self._serve(reader, writer, ip)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the peer went away or was too slow: nothing to answer
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
+            pass  # the peer went away, was too slow, or broke TLS: nothing to answer
         except Exception:
             log.exception("unexpected error on a connection from %s; closing it", ip)
         finally:
@@ -167,9 +184,12 @@ class TcrpHandler:
             if not self.connections[ip]:
                 del self.connections[ip]
                 self._refusals.pop(ip, None)
-            if writer.transport.get_write_buffer_size():
+            transport = writer.transport
+            if transport.is_closing():
+                pass  # a TLS transport that closed has no buffer left to ask about
+            elif transport.get_write_buffer_size():
                 # A reply the peer would not read: drop it rather than keep it queued.
-                writer.transport.abort()
+                transport.abort()
             else:
                 writer.close()
 
@@ -214,6 +234,7 @@ class TcrpHandler:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str
     ) -> None:
         framer = TcrpReader(max_payload=self.limits.max_payload)
+        secure = False  # the connection carries TLS (after STARTTLS)
         while True:
             # Let the other connections and the relay run between two requests: with
             # requests already buffered, no await below would yield, and one peer that
@@ -234,11 +255,18 @@ class TcrpHandler:
                     writer, encode_error_ack(operation, "", error.code, error.message)
                 )
                 return
+            if isinstance(request, StartTls) and not secure and self._tls is not None:
+                if not await self._start_tls(reader, writer, framer, ip):
+                    return
+                secure = True
+                continue
             tunnelled = False
             debug = log.isEnabledFor(logging.DEBUG)
             what = self._describe(message.operation, request, ip) if debug else ""
             try:
-                reply = await self._handle(request, ip)
+                if not (secure or self.allow_plaintext or isinstance(request, StartTls)):
+                    raise ProtocolError(ErrorCode.ENCRYPTION_REQUIRED, PLAINTEXT_REFUSED)
+                reply = await self._handle(request, ip, secure)
             except OCMError as error:
                 assert error.code is not None
                 log.debug("%s: %s", what, error.code)
@@ -257,6 +285,41 @@ class TcrpHandler:
                 assert isinstance(request, Tunnel)
                 await self._tunnel(reader, writer, ip, request, framer.take_rest())
                 return
+
+    async def _start_tls(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        framer: TcrpReader,
+        ip: str,
+    ) -> bool:
+        """Answer STARTTLS and upgrade the connection (section 5); False if it is closed
+        instead.
+
+        A client sends nothing more until the COMPLETE: the next bytes are its TLS
+        handshake. Any byte already buffered behind the request (by the framer, or by
+        the stream reader beyond the framer's last read) was sent in clear, before the
+        upgrade, and asyncio would hand it to us as if it came out of TLS: the STARTTLS
+        command injection of CVE-2011-0411 and its kin. Such a connection is closed,
+        not upgraded, and not answered.
+        """
+        assert self._tls is not None
+        # StreamReader has no public way to look at its buffer without waiting; its
+        # _buffer is a bytearray in CPython's asyncio (uvloop uses the same streams).
+        pending = bytes(framer.take_rest()) + bytes(getattr(reader, "_buffer", b""))
+        if pending:
+            log.debug("STARTTLS from %s with %d bytes behind it: closing", ip, len(pending))
+            return False
+        answer = encode_reply(Ack(Operation.STARTTLS)) + encode_reply(TlsReady())
+        self._after_request()
+        await self._write(writer, answer)
+        try:
+            await writer.start_tls(self._tls, ssl_handshake_timeout=self.limits.message_timeout)
+        except ssl.SSLError as error:
+            log.debug("TLS handshake with %s failed: %s", ip, error)
+            return False
+        log.debug("STARTTLS from %s: ok", ip)
+        return True
 
     async def _next_message(
         self, reader: asyncio.StreamReader, framer: TcrpReader
@@ -319,7 +382,7 @@ class TcrpHandler:
                 ErrorCode.ENCRYPTION_REQUIRED, "an encrypted member's token travels only in TLS"
             )
 
-    async def _handle(self, request: Request, ip: str, secure: bool = False) -> Reply:
+    async def _handle(self, request: Request, ip: str, secure: bool) -> Reply:
         registry = self.registry
         match request:
             case CreateRoom(room, username, password, features, e2e):
@@ -370,6 +433,10 @@ class TcrpHandler:
                 self._check_sealed_token(token, secure)
                 member, next_secret = registry.resume(room, token, secret, ip, self._clock())
                 return Resumed(room, next_secret, member.room.seq)
+            case StartTls():
+                # On a TLS connection already (or a server without TLS): section 5.
+                why = "the connection is encrypted already" if secure else "no TLS here"
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"STARTTLS refused: {why}")
         raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
 
     async def _tunnel(

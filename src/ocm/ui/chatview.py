@@ -667,11 +667,13 @@ def toolbar(
     *,
     over_tcp: bool = False,
     e2e: bool = False,
+    encrypted: bool = True,
 ) -> Fragments:
     """The bottom toolbar: room, member count, host, how to get help, how many of our
-    messages are on their way (sent, the server's copy not back yet), and whether the
-    chat goes over TCP (UDP blocked here). ``e2e``: the room is end-to-end encrypted
-    (section 5), marked ``e2e`` right after its name."""
+    messages are on their way (sent, the server's copy not back yet), whether the
+    chat goes over TCP (UDP blocked here), and ``not encrypted`` for a client that talks
+    to the server in plaintext (``--insecure``). ``e2e``: the room is end-to-end
+    encrypted (section 5), marked ``e2e`` right after its name."""
     you_host = host.casefold() == me.casefold()
     host_text = "you are the host" if you_host else f"host: {sanitize(host)}"
     fragments = [
@@ -683,6 +685,8 @@ def toolbar(
         fragments.append(("class:bottom-toolbar.sending", f" · {unconfirmed} sending"))
     if over_tcp:
         fragments.append(("", " · over TCP"))
+    if not encrypted:
+        fragments.append(("", " · not encrypted"))
     return fragments
 
 

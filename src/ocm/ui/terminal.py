@@ -50,6 +50,7 @@ from ocm.client import (
     Event,
     Message,
     Notice,
+    Security,
     format_server_address,
     list_rooms,
     parse_server_address,
@@ -448,6 +449,7 @@ class TerminalChat:
                 chat.unconfirmed,
                 over_tcp=chat.over_tcp,
                 e2e=chat.e2e,
+                encrypted=chat.encrypted,
             )
         )
 
@@ -717,9 +719,11 @@ async def interactive(
     bell: bool = True,
     input: Input | None = None,
     output: Output | None = None,
+    security: Security | None = None,
 ) -> int:
     """``ocm`` alone: ask where and who, create or join, then chat (showing the room's
-    last ``history`` messages first; ``bell``: see :class:`TerminalChat`).
+    last ``history`` messages first; ``bell``: see :class:`TerminalChat`; ``security``:
+    TLS and whom to trust, ``Security()`` when None).
 
     A refusal from the server is shown, and only what it refused is asked again: a
     taken name asks for another name, a wrong password for the password, a room that
@@ -732,14 +736,16 @@ async def interactive(
             "server", default=default_server, check=parse_server_address
         )
         server = parse_server_address(server_text)
-        rooms = await list_rooms(server)
-        entry = _Entry(prompter, server, await ask_name(prompter), heartbeat_interval, history)
+        security = Security() if security is None else security
+        rooms = await list_rooms(server, security=security)
+        name = await ask_name(prompter)
+        entry = _Entry(prompter, server, name, heartbeat_interval, history, security)
         while True:
             try:
                 chat = await entry.choose(rooms)
             except ServerError as error:
                 await prompter.say(f"! {error.message}", "class:error")
-                rooms = await list_rooms(server)
+                rooms = await list_rooms(server, security=security)
                 continue
             break
     except (EOFError, KeyboardInterrupt):
@@ -757,8 +763,10 @@ class _Entry:
         name: str,
         heartbeat_interval: float,
         history: int,
+        security: Security,
     ) -> None:
         self.prompter = prompter
+        self.security = security
         self.server = server
         self.name = name
         self.heartbeat_interval = heartbeat_interval
@@ -800,6 +808,7 @@ class _Entry:
                     self.name,
                     password or None,
                     heartbeat_interval=self.heartbeat_interval,
+                    security=self.security,
                 )  # a new room has no history to show
             except ServerError as error:
                 if error.code is not ErrorCode.ROOM_EXISTS:
@@ -826,12 +835,13 @@ class _Entry:
                     password,
                     heartbeat_interval=self.heartbeat_interval,
                     history=self.history,
+                    security=self.security,
                 )
             except ServerError as error:
                 if error.code not in _ASKED_AGAIN:
                     raise
                 if error.code is ErrorCode.NO_SUCH_ROOM:  # gone since it was listed
-                    rooms = await list_rooms(self.server)
+                    rooms = await list_rooms(self.server, security=self.security)
                     if not rooms:
                         raise  # and the choice comes again: create the first one
                 await prompter.say(f"! {error.message}", "class:error")
