@@ -8,7 +8,8 @@ one is run on its own as well, so both stay working. The cost of the delivery
 extension (delivery members, a "before" server from another source tree: here this
 one's own src/, which exercises the mechanism), the relay core's cost per line
 (bench/relay_cost.py), the lossy scenario (bench/lossy.py) and tunnelled members against
-UDP members (bench/tunnel.py) run in miniature too.
+UDP members (bench/tunnel.py) and sealed rooms against plaintext rooms (bench/sealed.py) run
+in miniature too.
 """
 
 from __future__ import annotations
@@ -243,3 +244,66 @@ def test_the_tunnel_bench_runs(tmp_path: Path) -> None:
             assert row["server_us_per_copy"] > 0, config
     assert report["meta"]["smoke"] is True
     assert "| UDP | tunnel |" in report["stdout"]
+
+
+def _server_has_tls() -> bool:
+    """Whether this checkout's server speaks TLS (section 5): it then has the flag that
+    lets plaintext members in beside encrypted ones."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ocm", "server", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return "--allow-plaintext" in result.stdout
+
+
+def _assert_sane_sealed_bench(report: dict[str, Any], kinds: set[str]) -> None:
+    latency = {row["kind"]: row for row in report["latency"]}
+    throughput = {row["kind"]: row for row in report["throughput"]}
+    assert set(latency) == set(throughput) == kinds
+    for kind, row in latency.items():
+        assert row["samples"] > 0 and row["bad"] == 0, kind
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], kind
+    for kind, row in throughput.items():
+        assert row["sent"] > 0 and row["deliveries_per_s"] > 0 and row["checked"] > 0, kind
+        # Nothing is lost on loopback with a window; every CHAT checked opened to one.
+        assert row["lost"] == row["stalls"] == row["bad"] == 0, kind
+        assert row["errors"] == row["closed"] == 0, kind
+        if sys.platform.startswith("linux"):
+            assert row["server_us_per_message"] > 0, kind
+    assert report["meta"]["smoke"] is True
+
+
+@pytest.mark.timeout(60)
+def test_the_sealed_bench_runs_its_plaintext_half(tmp_path: Path) -> None:
+    """bench/sealed.py in miniature, plaintext rooms only: what runs on any server."""
+    report = bench(tmp_path, "--kinds", "plain", module="bench.sealed")
+    _assert_sane_sealed_bench(report, {"plain"})
+    assert report["meta"]["verdict"]["throughput_ratio"] is None  # nothing to compare
+
+
+@pytest.mark.timeout(90)
+def test_the_sealed_bench_compares_sealed_rooms_with_plaintext(tmp_path: Path) -> None:
+    """bench/sealed.py in miniature, both kinds, on this checkout's server. Sealed
+    members need their keys from a COMPLETE over TLS: a server without TLS must make
+    the bench stop at once and say why, not measure half and report it whole."""
+    if _server_has_tls():
+        report = bench(tmp_path, module="bench.sealed")
+        _assert_sane_sealed_bench(report, {"plain", "sealed"})
+        assert report["meta"]["verdict"]["throughput_ratio"] > 0
+        assert "--allow-plaintext" in report["meta"]["server_flags"]
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.sealed", "--smoke", "--json", str(tmp_path / "b.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "sealed rooms need a server with TLS" in result.stderr
+    assert "--kinds plain" in result.stderr
+    assert "latency ..." not in result.stderr  # stopped before measuring anything
+    assert not (tmp_path / "b.json").exists()
