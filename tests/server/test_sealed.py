@@ -671,6 +671,25 @@ def test_a_closed_rooms_sessions_are_remembered_then_forgotten(room: SealedRoom)
     assert not room.registry.gone_sessions
 
 
+def test_a_closed_rooms_history_is_not_kept_alive_by_its_gone_sessions(
+    room: SealedRoom,
+) -> None:
+    """A gone member's Session keeps its member (the key of its resent LEAVE) and so its
+    room (whose sealer seals the answer): not the room's lines, up to --history-bytes,
+    for as long as the Session is remembered. Nothing else holds a closed room."""
+    for n in range(20):
+        room.say(room.clients[0], f"line {n} " + "x" * 200)
+    history = room.room.history
+    assert history is not None and history.bytes > 4000
+    room.registry.close_all(ServerShutdown(), 5.0)
+    gone = room.registry.gone_sessions[room.clients[1].member.session or b""]
+    assert gone.room is room.room and room.room.history is None
+    bob = room.clients[1]  # and its token is still answered with the CLOSED, sealed
+    (late,) = room.send(bob, Ping(bob.token, 3, BOOT), now=6.0)
+    closed = bob.open(late.datagram)
+    assert isinstance(closed, ServerDatagram) and closed.kind is Kind.CLOSED
+
+
 # ---------------------------------------------------------------------------
 # the COMPLETE: the keys go to a member over TLS only
 # ---------------------------------------------------------------------------

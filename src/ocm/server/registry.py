@@ -860,6 +860,10 @@ class RoomRegistry:
         room.members.clear()
         room.refresh_addresses()
         del self.rooms[room.name]
+        # Its sealed members' Sessions keep it a while (gone_sessions: the room's sealer
+        # seals the answer to a resent LEAVE), but nothing reads its lines any more: let
+        # them go now, not up to --history-bytes per closed room for idle_timeout more.
+        room.history = None
         if room.counted_ip:
             self._count_hosted(room.counted_ip, -1)
         host = room.host
