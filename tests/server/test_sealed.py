@@ -582,6 +582,39 @@ def test_a_token_inside_another_members_datagram_is_unknown(room: SealedRoom, ms
     assert alice.member.relayed is not None and not alice.member.relayed.held
 
 
+def test_a_gone_sealed_members_token_in_clear_is_unknown(room: SealedRoom) -> None:
+    """Once it left, its token is answered (DEPARTED) inside its own sealed datagrams
+    only: in clear it is unknown, as it was while it was in."""
+    carol = room.clients[2]
+    room.send(carol, Leave(carol.token), now=2.0)
+    clear = encode_extended(Leave(carol.token))
+    (error,) = room.relay.datagram_received(clear, carol.address, 3.0)
+    reply = plain(error.datagram)
+    assert isinstance(reply, ServerDatagram) and reply.kind is Kind.ERROR
+    assert UNKNOWN_TOKEN.startswith(reply.text)
+    (departed,) = room.send(carol, Leave(carol.token), now=3.0)  # sealed: confirmed
+    assert carol.open(departed.datagram) == Departed()
+
+
+def test_a_closed_rooms_sealed_members_token_in_clear_is_unknown(room: SealedRoom) -> None:
+    """Nor is the room's CLOSED (its text, its last Seq) told in clear to its token."""
+    host, bob = room.clients[0], room.clients[1]
+    room.send(host, Leave(host.token), now=2.0)
+    clear = encode_extended(Ping(bob.token, 1, BOOT))
+    (error,) = room.relay.datagram_received(clear, bob.address, 3.0)
+    assert plain(error.datagram) == ServerDatagram(Kind.ERROR, 0, "", UNKNOWN_TOKEN)
+
+
+def test_a_gone_members_token_inside_another_members_datagram_is_unknown(
+    room: SealedRoom,
+) -> None:
+    alice, carol = room.clients[1], room.clients[2]
+    room.send(carol, Leave(carol.token), now=2.0)
+    (error,) = room.send(alice, Leave(carol.token), now=3.0)  # sealed by alice
+    assert error.addresses == (alice.address,)
+    assert alice.open(error.datagram) == ServerDatagram(Kind.ERROR, 0, "", UNKNOWN_TOKEN)
+
+
 def test_a_plaintext_members_token_inside_a_sealed_datagram_is_unknown() -> None:
     registry = RoomRegistry(idle_timeout=IDLE, boot=BOOT)
     relay = RelayCore(registry, ErrorReplyLimiter(rate=1000.0))
