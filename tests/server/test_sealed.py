@@ -54,8 +54,20 @@ from ocm.wire.sealed import (
     room_opener,
     up_prefix,
 )
-from ocm.wire.tcrp import Admission, CreateRoom, JoinRoom, LeaveRoom, encode_reply, reply_message
+from ocm.wire.tcrp import (
+    Admission,
+    CreateRoom,
+    JoinRoom,
+    LeaveRoom,
+    Resume,
+    Resumed,
+    Tunnel,
+    Tunnelled,
+    encode_reply,
+    reply_message,
+)
 from ocm.wire.texts import RESTARTED_TEXT, ServerShutdown, UnknownToken, format_refusal
+from ocm.wire.tunnel import RESUME, TUNNEL
 
 IP = "127.0.0.1"
 OTHER_IP = "127.0.0.2"
@@ -812,16 +824,44 @@ async def test_a_server_without_plaintext_refuses_what_would_not_be_sealed() -> 
 
 
 async def test_a_sealed_members_token_is_refused_over_plaintext_tcrp() -> None:
+    """LEAVE_ROOM, TUNNEL and RESUME name the token: over plaintext TCRP it would leak,
+    so a sealed member's is refused there (and works over TLS)."""
     registry = RoomRegistry(idle_timeout=IDLE, boot=BOOT)
     tcrp = handler(registry, [])
-    admission = await tcrp._handle(CreateRoom("lobby", "alice", None, (DELIVERY, SEALED)), IP, True)
-    assert isinstance(admission, Admission)
-    with pytest.raises(RoomError) as refused:
-        await tcrp._handle(LeaveRoom("lobby", admission.token), IP, False)
-    assert refused.value.code is ErrorCode.ENCRYPTION_REQUIRED
+    features = (DELIVERY, SEALED, TUNNEL, RESUME)
+    admission = await tcrp._handle(CreateRoom("lobby", "alice", None, features), IP, True)
+    assert isinstance(admission, Admission) and admission.resume is not None
+    token, secret = admission.token, admission.resume
+    for request in (
+        LeaveRoom("lobby", token),
+        Tunnel("lobby", token),
+        Resume("lobby", token, secret),
+    ):
+        with pytest.raises(RoomError) as refused:
+            await tcrp._handle(request, IP, False)
+        assert refused.value.code is ErrorCode.ENCRYPTION_REQUIRED, request
     assert "lobby" in registry.rooms
-    await tcrp._handle(LeaveRoom("lobby", admission.token), IP, True)
+    assert isinstance(await tcrp._handle(Tunnel("lobby", token), IP, True), Tunnelled)
+    assert isinstance(await tcrp._handle(Resume("lobby", token, secret), IP, True), Resumed)
+    await tcrp._handle(LeaveRoom("lobby", token), IP, True)
     assert "lobby" not in registry.rooms
+
+
+async def test_the_wrong_kind_of_joiner_is_refused_through_tcrp() -> None:
+    registry = RoomRegistry(idle_timeout=IDLE, boot=BOOT)
+    tcrp = handler(registry, [])
+    await tcrp._handle(CreateRoom("shut", "alice", None, (DELIVERY, SEALED)), IP, True)
+    await tcrp._handle(CreateRoom("open", "alice", None, (DELIVERY,)), IP, True)
+    attempts = (
+        (JoinRoom("shut", "bob", None, (DELIVERY, SEALED)), False, ErrorCode.ENCRYPTION_REQUIRED),
+        (JoinRoom("shut", "bob", None, (DELIVERY,)), True, ErrorCode.ENCRYPTION_REQUIRED),
+        (JoinRoom("open", "bob", None, (DELIVERY, SEALED)), True, ErrorCode.NOT_ENCRYPTED),
+    )
+    for request, secure, code in attempts:
+        with pytest.raises(RoomError) as refused:
+            await tcrp._handle(request, IP, secure)
+        assert refused.value.code is code, request
+    assert [len(room.members) for room in registry.rooms.values()] == [1, 1]
 
 
 # ---------------------------------------------------------------------------
