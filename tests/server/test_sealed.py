@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ocm.errors import ErrorCode, RoomError
 from ocm.server.guards import ErrorReplyLimiter
@@ -68,6 +70,7 @@ from ocm.wire.tcrp import (
 )
 from ocm.wire.texts import RESTARTED_TEXT, ServerShutdown, UnknownToken, format_refusal
 from ocm.wire.tunnel import RESUME, TUNNEL
+from tests import strategies as ocm_st
 
 IP = "127.0.0.1"
 OTHER_IP = "127.0.0.2"
@@ -398,6 +401,24 @@ def test_an_altered_datagram_is_dropped_and_counted_forged(room: SealedRoom) -> 
     assert (room.room.seq, bob.member.last_seen, room.relay.relayed) == (seq, seen, 0)
     (chat,) = room.relay.datagram_received(sealed, bob.address, 5.0)  # the genuine one
     assert isinstance(everyone_opens(room, chat), Chat)
+
+
+@ocm_st.FAST
+@given(st.binary(max_size=200), st.sampled_from([0, 1, 2]))
+def test_a_datagram_that_does_not_open_is_never_answered(tail: bytes, who: int) -> None:
+    """Anything after a member's clear header that its key does not open (a forger's
+    bytes) is dropped: no answer, no Seq, no touch, the window unmoved."""
+    room = SealedRoom(3)
+    client = room.clients[who]
+    seq, seen = room.room.seq, client.member.last_seen
+    header = up_prefix(client.member.session or b"")
+    for counter in (1, 2**40, 2**64 - 1):
+        data = header + counter.to_bytes(8) + tail
+        assert room.relay.datagram_received(data, client.address, 5.0) == []
+    assert sum(room.relay.sealed_refused.values()) == 3
+    assert (room.room.seq, client.member.last_seen) == (seq, seen)
+    (status,) = room.send(client, Ping(client.token, 4, BOOT), now=6.0)  # Counter 2
+    assert client.open(status.datagram) == Status(seq, 4)
 
 
 def test_another_members_key_does_not_open(room: SealedRoom) -> None:
