@@ -33,15 +33,17 @@ round; a new room for each):
   receivers' deliveries are counted for ``--duration`` seconds, with the CPU time of
   the server and of this process (Linux, /proc). Per kind: the median round by
   deliveries a second, and the server's CPU per message. A run during which other jobs
-  kept a fifth of a CPU busy is measured again (twice at most), as bench/run.py does.
+  kept a fifth of a CPU busy is measured again (twice at most), as bench/run.py does;
+  one still disturbed then is shown, but not used where undisturbed ones exist.
 * **Latency at a fixed load.** The same room; the sender sends ``--rate`` messages a
   second for ``--seconds`` seconds on an absolute schedule (``--rate`` times
   ``--receivers`` deliveries a second: 100,000 by default). Receiver *i* opens the
   CHATs whose place in its stream is *i* modulo the receivers, so each message is timed
   once: the time it was read off the receiver's socket minus the time its DATA was
   written (``time.monotonic_ns()``, one process, one clock). p50 and p99 per kind,
-  every round pooled. How late the sender was on its schedule is reported too: a
-  sender that fell behind offered less than the load it claims.
+  the rounds pooled. How late the sender was on its schedule is reported too: a
+  sender that fell behind offered less than the load it claims, and is measured again
+  as a disturbed run is (above); the figures come from the rounds that were not.
 
 The targets (the issue's): sealed throughput at least 0.8 of plaintext, and sealed p99
 under 2 ms at 100,000 deliveries a second. On loopback a sender's system call also does
@@ -748,13 +750,17 @@ def measure(
                         f"lat-{kind}-{round_number}-{attempt}",
                     )
                     row["round"], row["attempts"] = round_number, attempt + 1
-                    # A p99 is what other jobs disturb first: such a run is measured again.
-                    if (row["other_load_pct"] or 0.0) <= BUSY_MACHINE:
+                    # A p99 is what other jobs disturb first, and a sender held up (by
+                    # them, or by the hypervisor, which /proc/stat does not show) did not
+                    # offer the load: such a run is measured again.
+                    row["disturbed"] = (row["other_load_pct"] or 0.0) > BUSY_MACHINE or row[
+                        "late_p99_ms"
+                    ] > LATE_LIMIT_MS
+                    if not row["disturbed"]:
                         break
                     if attempt < RETRIES and retry:
                         measured_again += 1
-                        print("sealed: another job was running; measuring again", file=sys.stderr)
-                row["disturbed"] = (row["other_load_pct"] or 0.0) > BUSY_MACHINE
+                        print("sealed: the run was disturbed; measuring again", file=sys.stderr)
                 latency_samples.append((kind, row["disturbed"], values))
                 latency_rows.append({**row, **_quantiles(values)})
             for kind in kinds if plan.throughput else ():
@@ -818,7 +824,9 @@ def summarise_latency(
         mine = [r for r in rounds if r["kind"] == kind]
         row: dict[str, Any] = {"kind": kind, **_quantiles(values)}
         row["runs"] = len(mine)
-        row["runs_used"] = sum(not r["disturbed"] for r in mine) or len(mine)
+        used = [r for r in mine if not r["disturbed"]] or mine
+        row["runs_used"] = len(used)
+        row["late_p99_ms_used"] = max(r["late_p99_ms"] for r in used)
         for key in ("p50_ms", "p99_ms", "late_p99_ms", "bench_cpu_pct", "other_load_pct"):
             row[f"{key}_by_round"] = [r[key] for r in mine]
         row["achieved_deliveries_per_s"] = min(
@@ -903,8 +911,9 @@ def render(
             f"{plan['seconds']:g} s, {plan['text_size']}-byte texts; from writing the DATA to "
             "reading the CHAT off the receiver's socket (one clock), each message timed by "
             "one receiver; the rounds pooled. A run that other jobs disturbed was measured "
-            "again (as below); the figures are those of the rounds used: the undisturbed "
-            "ones, all if none was. Sender late p99: how far behind its schedule "
+            "again (as below), and so was one whose sender fell behind its schedule "
+            f"(late p99 over {LATE_LIMIT_MS:g} ms); the figures are those of the rounds used: "
+            "the undisturbed ones, all if none was. Sender late p99: how far behind its schedule "
             "the sender sent (the load was offered only if that is small).",
             "",
             "| kind | rounds used | samples | p50 ms | p99 ms | max ms | p50 by round "
@@ -971,11 +980,7 @@ def render(
         lines.append(f"- sealed p99 < {P99_TARGET_MS:g} ms: not measured")
     # A busy-waiting sender keeps this process at 100 % during the latency runs: there
     # its lateness says whether it kept up; in throughput runs its CPU does.
-    behind = [
-        row["kind"]
-        for row in latency
-        if any(v is not None and v > LATE_LIMIT_MS for v in row["late_p99_ms_by_round"])
-    ]
+    behind = [row["kind"] for row in latency if row["late_p99_ms_used"] > LATE_LIMIT_MS]
     if behind:
         lines.append(
             f"- the sender fell behind its schedule (late p99 over {LATE_LIMIT_MS:g} ms) in the "
