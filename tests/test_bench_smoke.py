@@ -8,20 +8,35 @@ one is run on its own as well, so both stay working. The cost of the delivery
 extension (delivery members, a "before" server from another source tree: here this
 one's own src/, which exercises the mechanism), the relay core's cost per line
 (bench/relay_cost.py), the lossy scenario (bench/lossy.py) and tunnelled members against
-UDP members (bench/tunnel.py) run in miniature too.
+UDP members (bench/tunnel.py) and sealed rooms against plaintext rooms (bench/sealed.py) run
+in miniature too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import importlib.util
 import json
+import ssl
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bench.run import SCENARIOS
+from bench.sealed import enter
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ocm.client.exchange import read_message
+from ocm.wire import Ack, Admission, CreateRoom, TcrpReader, encode_reply, parse_request
+from ocm.wire.sealed import Sealer, down_prefix, member_opener, session_of
+from ocm.wire.tcrp import Operation, SealedKeys, StartTls, TlsReady
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = [s.name for s in SCENARIOS if s.mode != "idle"]
@@ -243,3 +258,134 @@ def test_the_tunnel_bench_runs(tmp_path: Path) -> None:
             assert row["server_us_per_copy"] > 0, config
     assert report["meta"]["smoke"] is True
     assert "| UDP | tunnel |" in report["stdout"]
+
+
+def _server_has_tls() -> bool:
+    """Whether this checkout's server speaks TLS (section 5): it then has the flag that
+    lets plaintext members in beside encrypted ones."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ocm", "server", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return "--allow-plaintext" in result.stdout
+
+
+def _assert_sane_sealed_bench(report: dict[str, Any], kinds: set[str]) -> None:
+    latency = {row["kind"]: row for row in report["latency"]}
+    throughput = {row["kind"]: row for row in report["throughput"]}
+    assert set(latency) == set(throughput) == kinds
+    for kind, row in latency.items():
+        assert row["samples"] > 0 and row["bad"] == 0, kind
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], kind
+    for kind, row in throughput.items():
+        assert row["sent"] > 0 and row["deliveries_per_s"] > 0 and row["checked"] > 0, kind
+        # Nothing is lost on loopback with a window; every CHAT checked opened to one.
+        assert row["lost"] == row["stalls"] == row["bad"] == 0, kind
+        assert row["errors"] == row["closed"] == 0, kind
+        if sys.platform.startswith("linux"):
+            assert row["server_us_per_message"] > 0, kind
+    assert report["meta"]["smoke"] is True
+
+
+@pytest.mark.timeout(60)
+def test_the_sealed_bench_runs_its_plaintext_half(tmp_path: Path) -> None:
+    """bench/sealed.py in miniature, plaintext rooms only: what runs on any server."""
+    report = bench(tmp_path, "--kinds", "plain", module="bench.sealed")
+    _assert_sane_sealed_bench(report, {"plain"})
+    assert report["meta"]["verdict"]["throughput_ratio"] is None  # nothing to compare
+
+
+@pytest.mark.timeout(90)
+def test_the_sealed_bench_compares_sealed_rooms_with_plaintext(tmp_path: Path) -> None:
+    """bench/sealed.py in miniature, both kinds, on this checkout's server. Sealed
+    members need their keys from a COMPLETE over TLS: a server without TLS must make
+    the bench stop at once and say why, not measure half and report it whole."""
+    if _server_has_tls():
+        report = bench(tmp_path, module="bench.sealed")
+        _assert_sane_sealed_bench(report, {"plain", "sealed"})
+        assert report["meta"]["verdict"]["throughput_ratio"] > 0
+        assert "--allow-plaintext" in report["meta"]["server_flags"]
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.sealed", "--smoke", "--json", str(tmp_path / "b.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "sealed rooms need a server with TLS" in result.stderr
+    assert "--kinds plain" in result.stderr
+    assert "latency ..." not in result.stderr  # stopped before measuring anything
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.timeout(30)
+async def test_the_sealed_benchs_members_go_through_starttls_for_their_keys(
+    tmp_path: Path,
+) -> None:
+    """The half of bench/sealed.py that a server without TLS cannot run, against a TCRP
+    listener that does what section 5 says: STARTTLS answered in clear, then TLS 1.3
+    (a self-signed key, as the server's own), then a CREATE_ROOM that grants sealed."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OCM server")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    keys = SealedKeys(bytes(range(8)), bytes(range(32)), b"kid!", bytes(range(32, 64)))
+    seen: list[object] = []
+    granted = ("delivery", "sealed")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(parse_request(await read_message(reader, TcrpReader())))
+        writer.write(encode_reply(Ack(Operation.STARTTLS)) + encode_reply(TlsReady()))
+        await writer.drain()
+        await writer.start_tls(context)
+        seen.append(secure := writer.get_extra_info("ssl_object").version())
+        request = parse_request(await read_message(reader, TcrpReader()))
+        seen.append(request)
+        assert isinstance(request, CreateRoom) and secure == "TLSv1.3"
+        admission = Admission(Operation.CREATE_ROOM, "lobby", "tok", 9, "m0", ("m0",))
+        admission = replace(admission, features=granted, boot="00" * 8, sealed=keys)
+        writer.write(encode_reply(Ack(Operation.CREATE_ROOM, "lobby")) + encode_reply(admission))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        peer = await asyncio.to_thread(enter, "sealed", "lobby", "m0", True, port)
+    finally:
+        server.close()
+    try:
+        assert seen == [StartTls(), "TLSv1.3", CreateRoom("lobby", "m0", None, granted)]
+        assert peer.token == "tok" and peer.sealer is not None and peer.opener is not None
+        sealed = peer.sealer.seal(b"\x00\x02")  # its datagrams: under its Session and key
+        assert session_of(sealed) == keys.session
+        assert member_opener(keys.key).open(sealed) == b"\x00\x02"
+        room = Sealer(keys.room_key, down_prefix(keys.room_key_id))  # the room's: its opener
+        assert peer.opener.open(room.seal(b"\x06status")) == b"\x06status"
+    finally:
+        peer.close()

@@ -187,6 +187,9 @@ class Gone:
     ip: str
     reply: bytes  # the room's CLOSED, or DEPARTED
     until: float
+    # Section 5: a sealed member's opener. Its token is answered only inside the
+    # datagrams that opener opens, as while it was in: not in clear, nor inside another's.
+    opener: Opener | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -667,10 +670,18 @@ class RoomRegistry:
         self.closed = True
         return [out for room in list(self.rooms.values()) for out in self._close(room, reason, now)]
 
-    def gone_reply(self, token: bytes, ip: str, now: float) -> bytes | None:
-        """What to answer a gone delivery member's token from ``ip``, or None."""
+    def gone_reply(
+        self, token: bytes, ip: str, now: float, opener: Opener | None = None
+    ) -> bytes | None:
+        """What to answer a gone delivery member's token from ``ip``, or None. ``opener``
+        opened the datagram that names it (section 5), None: it came in clear."""
         gone = self.gone.get(token)
-        if gone is None or gone.until <= now or canonical_ip(gone.ip) != canonical_ip(ip):
+        if (
+            gone is None
+            or gone.until <= now
+            or gone.opener is not opener
+            or canonical_ip(gone.ip) != canonical_ip(ip)
+        ):
             return None
         return gone.reply
 
@@ -692,7 +703,10 @@ class RoomRegistry:
         member = self.by_session.get(session)
         if member is None:
             member = self.gone_sessions.get(session)
-            if member is None or self.gone_reply(member.token_bytes, ip, now) is None:
+            if (
+                member is None
+                or self.gone_reply(member.token_bytes, ip, now, member.opener) is None
+            ):
                 return None
             return member
         if member.ip != ip and not self._same_ip(member, ip):
@@ -855,7 +869,7 @@ class RoomRegistry:
     def _remember_gone(self, member: Member, reply: bytes, now: float) -> None:
         gone = self.gone
         gone.pop(member.token_bytes, None)
-        gone[member.token_bytes] = Gone(member.ip, reply, now + self.idle_timeout)
+        gone[member.token_bytes] = Gone(member.ip, reply, now + self.idle_timeout, member.opener)
         while len(gone) > MAX_GONE:
             gone.popitem(last=False)
         if member.session is not None:
@@ -908,6 +922,10 @@ class RoomRegistry:
         room.members.clear()
         room.refresh_addresses()
         del self.rooms[room.name]
+        # Its sealed members' Sessions keep it a while (gone_sessions: the room's sealer
+        # seals the answer to a resent LEAVE), but nothing reads its lines any more: let
+        # them go now, not up to --history-bytes per closed room for idle_timeout more.
+        room.history = None
         if room.counted_ip:
             self._count_hosted(room.counted_ip, -1)
         host = room.host

@@ -264,7 +264,7 @@ class RelayCore:
         if member is not None and member.opener is not opener:
             member = None  # a sealed member's token in clear, or in another's datagram
         if member is None or member.relayed is None:
-            return self._stranger(kind, token, body, address, now, size)
+            return self._stranger(kind, token, body, address, now, size, opener)
         self.registry.touch(member, address, now)
         try:
             match kind:
@@ -285,9 +285,17 @@ class RelayCore:
         return None
 
     def _stranger(
-        self, kind: int, token: bytes, body: bytes, address: Address, now: float, size: int
+        self,
+        kind: int,
+        token: bytes,
+        body: bytes,
+        address: Address,
+        now: float,
+        size: int,
+        opener: Opener | None,
     ) -> Answer | None:
-        """An extended datagram whose token is not a delivery member's (from that IP)."""
+        """An extended datagram whose token is not a delivery member's (from that IP);
+        ``opener``: the key it came sealed with, as for :meth:`_extended`."""
         restarted = kind == ClientType.PING and len(body) == 4 + BOOT_SIZE
         if restarted and body[4:] != self.registry.boot:
             # Joined an earlier incarnation: every room of that one is gone.
@@ -295,7 +303,7 @@ class RelayCore:
             if len(_RESTARTED) > size or not self.restarts.allow(address[0], now):
                 return None
             return _RESTARTED, (address,)
-        reply = self.registry.gone_reply(token, address[0], now)
+        reply = self.registry.gone_reply(token, address[0], now, opener)
         if reply is not None:  # its room closed, or it left: say so again
             return reply, (address,)
         return self._refuse(address, now, size, _UNKNOWN_TOKEN)
@@ -418,7 +426,7 @@ class RelayCore:
 
     def _leave(self, member: Member, address: Address, now: float) -> Answers:
         outgoing = self.registry.leave_member(member, now)
-        reply = self.registry.gone_reply(member.token_bytes, address[0], now)
+        reply = self.registry.gone_reply(member.token_bytes, address[0], now, member.opener)
         assert reply is not None  # leave_member just remembered it
         return [(reply, (address,)), *((out.datagram, out.addresses) for out in outgoing)]
 
