@@ -1071,7 +1071,11 @@ class ChatClient:
                 self._check_path()
             return None
         if data == _UNKNOWN_TOKEN_ERROR:
-            return data  # the core takes it for a doubt about the path
+            state = self._state
+            if isinstance(state, DeliveryState) and state.recoverable:
+                return data  # the core takes it for a doubt, which RESUME settles
+            # Nothing to check it with (no resume granted): an ERROR anyone could send
+            # must not end the chat; if we really are out, the silence will say so.
         self.sealed_refused[Refusal.MALFORMED] += 1  # nothing in clear reaches the person
         return None
 

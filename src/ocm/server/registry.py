@@ -472,6 +472,8 @@ class RoomRegistry:
         room's current hash. No password at all (``password_given`` False) is refused
         the same way but not counted: it is someone who forgot to give one, not a guess.
         """
+        if pending.sealed and not delivery:
+            raise ValueError("sealed is granted only with delivery")
         room = self._check_join(pending, now)
         if room.password is not None:
             if not password_given:

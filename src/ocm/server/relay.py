@@ -192,6 +192,7 @@ class RelayCore:
             if len(session) == SESSION_SIZE and not session.startswith(registry.session_prefix):
                 # Given out by an earlier incarnation: say RESTARTED, in clear (the key
                 # died with it); the client believes it only once RESUME is refused.
+                self.rejected += 1
                 if len(_RESTARTED) > len(data) or not self.restarts.allow(address[0], now):
                     return None
                 return _RESTARTED, (address,)
