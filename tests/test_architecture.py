@@ -49,6 +49,7 @@ SRC = ROOT / "src" / "ocm"
 SEQUENCES = (
     "Create a room",
     "Join a room",
+    "An encrypted join",
     "Chat",
     "The client's timer",
     "A member leaves",
