@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -52,6 +53,7 @@ from ocm.wire import (
     parse_reply,
     parse_request,
 )
+from ocm.wire.tcrp import StartTls, TlsReady
 
 MS = 0.001 * float(os.environ.get("OCM_TEST_TIMESCALE", "1"))
 LOOPBACK = "127.0.0.1"
@@ -107,11 +109,29 @@ class TcrpConnection:
 
     @classmethod
     async def open(
-        cls, port: int, *, local_host: str | None = LOOPBACK, host: str = LOOPBACK
+        cls,
+        port: int,
+        *,
+        local_host: str | None = LOOPBACK,
+        host: str = LOOPBACK,
+        tls: bool = False,
     ) -> TcrpConnection:
+        """A connection to ``host``; with ``tls``, upgraded by STARTTLS (section 5)."""
         local = None if local_host is None else (local_host, 0)
         reader, writer = await asyncio.open_connection(host, port, local_addr=local)
-        return cls(reader, writer)
+        connection = cls(reader, writer)
+        if tls:
+            await connection.starttls()
+        return connection
+
+    async def starttls(self) -> None:
+        """STARTTLS, then the handshake (any key: the test trusts its own server)."""
+        ack, complete = await self.call(StartTls())
+        assert ack.ok and complete == TlsReady(), (ack, complete)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        await self.writer.start_tls(context, server_hostname=LOOPBACK)
 
     async def call(self, request: Request) -> tuple[Ack, Reply | None]:
         """Send a request; return its ACK and, after an ok ACK, its COMPLETE."""
@@ -131,11 +151,16 @@ class TcrpConnection:
 
 
 async def call(
-    port: int, request: Request, *, local_host: str | None = LOOPBACK, host: str = LOOPBACK
+    port: int,
+    request: Request,
+    *,
+    local_host: str | None = LOOPBACK,
+    host: str = LOOPBACK,
+    tls: bool = False,
 ) -> tuple[Ack, Reply | None]:
     """One exchange on a new connection to ``host`` (from ``local_host``; None: let the
-    system choose, as for an IPv6 server)."""
-    connection = await TcrpConnection.open(port, local_host=local_host, host=host)
+    system choose, as for an IPv6 server), inside TLS if ``tls``."""
+    connection = await TcrpConnection.open(port, local_host=local_host, host=host, tls=tls)
     try:
         return await connection.call(request)
     finally:
@@ -147,8 +172,9 @@ async def admit(
     request: CreateRoom | JoinRoom,
     *,
     local_host: str = LOOPBACK,
+    tls: bool = False,
 ) -> Admission:
-    ack, complete = await call(port, request, local_host=local_host)
+    ack, complete = await call(port, request, local_host=local_host, tls=tls)
     assert ack.ok, ack
     assert isinstance(complete, Admission)
     return complete
@@ -423,7 +449,6 @@ async def fake_request(
     answered and the connection upgraded with the session's server key (section 5), as
     a real server does, so that clients test over TLS as they run."""
     from ocm.server.identity import load_identity, server_context
-    from ocm.wire.tcrp import StartTls, TlsReady
 
     framer = TcrpReader()
     message = await read_message(reader, framer)

@@ -27,16 +27,12 @@ from ocm.server.app import OCMServer
 from ocm.server.registry import Room, RoomRegistry
 from ocm.wire import (
     Admission,
-    ClientDatagram,
     CreateRoom,
     JoinRoom,
     Operation,
-    decode_server_datagram,
-    encode_client_datagram,
     encode_error_ack,
     parse_request,
 )
-from ocm.wire.datagrams import Kind
 from ocm.wire.e2e import (
     FLOOR_ITERATIONS,
     FLOOR_MEMORY_KIB,
@@ -52,7 +48,6 @@ from tests.kit import (
     LOOPBACK,
     MS,
     TcrpConnection,
-    UdpPeer,
     admit,
     call,
     fake_server,
@@ -210,35 +205,29 @@ async def test_a_wrong_password_is_wrong_password() -> None:
 async def test_a_join_without_the_feature_is_refused_before_the_password_and_not_counted() -> None:
     async with running_server(max_password_failures=1) as server:
         port = server.tcp_port
-        # A plaintext room (section 5), so that raw version 1 requests may join it.
-        alice = await ChatClient.create(
-            server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR, security=PLAINTEXT
-        )
+        alice = await ChatClient.create(server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR)
         async with alice:
+            sealed = ("delivery", "sealed")  # all a sealed room asks (section 5), but e2e
             for password in (PASSWORD, KEYS.auth_password, "guess", None):
-                ack, _ = await call(port, JoinRoom("vault", "old", password, ("delivery",)))
+                ack, _ = await call(port, JoinRoom("vault", "old", password, sealed), tls=True)
                 assert ack.error is ErrorCode.E2E_REQUIRED, password
                 assert ack.message == (
                     'room "vault" is end-to-end encrypted; join it with an OCM client'
                 )
             # None of those counted as a failure (one would block us): the right auth
             # key with the feature gets in.
-            admission = await admit(port, JoinRoom("vault", "bob", KEYS.auth_password, ("e2e",)))
-            assert admission.features == ("e2e",)  # a version 1 member of an e2e room
+            request = JoinRoom("vault", "bob", KEYS.auth_password, (*sealed, "e2e"))
+            admission = await admit(port, request, tls=True)
+            assert admission.features == (*sealed, "e2e")
 
 
 async def test_lookup_room_tells_the_parameters_of_an_e2e_room_only() -> None:
     async with running_server() as server:
         port = server.tcp_port
-        # Plaintext rooms (section 5), so that raw requests in clear may join them.
-        alice = await ChatClient.create(
-            server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR, security=PLAINTEXT
-        )
-        plain = await ChatClient.create(
-            server_of(server), "secret", "carol", "pw", security=PLAINTEXT
-        )
+        alice = await ChatClient.create(server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR)
+        plain = await ChatClient.create(server_of(server), "secret", "carol", "pw")
         async with alice, plain:
-            connection = await TcrpConnection.open(port)
+            connection = await TcrpConnection.open(port, tls=True)
             try:  # several lookups, then a join, on one connection
                 _, details = await connection.call(LookupRoom("vault"))
                 assert details == RoomDetails("vault", 1, True, FLOOR)
@@ -246,10 +235,11 @@ async def test_lookup_room_tells_the_parameters_of_an_e2e_room_only() -> None:
                 assert details == RoomDetails("secret", 1, True, None)
                 ack, _ = await connection.call(LookupRoom("nowhere"))
                 assert ack.error is ErrorCode.NO_SUCH_ROOM
-                request = JoinRoom("vault", "bob", KEYS.auth_password, ("delivery", "e2e"))
+                features = ("delivery", "sealed", "e2e")
+                request = JoinRoom("vault", "bob", KEYS.auth_password, features)
                 ack, admission = await connection.call(request)
                 assert ack.ok and isinstance(admission, Admission)
-                assert admission.features == ("delivery", "e2e")
+                assert admission.features == features
                 _, details = await connection.call(LookupRoom("vault"))
                 assert isinstance(details, RoomDetails) and details.members == 2
             finally:
@@ -396,51 +386,38 @@ async def test_a_joiner_never_sends_the_password_to_an_e2e_room(
 
 
 async def test_a_message_that_does_not_open_is_dropped_counted_and_reported_once() -> None:
-    """A raw member with the auth key (as a server could add) sends texts that are not
-    sealed with the room's key: readers see one notice, never the text."""
+    """A member with the auth key but not the message key (as a server could add one)
+    sends texts not sealed with the room's key: readers see one notice, never the text.
+    mallory is a sealed member like any other (section 5 seals the datagrams), whose
+    texts skip the room's envelope."""
     async with running_server() as server:
+        where = server_of(server)
         alice = await ready(
-            server,
-            await ChatClient.create(
-                server_of(server), "vault", "alice", PASSWORD, e2e=FLOOR, security=PLAINTEXT
-            ),
+            server, await ChatClient.create(where, "vault", "alice", PASSWORD, e2e=FLOOR)
         )
-        async with alice:
-            admission = await admit(
-                server.tcp_port, JoinRoom("vault", "mallory", KEYS.auth_password, ("e2e",))
-            )
-            loop = asyncio.get_running_loop()
-            transport, peer = await loop.create_datagram_endpoint(
-                UdpPeer, local_addr=(LOOPBACK, 0), remote_addr=(LOOPBACK, admission.udp_port)
-            )
-            try:
-                wrong = derive_keys("another password", FLOOR).message
-                texts = [
-                    "plain text",  # not sealed
-                    seal_text(wrong, "vault", "mallory", "other key", bytes(12)),
-                    seal_text(KEYS.message, "vault", "alice", "as alice", bytes(12)),  # forged
-                    seal_text(KEYS.message, "vault", "mallory", "sealed right", bytes(12)),
-                ]
-                for text in texts:
-                    transport.sendto(
-                        encode_client_datagram(ClientDatagram("vault", admission.token, text))
-                    )
-                await until(lambda: alice.undecryptable == 3)
-                events = await settle(alice, 100 * MS)
-                shown = [e for e in events if isinstance(e, Message | Notice)]
-                assert shown[-2:] == [
-                    Notice(undecryptable_text("mallory"), shown[-2].seq),
-                    Message("mallory", "sealed right", shown[-1].seq),
-                ]
-                assert all("plain text" not in str(e) for e in events)
-                # The raw member itself sees only envelopes.
-                received = []
-                while not peer.received.empty():
-                    received.append(decode_server_datagram(peer.received.get_nowait()))
-                chat = [d.text for d in received if d.kind is Kind.MESSAGE]
-                assert chat[0] == "plain text" and chat[-1].startswith("e2e1:")
-            finally:
-                transport.close()
+        mallory = await ready(server, await ChatClient.join(where, "vault", "mallory", PASSWORD))
+        async with alice, mallory:
+            mallory._cipher = None  # what it sends goes as it is, and comes back as it is
+            wrong = derive_keys("another password", FLOOR).message
+            texts = [
+                "plain text",  # not sealed
+                seal_text(wrong, "vault", "mallory", "other key", bytes(12)),
+                seal_text(KEYS.message, "vault", "alice", "as alice", bytes(12)),  # forged
+                seal_text(KEYS.message, "vault", "mallory", "sealed right", bytes(12)),
+            ]
+            for text in texts:
+                await mallory.send(text)
+            await until(lambda: alice.undecryptable == 3)
+            events = await settle(alice, 100 * MS)
+            shown = [e for e in events if isinstance(e, Message | Notice)]
+            assert shown[-2:] == [
+                Notice(undecryptable_text("mallory"), shown[-2].seq),
+                Message("mallory", "sealed right", shown[-1].seq),
+            ]
+            assert all("plain text" not in str(e) for e in events)
+            # What the room carried: the texts as mallory sent them, envelopes or not.
+            chat = [e.text for e in await settle(mallory, 100 * MS) if isinstance(e, Message)]
+            assert chat[0] == "plain text" and chat[-1].startswith("e2e1:")
 
 
 async def test_undelivered_texts_come_back_in_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:

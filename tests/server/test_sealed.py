@@ -762,6 +762,8 @@ def test_a_closed_rooms_history_is_not_kept_alive_by_its_gone_sessions(
 
 
 def handler(registry: RoomRegistry, sent: list[Outgoing], **options: Any) -> TcrpHandler:
+    """A handler as a server with --allow-plaintext has, unless ``options`` say else."""
+    options.setdefault("allow_plaintext", True)
     return TcrpHandler(
         registry,
         Limits(),

@@ -336,6 +336,7 @@ async def _admit(
                 await channel.close()
                 channel = await Channel.open(address, timeout=timeout, security=security)
             elif details.e2e is not None:
+                _check_e2e_security(True, {"security": security})
                 problem = check_params(details.e2e)
                 if problem is not None:
                     raise RemoteProtocolError(
@@ -365,6 +366,19 @@ async def _admit(
         return reply, channel.link, keys
     finally:
         await channel.close()
+
+
+def _check_e2e_security(e2e: bool, options: ChatOptions) -> None:
+    """An end-to-end room is not entered in plaintext: its auth key would cross the
+    network in clear, and anyone on the path could guess the password from it offline
+    (section 5). LocalProtocolError, before anything more is sent."""
+    security = options.get("security")
+    if e2e and security is not None and security.insecure:
+        raise LocalProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "an end-to-end room is not entered without encryption (--insecure): its key"
+            " would cross the network in clear",
+        )
 
 
 async def _lookup(channel: Channel, room: str) -> RoomDetails | None:
@@ -522,6 +536,7 @@ class ChatClient:
                     ErrorCode.BAD_REQUEST, "an end-to-end room needs a password"
                 )
             params = default_params(secrets.token_bytes(SALT_SIZE)) if e2e is True else e2e
+        _check_e2e_security(params is not None, options)
         request = CreateRoom(room, name, password or None, _features(options), params)
         return await cls._enter(server, request, options)
 
@@ -548,6 +563,7 @@ class ChatClient:
             raise LocalProtocolError(
                 ErrorCode.BAD_REQUEST, "an end-to-end room is joined with its password"
             )
+        _check_e2e_security(e2e, options)
         request = JoinRoom(room, name, password or None, _features(options))
         return await cls._enter(server, request, options, require_e2e=e2e)
 

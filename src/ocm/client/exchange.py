@@ -313,8 +313,8 @@ async def _start_tls(
         raise ServerError(ack.error, ack.message or str(ack.error))
     if not isinstance(parse_reply(await read_message(reader, framer)), TlsReady):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "STARTTLS answered wrongly")
-    # Bytes behind the COMPLETE came in clear, and would pass for what TLS brought:
-    # the STARTTLS injection, from the server's side (CVE-2011-1575).
+    # Bytes behind the COMPLETE came in clear, and would pass for what TLS brought: the
+    # response injection of STARTTLS clients (someone on the path writes them there).
     if framer.take_rest() or getattr(reader, "_buffer", b""):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "bytes in clear behind STARTTLS")
     context = client_context(security, verify=verify)

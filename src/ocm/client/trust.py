@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ocm.client.address import format_server_address
-from ocm.errors import OCMError, ServerKeyChanged
+from ocm.errors import ErrorCode, OCMError, RemoteProtocolError, ServerKeyChanged
 from ocm.wire.fingerprint import fingerprint, is_fingerprint
 
 __all__ = [
@@ -140,8 +140,16 @@ def expect(security: Security, address: tuple[str, int]) -> Expected:
     if security.fingerprint is not None:
         return Expected(where, security.fingerprint, True, None)
     value, line = read_known_servers(security.path).get(where, (None, None))
-    if value is None or (value != CA and not is_fingerprint(value)):
-        return Expected(where, None, False, None)  # first contact (or a line we cannot use)
+    if value is None:
+        return Expected(where, None, False, None)  # first contact
+    if value != CA and not is_fingerprint(value):
+        # A damaged or hand-edited line: taking it for a first contact would trust
+        # whatever key answers now, and write over the line that said otherwise.
+        raise OCMError(
+            None,
+            f"line {line} of {security.path} names server {where} with {value!r}, which is"
+            f" neither a key (SHA256:...) nor {CA!r}: correct or delete that line",
+        )
     return Expected(where, None if value == CA else value, False, line)
 
 
@@ -164,8 +172,16 @@ def accept(
 ) -> str:
     """Check the certificate the server showed against ``expected``; remember it when
     that is what the policy asks; return its fingerprint. ServerKeyChanged if it is not
-    the key expected (or, for a server known as ``ca``, it did not verify)."""
-    shown = fingerprint(certificate_der)
+    the key expected (or, for a server known as ``ca``, it did not verify);
+    RemoteProtocolError for a certificate that cannot be read (OpenSSL accepts more,
+    unverified, than cryptography's parser reads)."""
+    try:
+        shown = fingerprint(certificate_der)
+    except ValueError as error:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"server {expected.where} showed a certificate that cannot be read ({error})",
+        ) from None
     where = expected.where
     if expected.fingerprint is not None and shown != expected.fingerprint:
         raise _changed(security, expected, shown)

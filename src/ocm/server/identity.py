@@ -105,6 +105,11 @@ def load_identity(
             _create_exclusive(cert_path, _self_signed(key), 0o644)
     except OSError as error:
         raise IdentityError(f"cannot keep the server key in {where}: {_reason(error)}") from None
+    except (ValueError, TypeError) as error:  # a key file that is not a key
+        raise IdentityError(
+            f"cannot use the server key {where / KEY_FILE}: {_reason(error)} (move it away,"
+            " and the server makes a new key: clients will see it as a changed key)"
+        ) from None
     return _check_pair(cert_path, key_path, created=created)
 
 

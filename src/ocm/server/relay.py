@@ -92,7 +92,6 @@ _CHAT = int(DeliveryKind.CHAT)
 _EXTENDED_HEADER = EXTENDED_HEADER_SIZE
 _HEAD = struct.Struct("!BIB")  # Kind, Seq, SenderSize
 _RESTARTED = encode_received(Restarted(RESTARTED_TEXT))
-_SEALED = SEALED_TYPE
 
 
 class RelayCore:
@@ -135,7 +134,7 @@ class RelayCore:
         """
         size = len(data)
         if size and not data[0]:
-            if size > 1 and data[1] == _SEALED:
+            if size > 1 and data[1] == SEALED_TYPE:
                 return self._sealed(data, address, now)
             return self._extended(data, address, now, None)
         # Fast path, inlined from wire.datagrams.split_client_datagram: a chat datagram

@@ -32,7 +32,7 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from ocm.errors import ErrorCode, OCMError, ProtocolError, RoomError
+from ocm.errors import ErrorCode, OCMError, ProtocolError, RemoteProtocolError, RoomError
 from ocm.server.guards import LogLimiter, held_back
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
@@ -115,7 +115,7 @@ class TcrpHandler:
         open_tunnel: Callable[[TunnelLink], None] = lambda link: None,
         close_tunnel: Callable[[TunnelLink], None] = lambda link: None,
         tls: ssl.SSLContext | None = None,
-        allow_plaintext: bool = True,
+        allow_plaintext: bool = False,
     ) -> None:
         self.registry = registry
         self.limits = limits
@@ -265,7 +265,7 @@ class TcrpHandler:
             what = self._describe(message.operation, request, ip) if debug else ""
             try:
                 if not (secure or self.allow_plaintext or isinstance(request, StartTls)):
-                    raise ProtocolError(ErrorCode.ENCRYPTION_REQUIRED, PLAINTEXT_REFUSED)
+                    raise RemoteProtocolError(ErrorCode.ENCRYPTION_REQUIRED, PLAINTEXT_REFUSED)
                 reply = await self._handle(request, ip, secure)
             except OCMError as error:
                 assert error.code is not None

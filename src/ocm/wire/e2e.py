@@ -45,6 +45,8 @@ __all__ = [
     "FLOOR_ITERATIONS",
     "FLOOR_MEMORY_KIB",
     "KEY_SIZE",
+    "MAX_ITERATIONS",
+    "MAX_LANES",
     "MAX_MEMORY_KIB",
     "MESSAGE_INFO",
     "NONCE_SIZE",
@@ -86,6 +88,10 @@ FLOOR_ITERATIONS = 2
 # And the most memory it spends: RFC 9106's first recommended option, 2 GiB. More would
 # let a server make every joiner's machine swap (the wire allows up to 4 GiB).
 MAX_MEMORY_KIB = 2 * 1024 * 1024
+# And the most passes and lanes (RFC 9106's options use 1-3 passes, 4 lanes): the wire
+# allows 64 of each, which would make a join take minutes.
+MAX_ITERATIONS = 10
+MAX_LANES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,12 @@ def check_params(params: E2eParams) -> str | None:
         )
     if params.memory_kib > MAX_MEMORY_KIB:
         return f"the key derivation asks for {params.memory_kib} KiB, over {MAX_MEMORY_KIB}"
+    if params.iterations > MAX_ITERATIONS or params.lanes > MAX_LANES:
+        # A server could otherwise make every joiner spend minutes deriving.
+        return (
+            f"the key derivation asks for {params.iterations} passes and {params.lanes} lanes,"
+            f" over {MAX_ITERATIONS} and {MAX_LANES}"
+        )
     if params.lanes < 1 or params.memory_kib < 8 * params.lanes or len(params.salt) < SALT_SIZE:
         return "the key derivation's parameters are malformed"
     return None

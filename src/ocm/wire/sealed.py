@@ -84,6 +84,7 @@ DOWN_OVERHEAD = DOWN_HEADER_SIZE + TAG_SIZE
 # path (a room's counter grows with every datagram the server seals for it).
 REPLAY_WINDOW = 2048
 
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 _NONCE_PREFIX = bytes(4)
 _COUNTER = struct.Struct("!Q")
 _MAX_COUNTER = 2**64 - 1
@@ -156,9 +157,6 @@ class ReplayWindow:
             return False
         self._seen |= bit
         return True
-
-
-_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 
 
 class Sealer:
