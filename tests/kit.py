@@ -382,10 +382,12 @@ async def ready(server: OCMServer, chat: ChatClient) -> ChatClient:
     return chat
 
 
-async def alice_and_bob(server: OCMServer) -> tuple[ChatClient, ChatClient]:
-    """The usual pair in "lobby": alice its host, bob a member, both ready."""
-    alice = await ready(server, await ChatClient.create(server_of(server), "lobby", "alice"))
-    bob = await ready(server, await ChatClient.join(server_of(server), "lobby", "bob"))
+async def alice_and_bob(server: OCMServer, **options: Any) -> tuple[ChatClient, ChatClient]:
+    """The usual pair in "lobby": alice its host, bob a member, both ready. ``options``
+    go to both (``security=PLAINTEXT`` for a plaintext pair)."""
+    where = server_of(server)
+    alice = await ready(server, await ChatClient.create(where, "lobby", "alice", **options))
+    bob = await ready(server, await ChatClient.join(where, "lobby", "bob", **options))
     return alice, bob
 
 

@@ -43,6 +43,7 @@ from ocm.wire import (
     LeaveRoom,
     RoomInfo,
 )
+from tests.faults import MODES, security_for
 from tests.kit import (
     FAST,
     LOOPBACK,
@@ -154,13 +155,20 @@ async def test_create_a_room() -> None:
         assert await list_rooms(server_of(server)) == ()
 
 
-async def test_join_send_and_receive() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_join_send_and_receive(mode: str) -> None:
+    security = security_for(mode)
     async with running_server() as server:
         address = f"127.0.0.1:{server.tcp_port}"
         async with (
-            await ready(server, await ChatClient.create(address, "lobby", "alice")) as alice,
-            await ready(server, await ChatClient.join(address, "lobby", "bob")) as bob,
+            await ready(
+                server, await ChatClient.create(address, "lobby", "alice", security=security)
+            ) as alice,
+            await ready(
+                server, await ChatClient.join(address, "lobby", "bob", security=security)
+            ) as bob,
         ):
+            assert alice.encrypted == bob.encrypted == (mode == "sealed")
             assert (bob.host, bob.is_host, bob.members) == ("alice", False, ("alice", "bob"))
             assert await next_event(alice) == Notice("bob joined", 1)
             assert alice.members == ("alice", "bob")
@@ -200,9 +208,11 @@ async def test_a_member_leaves_and_the_others_go_on() -> None:
         await alice.close()
 
 
-async def test_the_host_leaving_closes_the_room_for_everyone() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_host_leaving_closes_the_room_for_everyone(mode: str) -> None:
     async with running_server() as server:
-        alice, bob = await alice_and_bob(server)
+        alice, bob = await alice_and_bob(server, security=security_for(mode))
+        assert alice.encrypted == bob.encrypted == (mode == "sealed")
 
         await alice.close()
 

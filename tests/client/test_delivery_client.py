@@ -33,7 +33,7 @@ from ocm.errors import ConnectionLost
 from ocm.wire import MAX_DATAGRAM, JoinRoom, Kind, LeaveRoom
 from ocm.wire.delivery import Chat, Data, Departed, Leave, Ping, Repair
 from tests.client.fake_delivery import FakeDeliveryServer, delivery_server
-from tests.faults import PLAINTEXT, FaultProxy
+from tests.faults import MODES, PLAINTEXT, FaultProxy, security_for
 from tests.kit import LOOPBACK, MS, next_event, ready, running_server, server_of, settle, until
 
 BEAT = 50 * MS  # a heartbeat interval for tests about heartbeats: liveness in 150 ms
@@ -406,15 +406,22 @@ async def test_many_leave_room_calls_from_one_ip_do_not_run_out_of_ports() -> No
 # ---------------------------------------------------------------------------
 
 
-async def test_real_server_history_then_live_messages() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_real_server_history_then_live_messages(mode: str) -> None:
+    security = security_for(mode)
     async with running_server() as server:
         where = server_of(server)
-        alice = await ready(server, await ChatClient.create(where, "lobby", "alice"))
+        alice = await ready(
+            server, await ChatClient.create(where, "lobby", "alice", security=security)
+        )
         for n in range(5):
             await alice.send(f"m{n}")
         assert await alice.flush(1000 * MS)
-        bob = await ready(server, await ChatClient.join(where, "lobby", "bob", history=3))
-        assert bob.delivery
+        bob = await ready(
+            server,
+            await ChatClient.join(where, "lobby", "bob", history=3, security=security),
+        )
+        assert bob.delivery and bob.encrypted == (mode == "sealed")
         await alice.send("live")
         assert await settle(bob, 100 * MS) == [
             Message("alice", "m3", 4, history=True),

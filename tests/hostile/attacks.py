@@ -1,4 +1,4 @@
-"""The eleven attacks of the hostile-client suite (issue 4), one coroutine each.
+"""The twelve attacks of the hostile-client suite (issue 4), one coroutine each.
 
 Each attack is bounded in count and time, uses loopback only, and returns an
 :class:`~tests.hostile.harness.Attack`: what it tried, what happened, how long it took,
@@ -19,6 +19,9 @@ so per-IP limits of one attack do not blur another:
     127.0.0.10x    attack 10: resume guessers, one at a time (.101), all at once (.102),
                    malformed (.103)
     127.0.0.11x    attack 11: the feeder (.111) and the tunnels that never read (.112)
+    127.0.0.12x    attack 12: sealed datagrams under random Sessions (.121), a member's
+                   Session from another IP (.122), another server's Sessions (.123); its
+                   forgeries and replays come from the sealed members' own 127.0.0.1
 
 Attacks 9-11 speak TCP only (tunnels and TCRP), so they do not take turns on the UDP lane.
 """
@@ -34,13 +37,14 @@ from tests.hostile.attack_access import (
 from tests.hostile.attack_connections import attack_3_slow_and_idle
 from tests.hostile.attack_input import attack_1_random_input, attack_2_malformed
 from tests.hostile.attack_resume import attack_10_resume_guessing
+from tests.hostile.attack_sealed import attack_12_sealed_garbage
 from tests.hostile.attack_tunnel import attack_9_tunnel_garbage, attack_11_stalled_tunnels
 from tests.hostile.attack_vanish import attack_8_vanishing
 from tests.hostile.context import Context
 
 __all__ = ["ATTACKS", "LAST", "Context", "attack_8_vanishing"]
 
-# Run together (the floods take turns on the UDP lane); attacks 8-11 alongside them.
+# Run together (the floods take turns on the UDP lane); attacks 8-12 alongside them.
 ATTACKS = (
     attack_1_random_input,
     attack_2_malformed,
@@ -52,6 +56,7 @@ ATTACKS = (
     attack_9_tunnel_garbage,
     attack_10_resume_guessing,
     attack_11_stalled_tunnels,
+    attack_12_sealed_garbage,
 )
 # Run after the others: it accounts for every datagram they sent.
 LAST = attack_7_reflection

@@ -98,7 +98,7 @@ def render(data: dict[str, Any], when: str) -> str:
     lines.append(
         f"- **Run.** {when}, {data['platform']}; whole suite {data['seconds']:.1f} s; "
         f"seed {data['seed']}; server flags: defaults except `{flags}` (shortened so the "
-        f"suite is fast). Attacks 1-6 and 8-11 run at the same time (the floods take "
+        f"suite is fast). Attacks 1-6 and 8-12 run at the same time (the floods take "
         f"turns) and 7 last, so their times overlap. Reproduce with `{COMMAND}`."
     )
     return "\n".join(lines)

@@ -1,7 +1,7 @@
-"""The hostile-client suite, run once: a server process, a chatting room, eleven attacks.
+"""The hostile-client suite, run once: a server process, a chatting room, twelve attacks.
 
 :func:`run_suite` starts ``ocm server`` on 127.0.0.1 port 0, seats the well-behaved room,
-starts it chatting, runs attacks 1-6 and 8-11 at the same time (floods one after another,
+starts it chatting, runs attacks 1-6 and 8-12 at the same time (floods one after another,
 see :class:`~tests.hostile.attacks.Context`), then attack 7, which also accounts for every
 datagram the others sent. Then the room stops and is checked, the server is asked to
 serve once more, its memory and log are read, and it is stopped with SIGTERM.

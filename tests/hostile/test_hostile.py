@@ -1,7 +1,7 @@
 """The hostile-client suite (issue 4): the server keeps serving, loses nothing, lets no one in.
 
 One run of :func:`~tests.hostile.suite.run_suite` (about 6-7 s on 2 cores) feeds every test
-here: a real ``ocm server`` process under eleven attacks while a room of three keeps
+here: a real ``ocm server`` process under twelve attacks while a room of three keeps
 chatting. With OCM_HOSTILE_RESULTS=path the run is also written there as JSON, which
 ``python -m tests.hostile.report`` renders into docs/security.md.
 """
@@ -298,3 +298,29 @@ def test_11_tunnels_that_never_read_are_cut_and_slow_nobody(suite: SuiteResult) 
     assert facts["room_lines_meanwhile"] > 0
     assert facts["room_delay_ms_max"] < (suite.limits.message_timeout + SLACK) * 1000, facts
     assert facts["feeder_departed"]
+
+
+def test_12_sealed_garbage_is_dropped_and_the_sealed_room_chats_on(suite: SuiteResult) -> None:
+    facts = suite.attack(12).facts
+    # The sealed room lost nothing and was handed nothing it could not open.
+    assert facts["room_problems"] == []
+    assert min(facts["room_lines"].values()) > 10, "the sealed room did not chat"
+    assert facts["clients_refused"] == {"ann": {}, "ben": {}}
+    # Forgeries and replays from the member's own IP: dropped without a word.
+    for part in ("forged", "replayed"):
+        assert facts[part]["sent"] > 0
+        assert facts[part]["errors"] == facts[part]["others"] == 0, facts[part]
+    # Unknown Sessions (random, or a member's from another IP): rate-limited ERRORs, each
+    # no larger than its datagram, and nothing else.
+    rate = suite.limits.error_replies_per_second
+    for part in ("random_sessions", "stolen_session"):
+        result = facts[part]
+        assert result["errors"] > 0 and result["others"] == 0, result
+        assert result["larger_than_datagram"] == 0, result
+        assert within_rate(result["errors"], result["seconds"], rate), result
+        assert result["max_per_second"] <= per_second_cap(suite), result
+    # Another server's Sessions: RESTARTED, at its own rate, smaller than what came.
+    foreign = facts["foreign_sessions"]
+    assert foreign["errors"] == 0 and foreign["others"] > 0, foreign
+    assert foreign["others"] <= facts["restarted_rate"] * (1 + foreign["seconds"]) + 1
+    assert facts["restarted_size"] < facts["smallest_datagram"]
