@@ -62,7 +62,13 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._sock: socket.socket | None = None  # our own handle on the transport's socket
         self._batch: BatchSender | None = None
         self._queued: Callable[[], int] = lambda: 0
-        self.dropped = 0  # copies not sent because the transport's queue was full
+        # Counters for the metrics endpoint (ocm.server.metrics): datagrams in (UDP and
+        # tunnels), copies out (each address, UDP and tunnels), copies not sent because
+        # the transport's queue was full, and datagrams a bug cost.
+        self.received = 0
+        self.sent = 0
+        self.dropped = 0
+        self.failed = 0
         self.closed = asyncio.Event()  # set once the socket is closed (its port is free)
         # Section 4: tunnelled members' connections, by tunnel address. Their datagrams
         # come in through datagram_received as UDP ones do; what goes to their address
@@ -104,10 +110,12 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.closed.set()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += 1
         try:
             answer = self.core.answer(data, addr, self._clock())
         except Exception:
             # A bug must cost one datagram, never the relay.
+            self.failed += 1
             log.exception("unexpected error handling a datagram from %s", addr[0])
             return
         if self.core.registry.deadline_moved:
@@ -149,8 +157,10 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                     except BlockingIOError:
                         break  # the socket buffer is full: the transport queues the rest
                     except OSError as error:
+                        self.sent -= 1  # not sent, though the loop moves past it
                         self.error_received(error)  # what the transport would have done
                     sent += 1
+            self.sent += sent
             if sent == len(addresses):
                 return
             addresses = addresses[sent:]
@@ -158,6 +168,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         if room_left < len(addresses):
             self._drop(len(addresses) - max(room_left, 0))
             addresses = addresses[: max(room_left, 0)]
+        self.sent += len(addresses)  # queued: the transport sends them as the socket allows
         for address in addresses:
             transport.sendto(datagram, address)
 
@@ -175,7 +186,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 split = self._splits[id(addresses)] = (addresses, *self._split(addresses))
             _, links, udp = split
         for link in links:
-            link.send(datagram)
+            if link.send(datagram):
+                self.sent += 1
         return udp
 
     def _split(
