@@ -21,6 +21,7 @@ from ocm.client import Message
 from ocm.server.app import OCMServer
 from ocm.server.exposition import CONTENT_TYPE
 from ocm.server.metrics import MAX_CONNECTIONS, MAX_HEAD, parse_request_line
+from ocm.server.udp import MAX_QUEUED_BYTES
 from ocm.wire import CreateRoom, JoinRoom, ListRooms, encode_request
 from ocm.wire.delivery import Ping, encode_extended
 from ocm.wire.sealed import up_prefix
@@ -228,11 +229,24 @@ async def test_a_tunnelled_member_is_counted_on_its_path() -> None:
     assert value(samples, "ocm_datagrams_sent_total") == 1  # the STATUS, through the tunnel
 
 
-async def test_a_full_send_queue_is_counted() -> None:
+async def test_copies_a_full_send_queue_drops_are_counted_and_not_sent() -> None:
     async with running_server(metrics_port=0) as server:
-        server._endpoint._drop(3)  # what send_to does when the queue is full
-        samples = await scrape(server)
-    assert dropped(samples, "send_queue_full") == 3
+        alice = await enter(server, CreateRoom("lobby", "alice"))
+        bob = await enter(server, JoinRoom("lobby", "bob"))  # its NOTICE: one copy sent
+        try:
+            # The transport's queue is full (a fan-out larger than the link): every copy
+            # of the next line is dropped.
+            endpoint = server._endpoint
+            endpoint._queued = lambda: MAX_QUEUED_BYTES
+            alice.say("lost")
+            await until(lambda: endpoint.dropped == 2)
+            samples = await scrape(server)
+        finally:
+            alice.peer.close()
+            bob.peer.close()
+    assert dropped(samples, "send_queue_full") == 2
+    assert value(samples, "ocm_datagrams_sent_total") == 1
+    assert value(samples, "ocm_relayed_messages_total") == 1
 
 
 # ---------------------------------------------------------------------------

@@ -145,6 +145,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # (tunnels do not need the UDP socket: a firewall may block it)
+        # Counted once here, on the way to the socket or the transport's queue; the
+        # rare copies that go neither way are taken back below.
+        self.sent += len(addresses)
         sock = self._sock
         if sock is not None and not self._queued():
             if self._batch is not None and len(addresses) >= BATCH_FROM:
@@ -160,15 +163,15 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                         self.sent -= 1  # not sent, though the loop moves past it
                         self.error_received(error)  # what the transport would have done
                     sent += 1
-            self.sent += sent
             if sent == len(addresses):
                 return
             addresses = addresses[sent:]
         room_left = (MAX_QUEUED_BYTES - self._queued()) // max(len(datagram), 1)
         if room_left < len(addresses):
-            self._drop(len(addresses) - max(room_left, 0))
+            dropped = len(addresses) - max(room_left, 0)
+            self.sent -= dropped
+            self._drop(dropped)
             addresses = addresses[: max(room_left, 0)]
-        self.sent += len(addresses)  # queued: the transport sends them as the socket allows
         for address in addresses:
             transport.sendto(datagram, address)
 
