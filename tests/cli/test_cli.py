@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -344,6 +345,61 @@ def test_ocm_help_lists_the_server_command_without_building_it(
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "run an OCM server" in capsys.readouterr().out
+
+
+def test_the_metrics_flags_reach_the_server_and_are_documented(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ocm.cli import server as servercli
+    from ocm.server.app import ServerConfig
+
+    seen: list[ServerConfig] = []
+
+    async def serve(config: ServerConfig) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(servercli, "serve", serve)
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
+    assert main(["server", "--port", "0"]) == 0
+    assert main(["server", "--port", "0", "--metrics-port", "9100"]) == 0
+    assert main(["server", "--metrics-port", "0", "--metrics-host", "::1"]) == 0
+    assert [(c.metrics_port, c.metrics_host) for c in seen] == [
+        (None, "127.0.0.1"),  # off by default, and loopback when on
+        (9100, "127.0.0.1"),
+        (0, "::1"),
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(["server", "--metrics-port", "65536"])
+    assert exit_.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["server", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--metrics-port PORT serve Prometheus metrics" in text
+    assert "counts only" in text and "(default: off)" in text
+    assert "--metrics-host HOST" in text and "not the internet" in text
+    assert "(default: 127.0.0.1)" in text
+
+
+async def test_a_server_process_serves_its_metrics() -> None:
+    """The flag end to end: ``ocm server --metrics-port 0`` logs where, and serves there."""
+    import urllib.request
+
+    from tests.kit import ServerProcess
+
+    server = await ServerProcess.start("--metrics-port", "0")
+    try:
+        assert server.process.stderr is not None
+        line = await asyncio.wait_for(asyncio.to_thread(server.process.stderr.readline), 10)
+        match = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/metrics$", line.strip())
+        assert match, line
+        url = f"http://{LOOPBACK}:{match[1]}/metrics"
+        with await asyncio.to_thread(urllib.request.urlopen, url, timeout=5) as response:
+            assert response.status == 200
+            body = response.read().decode()
+        assert "\nocm_rooms 0\n" in body
+    finally:
+        server.stop()
 
 
 def test_server_default_comes_from_ocm_server(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from ocm.client.exchange import read_message
 from ocm.server.guards import ErrorReplyLimiter
 from ocm.server.history import HELD_BYTES, HELD_MESSAGES
 from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
-from ocm.server.relay import RESTARTED_RATE, RelayCore
+from ocm.server.relay import RESTARTED_RATE, Refused, RelayCore
 from ocm.wire import (
     ClientDatagram,
     CreateRoom,
@@ -143,6 +143,7 @@ def test_a_refusal_that_cannot_wait_is_not_answered_so_it_is_sent_again() -> Non
     for n in range(2, 2 + HELD_MESSAGES):
         assert room.say(long, ALICE, n, f"m{n}") == []
     assert room.say(long, ALICE, 2 + HELD_MESSAGES, too_long) == []  # no room: silence
+    assert room.relay.not_held == 1  # counted (ocm_datagrams_dropped_total)
     released = replies(room.say(long, ALICE, 1, "m1"))
     assert [r.msg_no for r in released if isinstance(r, Chat)] == list(range(1, 2 + HELD_MESSAGES))
     (error,) = replies(room.say(long, ALICE, 2 + HELD_MESSAGES, too_long))  # the resend
@@ -364,6 +365,7 @@ def test_malformed_bodies_from_a_member_are_refused_and_the_relay_goes_on() -> N
     # An unknown Type is dropped and counted (shared PROTOCOL.md, section 3).
     assert room.relay.datagram_received(b"\x00\x07\x20" + token, ALICE, 1.0) == []
     assert room.relay.unknown == 1
+    assert room.relay.refused[Refused.MALFORMED] == 2
     assert replies(room.say(room.alice, ALICE, 1, "still here")) == [
         Chat(2, "alice", 1, "still here")
     ]

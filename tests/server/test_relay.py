@@ -10,7 +10,7 @@ import pytest
 
 from ocm.server.guards import ErrorReplyLimiter
 from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
-from ocm.server.relay import RelayCore
+from ocm.server.relay import Refused, RelayCore
 from ocm.wire import (
     MAX_DATAGRAM,
     ClientDatagram,
@@ -283,6 +283,7 @@ def test_too_long_relayed_text_is_refused() -> None:
     reply, addresses = only(room.send(room.alice, ALICE, "x" * (limit + 1)))
     assert reply == ServerDatagram(Kind.ERROR, 0, "", f"message too long: max {limit} bytes")
     assert addresses == (ALICE,)  # only the sender hears about it, never cut or split
+    assert room.relay.refused[Refused.TOO_LONG] == 1 == room.relay.rejected
     # The refused message took no sequence number.
     sent, _ = only(room.send(room.bob, BOB, "next"))
     assert sent.seq == 3
@@ -309,3 +310,22 @@ def test_a_malformed_datagram_does_not_affect_the_next(room: Room, garbage: byte
     assert set(addresses) == {ALICE, BOB}
     assert room.alice.address == ALICE
     assert room.registry.list_rooms()[0].members == 2
+
+
+def test_each_refusal_is_counted_under_its_reason(room: Room) -> None:
+    """RelayCore.refused says why each datagram was refused (ocm_datagrams_dropped_total),
+    and its reasons add up to ``rejected``."""
+    stranger = ("10.0.0.9", 1000)
+    room.relay.datagram_received(b"\x05\x05lobbyguess", stranger, 1.0)  # a guessed token
+    room.relay.datagram_received(b"\x01\x01rt" + b"x" * MAX_DATAGRAM, stranger, 1.0)
+    room.relay.datagram_received(b"\x05\x20lobby", stranger, 1.0)  # token past the end
+    room.send(room.alice, ALICE, b"\xff")
+    room.send(room.alice, ALICE, "relayed")
+    assert {reason: n for reason, n in room.relay.refused.items() if n} == {
+        Refused.UNKNOWN_TOKEN: 1,
+        Refused.TOO_LARGE: 1,
+        Refused.MALFORMED: 1,
+        Refused.NOT_UTF8: 1,
+    }
+    assert sum(room.relay.refused.values()) == room.relay.rejected == 4
+    assert set(room.relay.refused) == set(Refused)  # every reason, from 0: a steady series

@@ -127,3 +127,5 @@ def test_relay_never_crashes_and_never_amplifies(
         else:
             assert room.seq == seqs[room.name]  # a refused text takes no Seq
             assert [m.kind for m in messages] in ([Kind.ERROR], [])
+    # Every refusal is counted under one reason (ocm_datagrams_dropped_total).
+    assert sum(relay.refused.values()) == relay.rejected

@@ -21,7 +21,7 @@ from ocm.server.guards import ErrorReplyLimiter
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
 from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
-from ocm.server.relay import RelayCore
+from ocm.server.relay import Refused, RelayCore
 from ocm.server.tcp import TcrpHandler
 from ocm.server.udp import RelayEndpoint
 from ocm.wire import ClientDatagram, Kind, ServerDatagram, encode_client_datagram
@@ -398,6 +398,7 @@ def test_an_altered_datagram_is_dropped_and_counted_forged(room: SealedRoom) -> 
         assert room.relay.datagram_received(bytes(altered), bob.address, 5.0) == []
     forged = len(sealed) - (UP_HEADER_SIZE - 8)
     assert room.refused() == {Refusal.FORGED: forged}
+    assert room.relay.refused[Refused.SEALED_FORGED] == forged == room.relay.rejected
     assert (room.room.seq, bob.member.last_seen, room.relay.relayed) == (seq, seen, 0)
     (chat,) = room.relay.datagram_received(sealed, bob.address, 5.0)  # the genuine one
     assert isinstance(everyone_opens(room, chat), Chat)
@@ -442,6 +443,7 @@ def test_a_replayed_datagram_is_dropped_without_an_answer(room: SealedRoom) -> N
     assert len(room.relay.datagram_received(ping, bob.address, 3.0)) == 1
     assert room.relay.datagram_received(ping, bob.address, 3.0) == []
     assert room.refused() == {Refusal.REPLAYED: 4}
+    assert room.relay.refused[Refused.SEALED_REPLAYED] == 4
     assert room.room.seq == seq and room.relay.duplicates == 0
 
 
@@ -462,6 +464,7 @@ def test_too_short_a_datagram_of_a_known_session_is_malformed(room: SealedRoom) 
     for size in (UP_HEADER_SIZE - 8, UP_HEADER_SIZE, UP_HEADER_SIZE + 15):
         assert room.relay.datagram_received(whole[:size], bob.address, 2.0) == []
     assert room.refused() == {Refusal.MALFORMED: 3}
+    assert room.relay.refused[Refused.SEALED_MALFORMED] == 3
 
 
 def test_a_sealed_datagram_must_hold_an_extended_one(room: SealedRoom) -> None:
@@ -513,6 +516,7 @@ def test_an_unknown_session_is_answered_unknown_token_in_clear() -> None:
     assert bare.datagram == error.datagram[:10]
     assert room.relay.datagram_received(data[:5], source, 1.0) == []  # < an ERROR header
     assert room.relay.sealed_refused[Refusal.UNKNOWN] == 4
+    assert room.relay.refused[Refused.UNKNOWN_SESSION] == 4 == room.relay.rejected
 
 
 def test_unknown_token_answers_to_unknown_sessions_are_rate_limited() -> None:
@@ -548,6 +552,7 @@ def test_a_session_of_an_earlier_server_is_answered_restarted() -> None:
     assert len(small) < len(out.datagram)
     assert room.relay.datagram_received(small, (OTHER_IP, 6000), 5.0) == []
     assert room.relay.sealed_refused[Refusal.UNKNOWN] == 3
+    assert room.relay.refused[Refused.RESTARTED] == 3 == room.relay.rejected
 
 
 # ---------------------------------------------------------------------------

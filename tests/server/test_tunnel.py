@@ -360,10 +360,11 @@ async def test_a_tunnel_that_is_not_read_is_cut_and_the_room_goes_on() -> None:
         peak = 0
         send = link.send
 
-        def measured(datagram: bytes) -> None:
+        def measured(datagram: bytes) -> bool:
             nonlocal peak
-            send(datagram)
+            written = send(datagram)
             peak = max(peak, writer.transport.get_write_buffer_size())
+            return written
 
         link.send = measured  # type: ignore[method-assign]
         try:

@@ -478,6 +478,7 @@ def test_with_nothing_queued_the_endpoint_writes_to_the_socket() -> None:
 
             assert [len(call) for call in kernel.calls] == [BATCH_FROM]
             assert transport.sent == []
+            assert endpoint.sent == 2 * BATCH_FROM - 1  # each copy (ocm_datagrams_sent_total)
             assert_received(peers, [[b"batched", b"plain"]] * (BATCH_FROM - 1) + [[b"batched"]])
 
 
@@ -496,6 +497,7 @@ def test_what_sendmmsg_refuses_goes_to_the_transport_in_order(taken: int) -> Non
             rest = room[max(taken, 0) :]
             assert transport.sent == [(b"hello", address) for address in rest]
             assert_received(peers, [[b"hello"]] * 5)  # each once: none lost, none twice
+            assert endpoint.sent == 5  # by the socket and by the transport, each once
 
 
 @needs_sendmmsg
@@ -584,6 +586,7 @@ def test_an_error_on_one_plain_sendto_costs_that_copy_only(
             assert errors == [unreachable]
             assert transport.sent == []  # not retried: the transport would fail the same way
             assert_received(peers, [[], [b"one"]])
+            assert endpoint.sent == 1  # the refused copy is not counted sent
 
 
 @needs_sendmmsg
@@ -747,6 +750,7 @@ async def test_an_exception_in_the_core_costs_one_datagram(
         assert [r.getMessage() for r in caplog.records] == [
             "unexpected error handling a datagram from 127.0.0.1"
         ]
+        assert server._endpoint.failed == 1  # ocm_datagrams_dropped_total{reason="server_error"}
 
 
 def count_sends(endpoint: RelayEndpoint) -> tuple[list[int], list[int]]:
@@ -844,4 +848,5 @@ def test_a_full_send_queue_drops_copies_instead_of_growing() -> None:
 
     assert [address for _, address in transport.sent] == list(addresses[:2])
     assert endpoint.dropped == 8
+    assert endpoint.sent == 2
     assert transport.get_write_buffer_size() <= MAX_QUEUED_BYTES

@@ -72,6 +72,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also serve clients that do not encrypt (version 1 clients, ocm --insecure) on "
         "the same port; without it they are refused with encryption_required",
     )
+    server.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="serve Prometheus metrics (counts only: no names, tokens or texts) at "
+        "http://HOST:PORT/metrics, 0 for any free port (default: off)",
+    )
+    server.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics endpoint listens on: it is for the operator, not the "
+        "internet (plain HTTP, no password), so loopback unless you put it behind a "
+        "firewall (default: %(default)s)",
+    )
     # Every limit flag, from the fields of Limits: its default, its unit, its meaning.
     for flag in flags(Limits):
         server.add_argument(
@@ -111,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         cert_file=args.cert,
         key_file=args.key,
         allow_plaintext=args.allow_plaintext,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
     # uvloop (pip install ocm[fast]) when present: the relay then spends about a fifth
     # less CPU per datagram (docs/performance.md); plain asyncio otherwise.

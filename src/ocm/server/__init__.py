@@ -2,10 +2,12 @@
 
 * cores, with ``now`` passed in and no sockets: :mod:`ocm.server.registry` (rooms,
   members, tokens, expiry, host rules), :mod:`ocm.server.relay` (what to do with each
-  datagram), :mod:`ocm.server.guards` (rate limiters) and
-  :mod:`ocm.server.passwords` (scrypt hashes);
+  datagram), :mod:`ocm.server.guards` (rate limiters),
+  :mod:`ocm.server.passwords` (scrypt hashes) and :mod:`ocm.server.exposition` (counts
+  as Prometheus text);
 * adapters: :mod:`ocm.server.tcp` (TCRP connections), :mod:`ocm.server.udp` (the relay
-  socket and batched sending);
+  socket and batched sending), :mod:`ocm.server.metrics` (the ``--metrics-port``
+  endpoint);
 * :mod:`ocm.server.app`: :class:`OCMServer` wires them together and owns the life cycle;
   :func:`serve` runs one until SIGINT or SIGTERM.
 

@@ -1,9 +1,11 @@
 """The OCM server: one TCP listener for TCRP and one UDP endpoint for the relay.
 
 :class:`OCMServer` wires the layers together and owns the lifecycle: it binds the
-sockets, arms the idle-expiry timer the registry asks for, and on :meth:`OCMServer.close`
-tells every member CLOSED before it stops. :func:`serve` runs it until SIGINT/SIGTERM.
-Only this module and the adapters read the clock (``loop.time()``).
+sockets (with ``--metrics-port``, the metrics endpoint's too: :mod:`ocm.server.metrics`),
+arms the idle-expiry timer the registry asks for, and on :meth:`OCMServer.close` tells
+every member CLOSED before it stops. :func:`serve` runs it until SIGINT/SIGTERM. Only
+this module and the adapters read the clock (``loop.time()``; the wall clock once, for
+the metrics' start time).
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ocm import __version__
+from ocm.server.exposition import render
 from ocm.server.guards import ErrorReplyLimiter, FailureLimiter
 from ocm.server.identity import load_identity, server_context
 from ocm.server.limits import Limits
+from ocm.server.metrics import MetricsEndpoint, snapshot
 from ocm.server.registry import Outgoing, RoomRegistry
 from ocm.server.relay import RelayCore
 from ocm.server.tcp import TcrpHandler
@@ -56,6 +62,11 @@ class ServerConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     allow_plaintext: bool = False
+    # The Prometheus endpoint (ocm.server.metrics): off unless given a port (0: any
+    # free one), and on the loopback interface unless told otherwise: it is for the
+    # operator, and has no TLS and no password.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
 
 UDP_SEND_BUFFER = 4 * 1024 * 1024
@@ -206,6 +217,11 @@ class OCMServer:
         self._closing = False
         self.tcp_port = 0
         self.udp_port = 0
+        self.metrics: MetricsEndpoint | None = None
+        if config.metrics_port is not None:
+            self.metrics = MetricsEndpoint(self.metrics_text, timeout=limits.message_timeout)
+        self.metrics_port: int | None = None  # the bound port, with --metrics-port
+        self.start_time = time.time()  # Unix time, for ocm_start_time_seconds
 
     @classmethod
     async def start(cls, config: ServerConfig | None = None) -> OCMServer:
@@ -229,6 +245,16 @@ class OCMServer:
                 raise _cannot_listen("UDP", config.host, wanted, error) from error
             udp_sock = _bind_udp(config.host, 0)  # port 0: any free pair will do
         self.udp_port = udp_sock.getsockname()[1]
+        metrics_sock = None
+        if config.metrics_port is not None:
+            try:
+                metrics_sock = _bind_tcp(config.metrics_host, config.metrics_port)
+            except OSError as error:
+                tcp_sock.close()
+                udp_sock.close()
+                raise _cannot_listen(
+                    "metrics", config.metrics_host, config.metrics_port, error
+                ) from error
         await self._loop.create_datagram_endpoint(lambda: self._endpoint, sock=udp_sock)
         # start_server listens again with its own backlog: pass ours, or it is 100.
         self._tcp_server = await asyncio.start_server(
@@ -244,10 +270,31 @@ class OCMServer:
             config.limits.idle_timeout,
             "uvloop" if type(self._loop).__module__.startswith("uvloop") else "asyncio",
         )
+        if self.metrics is not None and metrics_sock is not None:
+            await self.metrics.start(metrics_sock)
+            self.metrics_port = self.metrics.port
+            where = (
+                f"[{config.metrics_host}]" if ":" in config.metrics_host else config.metrics_host
+            )
+            log.info("metrics at http://%s:%d/metrics", where, self.metrics_port)
+        self.start_time = time.time()
         identity = self.identity
         if identity.created:
             log.info("created a new server key in %s", identity.key_file.parent)
         log.info("server key %s (%s)", identity.fingerprint, identity.cert_file)
+
+    def metrics_text(self) -> str:
+        """What the metrics endpoint serves: the server's counts now, as Prometheus text."""
+        return render(
+            snapshot(
+                registry=self.registry,
+                relay=self.relay,
+                endpoint=self._endpoint,
+                tcrp=self.tcrp,
+                version=__version__,
+                start_time=self.start_time,
+            )
+        )
 
     def _send(self, outgoing: Iterable[Outgoing]) -> None:
         self._endpoint.send(outgoing)
@@ -315,6 +362,8 @@ class OCMServer:
             # which tcrp.close() can then close and wait for (instead of asyncio
             # cancelling a handler that never ran, with a traceback in the log).
             await asyncio.sleep(0)
+            if self.metrics is not None:
+                await self.metrics.close()
             if self._expiry_timer is not None:
                 self._expiry_timer.cancel()
                 self._expiry_timer = None

@@ -26,17 +26,21 @@ carried, and each source IP gets at most ``Limits.error_replies_per_second`` ERR
 second (RESTARTED, the answer to a PING from before a restart: 100 a second, since a
 whole office behind one address may be asking at once).
 
-Each refused datagram is a DEBUG line (its source IP and why: unknown token, too long,
-...), ten at once and one a second at most: a flood of bad datagrams must not flood the
-log. Never its token, nor its text.
+Each refused datagram is counted in :attr:`RelayCore.refused` under one :class:`Refused`
+reason (the ``reason`` label of ``ocm_datagrams_dropped_total``, see
+:mod:`ocm.server.metrics`), so the reasons add up to :attr:`RelayCore.rejected`: one
+dict increment, off the relay's fast path. Each is also a DEBUG line (its source IP and
+why: unknown token, too long, ...), ten at once and one a second at most: a flood of bad
+datagrams must not flood the log. Never its token, nor its text.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from enum import StrEnum
 
-from ocm.errors import ProtocolError
+from ocm.errors import ErrorCode, ProtocolError
 from ocm.server.guards import ErrorReplyLimiter, LogLimiter, held_back
 from ocm.server.history import REFUSED
 from ocm.server.registry import MAX_HELD_TOTAL, Address, Member, Outgoing, RoomRegistry
@@ -69,7 +73,7 @@ from ocm.wire.texts import (
     format_refusal,
 )
 
-__all__ = ["Answer", "Answers", "RelayCore"]
+__all__ = ["Answer", "Answers", "Refused", "RelayCore"]
 
 logger = logging.getLogger("ocm.server.relay")  # ``log`` here is a member's RelayedLog
 
@@ -94,6 +98,29 @@ _HEAD = struct.Struct("!BIB")  # Kind, Seq, SenderSize
 _RESTARTED = encode_received(Restarted(RESTARTED_TEXT))
 
 
+class Refused(StrEnum):
+    """Why the relay refused a datagram: a label value, so a short snake_case word."""
+
+    UNKNOWN_TOKEN = "unknown_token"  # no such member (room, token, source IP), in clear
+    UNKNOWN_SESSION = "unknown_session"  # sealed, with a Session this server does not know
+    RESTARTED = "restarted"  # from a member of an earlier incarnation (answered RESTARTED)
+    TOO_LARGE = "too_large"  # a datagram over MAX_DATAGRAM bytes
+    TOO_LONG = "too_long"  # a chat line whose relayed copy would be over MAX_DATAGRAM
+    NOT_UTF8 = "not_utf8"
+    MALFORMED = "malformed"  # its layout is broken (sizes past the end, a bad body)
+    SEALED_FORGED = "sealed_forged"  # does not open: altered, or not sealed with the key
+    SEALED_REPLAYED = "sealed_replayed"  # a Counter seen before, or older than the window
+    SEALED_MALFORMED = "sealed_malformed"  # too short to open, or no extended datagram inside
+
+
+_SEALED_REFUSED = {
+    Refusal.FORGED: Refused.SEALED_FORGED,
+    Refusal.REPLAYED: Refused.SEALED_REPLAYED,
+    Refusal.MALFORMED: Refused.SEALED_MALFORMED,
+    Refusal.UNKNOWN: Refused.UNKNOWN_SESSION,  # (the opener never says it; for safety)
+}
+
+
 class RelayCore:
     """Turns client datagrams into relayed MESSAGEs and ERROR replies."""
 
@@ -112,6 +139,11 @@ class RelayCore:
         self.duplicates = 0  # DATA that arrived again: confirmed, not relayed
         self.repaired = 0  # datagrams sent again on request
         self.unknown = 0  # extended datagrams of a Type this server does not know
+        # Early DATA dropped unanswered, with no room left to wait (the sender sends it
+        # again): neither relayed nor refused.
+        self.not_held = 0
+        # Every refused datagram (``rejected``), by why: the reasons add up to it.
+        self.refused: dict[Refused, int] = dict.fromkeys(Refused, 0)
         # Section 5: sealed datagrams dropped, by why (forged, replayed, ...).
         self.sealed_refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         self._refusal_lines = LogLimiter()
@@ -147,7 +179,7 @@ class RelayCore:
                     data[CLIENT_HEADER_SIZE:room_end], data[room_end:token_end], address[0]
                 )
                 if member is None or member.opener is not None:  # sealed: only sealed
-                    return self._refuse(address, now, size, _UNKNOWN_TOKEN)
+                    return self._refuse(address, now, size, Refused.UNKNOWN_TOKEN, _UNKNOWN_TOKEN)
                 self.registry.touch(member, address, now)
                 if token_end == size:
                     return None  # a heartbeat: registered, not relayed
@@ -156,13 +188,14 @@ class RelayCore:
                 relayed_size = SERVER_HEADER_SIZE + len(member.name_bytes) + len(text)
                 if relayed_size > MAX_DATAGRAM:
                     limit = MAX_DATAGRAM - SERVER_HEADER_SIZE - len(member.name_bytes)
-                    return self._refuse(address, now, None, format_refusal(TooLong(limit)))
+                    too_long = format_refusal(TooLong(limit))
+                    return self._refuse(address, now, None, Refused.TOO_LONG, too_long)
                 # ASCII is valid UTF-8 and much cheaper to recognise than to decode.
                 if not text.isascii():
                     try:
                         text.decode("utf-8")
                     except UnicodeDecodeError:
-                        return self._refuse(address, now, None, _NOT_UTF8)
+                        return self._refuse(address, now, None, Refused.NOT_UTF8, _NOT_UTF8)
                 self.relayed += 1
                 seq = room.next_seq()
                 message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
@@ -175,7 +208,7 @@ class RelayCore:
         try:
             split_client_datagram(data)
         except ProtocolError as error:
-            return self._refuse(address, now, size, error.message)
+            return self._refuse(address, now, size, _layout(error), error.message)
         raise AssertionError("fast path and decoder disagree")  # pragma: no cover
 
     # -- the delivery extension (section 3) ---------------------------------------------
@@ -192,20 +225,23 @@ class RelayCore:
                 # Given out by an earlier incarnation: say RESTARTED, in clear (the key
                 # died with it); the client believes it only once RESUME is refused.
                 self.rejected += 1
+                self.refused[Refused.RESTARTED] += 1
                 if len(_RESTARTED) > len(data) or not self.restarts.allow(address[0], now):
                     return None
                 return _RESTARTED, (address,)
-            return self._refuse(address, now, len(data), _UNKNOWN_TOKEN)
+            return self._refuse(address, now, len(data), Refused.UNKNOWN_SESSION, _UNKNOWN_TOKEN)
         opener = member.opener
         assert opener is not None
         inner = opener.open(data)
         if isinstance(inner, Refusal):
             self.sealed_refused[inner] += 1
             self.rejected += 1
+            self.refused[_SEALED_REFUSED[inner]] += 1
             return None
         if not inner or inner[0]:  # a sealed member speaks extended datagrams only
             self.sealed_refused[Refusal.MALFORMED] += 1
             self.rejected += 1
+            self.refused[Refused.SEALED_MALFORMED] += 1
             return None
         answer = self._extended(inner, address, now, opener)
         sealer = member.room.sealer
@@ -259,7 +295,7 @@ class RelayCore:
         try:
             kind, token, body = split_extended(data)
         except ProtocolError as error:
-            return self._refuse(address, now, size, error.message)
+            return self._refuse(address, now, size, _layout(error), error.message)
         member = self.registry.authenticate_token(token, address[0])
         if member is not None and member.opener is not opener:
             member = None  # a sealed member's token in clear, or in another's datagram
@@ -279,7 +315,7 @@ class RelayCore:
                     leave_body(body)
                     return self._leave(member, address, now)
         except ProtocolError:
-            return self._refuse(address, now, None, _MALFORMED)
+            return self._refuse(address, now, None, Refused.MALFORMED, _MALFORMED)
         # Shared PROTOCOL.md section 3: an unknown kind is dropped and counted.
         self.unknown += 1
         return None
@@ -300,13 +336,14 @@ class RelayCore:
         if restarted and body[4:] != self.registry.boot:
             # Joined an earlier incarnation: every room of that one is gone.
             self.rejected += 1
+            self.refused[Refused.RESTARTED] += 1
             if len(_RESTARTED) > size or not self.restarts.allow(address[0], now):
                 return None
             return _RESTARTED, (address,)
         reply = self.registry.gone_reply(token, address[0], now, opener)
         if reply is not None:  # its room closed, or it left: say so again
             return reply, (address,)
-        return self._refuse(address, now, size, _UNKNOWN_TOKEN)
+        return self._refuse(address, now, size, Refused.UNKNOWN_TOKEN, _UNKNOWN_TOKEN)
 
     def _data(self, member: Member, body: bytes, address: Address, now: float) -> Answers | None:
         """Relay a DATA once, in its sender's order (an early one waits for those before
@@ -322,7 +359,7 @@ class RelayCore:
             self.duplicates += 1
             return encode_received(Accepted(seq, msg_no)), (address,)
         if refusal is not None and seq == REFUSED:  # refused before; its ERROR was lost
-            return self._refuse(address, now, None, refusal, msg_no)
+            return self._refuse(address, now, None, *refusal, msg_no)
         if refusal is not None:
             text = None  # dealt with once its turn comes: the ones after need not wait
         if msg_no != log.next:
@@ -334,9 +371,12 @@ class RelayCore:
             if registry.held_bytes + size > MAX_HELD_TOTAL or not log.hold(msg_no, text):
                 # No room to wait: say nothing (not even a refusal), so the sender sends
                 # it again, by when the ones before it will have come.
+                self.not_held += 1
                 return None
             registry.held_bytes += size
-            return None if refusal is None else self._refuse(address, now, None, refusal, msg_no)
+            if refusal is None:
+                return None
+            return self._refuse(address, now, None, *refusal, msg_no)
         answers: list[Answer] = []
         waiting = True
         while waiting:
@@ -347,20 +387,22 @@ class RelayCore:
             waiting, text = log.take_held()
             self.registry.held_bytes -= len(text) if text else 0
         if refusal is not None:
-            error = self._refuse(address, now, None, refusal, msg_no)
+            error = self._refuse(address, now, None, *refusal, msg_no)
             if error is not None:
                 answers.append(error)
         return answers[0] if len(answers) == 1 else answers or None
 
-    def _check_text(self, member: Member, text: bytes) -> str | None:
-        """Why ``text`` cannot be relayed as a CHAT of ``member``'s, or None."""
+    def _check_text(self, member: Member, text: bytes) -> tuple[Refused, str] | None:
+        """Why ``text`` cannot be relayed as a CHAT of ``member``'s (the reason and the
+        ERROR's text), or None."""
         if _CHAT_OVERHEAD + len(member.name_bytes) + len(text) > MAX_DATAGRAM:
-            return format_refusal(TooLong(MAX_DATAGRAM - _CHAT_OVERHEAD - len(member.name_bytes)))
+            limit = MAX_DATAGRAM - _CHAT_OVERHEAD - len(member.name_bytes)
+            return Refused.TOO_LONG, format_refusal(TooLong(limit))
         if not text.isascii():
             try:
                 text.decode("utf-8")
             except UnicodeDecodeError:
-                return _NOT_UTF8
+                return Refused.NOT_UTF8, _NOT_UTF8
         return None
 
     def _relay_data(self, member: Member, msg_no: int, text: bytes, into: list[Answer]) -> None:
@@ -431,10 +473,18 @@ class RelayCore:
         return [(reply, (address,)), *((out.datagram, out.addresses) for out in outgoing)]
 
     def _refuse(
-        self, address: Address, now: float, cap: int | None, why: str, msg_no: int = 0
+        self,
+        address: Address,
+        now: float,
+        cap: int | None,
+        reason: Refused,
+        why: str,
+        msg_no: int = 0,
     ) -> Answer | None:
-        """An ERROR to ``address``; ``cap`` bounds its size for unauthenticated senders."""
+        """An ERROR saying ``why`` to ``address``, counted under ``reason``; ``cap``
+        bounds its size for unauthenticated senders."""
         self.rejected += 1
+        self.refused[reason] += 1
         allowed = self.errors.allow(address[0], now)
         if logger.isEnabledFor(logging.DEBUG):
             held = self._refusal_lines.allow(now)
@@ -456,6 +506,11 @@ class RelayCore:
                 return None  # even a bare header would be more than we received
             reply = reply[:cap]
         return reply, (address,)
+
+
+def _layout(error: ProtocolError) -> Refused:
+    """The reason a datagram the decoder refused is counted under."""
+    return Refused.TOO_LARGE if error.code == ErrorCode.TOO_LARGE else Refused.MALFORMED
 
 
 def _is_utf8(text: bytes) -> bool:

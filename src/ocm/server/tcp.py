@@ -11,6 +11,10 @@ in clear is refused with ``encryption_required``, and the connection stays open 
 STARTTLS. A STARTTLS with bytes pipelined behind it is not upgraded: the connection is
 closed (those bytes were sent in clear, and must never pass for encrypted ones).
 
+Each request's outcome is counted in :attr:`TcrpHandler.requests`, by operation and
+result (``ok`` or the error code; ``unknown`` for the operation of a request too
+malformed to name one): ``ocm_tcrp_requests_total`` of :mod:`ocm.server.metrics`.
+
 Logging: each request at DEBUG (operation, client IP, room and name, outcome: ``ok`` or
 the error code), written from chosen fields, never from the request itself, which holds
 the password, the token or the resume secret. Connections refused for a connection
@@ -136,6 +140,8 @@ class TcrpHandler:
         self._tls = tls
         self.allow_plaintext = allow_plaintext
         self.connections: dict[str, int] = {}  # client IP -> open connections
+        # Requests answered, by (operation, result): "create_room", "ok" or an error code.
+        self.requests: dict[tuple[str, str], int] = {}
         self.writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # one per open connection
         # Password hashes run on the server's executor, whose max_concurrent_hashes
@@ -192,6 +198,10 @@ class TcrpHandler:
                 transport.abort()
             else:
                 writer.close()
+
+    def _count(self, operation: str, result: str) -> None:
+        key = (operation, result)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     def _refuse_connection(self, key: str, why: str) -> None:
         """Log a refused connection: at most one line a minute for ``key``."""
@@ -251,6 +261,7 @@ class TcrpHandler:
                     "malformed request from %s: %s (%s)", ip, error.code, _printable(error.message)
                 )
                 operation = framer.operation or 0
+                self._count(_operation_name(operation), str(error.code))
                 await self._write(
                     writer, encode_error_ack(operation, "", error.code, error.message)
                 )
@@ -270,11 +281,13 @@ class TcrpHandler:
             except OCMError as error:
                 assert error.code is not None
                 log.debug("%s: %s", what, error.code)
+                self._count(_operation_name(message.operation), str(error.code))
                 answer = encode_reply(
                     Ack(message.operation, message.room, error.code, error.message)
                 )
             else:
                 log.debug("%s: ok", what)
+                self._count(_operation_name(message.operation), "ok")
                 answer = encode_reply(Ack(message.operation, message.room)) + encode_reply(reply)
                 tunnelled = isinstance(reply, Tunnelled)
             finally:
@@ -309,7 +322,9 @@ class TcrpHandler:
         pending = bytes(framer.take_rest()) + bytes(getattr(reader, "_buffer", b""))
         if pending:
             log.debug("STARTTLS from %s with %d bytes behind it: closing", ip, len(pending))
+            self._count("starttls", str(ErrorCode.BAD_REQUEST))  # closed, not answered
             return False
+        self._count("starttls", "ok")
         answer = encode_reply(Ack(Operation.STARTTLS)) + encode_reply(TlsReady())
         self._after_request()
         await self._write(writer, answer)
@@ -552,6 +567,15 @@ class TcrpHandler:
             resume=registry.issue_secret(member) if RESUME in features else None,
             sealed=sealed,
         )
+
+
+def _operation_name(operation: int) -> str:
+    """An operation as the metrics label it: "create_room", or "unknown" for a number
+    that names none."""
+    try:
+        return Operation(operation).name.lower()
+    except ValueError:
+        return "unknown"
 
 
 def _printable(text: str, limit: int = 200) -> str:

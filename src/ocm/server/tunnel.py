@@ -49,17 +49,18 @@ class TunnelLink:
         self.cut = False  # closed because its reader fell max_buffer behind
         self._transport = transport
 
-    def send(self, datagram: bytes) -> None:
-        """Write one datagram as a frame, or cut the tunnel if its reader is too far behind."""
+    def send(self, datagram: bytes) -> bool:
+        """Write one datagram as a frame, or cut the tunnel if its reader is too far behind;
+        whether it was written (the metrics count copies sent)."""
         if self.closed:
-            return
+            return False
         transport = self._transport
         if transport.is_closing():
             # The peer reset the connection (or the server is closing it): the handler
             # has not run its ``finally`` yet. A write now goes nowhere, and asyncio would
             # log "socket.send() raised exception." for each after the first few.
             self.closed = True
-            return
+            return False
         if transport.get_write_buffer_size() > self.max_buffer:
             log.info(
                 "cutting the tunnel of %s: over %d bytes unread", self.address[0], self.max_buffer
@@ -67,8 +68,9 @@ class TunnelLink:
             self.cut = True
             self._reset()
             self.close()
-            return
+            return False
         transport.write(FRAME_LENGTH.pack(len(datagram)) + datagram)
+        return True
 
     def close(self) -> None:
         if not self.closed:

@@ -62,7 +62,13 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._sock: socket.socket | None = None  # our own handle on the transport's socket
         self._batch: BatchSender | None = None
         self._queued: Callable[[], int] = lambda: 0
-        self.dropped = 0  # copies not sent because the transport's queue was full
+        # Counters for the metrics endpoint (ocm.server.metrics): datagrams in (UDP and
+        # tunnels), copies out (each address, UDP and tunnels), copies not sent because
+        # the transport's queue was full, and datagrams a bug cost.
+        self.received = 0
+        self.sent = 0
+        self.dropped = 0
+        self.failed = 0
         self.closed = asyncio.Event()  # set once the socket is closed (its port is free)
         # Section 4: tunnelled members' connections, by tunnel address. Their datagrams
         # come in through datagram_received as UDP ones do; what goes to their address
@@ -104,10 +110,12 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.closed.set()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += 1
         try:
             answer = self.core.answer(data, addr, self._clock())
         except Exception:
             # A bug must cost one datagram, never the relay.
+            self.failed += 1
             log.exception("unexpected error handling a datagram from %s", addr[0])
             return
         if self.core.registry.deadline_moved:
@@ -137,6 +145,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # (tunnels do not need the UDP socket: a firewall may block it)
+        # Counted once here, on the way to the socket or the transport's queue; the
+        # rare copies that go neither way are taken back below.
+        self.sent += len(addresses)
         sock = self._sock
         if sock is not None and not self._queued():
             if self._batch is not None and len(addresses) >= BATCH_FROM:
@@ -149,6 +160,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                     except BlockingIOError:
                         break  # the socket buffer is full: the transport queues the rest
                     except OSError as error:
+                        self.sent -= 1  # not sent, though the loop moves past it
                         self.error_received(error)  # what the transport would have done
                     sent += 1
             if sent == len(addresses):
@@ -156,7 +168,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             addresses = addresses[sent:]
         room_left = (MAX_QUEUED_BYTES - self._queued()) // max(len(datagram), 1)
         if room_left < len(addresses):
-            self._drop(len(addresses) - max(room_left, 0))
+            dropped = len(addresses) - max(room_left, 0)
+            self.sent -= dropped
+            self._drop(dropped)
             addresses = addresses[: max(room_left, 0)]
         for address in addresses:
             transport.sendto(datagram, address)
@@ -175,7 +189,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 split = self._splits[id(addresses)] = (addresses, *self._split(addresses))
             _, links, udp = split
         for link in links:
-            link.send(datagram)
+            if link.send(datagram):
+                self.sent += 1
         return udp
 
     def _split(
