@@ -431,3 +431,22 @@ async def test_undelivered_texts_come_back_in_plaintext(monkeypatch: pytest.Monk
             await alice.send_action("shouts into the void")
             events = await settle(alice, 200 * MS)
             assert Undelivered("\x01ACTION shouts into the void\x01") in events
+
+
+async def test_an_e2e_room_is_never_entered_in_plaintext() -> None:
+    """Its auth key would cross the network in clear, and anyone on the path could
+    guess the password from it offline: refused before it is sent, create and join."""
+    async with running_server() as server:
+        where = server_of(server)
+        with pytest.raises(LocalProtocolError, match="not entered without encryption"):
+            await ChatClient.create(
+                where, "vault", "alice", PASSWORD, e2e=FLOOR, security=PLAINTEXT
+            )
+        assert server.registry.rooms == {}
+        async with await ChatClient.create(where, "vault", "alice", PASSWORD, e2e=FLOOR):
+            for e2e in (True, False):  # insisting, or finding out from LOOKUP_ROOM
+                with pytest.raises(LocalProtocolError, match="not entered without encryption"):
+                    await ChatClient.join(
+                        where, "vault", "bob", PASSWORD, e2e=e2e, security=PLAINTEXT
+                    )
+            assert list(server.registry.rooms["vault"].members) == ["alice"]

@@ -16,8 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ocm.client import ChatClient, Security, list_rooms
-from ocm.client.trust import CA, read_known_servers, remember
-from ocm.errors import ConnectionLost, ErrorCode, ServerError, ServerKeyChanged
+from ocm.client.trust import CA, accept, expect, read_known_servers, remember
+from ocm.errors import (
+    ConnectionLost,
+    ErrorCode,
+    OCMError,
+    RemoteProtocolError,
+    ServerError,
+    ServerKeyChanged,
+)
 from ocm.server.identity import load_identity
 from ocm.wire.tcrp import encode_error_ack
 from tests.kit import LOOPBACK, running_server, server_of
@@ -230,3 +237,28 @@ def test_remember_replaces_the_line_of_a_server_and_keeps_the_rest(tmp_path: Pat
         known.read_text(encoding="utf-8")
         == f"a:1 SHA256:{'B' * 43}\n[::1]:9001 SHA256:{'A' * 43}\n"
     )
+
+
+@pytest.mark.parametrize("value", ["SHA256:", "sha256:abc", "trust-me"])
+async def test_a_damaged_known_servers_line_is_refused_not_rewritten(
+    tmp_path: Path, value: str
+) -> None:
+    """Taking a line that cannot be read for a first contact would trust whatever key
+    answers, and write over the line that said otherwise."""
+    known = tmp_path / "known_servers"
+    async with running_server(data_dir=tmp_path / "server") as server:
+        where = f"{LOOPBACK}:{server.tcp_port}"
+        known.write_text(f"{where} {value}\n", encoding="utf-8")
+        with pytest.raises(OCMError, match=f"line 1 of {known}") as caught:
+            await list_rooms(server_of(server), security=Security(known_servers=known))
+        assert "correct or delete that line" in caught.value.message
+        assert known.read_text(encoding="utf-8") == f"{where} {value}\n"  # untouched
+
+
+def test_a_certificate_that_cannot_be_read_is_a_protocol_error(tmp_path: Path) -> None:
+    """OpenSSL, unverified, takes certificates cryptography's parser does not read."""
+    security = Security(known_servers=tmp_path / "known_servers")
+    expected = expect(security, (LOOPBACK, 9001))
+    with pytest.raises(RemoteProtocolError, match="cannot be read"):
+        accept(security, expected, b"\x30\x03\x02\x01\x00", verified=False)
+    assert not (tmp_path / "known_servers").exists()  # nothing remembered

@@ -98,3 +98,15 @@ def test_a_certificate_and_a_key_that_do_not_belong_together_are_one_line(
     assert load_identity(cert_file=one.cert_file, key_file=one.key_file).fingerprint == (
         one.fingerprint
     )
+
+
+@pytest.mark.parametrize("garbage", [b"not a key\n", b"", b"-----BEGIN PRIVATE KEY-----\nAA\n"])
+def test_a_corrupt_key_in_the_data_dir_is_one_line_not_a_traceback(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    """A key file that is not a key (a disk error, a wrong copy), with no certificate
+    yet: the server cannot make one, and says what to do in one line."""
+    (tmp_path / "server.key").write_bytes(garbage)
+    with pytest.raises(IdentityError, match="cannot use the server key") as caught:
+        load_identity(tmp_path)
+    assert "\n" not in str(caught.value) and "move it away" in str(caught.value)

@@ -25,6 +25,8 @@ from ocm.wire.e2e import (
     ENVELOPE_PREFIX,
     FLOOR_ITERATIONS,
     FLOOR_MEMORY_KIB,
+    MAX_ITERATIONS,
+    MAX_LANES,
     MAX_MEMORY_KIB,
     E2eKeys,
     check_params,
@@ -222,6 +224,8 @@ def test_parameters_from_the_floor_up_are_taken(params: E2eParams) -> None:
         (replace(FLOOR, iterations=1), "too weak"),
         (replace(FLOOR, memory_kib=64, iterations=1), "too weak"),
         (replace(FLOOR, memory_kib=MAX_MEMORY_KIB + 1), "over"),
+        (replace(FLOOR, iterations=MAX_ITERATIONS + 1), "over"),  # a join would take minutes
+        (replace(FLOOR, memory_kib=64 * 1024, lanes=MAX_LANES + 1), "over"),
         (replace(FLOOR, kdf="scrypt"), "unknown"),
         (replace(FLOOR, salt=bytes(8)), "malformed"),
         (replace(FLOOR, lanes=0), "malformed"),
