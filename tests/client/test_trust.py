@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ocm.client import ChatClient, Security, list_rooms
+from ocm.client.delivery import REFUSED_HERE, DeliveryState
 from ocm.client.trust import CA, accept, expect, read_known_servers, remember
 from ocm.errors import (
     ConnectionLost,
@@ -262,3 +263,28 @@ def test_a_certificate_that_cannot_be_read_is_a_protocol_error(tmp_path: Path) -
     with pytest.raises(RemoteProtocolError, match="cannot be read"):
         accept(security, expected, b"\x30\x03\x02\x01\x00", verified=False)
     assert not (tmp_path / "known_servers").exists()  # nothing remembered
+
+
+async def test_a_key_that_changes_mid_chat_ends_it_with_the_key_change_said(
+    tmp_path: Path,
+) -> None:
+    """A recovery (section 4) reconnects over TLS: if another key answers there, the
+    chat ends saying so, not that the server stopped answering."""
+    known = tmp_path / "known_servers"
+    security = Security(known_servers=known)
+    async with running_server(data_dir=tmp_path / "server") as server:
+        chat = await ChatClient.create(server_of(server), "lobby", "alice", security=security)
+        try:
+            where = f"{LOOPBACK}:{server.tcp_port}"
+            other = load_identity(tmp_path / "other").fingerprint  # as if it were the key
+            known.write_text(f"{where} {other}\n", encoding="utf-8")
+            state = chat._state
+            assert isinstance(state, DeliveryState)
+            await chat._recover(state, REFUSED_HERE)
+            closed = chat.closed
+            assert closed is not None and closed.reason.startswith(
+                f"the key of server {where} has changed"
+            )
+            assert other in closed.reason and server.identity.fingerprint in closed.reason
+        finally:
+            await chat.close()

@@ -100,6 +100,7 @@ from ocm.errors import (
     ProtocolError,
     RemoteProtocolError,
     ServerError,
+    ServerKeyChanged,
 )
 from ocm.wire.datagrams import ClientDatagram, Kind, encode_client_datagram, server_datagram_prefix
 from ocm.wire.delivery import DeliveryKind
@@ -762,6 +763,10 @@ class ChatClient:
             else:
                 reason = f"{COULD_NOT_RESUME} ({error.message})"
             await self._give_up(state, reason)
+        except ServerKeyChanged as error:
+            # Not a lost server: another key answers where ours was (section 5). Say so,
+            # as entering would, rather than that the server stopped answering.
+            await self._give_up(state, error.message)
         except (OCMError, OSError, TimeoutError):
             lost = {LOST_CONTACT: LOST_CONTACT, NETWORK_GONE: NETWORK_GONE}
             await self._give_up(state, lost.get(trouble, STOPPED_ANSWERING))
