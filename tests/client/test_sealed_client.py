@@ -1,6 +1,6 @@
 """A sealed member's receiving side (section 5): what ``ChatClient._unseal`` lets through.
 
-No sockets: a ChatClient is made from an Admission that grants ``sealed`` (its
+Mostly without sockets: a ChatClient is made from an Admission that grants ``sealed`` (its
 constructor opens nothing), and datagrams are handed to it as its endpoint would.
 """
 
@@ -16,6 +16,7 @@ from ocm.wire.delivery import Restarted, Status, encode_received
 from ocm.wire.sealed import Refusal, Sealer, down_prefix
 from ocm.wire.tcrp import SealedKeys
 from ocm.wire.texts import UnknownToken, format_refusal
+from tests.kit import ready, running_server, server_of
 
 MEMBER_KEY = bytes(range(32))
 ROOM_KEY = bytes(range(32, 64))
@@ -93,3 +94,17 @@ async def test_without_resume_an_unknown_token_in_clear_is_dropped(
     assert chat._unseal(UNKNOWN) is None
     assert chat.sealed_refused[Refusal.MALFORMED] == 1
     assert chat._state.ended is None
+
+
+async def test_a_restarted_in_clear_that_resume_disproves_is_forgotten() -> None:
+    """Anyone can send RESTARTED in clear: the RESUME it starts succeeds, and a drop
+    much later must not be told as a restart."""
+    async with running_server() as server:
+        chat = await ready(server, await ChatClient.create(server_of(server), "lobby", "bob"))
+        try:
+            chat._datagram_received(encode_received(Restarted("the server restarted")))
+            assert chat._restart_hinted and chat._recovery is not None
+            await chat._recovery
+            assert not chat._restart_hinted and chat.closed is None
+        finally:
+            await chat.close()

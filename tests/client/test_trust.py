@@ -240,7 +240,9 @@ def test_remember_replaces_the_line_of_a_server_and_keeps_the_rest(tmp_path: Pat
     )
 
 
-@pytest.mark.parametrize("value", ["SHA256:", "sha256:abc", "trust-me"])
+@pytest.mark.parametrize(
+    "value", ["SHA256:", "sha256:abc", "trust-me", "", "SHA256:{key} # office server"]
+)
 async def test_a_damaged_known_servers_line_is_refused_not_rewritten(
     tmp_path: Path, value: str
 ) -> None:
@@ -249,6 +251,7 @@ async def test_a_damaged_known_servers_line_is_refused_not_rewritten(
     known = tmp_path / "known_servers"
     async with running_server(data_dir=tmp_path / "server") as server:
         where = f"{LOOPBACK}:{server.tcp_port}"
+        value = value.format(key=server.identity.fingerprint.removeprefix("SHA256:"))
         known.write_text(f"{where} {value}\n", encoding="utf-8")
         with pytest.raises(OCMError, match=f"line 1 of {known}") as caught:
             await list_rooms(server_of(server), security=Security(known_servers=known))

@@ -233,7 +233,7 @@ async def _admit_over_tls(port: int, request: CreateRoom | JoinRoom) -> Admissio
         await connection.close()
 
 
-def test_the_stream_buffer_the_injection_check_reads_is_still_there() -> None:
+async def test_the_stream_buffer_the_injection_check_reads_is_still_there() -> None:
     """Both ends look for bytes behind STARTTLS in StreamReader's private ``_buffer``
     too (bytes read off the socket but not yet by us). Should a Python release rename
     it, the check would quietly see nothing there: this test says so first."""

@@ -772,6 +772,7 @@ class ChatClient:
             await self._give_up(state, lost.get(trouble, STOPPED_ANSWERING))
         else:
             if state.ended is None and not self._closing:
+                self._restart_hinted = False  # we are in: whatever said otherwise lied
                 state.path_restored(self._loop.time(), reliable=self._tunnel is not None)
                 if notice is not None:
                     self._feed([PathChanged(notice)])

@@ -119,7 +119,9 @@ class Expected:
 
 def read_known_servers(path: Path) -> dict[str, tuple[str, int]]:
     """Server name -> (its value, its line number), from the first line that names it.
-    A missing file is an empty list; lines that are not ``NAME VALUE`` are skipped."""
+    A missing file is an empty list; blank lines and ``#`` comments are skipped. The
+    value is the rest of the line, whatever it is: :func:`expect` refuses one that is
+    not a key or ``ca``, rather than take the server for unknown."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -129,8 +131,8 @@ def read_known_servers(path: Path) -> dict[str, tuple[str, int]]:
     known: dict[str, tuple[str, int]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         words = line.split()
-        if len(words) == 2 and not line.startswith("#"):
-            known.setdefault(words[0], (words[1], number))
+        if words and not words[0].startswith("#"):
+            known.setdefault(words[0], (" ".join(words[1:]), number))
     return known
 
 
