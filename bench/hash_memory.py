@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procstat
-from bench.run import plaintext_flags
+from bench.run import server_flags
 from ocm.client.exchange import read_message
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
@@ -84,7 +84,7 @@ class Server:
         self._log = self.log_path.open("w", encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(src)}
         command = [sys.executable, "-m", "ocm", "server", "--host", HOST, "--port", "0", *flags]
-        command += plaintext_flags(src)  # the load speaks version 1, in clear
+        command += server_flags(src, log_dir / "data")  # the load speaks version 1, in clear
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=log_dir
         )

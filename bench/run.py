@@ -204,12 +204,14 @@ def source_env(source: Path) -> dict[str, str]:
     return env
 
 
-def plaintext_flags(source: Path | None) -> list[str]:
-    """``--allow-plaintext`` for a server that has it (this checkout, or a ``source``
-    with section 5's TLS): the bench speaks version 1 in clear, which such a server
-    refuses without it. An older server serves plaintext anyway, and knows no flag."""
+def server_flags(source: Path | None, data_dir: Path) -> list[str]:
+    """What a server with section 5's TLS (this checkout, or a ``source`` that has it)
+    needs under a bench: ``--allow-plaintext``, since benches speak version 1 in clear,
+    which such a server refuses without it; and ``--data-dir`` under the run's logs, so
+    its TLS key is made there, not in the user's data directory. An older server serves
+    plaintext anyway, keeps no key, and knows neither flag."""
     if source is None or (source / "ocm" / "server" / "identity.py").exists():
-        return ["--allow-plaintext"]
+        return ["--allow-plaintext", "--data-dir", str(data_dir)]
     return []
 
 
@@ -262,12 +264,14 @@ class Relay:
         self.udp_port = 0
         self.loop = "-"
         self.log_path = logs / f"{target.name}-{time.monotonic_ns()}.log"
+        self.flags: list[str] = []  # what the command has beyond the port (ocm targets)
         lifetime = "600"  # a bound for the baselines; they are stopped long before
         if target.kind == "ocm":
             python = [sys.executable, "-c", NO_UVLOOP] if target.name == "ocm-asyncio" else []
             command = [*(python or [sys.executable, "-m", "ocm"]), "server"]
             command += ["--host", HOST, "--port", "0"]
-            command += plaintext_flags(before if target.before else None)
+            self.flags = server_flags(before if target.before else None, logs / "data")
+            command += self.flags
         elif target.kind == "bare":
             command = [sys.executable, "-m", "bench.bare_relay", "--port", "0"]
             command += ["--lifetime", lifetime]

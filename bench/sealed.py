@@ -7,15 +7,15 @@
 
 One real ``ocm server`` process on 127.0.0.1, started once as bench/tunnel.py starts it
 (pinned to CPU 0, this process to the last CPU, where there are two), with
-``--allow-plaintext`` when it has the flag (a server with TLS refuses plaintext members
-without it). The members are raw UDP sockets in this process, driven by one
-``selectors`` loop, not the client library. Every member asks for ``delivery`` and
-speaks extended datagrams (section 3); in a *sealed* room every member also asks for
-``sealed``, on a TCRP connection upgraded with STARTTLS (TLS 1.3, the server's key not
-checked: the bench trusts the server it started), takes its keys from the COMPLETE, and
-seals every datagram with its member key; the server seals everything it sends the
-room once, with the room key. Every member registers with a PING (its STATUS answer
-proves the path, and the keys, work) before anything is measured.
+``--allow-plaintext`` (a server with TLS refuses plaintext members without it) and a
+``--data-dir`` of its own (``bench.run.server_flags``). The members are raw UDP sockets
+in this process, driven by one ``selectors`` loop, not the client library. Every member
+asks for ``delivery`` and speaks extended datagrams (section 3); in a *sealed* room
+every member also asks for ``sealed``, on a TCRP connection upgraded with STARTTLS (TLS
+1.3, the server's key not checked: the bench trusts the server it started), takes its
+keys from the COMPLETE, and seals every datagram with its member key; the server seals
+everything it sends the room once, with the room key. Every member registers with a PING
+(its STATUS answer proves the path, and the keys, work) before anything is measured.
 
 The receivers must keep up with 100,000 datagrams a second, so they do not open every
 one: a CHAT of the sender's is recognised by its size (only the sender speaks, every
@@ -60,11 +60,9 @@ import argparse
 import json
 import os
 import selectors
-import signal
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,18 +74,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.run import LISTENING, START_TIMEOUT, BenchError, machine
-from bench.tunnel import _source
+from bench.run import BenchError, machine, running
+from bench.tunnel import NO_GENERATOR, SERVER, _call, _num, _quantiles, _range, _reply, _source
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
     Ack,
     Admission,
     CreateRoom,
     JoinRoom,
-    Reply,
     TcrpReader,
     encode_request,
-    parse_reply,
 )
 from ocm.wire.delivery import (
     DELIVERY,
@@ -121,7 +117,6 @@ FEATURES = {"plain": (DELIVERY,), "sealed": (DELIVERY, SEALED)}
 SOCKET_TIMEOUT = 10.0  # every blocking socket call: TCRP, TLS
 READY_TIMEOUT = 5.0  # every member's PING answered
 LEAVE_TIMEOUT = 1.0  # the host's LEAVE answered (the room is closed either way)
-STOP_TIMEOUT = 10.0  # the server's orderly stop
 STALL = 1.0  # no own copy back for this long: the window is given up on, and counted
 UDP_BUFFER = 4 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
 DRAIN_BURST = 64  # datagrams read off one socket before the others get a turn
@@ -166,101 +161,8 @@ SMOKE = Plan(rounds=1, receivers=4, warmup=0.1, duration=0.4, rate=1000.0, secon
 
 
 # ---------------------------------------------------------------------------
-# The server
-# ---------------------------------------------------------------------------
-
-
-def server_flags(data_dir: Path) -> list[str]:
-    """The flags this checkout's ``ocm server`` needs here: ``--allow-plaintext`` and a
-    private ``--data-dir`` (for its TLS key) where it has them (a server with TLS)."""
-    help_text = subprocess.run(
-        [sys.executable, "-m", "ocm", "server", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    flags = []
-    if "--allow-plaintext" in help_text:
-        flags.append("--allow-plaintext")
-    if "--data-dir" in help_text:
-        flags += ["--data-dir", str(data_dir)]
-    return flags
-
-
-class Server:
-    """One ``ocm server`` process on loopback, port 0, its log in ``logs``."""
-
-    def __init__(self, logs: Path, cpu: int | None) -> None:
-        self.flags = server_flags(logs / "data")
-        command = [sys.executable, "-m", "ocm", "server", "--host", HOST, "--port", "0"]
-        self.log_path = logs / "server.log"
-        self._log = self.log_path.open("w", encoding="utf-8")
-        root = Path(__file__).resolve().parent.parent
-        self.process = subprocess.Popen(
-            [*command, *self.flags], stdout=self._log, stderr=subprocess.STDOUT, cwd=root
-        )
-        self.pid = self.process.pid
-        if cpu is not None:
-            procstat.pin(self.pid, cpu)
-        self.tcp_port = 0
-        self.loop = "-"
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            found = LISTENING.search(self.log_path.read_text(encoding="utf-8", errors="replace"))
-            if found:
-                self.tcp_port, self.loop = int(found[1]), found[3]
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        output = self.log_path.read_text(encoding="utf-8", errors="replace").strip()
-        raise BenchError(f"the server did not start: {(output.splitlines() or ['-'])[-1]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-@contextmanager
-def running(logs: Path, cpu: int | None) -> Iterator[Server]:
-    server = Server(logs, cpu)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-# ---------------------------------------------------------------------------
 # TCRP, STARTTLS, entering a room
 # ---------------------------------------------------------------------------
-
-
-def _reply(sock: socket.socket, framer: TcrpReader) -> Reply:
-    deadline = time.monotonic() + SOCKET_TIMEOUT
-    while (message := framer.next_message()) is None:
-        if time.monotonic() >= deadline:
-            raise BenchError("the server was too slow to answer a TCRP request")
-        data = sock.recv(65536)
-        if not data:
-            raise BenchError("the server closed a TCRP connection")
-        framer.feed(data)
-    return parse_reply(message)
-
-
-def _call(sock: socket.socket, framer: TcrpReader, request: Request) -> Reply:
-    """One TCRP request: its ok ACK, then its COMPLETE (returned)."""
-    sock.sendall(encode_request(request))
-    ack = _reply(sock, framer)
-    if not isinstance(ack, Ack) or not ack.ok:
-        raise BenchError(f"the server refused {type(request).__name__}: {ack}")
-    return _reply(sock, framer)
 
 
 NO_TLS = (
@@ -734,7 +636,7 @@ def measure(
     latency_rows: list[dict[str, Any]] = []
     throughput_rows: list[dict[str, Any]] = []
     measured_again = 0
-    with running(logs, server_cpu) as server:
+    with running(SERVER, NO_GENERATOR, logs, server_cpu) as server:
         preflight(plan.kinds, server.tcp_port)
         for round_number in range(plan.rounds):
             # Alternate which kind goes first: a drift over the run favours neither.
@@ -800,22 +702,6 @@ def measure(
     return pooled, latency_rows, throughput_rows, facts
 
 
-def _quantiles(values: list[int]) -> dict[str, Any]:
-    ordered = sorted(values)
-
-    def at(q: float) -> float | None:
-        if not ordered:
-            return None
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6  # ms
-
-    return {
-        "samples": len(ordered),
-        "p50_ms": at(0.50),
-        "p99_ms": at(0.99),
-        "max_ms": ordered[-1] / 1e6 if ordered else None,
-    }
-
-
 def summarise_latency(
     pooled: dict[str, list[int]], rounds: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -875,17 +761,6 @@ def verdict(latency: list[dict[str, Any]], throughput: list[dict[str, Any]]) -> 
         result["sealed_p99_ms"] = lat["sealed"]["p99_ms"]
         result["p99_met"] = lat["sealed"]["p99_ms"] < P99_TARGET_MS
     return result
-
-
-def _num(value: Any, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _range(values: list[Any], digits: int = 0) -> str:
-    known = [v for v in values if v is not None]
-    if not known:
-        return "-"
-    return f"{min(known):,.{digits}f}-{max(known):,.{digits}f}"
 
 
 def _met(value: bool | None) -> str:
