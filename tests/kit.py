@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from ocm.client import ChatClient, Event
+from ocm.client import ChatClient, Event, Message
 from ocm.client.exchange import read_message
 from ocm.server.app import OCMServer, ServerConfig
 from ocm.server.limits import Limits
@@ -358,6 +358,17 @@ FAST = 50 * MS  # heartbeat interval for tests that need the client to keep beat
 
 def server_of(server: OCMServer) -> tuple[str, int]:
     return (LOOPBACK, server.tcp_port)
+
+
+async def collect(chat: ChatClient, count: int, timeout: float = 5000 * MS) -> list[Event]:
+    """Events until ``count`` Messages (or the end of the stream)."""
+    events: list[Event] = []
+    async with asyncio.timeout(timeout):
+        async for event in chat:
+            events.append(event)
+            if sum(isinstance(e, Message) for e in events) == count:
+                break
+    return events
 
 
 async def next_event(chat: ChatClient, timeout: float = 1000 * MS) -> Event:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ocm.client import ChatClient, Closed, Event, Gap, Message, Notice
+from ocm.client import ChatClient, Closed, Gap, Message, Notice
 from ocm.client.delivery import STOPPED_ANSWERING, restarted_reason
 from ocm.server.app import OCMServer
 from ocm.wire.delivery import Ping, Restarted, decode_received, encode_extended
@@ -34,7 +34,16 @@ from tests.faults import (
     proxy_options,
     security_for,
 )
-from tests.kit import LOOPBACK, MS, UdpPeer, has_loopback_alias, running_server, server_of, until
+from tests.kit import (
+    LOOPBACK,
+    MS,
+    UdpPeer,
+    collect,
+    has_loopback_alias,
+    running_server,
+    server_of,
+    until,
+)
 
 # Section 5: the clients are sealed (TLS, the proxy on an address of its own) unless a
 # test runs in both modes; sealed needs that address.
@@ -64,17 +73,6 @@ async def lossy(
         yield proxy
 
 
-async def collect(chat: ChatClient, count: int, timeout: float = 20_000 * MS) -> list[Event]:
-    """Events until ``count`` Messages (or the end of the stream)."""
-    events: list[Event] = []
-    async with asyncio.timeout(timeout):
-        async for event in chat:
-            events.append(event)
-            if sum(isinstance(e, Message) for e in events) == count:
-                break
-    return events
-
-
 @pytest.mark.parametrize("mode", MODES)
 async def test_every_message_once_in_one_order(mode: str) -> None:
     security = security_for(mode)
@@ -89,7 +87,7 @@ async def test_every_message_once_in_one_order(mode: str) -> None:
                     proxy.address, "lobby", name, heartbeat_interval=BEAT, security=security
                 )
             )
-        listening = [asyncio.create_task(collect(m, 90)) for m in members]
+        listening = [asyncio.create_task(collect(m, 90, 20_000 * MS)) for m in members]
 
         async def talk(member: ChatClient) -> None:
             for n in range(30):
@@ -124,7 +122,7 @@ async def test_a_gap_is_reported_once_only_when_the_server_no_longer_has_it() ->
             await alice.send(f"m{n}")
         await alice.flush(2000 * MS)
         proxy.down.loss = 0.0
-        events = await collect(bob, 5)
+        events = await collect(bob, 5, 20_000 * MS)
         gaps = [e for e in events if isinstance(e, Gap)]
         messages = [e.text for e in events if isinstance(e, Message)]
         # The history keeps the last 5 Seqs: those are repaired, the 7 before are a Gap.

@@ -27,7 +27,7 @@ from ocm.client.chat import OVER_TCP, RESUMED
 from ocm.client.delivery import STOPPED_ANSWERING
 from ocm.server.app import OCMServer
 from tests.faults import MODES, PROXY_HOST, FaultProxy, proxy_options, security_for
-from tests.kit import MS, has_loopback_alias, running_server, server_of, until
+from tests.kit import MS, collect, has_loopback_alias, running_server, server_of, until
 
 BEAT = 100 * MS  # heartbeat interval: a blocked path is taken for blocked in 0.3 s
 MOVED_HOST = "127.0.0.3"
@@ -51,17 +51,6 @@ async def proxied(
         **proxy_options(mode),
     ) as proxy:
         yield proxy
-
-
-async def collect(chat: ChatClient, count: int, timeout: float = 5000 * MS) -> list[Event]:
-    """Events until ``count`` Messages (or the end of the stream)."""
-    events: list[Event] = []
-    async with asyncio.timeout(timeout):
-        async for event in chat:
-            events.append(event)
-            if sum(isinstance(e, Message) for e in events) == count:
-                break
-    return events
 
 
 def texts(events: list[Event]) -> list[str]:
