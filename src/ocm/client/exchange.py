@@ -197,10 +197,9 @@ class Channel:
         where = format_server_address(address)
         try:
             async with asyncio.timeout(timeout):
-                if security.insecure:
-                    reader, writer = await _connect(address, link)
-                else:
-                    reader, writer = await _open_tls(address, link, security, timeout)
+                if not security.insecure:
+                    return await _open_tls(address, link, security, timeout)
+                reader, writer = await _connect(address, link)
         except ssl.SSLError as error:
             reason = error.reason or describe_error(error)
             raise ConnectionLost(f"TLS with server {where} failed ({reason})") from None
@@ -210,6 +209,32 @@ class Channel:
         except (OSError, TimeoutError) as error:
             raise ConnectionLost(f"cannot reach server {where} ({describe_error(error)})") from None
         return cls(reader, writer, where, timeout)
+
+    async def _start_tls(
+        self, address: tuple[str, int], security: Security, expected: Expected, verify: bool
+    ) -> None:
+        """STARTTLS, then the handshake, then the key check (section 5)."""
+        try:
+            ready = await self.request(StartTls())
+        except ServerError as error:
+            if error.code is ErrorCode.UNKNOWN_OPERATION:
+                raise ConnectionLost(NO_ENCRYPTION.format(where=expected.where)) from None
+            raise
+        if not isinstance(ready, TlsReady):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "STARTTLS answered wrongly")
+        # Bytes behind the COMPLETE came in clear, and would pass for what TLS brought:
+        # the response injection of STARTTLS clients (someone on the path writes them).
+        if self._framer.take_rest() or getattr(self.reader, "_buffer", b""):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "bytes in clear behind STARTTLS")
+        context = client_context(security, verify=verify)
+        await self.writer.start_tls(
+            context, server_hostname=address[0], ssl_handshake_timeout=self.timeout
+        )
+        tls = self.writer.get_extra_info("ssl_object")
+        certificate = tls.getpeercert(binary_form=True) if tls is not None else None
+        if not certificate:
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server showed no certificate")
+        accept(security, expected, certificate, verified=verify)
 
     async def request(self, request: Request) -> Reply:
         """One exchange: the COMPLETE, or an exception (ServerError for an error ACK)."""
@@ -256,7 +281,7 @@ async def _connect(
 
 async def _open_tls(
     address: tuple[str, int], link: Link | None, security: Security, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+) -> Channel:
     """A connection after STARTTLS and a TLS handshake that satisfied ``security``.
 
     On first contact the handshake verifies the certificate (CA and host name) first;
@@ -280,50 +305,15 @@ async def _handshake(
     expected: Expected,
     timeout: float,
     verify: bool,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+) -> Channel:
     reader, writer = await _connect(address, link)
+    channel = Channel(reader, writer, expected.where, timeout)
     try:
-        await _start_tls(reader, writer, address, security, expected, timeout, verify)
+        await channel._start_tls(address, security, expected, verify)
     except BaseException:
-        writer.transport.abort()
+        channel.abort()
         raise
-    return reader, writer
-
-
-async def _start_tls(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    address: tuple[str, int],
-    security: Security,
-    expected: Expected,
-    timeout: float,
-    verify: bool,
-) -> None:
-    """STARTTLS, then the handshake, then the key check (section 5)."""
-    where = expected.where
-    framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
-    writer.write(encode_request(StartTls()))
-    await writer.drain()
-    ack = parse_reply(await read_message(reader, framer))
-    if isinstance(ack, Ack) and ack.error is ErrorCode.UNKNOWN_OPERATION:
-        raise ConnectionLost(NO_ENCRYPTION.format(where=where))
-    if not isinstance(ack, Ack):
-        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server skipped its ACK")
-    if ack.error is not None:
-        raise ServerError(ack.error, ack.message or str(ack.error))
-    if not isinstance(parse_reply(await read_message(reader, framer)), TlsReady):
-        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "STARTTLS answered wrongly")
-    # Bytes behind the COMPLETE came in clear, and would pass for what TLS brought: the
-    # response injection of STARTTLS clients (someone on the path writes them there).
-    if framer.take_rest() or getattr(reader, "_buffer", b""):
-        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "bytes in clear behind STARTTLS")
-    context = client_context(security, verify=verify)
-    await writer.start_tls(context, server_hostname=address[0], ssl_handshake_timeout=timeout)
-    tls = writer.get_extra_info("ssl_object")
-    certificate = tls.getpeercert(binary_form=True) if tls is not None else None
-    if not certificate:
-        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "the server showed no certificate")
-    accept(security, expected, certificate, verified=verify)
+    return channel
 
 
 async def call(
