@@ -337,7 +337,7 @@ async def _admit(
                 await channel.close()
                 channel = await Channel.open(address, timeout=timeout, security=security)
             elif details.e2e is not None:
-                _check_e2e_security(True, {"security": security})
+                _check_e2e_security(security)
                 problem = check_params(details.e2e)
                 if problem is not None:
                     raise RemoteProtocolError(
@@ -369,12 +369,11 @@ async def _admit(
         await channel.close()
 
 
-def _check_e2e_security(e2e: bool, options: ChatOptions) -> None:
+def _check_e2e_security(security: Security | None) -> None:
     """An end-to-end room is not entered in plaintext: its auth key would cross the
     network in clear, and anyone on the path could guess the password from it offline
     (section 5). LocalProtocolError, before anything more is sent."""
-    security = options.get("security")
-    if e2e and security is not None and security.insecure:
+    if security is not None and security.insecure:
         raise LocalProtocolError(
             ErrorCode.BAD_REQUEST,
             "an end-to-end room is not entered without encryption (--insecure): its key"
@@ -537,7 +536,8 @@ class ChatClient:
                     ErrorCode.BAD_REQUEST, "an end-to-end room needs a password"
                 )
             params = default_params(secrets.token_bytes(SALT_SIZE)) if e2e is True else e2e
-        _check_e2e_security(params is not None, options)
+        if params is not None:
+            _check_e2e_security(options.get("security"))
         request = CreateRoom(room, name, password or None, _features(options), params)
         return await cls._enter(server, request, options)
 
@@ -564,7 +564,8 @@ class ChatClient:
             raise LocalProtocolError(
                 ErrorCode.BAD_REQUEST, "an end-to-end room is joined with its password"
             )
-        _check_e2e_security(e2e, options)
+        if e2e:
+            _check_e2e_security(options.get("security"))
         request = JoinRoom(room, name, password or None, _features(options))
         return await cls._enter(server, request, options, require_e2e=e2e)
 
