@@ -967,7 +967,7 @@ def test_seq_wraps_after_2_to_the_32_minus_1(registry: RoomRegistry) -> None:
     alice = registry.create_room("lobby", "alice", None, IP, 0.0)
     room = alice.room
     room.seq = 2**32 - 3
-    seqs = [decoded([room.announce(Kind.NOTICE, "x")])[0].seq for _ in range(4)]
+    seqs = [decoded(room.announce(Kind.NOTICE, "x"))[0].seq for _ in range(4)]
     assert seqs == [2**32 - 2, 2**32 - 1, 1, 2]  # 0 is ERROR's, never a room's
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -87,6 +88,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "internet (plain HTTP, no password), so loopback unless you put it behind a "
         "firewall (default: %(default)s)",
     )
+    server.add_argument(
+        "--redis",
+        type=redis_url,
+        metavar="URL",
+        help="join a cluster of nodes that share this Redis (redis://HOST:PORT/DB, or "
+        "rediss:// for TLS): rooms, names and limits hold across the nodes; Redis's "
+        "password in $OCM_REDIS_PASSWORD (needs pip install 'ocm[cluster]'; default: off, "
+        "a server on its own)",
+    )
     # Every limit flag, from the fields of Limits: its default, its unit, its meaning.
     for flag in flags(Limits):
         server.add_argument(
@@ -104,6 +114,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=str.upper,
         help="log verbosity (default: %(default)s)",
     )
+
+
+def redis_url(text: str) -> str:
+    """The argument type of --redis: a redis:// or rediss:// URL."""
+    if not text.startswith(("redis://", "rediss://")) or len(text.split("://", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"not a redis:// or rediss:// URL: {text}")
+    return text
 
 
 def limits_of(args: argparse.Namespace) -> Limits:
@@ -128,7 +145,14 @@ def run(args: argparse.Namespace) -> int:
         allow_plaintext=args.allow_plaintext,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        redis_url=args.redis,
     )
+    if args.redis is not None and importlib.util.find_spec("redis") is None:
+        print(
+            "ocm server: --redis needs redis-py: pip install 'ocm[cluster]'",
+            file=sys.stderr,
+        )
+        return 1
     # uvloop (pip install ocm[fast]) when present: the relay then spends about a fifth
     # less CPU per datagram (docs/performance.md); plain asyncio otherwise.
     try:

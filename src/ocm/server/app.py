@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ocm import __version__
+from ocm.server.cluster.backend import Backend, LocalBackend
 from ocm.server.exposition import render
 from ocm.server.guards import ErrorReplyLimiter, FailureLimiter
 from ocm.server.identity import load_identity, server_context
@@ -67,6 +68,11 @@ class ServerConfig:
     # operator, and has no TLS and no password.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    # A cluster node (ocm.server.cluster): the Redis its rooms live in, shared with the
+    # other nodes. None: a server on its own, nothing shared (the embedded default).
+    redis_url: str | None = None
+    # How long the node waits before its first reconnect to Redis, and at most.
+    redis_backoff: tuple[float, float] = (0.1, 5.0)
 
 
 UDP_SEND_BUFFER = 4 * 1024 * 1024
@@ -193,6 +199,20 @@ class OCMServer:
         self.hash_executor = ThreadPoolExecutor(
             max_workers=limits.max_concurrent_hashes, thread_name_prefix="ocm-hash"
         )
+        self.backend: Backend
+        if config.redis_url is None:
+            self.backend = LocalBackend(self.registry)
+        else:
+            # The cluster extra (redis-py): imported only for a cluster node.
+            from ocm.server.cluster.redis_backend import RedisBackend
+
+            self.backend = RedisBackend(
+                config.redis_url,
+                self.registry,
+                send=self._send_and_arm,
+                clock=self._loop.time,
+                backoff=config.redis_backoff,
+            )
         self.tcrp = TcrpHandler(
             self.registry,
             limits,
@@ -206,6 +226,7 @@ class OCMServer:
             close_tunnel=self._endpoint.close_tunnel,
             tls=server_context(self.identity),
             allow_plaintext=config.allow_plaintext,
+            backend=self.backend,
         )
         self._tcp_server: asyncio.Server | None = None
         # One timer for the registry's next deadline (aioquic's get_timer), re-armed
@@ -278,6 +299,7 @@ class OCMServer:
             )
             log.info("metrics at http://%s:%d/metrics", where, self.metrics_port)
         self.start_time = time.time()
+        await self.backend.start()
         identity = self.identity
         if identity.created:
             log.info("created a new server key in %s", identity.key_file.parent)
@@ -293,11 +315,19 @@ class OCMServer:
                 tcrp=self.tcrp,
                 version=__version__,
                 start_time=self.start_time,
+                cluster=self.backend.state(),
             )
         )
 
     def _send(self, outgoing: Iterable[Outgoing]) -> None:
         self._endpoint.send(outgoing)
+
+    def _send_and_arm(self, outgoing: Iterable[Outgoing]) -> None:
+        """What the cluster's bus says to this node's members; a room it closed has
+        CLOSED copies due again, so the expiry timer may need to fire sooner."""
+        self._endpoint.send(outgoing)
+        if self.registry.deadline_moved:
+            self._arm_expiry()
 
     def _arm_expiry(self) -> None:
         """Arm the expiry timer for :meth:`RoomRegistry.next_deadline`.
@@ -369,6 +399,7 @@ class OCMServer:
                 self._expiry_timer = None
             self._send(self.registry.close_all(ServerShutdown(), self._loop.time()))
             await self.tcrp.close(timeout=2.0)
+            await self.backend.close()
             await self._resend_closed()
             if self._tcp_server is not None:
                 with contextlib.suppress(TimeoutError):

@@ -20,6 +20,7 @@ from typing import Literal
 
 __all__ = [
     "CONTENT_TYPE",
+    "ClusterState",
     "Family",
     "Sample",
     "Snapshot",
@@ -73,6 +74,17 @@ class Snapshot:
     requests: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (op, result)
     relayed: int = 0  # chat lines relayed to their room
     repaired: int = 0  # datagrams sent again on a member's REPAIR
+    # A cluster node's (ocm server --redis); None on a server on its own.
+    cluster: ClusterState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """A cluster node's link to its store (Redis)."""
+
+    up: bool
+    rtt_seconds: float | None  # the last PING's round trip (None: none answered yet)
+    queued: int  # entries waiting to be sent to the store
 
 
 def render(snapshot: Snapshot) -> str:
@@ -80,6 +92,7 @@ def render(snapshot: Snapshot) -> str:
     s = snapshot
     return render_families(
         [
+            *_cluster_families(s.cluster),
             _family(
                 "ocm_build_info",
                 "gauge",
@@ -155,6 +168,32 @@ def render(snapshot: Snapshot) -> str:
             ),
         ]
     )
+
+
+def _cluster_families(cluster: ClusterState | None) -> list[Family]:
+    if cluster is None:
+        return []
+    rtt = [] if cluster.rtt_seconds is None else [((), cluster.rtt_seconds)]
+    return [
+        _family(
+            "ocm_redis_up",
+            "gauge",
+            "1 while the cluster's Redis answers, else 0.",
+            [((), int(cluster.up))],
+        ),
+        _family(
+            "ocm_redis_rtt_seconds",
+            "gauge",
+            "Round trip of the last PING to the cluster's Redis.",
+            rtt,
+        ),
+        _family(
+            "ocm_cluster_queued_entries",
+            "gauge",
+            "Room entries waiting to be sent to the cluster's Redis.",
+            [((), cluster.queued)],
+        ),
+    ]
 
 
 def _family(

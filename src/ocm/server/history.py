@@ -21,6 +21,7 @@ from ocm.wire.constants import SEQ_CYCLE
 __all__ = [
     "HELD_BYTES",
     "HELD_MESSAGES",
+    "PENDING",
     "REFUSED",
     "RELAYED_WINDOW",
     "Budget",
@@ -41,6 +42,9 @@ HELD_BYTES = 16 * 1024
 # The Seq recorded for a message the server refused (too long, not UTF-8): a resend of
 # it is refused again, never confirmed.
 REFUSED = -1
+# The Seq recorded for a message handed to a cluster's bus, not yet numbered: a resend
+# of it is dropped unanswered (the sender sends it again; by then it has its Seq).
+PENDING = -2
 
 
 class History:
@@ -132,6 +136,13 @@ class RelayedLog:
         """Message ``next`` was relayed as ``seq`` (or :data:`REFUSED`); move on."""
         self._seqs[self.next % RELAYED_WINDOW] = seq
         self.next += 1
+
+    def settle(self, msg_no: int, seq: int) -> None:
+        """Message ``msg_no``, :data:`PENDING` until now, was numbered ``seq``."""
+        if 0 < self.next - msg_no <= RELAYED_WINDOW:
+            slot = msg_no % RELAYED_WINDOW
+            if self._seqs[slot] == PENDING:
+                self._seqs[slot] = seq
 
     def take_held(self) -> tuple[bool, bytes | None]:
         """Whether message ``next`` is waiting, and its text (None: it was refused)."""

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ocm.server.exposition import CONTENT_TYPE, Snapshot
+from ocm.server.exposition import CONTENT_TYPE, ClusterState, Snapshot
 
 if TYPE_CHECKING:
     from ocm.server.registry import RoomRegistry
@@ -190,6 +190,7 @@ def snapshot(
     tcrp: TcrpHandler,
     version: str,
     start_time: float,
+    cluster: ClusterState | None = None,
 ) -> Snapshot:
     """The server's counts now. Costs one pass over the rooms, and while any tunnel is
     open one over the members' addresses too (which of them are a tunnel's)."""
@@ -222,4 +223,5 @@ def snapshot(
         requests=dict(tcrp.requests),
         relayed=relay.relayed,
         repaired=relay.repaired,
+        cluster=cluster,
     )

@@ -21,6 +21,13 @@ An end-to-end room (section 5) keeps its creator's KDF parameters (:attr:`Room.e
 told to anyone who asks (:meth:`RoomRegistry.lookup`); its password is its members'
 auth key, checked as any password, and a join that does not say it speaks ``e2e`` is
 refused before the password is checked.
+
+On a node of a cluster (``ocm server --redis``, :mod:`ocm.server.cluster`) a room is a
+replica: the registry keeps the room's members that are on this node, and what is said
+in the room is handed to :attr:`RoomRegistry.bus` instead of being numbered here. The
+bus numbers it for the whole cluster and gives it back to every node, in one order,
+through :meth:`RoomRegistry.apply`, which turns it into datagrams for the node's own
+members. A room closes on every node when its CLOSED comes back that way.
 """
 
 from __future__ import annotations
@@ -33,15 +40,17 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ocm.errors import ErrorCode, RoomError
+from ocm.server.cluster.entries import Entry
 from ocm.server.guards import FailureLimiter, LogLimiter, canonical_ip, held_back
 from ocm.server.history import Budget, History, RelayedLog
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
+from ocm.wire.constants import SEQ_CYCLE
 from ocm.wire.datagrams import Kind, next_seq, server_datagram_prefix
-from ocm.wire.delivery import BOOT_SIZE, Departed, encode_received
+from ocm.wire.delivery import BOOT_SIZE, DeliveryKind, Departed, chat_prefix, encode_received
 from ocm.wire.sealed import (
     KEY_ID_SIZE,
     KEY_SIZE,
@@ -64,6 +73,7 @@ from ocm.wire.texts import (
 
 __all__ = [
     "Address",
+    "Bus",
     "Member",
     "Outgoing",
     "PendingCreate",
@@ -96,6 +106,8 @@ MAX_HELD_TOTAL = 16 * 1024 * 1024
 # A delivery member's CLOSED is sent again after 1, 3 and 7 resend intervals.
 CLOSED_RESENDS = (1, 3, 7)
 _DEPARTED = encode_received(Departed())
+# The CLOSED of a cluster room whose end this node missed (its store no longer has it).
+CUT_OFF_CLOSED = "the room closed while this server was cut off from the cluster"
 
 
 # Room events one client address may log at once, then a second: an office joining
@@ -108,6 +120,23 @@ MAX_LOGGED_ADDRESSES = 10_000
 
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def wire_seq(counter: int) -> int:
+    """The Seq (section 2: 1 .. 2**32 - 1, then 1 again) of a cluster room's entry
+    number ``counter`` (1, 2, ... without end)."""
+    return (counter - 1) % SEQ_CYCLE + 1
+
+
+class Bus(Protocol):
+    """Where a cluster node's rooms say things (:mod:`ocm.server.cluster`): the cluster
+    numbers them and gives them back to every node (:meth:`RoomRegistry.apply`)."""
+
+    def publish(self, room: Room, op: str, entry: Entry, member: str = "") -> bool:
+        """Hand ``entry`` to the cluster; False if it cannot be taken now (its queue
+        is full). ``op``: "say"; "leave" (``member`` leaves, then it is said); "close"
+        (it is said, then the room is gone)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +158,9 @@ class PendingCreate:
     username: str
     ip: str
     e2e: E2eParams | None = None  # section 5: an end-to-end room's KDF parameters
+    # The room's incarnation: a cluster tells a room from one of the same name that
+    # was closed and created again meanwhile.
+    rid: str = field(default_factory=lambda: secrets.token_hex(8), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +254,16 @@ class Room:
     # Section 5: an end-to-end room's KDF parameters, told to joiners (LOOKUP_ROOM).
     # Its password is then the members' auth key: the server never sees the real one.
     e2e: E2eParams | None = None
+    # A cluster node's replica (see the module's docstring): the bus that numbers what
+    # is said, the room's incarnation, the number of the last entry applied, and who
+    # hosts it (its casefolded name, and IP: a replica of a room hosted elsewhere has
+    # no ``host`` member here). ``closing``: its CLOSED is on its way back.
+    bus: Bus | None = None
+    rid: str = ""
+    counter: int = 0
+    host_key: str = ""
+    host_ip: str = ""
+    closing: bool = False
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -254,7 +296,17 @@ class Room:
         self.seq = next_seq(self.seq)
         return self.seq
 
-    def announce(self, kind: Kind, text: str) -> Outgoing:
+    def announce(self, kind: Kind, text: str, op: str = "say", member: str = "") -> list[Outgoing]:
+        """Say a NOTICE or CLOSED to the room: numbered now, or, in a cluster, handed
+        to the bus (``op`` and ``member`` as for :meth:`Bus.publish`)."""
+        if self.bus is not None:
+            self.bus.publish(self, op, Entry(kind, text.encode("utf-8")), member)
+            return []
+        return [self.announce_here(kind, text)]
+
+    def announce_here(self, kind: Kind, text: str) -> Outgoing:
+        """Say it to this node's members only, numbered here (a cluster node that shuts
+        down tells its own members so; nothing follows it for them)."""
         seq = self.next_seq()
         datagram = server_datagram_prefix(kind, seq) + text.encode("utf-8")
         if self.history is not None:
@@ -313,6 +365,9 @@ class RoomRegistry:
         # Bytes of early DATA held by all members (RelayedLog.held_bytes summed).
         self.held_bytes = 0
         self.rooms: dict[str, Room] = {}
+        # A cluster node's bus (ocm.server.cluster): every room made here is a replica
+        # that says things through it. None: a server on its own.
+        self.bus: Bus | None = None
         # The relay routes by token bytes: one dict lookup per datagram.
         self.by_token: dict[bytes, Member] = {}
         # Section 5: sealed members by Session id; and those gone, for as long as their
@@ -411,8 +466,11 @@ class RoomRegistry:
             raise RoomError(ErrorCode.BAD_REQUEST, "an end-to-end room needs a password")
         room = Room(name, password, counted_ip=canonical_ip(pending.ip), e2e=pending.e2e)
         if sealed:
-            room.key, room.key_id = self._new_key(KEY_SIZE), self._new_key(KEY_ID_SIZE)
-            room.sealer = Sealer(room.key, down_prefix(room.key_id))
+            self._seal(room)
+        if self.bus is not None:
+            room.bus, room.rid = self.bus, pending.rid
+            room.host_key, room.host_ip = pending.username.casefold(), pending.ip
+            room.history = History(self.history_messages, self.history_bytes)
         self.rooms[name] = room
         host = self._add_member(room, pending.username, pending.ip, now, delivery, sealed)
         room.host = host
@@ -497,7 +555,7 @@ class RoomRegistry:
         self._room_event(
             pending.ip, now, '%s (%s) joined room "%s"', username, pending.ip, room.name
         )
-        return member, [notice]
+        return member, notice
 
     def check_pending(self, pending: PendingCreate | PendingJoin, now: float) -> None:
         """Raise what finishing ``pending`` would refuse whatever its password.
@@ -687,6 +745,101 @@ class RoomRegistry:
             return None
         return gone.reply
 
+    # -- the cluster's view (ocm.server.cluster) ------------------------------------
+
+    def add_replica(
+        self,
+        name: str,
+        rid: str,
+        password: PasswordHash | None,
+        *,
+        e2e: E2eParams | None,
+        sealed: bool,
+        host_key: str,
+        host_ip: str,
+        counter: int,
+        history: list[tuple[int, Entry]],
+    ) -> Room:
+        """A cluster node's replica of a room created elsewhere, for a member about to
+        join it here: the room's facts, the number of its last entry, and its last
+        entries (oldest first) for REPAIR. A sealed room gets this node's own room key
+        (each node seals with its own: one Counter space per key)."""
+        assert self.bus is not None
+        room = Room(name, password, e2e=e2e, bus=self.bus, rid=rid, counter=counter)
+        room.host_key, room.host_ip = host_key, host_ip
+        room.seq = wire_seq(counter) if counter else 0
+        room.history = History(self.history_messages, self.history_bytes)
+        previous = None
+        for number, entry in history:
+            if previous is not None and number != previous + 1:
+                room.history = History(self.history_messages, self.history_bytes)
+            self._datagrams(room, wire_seq(number), entry)
+            previous = number
+        if sealed:
+            self._seal(room)
+        self.rooms[name] = room
+        return room
+
+    def forget_if_empty(self, room: Room) -> None:
+        """A join into a cluster replica failed: if nobody here is in it, drop it."""
+        if room.bus is not None and not room.members and not room.closing:
+            self._forget_replica(room)
+
+    def apply(self, room: Room, counter: int, entry: Entry, now: float) -> list[Outgoing]:
+        """The cluster numbered ``entry`` of ``room`` ``counter``: the datagrams that
+        say it to this node's members (the next entry; the bus sees to the order).
+
+        A chat line of a member of this node settles its message number, so that a
+        retransmission is confirmed; a CLOSED closes the room here."""
+        room.counter = counter
+        seq = wire_seq(counter)
+        room.seq = seq
+        if entry.kind == Kind.CLOSED:
+            closed = server_datagram_prefix(Kind.CLOSED, seq) + entry.text
+            text = entry.text.decode("utf-8", "replace")
+            return self._teardown(room, Outgoing(closed, room.addresses, room.sealer), text, now)
+        outgoing = self._datagrams(room, seq, entry)
+        if entry.kind == DeliveryKind.CHAT:
+            sender = room.members.get(entry.sender.decode("utf-8", "replace").casefold())
+            if sender is not None and sender.relayed is not None:
+                sender.relayed.settle(entry.msg_no, seq)
+        return outgoing
+
+    def close_here(self, room: Room, now: float) -> list[Outgoing]:
+        """A cluster room that closed while this node was cut off from the cluster,
+        its CLOSED no longer to be had: tell this node's members so, and forget it."""
+        text = CUT_OFF_CLOSED
+        return self._teardown(room, room.announce_here(Kind.CLOSED, text), text, now)
+
+    def skip_to(self, room: Room, counter: int) -> None:
+        """Entries before ``counter`` are lost to this node (the store no longer has
+        them): its history starts again there; REPAIR answers LOST for older ones."""
+        room.counter = counter - 1
+        room.history = History(self.history_messages, self.history_bytes)
+        room.history.first_seq = wire_seq(counter)
+
+    def _datagrams(self, room: Room, seq: int, entry: Entry) -> list[Outgoing]:
+        """What ``entry`` numbered ``seq`` is on the wire, kept in the room's history:
+        as the relay of a server on its own makes it (a chat line of a delivery member
+        is CHAT for delivery members and MESSAGE for version 1 members)."""
+        sealer = room.sealer
+        if entry.kind == DeliveryKind.CHAT:
+            datagram = chat_prefix(seq, entry.sender, entry.msg_no) + entry.text
+            outgoing = [Outgoing(datagram, room.delivery_addresses, sealer)]
+            if room.v1_addresses:
+                message = server_datagram_prefix(Kind.MESSAGE, seq, entry.sender) + entry.text
+                outgoing.append(Outgoing(message, room.v1_addresses, sealer))
+        else:
+            datagram = server_datagram_prefix(Kind(entry.kind), seq, entry.sender) + entry.text
+            outgoing = [Outgoing(datagram, room.addresses, sealer)]
+        if room.history is not None:
+            room.history.append(seq, datagram)
+        return outgoing
+
+    def _seal(self, room: Room) -> None:
+        room.key, room.key_id = self._new_key(KEY_SIZE), self._new_key(KEY_ID_SIZE)
+        room.sealer = Sealer(room.key, down_prefix(room.key_id))
+
     # -- the relay's view --------------------------------------------------------
 
     def authenticate(self, room_name: bytes, token: bytes, ip: str) -> Member | None:
@@ -737,7 +890,7 @@ class RoomRegistry:
 
     def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
-        if room is None:
+        if room is None or room.closing:
             raise RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
         return room
 
@@ -885,13 +1038,7 @@ class RoomRegistry:
         room = member.room
         if member is room.host:
             return self._close(room, HostGone(member.name, how), now)
-        del room.members[member.name.casefold()]
-        del self.by_token[member.token_bytes]
-        if member.session is not None:
-            del self.by_session[member.session]
-        del self._activity[member]
-        self._release_held(member)
-        room.refresh_addresses()
+        self._forget_member(member)
         self._room_event(
             member.ip,
             now,
@@ -901,11 +1048,60 @@ class RoomRegistry:
             "left" if how is Presence.LEFT else how + " in",
             room.name,
         )
-        return [room.announce(Kind.NOTICE, format_notice(MemberEvent(member.name, how)))]
+        text = format_notice(MemberEvent(member.name, how))
+        outgoing = room.announce(Kind.NOTICE, text, "leave", member.name)
+        if room.bus is not None and not room.members:
+            self._forget_replica(room)  # the room goes on, on other nodes
+        return outgoing
+
+    def _forget_member(self, member: Member) -> None:
+        room = member.room
+        del room.members[member.name.casefold()]
+        del self.by_token[member.token_bytes]
+        if member.session is not None:
+            del self.by_session[member.session]
+        del self._activity[member]
+        self._release_held(member)
+        room.refresh_addresses()
 
     def _close(self, room: Room, reason: ClosedReason, now: float) -> list[Outgoing]:
         text = format_closed(reason)
-        closed = room.announce(Kind.CLOSED, text)
+        if room.bus is not None:
+            return self._close_replica(room, reason, text, now)
+        return self._teardown(room, room.announce_here(Kind.CLOSED, text), text, now)
+
+    def _close_replica(
+        self, room: Room, reason: ClosedReason, text: str, now: float
+    ) -> list[Outgoing]:
+        """Close a cluster room: its CLOSED goes to the bus, and every node (this one
+        too) closes the room when it comes back. A host that leaves is gone at once.
+
+        A node that shuts down (``closed``) cannot wait for that: it closes the room
+        for the cluster if it hosts it, else its members leave it; either way it tells
+        its own members now, and forgets the room."""
+        assert room.bus is not None
+        host = room.host
+        if host is not None and not room.closing:
+            room.bus.publish(room, "close", Entry(Kind.CLOSED, text.encode("utf-8")))
+            room.closing = True
+            if room.members.get(host.name.casefold()) is host:
+                self._forget_member(host)
+        if not self.closed:
+            return []
+        for member in list(room.members.values()):
+            event = format_notice(MemberEvent(member.name, Presence.LEFT))
+            room.bus.publish(room, "leave", Entry(Kind.NOTICE, event.encode()), member.name)
+        return self._teardown(room, room.announce_here(Kind.CLOSED, text), text, now)
+
+    def _forget_replica(self, room: Room) -> None:
+        """This node has no member of a cluster room left: stop keeping it."""
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        room.history = None
+
+    def _teardown(self, room: Room, closed: Outgoing, text: str, now: float) -> list[Outgoing]:
+        """Close ``room`` here, with ``closed`` its CLOSED (saying ``text``): its
+        members are gone."""
         if room.delivery_addresses:  # once more later, for those whose copy was lost
             again = Outgoing(closed.datagram, room.delivery_addresses, room.sealer)
             self.deadline_moved = True
@@ -923,7 +1119,8 @@ class RoomRegistry:
             self._release_held(member)
         room.members.clear()
         room.refresh_addresses()
-        del self.rooms[room.name]
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
         # Its sealed members' Sessions keep it a while (gone_sessions: the room's sealer
         # seals the answer to a resent LEAVE), but nothing reads its lines any more: let
         # them go now, not up to --history-bytes per closed room for idle_timeout more.

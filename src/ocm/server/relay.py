@@ -41,8 +41,9 @@ import struct
 from enum import StrEnum
 
 from ocm.errors import ErrorCode, ProtocolError
+from ocm.server.cluster.entries import Entry
 from ocm.server.guards import ErrorReplyLimiter, LogLimiter, held_back
-from ocm.server.history import REFUSED
+from ocm.server.history import PENDING, REFUSED
 from ocm.server.registry import MAX_HELD_TOTAL, Address, Member, Outgoing, RoomRegistry
 from ocm.wire.constants import CLIENT_HEADER_SIZE, MAX_DATAGRAM, SEQ_CYCLE, SERVER_HEADER_SIZE
 from ocm.wire.datagrams import Kind, server_datagram_prefix, split_client_datagram
@@ -196,6 +197,12 @@ class RelayCore:
                         text.decode("utf-8")
                     except UnicodeDecodeError:
                         return self._refuse(address, now, None, Refused.NOT_UTF8, _NOT_UTF8)
+                if room.bus is not None:  # a cluster's room: numbered by the cluster
+                    if room.bus.publish(room, "say", Entry(_MESSAGE, text, member.name_bytes)):
+                        self.relayed += 1
+                    else:
+                        self.not_held += 1
+                    return None
                 self.relayed += 1
                 seq = room.next_seq()
                 message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
@@ -269,6 +276,7 @@ class RelayCore:
                 log is not None
                 and member.opener is opener  # type: ignore[union-attr]
                 and not log.held
+                and member.room.bus is None  # type: ignore[union-attr]
                 and number_end < size
                 and member.ip == address[0]  # type: ignore[union-attr]
                 and int.from_bytes(data[token_end:number_end]) == log.next
@@ -355,6 +363,9 @@ class RelayCore:
         refusal = self._check_text(member, text_bytes)
         text: bytes | None = text_bytes
         seq = log.seen(msg_no)
+        if seq == PENDING:  # handed to the cluster, not numbered yet: it will be confirmed
+            self.duplicates += 1
+            return None
         if seq is not None and seq != REFUSED:  # a retransmission or a network duplicate
             self.duplicates += 1
             return encode_received(Accepted(seq, msg_no)), (address,)
@@ -382,8 +393,8 @@ class RelayCore:
         while waiting:
             if text is None:
                 log.dealt_with(REFUSED)
-            else:
-                self._relay_data(member, log.next, text, answers)
+            elif not self._relay_data(member, log.next, text, answers):
+                break  # the cluster's queue is full: the sender sends it again
             waiting, text = log.take_held()
             self.registry.held_bytes -= len(text) if text else 0
         if refusal is not None:
@@ -405,13 +416,22 @@ class RelayCore:
                 return Refused.NOT_UTF8, _NOT_UTF8
         return None
 
-    def _relay_data(self, member: Member, msg_no: int, text: bytes, into: list[Answer]) -> None:
+    def _relay_data(self, member: Member, msg_no: int, text: bytes, into: list[Answer]) -> bool:
         """Relay message ``msg_no`` of ``member``: CHAT to delivery members, MESSAGE to
-        version 1 members, into the history."""
+        version 1 members, into the history. In a cluster's room, hand it to the bus
+        instead (False: it could not take it now)."""
         log = member.relayed
         assert log is not None
-        self.relayed += 1
         room = member.room
+        if room.bus is not None:
+            entry = Entry(_CHAT, text, member.name_bytes, msg_no)
+            if not room.bus.publish(room, "say", entry):
+                self.not_held += 1
+                return False
+            self.relayed += 1
+            log.dealt_with(PENDING)
+            return True
+        self.relayed += 1
         seq = room.next_seq()
         log.dealt_with(seq)
         chat = chat_prefix(seq, member.name_bytes, msg_no) + text
@@ -422,6 +442,7 @@ class RelayCore:
         if room.v1_addresses:
             message = server_datagram_prefix(_MESSAGE, seq, member.name_bytes) + text
             into.append((message, room.v1_addresses))
+        return True
 
     def _repair(
         self, member: Member, ranges: tuple[tuple[int, int], ...], address: Address, now: float

@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from ocm.errors import ErrorCode, OCMError, ProtocolError, RemoteProtocolError, RoomError
+from ocm.server.cluster.backend import Backend, LocalBackend
 from ocm.server.guards import LogLimiter, held_back
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
@@ -120,8 +121,12 @@ class TcrpHandler:
         close_tunnel: Callable[[TunnelLink], None] = lambda link: None,
         tls: ssl.SSLContext | None = None,
         allow_plaintext: bool = False,
+        backend: Backend | None = None,
     ) -> None:
         self.registry = registry
+        # Where rooms live beyond this node (a cluster's store), or only here: the
+        # handler asks it the same things either way (ocm.server.cluster.backend).
+        self.backend: Backend = backend or LocalBackend(registry)
         self.limits = limits
         self._udp_port = udp_port
         self._send = send
@@ -399,6 +404,7 @@ class TcrpHandler:
 
     async def _handle(self, request: Request, ip: str, secure: bool) -> Reply:
         registry = self.registry
+        backend = self.backend
         match request:
             case CreateRoom(room, username, password, features, e2e):
                 sealed = self._sealed(features, secure)
@@ -410,32 +416,27 @@ class TcrpHandler:
                     hashing = functools.partial(PasswordHash.create, password)
                     secret = await self._hash(creating, hashing)
                 delivery = DELIVERY in features  # section 3: granted to whoever asks
-                member = registry.finish_create(
-                    creating, secret, self._clock(), delivery=delivery, sealed=sealed
-                )
+                await backend.claim_room(creating, secret, sealed)
+                try:
+                    member = registry.finish_create(
+                        creating, secret, self._clock(), delivery=delivery, sealed=sealed
+                    )
+                except RoomError:
+                    await backend.release_room(creating)
+                    raise
                 return self._admission(Operation.CREATE_ROOM, member, features)
             case JoinRoom(room, username, password, features):
                 sealed = self._sealed(features, secure)
-                joining = registry.begin_join(
-                    room, username, ip, self._clock(), sealed=sealed, e2e=E2E in features
-                )
-                password_ok = False
-                if joining.expected is not None and password:  # none given: no hash
-                    checking = functools.partial(joining.expected.verify, password)
-                    password_ok = await self._hash(joining, checking)
-                member, outgoing = registry.finish_join(
-                    joining,
-                    password_ok,
-                    self._clock(),
-                    delivery=DELIVERY in features,
-                    password_given=bool(password),
-                )
-                self._send(outgoing)
-                return self._admission(Operation.JOIN_ROOM, member, features)
+                await backend.load_room(room)
+                try:
+                    return await self._join(request, ip, sealed)
+                finally:  # a replica loaded for a join that failed
+                    if (loaded := registry.rooms.get(room)) is not None:
+                        registry.forget_if_empty(loaded)
             case ListRooms():
-                return RoomList(tuple(registry.list_rooms()))
+                return RoomList(tuple(await backend.list_rooms()))
             case LookupRoom(room):
-                return registry.lookup(room)
+                return await backend.lookup(room)
             case LeaveRoom(room, token):
                 self._check_sealed_token(token, secure)
                 self._send(registry.leave(room, token, ip, self._clock()))
@@ -453,6 +454,37 @@ class TcrpHandler:
                 why = "the connection is encrypted already" if secure else "no TLS here"
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"STARTTLS refused: {why}")
         raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
+
+    async def _join(self, request: JoinRoom, ip: str, sealed: bool) -> Reply:
+        registry, backend = self.registry, self.backend
+        room, username, password, features = (
+            request.room,
+            request.username,
+            request.password,
+            request.features,
+        )
+        joining = registry.begin_join(
+            room, username, ip, self._clock(), sealed=sealed, e2e=E2E in features
+        )
+        password_ok = False
+        if joining.expected is not None and password:  # none given: no hash
+            await backend.check_blocked(ip)
+            checking = functools.partial(joining.expected.verify, password)
+            password_ok = await self._hash(joining, checking)
+        await backend.reserve_member(joining)
+        try:
+            member, outgoing = registry.finish_join(
+                joining,
+                password_ok,
+                self._clock(),
+                delivery=DELIVERY in features,
+                password_given=bool(password),
+            )
+        except RoomError:
+            await backend.release_member(joining)
+            raise
+        self._send(outgoing)
+        return self._admission(Operation.JOIN_ROOM, member, features)
 
     async def _tunnel(
         self,

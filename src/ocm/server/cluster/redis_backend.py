@@ -1,0 +1,723 @@
+"""The cluster's backend: rooms shared by every node through one Redis.
+
+The design of the Socket.IO Redis adapter and Centrifugo's Redis engine. Each node keeps
+a replica of each room it has members in (their tokens, addresses and keys stay on the
+node); Redis keeps what the nodes share (:mod:`ocm.server.cluster.scripts` lists the
+keys). Every change to a room is one Lua script, run atomically: a create takes the name,
+a join the member's name, and whatever is said in a room is numbered there (INCR), kept
+in the room's capped stream (XADD) and published on one channel, ``ocm:bus``, that every
+node reads. So every node sees a room's entries in one order, and turns each into
+datagrams for its own members (:meth:`RoomRegistry.apply`).
+
+What this node says goes through one queue, in order, pipelined: a publish is numbered
+per node and the script skips one it has run already, so a retry after a lost reply does
+not say a line twice. A node that sees a gap in a room's counter (its bus connection was
+down) reads what it missed from the room's stream.
+
+Presence: each node refreshes a key with a TTL of two thirds of the idle timeout, every
+sixth of it; every node runs the reaper as often, and the first to find a node's key
+expired takes that node's members out of their rooms, atomically, and announces them
+timed out (closing the rooms they hosted). A node that dies is so gone from every room
+within 5/6 of the idle timeout.
+
+When Redis cannot be reached, the node logs it once, refuses creates, joins, lists and
+lookups with ``server_full`` (:data:`UNREACHABLE`), keeps its members, and queues what
+they say (up to :data:`MAX_QUEUED` entries; beyond, a line is refused: a delivery client
+sends it again, a version 1 line is lost and counted); it reconnects with exponential
+backoff. Back, it checks the store's epoch: a store that lost its data (restarted
+without persistence) gets this node's rooms, counters and members written back before
+the queue is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ocm.errors import ErrorCode, RoomError
+from ocm.server.cluster import scripts
+from ocm.server.cluster.entries import (
+    Entry,
+    MalformedEntry,
+    decode_bus_message,
+    decode_entry,
+    encode_entry,
+)
+from ocm.server.exposition import ClusterState
+from ocm.server.guards import FailureLimiter, LogLimiter, canonical_ip, held_back
+from ocm.server.passwords import PasswordHash
+from ocm.server.registry import (
+    Outgoing,
+    PendingCreate,
+    PendingJoin,
+    Room,
+    RoomRegistry,
+)
+from ocm.wire.datagrams import Kind
+from ocm.wire.tcrp import E2eParams, RoomDetails, RoomInfo
+from ocm.wire.texts import HostGone, MemberEvent, Presence, format_closed, format_notice
+
+__all__ = ["MAX_QUEUED", "UNREACHABLE", "RedisBackend"]
+
+log = logging.getLogger("ocm.cluster")
+
+BUS = "ocm:bus"
+# Entries a node holds while Redis cannot be reached: about 4 MiB of chat at most.
+MAX_QUEUED = 10_000
+# Publishes sent in one pipeline (one round trip).
+BATCH = 256
+# How long a request may wait for Redis before it is refused as unreachable.
+REQUEST_TIMEOUT = 2.0
+UNREACHABLE = "the cluster store (Redis) is unreachable; try again shortly"
+# The environment variable that holds Redis's password (not on the command line: ps).
+PASSWORD_VARIABLE = "OCM_REDIS_PASSWORD"
+NODE_ID_SIZE = 8  # bytes: 16 hex characters, the first 16 of a member's value in Redis
+
+
+@dataclass(frozen=True, slots=True)
+class _Publish:
+    """One entry this node hands to the cluster, waiting its turn in the queue."""
+
+    number: int
+    room: str
+    rid: str
+    op: str
+    entry: bytes
+    member_key: str = ""
+    member_value: str = ""
+
+
+class _SharedFailures(FailureLimiter):
+    """The registry's failure limiter, counting wrong passwords in Redis too, so that a
+    guesser spread over several nodes is blocked as if it used one."""
+
+    def __init__(self, local: FailureLimiter, backend: RedisBackend) -> None:
+        super().__init__(local.max_failures, local.window, local.max_tracked)
+        self._backend = backend
+
+    def record(self, ip: str, now: float) -> int:
+        self._backend.count_failure(ip)
+        return super().record(ip, now)
+
+
+class RedisBackend:
+    """A node of a cluster on Redis (the :class:`~ocm.server.cluster.backend.Backend`)."""
+
+    def __init__(
+        self,
+        url: str,
+        registry: RoomRegistry,
+        *,
+        send: Callable[[Iterable[Outgoing]], None],
+        clock: Callable[[], float],
+        password: str | None = None,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        max_queued: int = MAX_QUEUED,
+    ) -> None:
+        self.url = url
+        self.registry = registry
+        self.node = secrets.token_hex(NODE_ID_SIZE)
+        registry.bus = self
+        registry.failures = _SharedFailures(registry.failures, self)
+        self._send = send
+        self._clock = clock
+        self._backoff = backoff
+        self.max_queued = max_queued
+        if password is None:
+            password = os.environ.get(PASSWORD_VARIABLE) or None
+        # No retries inside redis-py: the supervisor reconnects, with its own backoff,
+        # and a request that fails is refused at once (UNREACHABLE), not held.
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            password=password,
+            socket_connect_timeout=REQUEST_TIMEOUT,
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._create = self._client.register_script(scripts.CREATE)
+        self._join = self._client.register_script(scripts.JOIN)
+        self._publish = self._client.register_script(scripts.PUBLISH)
+        self._reap = self._client.register_script(scripts.REAP)
+        self._list = self._client.register_script(scripts.LIST)
+        self._restore = self._client.register_script(scripts.RESTORE)
+        ttl = registry.idle_timeout * 2 / 3
+        self.presence_ttl_ms = max(100, int(ttl * 1000))
+        self.presence_interval = registry.idle_timeout / 6
+        self.up = False
+        self.rtt: float | None = None  # the last PING round trip, seconds
+        self.dropped = 0  # entries refused: the queue was full
+        self.reaped = 0  # members of dead nodes this node announced timed out
+        self._queue: deque[_Publish] = deque()
+        self._published = 0
+        self._wake = asyncio.Event()
+        self._epoch: bytes | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._down_since: float | None = None
+        self._bus_lines = LogLimiter()
+        self._pending_failures: set[asyncio.Task[Any]] = set()
+
+    # -- the Bus (registry and relay, on the event loop, never waiting) --------------
+
+    def publish(self, room: Room, op: str, entry: Entry, member: str = "") -> bool:
+        value = self.node + member if member else ""
+        return self._enqueue(room.name, room.rid, op, encode_entry(entry), member, value)
+
+    def _enqueue(
+        self, room: str, rid: str, op: str, entry: bytes, member: str = "", value: str = ""
+    ) -> bool:
+        if len(self._queue) >= self.max_queued:
+            self.dropped += 1
+            return False
+        self._published += 1
+        key = member.casefold()
+        self._queue.append(_Publish(self._published, room, rid, op, entry, key, value))
+        self._wake.set()
+        return True
+
+    # -- the Backend (the TCP handler) ------------------------------------------------
+
+    def state(self) -> ClusterState:
+        return ClusterState(self.up, self.rtt, len(self._queue))
+
+    async def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="ocm-cluster")
+        # A first connection within a moment, so a node started with Redis up serves
+        # at once; without Redis it starts anyway and says so (UNREACHABLE).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                while not self.up and not self._supervisor.done():
+                    await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Send what is queued (a moment at most), leave the cluster, disconnect."""
+        self._closing = True
+        if self.up:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    while self._queue and self.up:
+                        await asyncio.sleep(0.01)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await self._client.delete(_node_key(self.node))
+                    await self._client.srem("ocm:nodes", self.node)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        for task in list(self._pending_failures):
+            task.cancel()
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        flat = await self._request(self._list(keys=["ocm:rooms"]))
+        rooms = [
+            RoomInfo(_text(flat[i]), int(flat[i + 1]), bool(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+        return sorted(rooms, key=lambda room: room.name)
+
+    async def lookup(self, name: str) -> RoomDetails:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hgetall(_room_key(name))
+        pipe.hlen(_members_key(name))
+        meta, count = await self._request(pipe.execute())
+        if not meta:
+            raise _no_such_room(name)
+        return RoomDetails(name, int(count), bool(meta.get(b"password")), _e2e(meta))
+
+    async def load_room(self, name: str) -> None:
+        registry = self.registry
+        room = registry.rooms.get(name)
+        if room is not None and not room.closing:
+            return
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hgetall(_room_key(name))
+        pipe.get(_seq_key(name))
+        pipe.xrevrange(_history_key(name), count=registry.history_messages)
+        meta, counter, newest = await self._request(pipe.execute())
+        if not meta:
+            raise _no_such_room(name)
+        if registry.rooms.get(name) is not None:
+            return  # another join loaded it meanwhile
+        rid = _text(meta[b"rid"])
+        history = [
+            (_counter(entry_id), decode_entry(fields[b"e"]))
+            for entry_id, fields in reversed(newest)
+            if fields.get(b"r") == meta[b"rid"]
+        ]
+        registry.add_replica(
+            name,
+            rid,
+            _password(meta.get(b"password", b"")),
+            e2e=_e2e(meta),
+            sealed=bool(meta.get(b"sealed")),
+            host_key=_text(meta.get(b"host", b"")),
+            host_ip=_text(meta.get(b"host_ip", b"")),
+            counter=int(counter or 0),
+            history=[(number, entry) for number, entry in history if number <= int(counter or 0)],
+        )
+
+    async def check_blocked(self, ip: str) -> None:
+        failures = await self._request(self._client.get(_fails_key(ip)))
+        if failures is not None and int(failures) >= self.registry.failures.max_failures:
+            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+
+    async def claim_room(
+        self, pending: PendingCreate, password: PasswordHash | None, sealed: bool
+    ) -> None:
+        registry = self.registry
+        name, host = pending.room, pending.username
+        result = await self._request(
+            self._create(
+                keys=[
+                    _room_key(name),
+                    _members_key(name),
+                    _seq_key(name),
+                    _history_key(name),
+                    "ocm:rooms",
+                    _hosted_key(pending.ip),
+                ],
+                args=[
+                    name,
+                    pending.rid,
+                    _password_text(password),
+                    _e2e_text(pending.e2e),
+                    "1" if sealed else "",
+                    host.casefold(),
+                    self.node + host,
+                    canonical_ip(pending.ip),
+                    registry.max_rooms,
+                    registry.max_rooms_per_ip,
+                ],
+            )
+        )
+        match _text(result):
+            case "ok":
+                return
+            case "room_exists":
+                raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
+            case "hosts_enough":
+                raise RoomError(
+                    ErrorCode.SERVER_FULL,
+                    f"your address hosts {registry.max_rooms_per_ip} rooms already",
+                )
+        raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+
+    async def release_room(self, pending: PendingCreate) -> None:
+        self._enqueue(pending.room, pending.rid, "drop", b"")
+
+    async def reserve_member(self, pending: PendingJoin) -> None:
+        room = self.registry.rooms.get(pending.room)
+        if room is None or room.bus is not self:
+            raise _no_such_room(pending.room)
+        name = pending.username
+        result = await self._request(
+            self._join(
+                keys=[_room_key(room.name), _members_key(room.name)],
+                args=[room.rid, name.casefold(), self.node + name, self.registry.max_members],
+            )
+        )
+        match _text(result):
+            case "ok":
+                return
+            case "name_taken":
+                raise RoomError(
+                    ErrorCode.NAME_TAKEN, f'the name "{name}" is taken in "{room.name}"'
+                )
+            case "room_full":
+                raise RoomError(ErrorCode.ROOM_FULL, f'room "{room.name}" is full')
+        raise _no_such_room(room.name)
+
+    async def release_member(self, pending: PendingJoin) -> None:
+        room = self.registry.rooms.get(pending.room)
+        if room is not None:
+            name = pending.username
+            self._enqueue(room.name, room.rid, "unreserve", b"", name, self.node + name)
+
+    def count_failure(self, ip: str) -> None:
+        """A wrong password from ``ip``: count it in the store too (in the background)."""
+        if not self.up:
+            return
+
+        async def count() -> None:
+            key = _fails_key(ip)
+            window_ms = int(self.registry.failures.window * 1000)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.pexpire(key, window_ms, nx=True)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await pipe.execute()
+
+        task = asyncio.create_task(count())
+        self._pending_failures.add(task)
+        task.add_done_callback(self._pending_failures.discard)
+
+    async def _request(self, call: Any) -> Any:
+        """A request's call to Redis, refused as :data:`UNREACHABLE` if Redis is not
+        there (never a traceback, never a wait past :data:`REQUEST_TIMEOUT`)."""
+        if not self.up:
+            with contextlib.suppress(Exception):
+                call.close()  # the coroutine that will not run
+            raise RoomError(ErrorCode.SERVER_FULL, UNREACHABLE)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                return await call
+        except (RedisError, OSError, TimeoutError) as error:
+            log.debug("a request's call to redis failed: %s", error)
+            raise RoomError(ErrorCode.SERVER_FULL, UNREACHABLE) from None
+
+    # -- the connection ---------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Connect, serve the cluster, and when the connection fails, reconnect with
+        exponential backoff; log once per outage. Nothing here ends the server."""
+        first, limit = self._backoff
+        delay = first
+        while not self._closing:
+            try:
+                await self._connect()
+                delay = first
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._listen())
+                    tasks.create_task(self._send_queue())
+                    tasks.create_task(self._keep_present())
+                    tasks.create_task(self._run_reaper())
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:  # ExceptionGroup from the TaskGroup too
+                reason = _reason(error)
+                if self.up or self._down_since is None:
+                    self._down_since = self._clock()
+                    log.error(
+                        "redis unreachable at %s: %s; creates and joins are refused, "
+                        "members stay, lines wait; reconnecting",
+                        _safe_url(self.url),
+                        reason,
+                    )
+                if not isinstance(error, (RedisError, OSError, TimeoutError, ExceptionGroup)):
+                    log.exception("unexpected error in the cluster connection")
+                self.up = False
+                await asyncio.sleep(delay)
+                delay = min(limit, delay * 2)
+
+    async def _connect(self) -> None:
+        client = self._client
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            started = self._clock()
+            await client.ping()
+            self.rtt = self._clock() - started
+            epoch: Any = await client.get("ocm:epoch")
+            if epoch is None:
+                await client.set("ocm:epoch", secrets.token_hex(8), nx=True)
+                epoch = await client.get("ocm:epoch")
+            lost = self._epoch is not None and epoch != self._epoch
+            self._epoch = epoch
+            await self._announce_presence()
+            if lost:
+                await self._write_back()
+        if self._down_since is not None:
+            log.warning(
+                "redis is back at %s after %.1f s%s",
+                _safe_url(self.url),
+                self._clock() - self._down_since,
+                "; it had lost its data: this node's rooms are written back" if lost else "",
+            )
+            self._down_since = None
+        else:
+            log.info("cluster node %s on redis at %s", self.node, _safe_url(self.url))
+        self.up = True
+
+    async def _write_back(self) -> None:
+        """The store lost its data: write this node's rooms, counters and members back."""
+        for room in list(self.registry.rooms.values()):
+            if room.bus is not self:
+                continue
+            pairs: list[str] = []
+            for member in room.members.values():
+                pairs += [member.name.casefold(), self.node + member.name]
+            result = await self._restore(
+                keys=[
+                    _room_key(room.name),
+                    _members_key(room.name),
+                    _seq_key(room.name),
+                    "ocm:rooms",
+                ],
+                args=[
+                    room.name,
+                    room.rid,
+                    _password_text(room.password),
+                    _e2e_text(room.e2e),
+                    "1" if room.sealed else "",
+                    room.host_key,
+                    room.host_ip,
+                    room.counter,
+                    *pairs,
+                ],
+            )
+            if _text(result) == "conflict":
+                log.warning('room "%s" is another room in the store now', room.name)
+
+    async def _announce_presence(self) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(_node_key(self.node), b"1", px=self.presence_ttl_ms)
+        pipe.sadd("ocm:nodes", self.node)
+        await pipe.execute()
+
+    async def _keep_present(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_interval)
+            started = self._clock()
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await self._client.ping()
+                self.rtt = self._clock() - started
+                await self._announce_presence()
+
+    async def _run_reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_interval)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                flat = await self._reap(keys=["ocm:nodes", "ocm:rooms"], args=["ocm:node:"])
+            for i in range(0, len(flat), 4):
+                room, rid, name, host = (_text(value) for value in flat[i : i + 4])
+                self.reaped += 1
+                log.info('%s in room "%s" timed out: its node left the cluster', name, room)
+                if host:
+                    text = format_closed(HostGone(name, Presence.TIMED_OUT))
+                    self._enqueue(
+                        room, rid, "close", encode_entry(Entry(Kind.CLOSED, text.encode()))
+                    )
+                else:
+                    text = format_notice(MemberEvent(name, Presence.TIMED_OUT))
+                    self._enqueue(room, rid, "say", encode_entry(Entry(Kind.NOTICE, text.encode())))
+
+    async def _send_queue(self) -> None:
+        """Send queued entries in order, a pipeline of up to :data:`BATCH` at a time.
+        An entry leaves the queue only once Redis answered for it."""
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [queue[i] for i in range(min(BATCH, len(queue)))]
+            pipe = self._client.pipeline(transaction=False)
+            for item in batch:
+                await self._publish(  # queued in the pipeline, not sent yet
+                    keys=[
+                        _room_key(item.room),
+                        _members_key(item.room),
+                        _seq_key(item.room),
+                        _history_key(item.room),
+                        "ocm:rooms",
+                        f"ocm:published:{self.node}",
+                    ],
+                    args=[
+                        item.op,
+                        item.room,
+                        item.rid,
+                        item.entry,
+                        item.member_key,
+                        item.member_value,
+                        self.registry.history_messages,
+                        BUS,
+                        item.number,
+                    ],
+                    client=pipe,
+                )
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                results = await pipe.execute(raise_on_error=False)
+            for item, result in zip(batch, results, strict=True):
+                queue.popleft()
+                if isinstance(result, Exception):
+                    log.error('redis refused an entry of room "%s": %s', item.room, result)
+
+    async def _listen(self) -> None:
+        """Read the bus: every room's entries, in order; apply those of rooms here."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await pubsub.subscribe(BUS)
+            # Subscribed: from here on nothing is missed. What was said before (while
+            # this node was cut off) is read from each room's stream.
+            for room in list(self.registry.rooms.values()):
+                if room.bus is self:
+                    await self._catch_up(room)
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None and message.get("type") == "message":
+                    await self._on_bus(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _on_bus(self, data: bytes) -> None:
+        try:
+            message = decode_bus_message(data)
+        except MalformedEntry as error:
+            held = self._bus_lines.allow(self._clock())
+            if held is not None:
+                log.warning("skipped a malformed message on %s: %s%s", BUS, error, held_back(held))
+            return
+        room = self.registry.rooms.get(message.room)
+        if room is None or room.rid != message.rid or room.bus is not self:
+            return
+        if message.counter <= room.counter:
+            return  # read from the stream already
+        if message.counter > room.counter + 1:
+            await self._fill(room, message.counter - 1)
+            if self.registry.rooms.get(room.name) is not room:
+                return  # closed by what was missed
+            if message.counter > room.counter + 1:
+                self.registry.skip_to(room, message.counter)
+        self._send(self.registry.apply(room, message.counter, message.entry, self._clock()))
+
+    async def _catch_up(self, room: Room) -> None:
+        """After a reconnect: read what ``room`` missed; a room closed meanwhile (its
+        stream gone too) is closed here."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hget(_room_key(room.name), "rid")
+        pipe.get(_seq_key(room.name))
+        rid, counter = await pipe.execute()
+        latest = int(counter) if counter is not None else room.counter
+        if latest > room.counter:
+            await self._fill(room, latest)
+        if rid is None or _text(rid) != room.rid:
+            await self._fill(room, room.counter + 1_000_000)  # its CLOSED, if still kept
+            if self.registry.rooms.get(room.name) is room:
+                self._send(self.registry.close_here(room, self._clock()))
+
+    async def _fill(self, room: Room, last: int) -> None:
+        """Apply ``room``'s entries after its counter up to ``last``, from its stream."""
+        entries: Any = await self._client.xrange(
+            _history_key(room.name), min=f"{room.counter + 1}-0", max=f"{last}-1"
+        )
+        for entry_id, fields in entries:
+            if (
+                fields.get(b"r") != room.rid.encode()
+                or self.registry.rooms.get(room.name) is not room
+            ):
+                continue
+            counter = _counter(entry_id)
+            if counter <= room.counter:
+                continue
+            if counter > room.counter + 1:
+                self.registry.skip_to(room, counter)
+            try:
+                entry = decode_entry(fields[b"e"])
+            except MalformedEntry:
+                continue
+            self._send(self.registry.apply(room, counter, entry, self._clock()))
+
+
+def _room_key(name: str) -> str:
+    return f"ocm:room:{name}"
+
+
+def _members_key(name: str) -> str:
+    return f"ocm:members:{name}"
+
+
+def _seq_key(name: str) -> str:
+    return f"ocm:seq:{name}"
+
+
+def _history_key(name: str) -> str:
+    return f"ocm:history:{name}"
+
+
+def _hosted_key(ip: str) -> str:
+    return f"ocm:hosted:{canonical_ip(ip)}"
+
+
+def _fails_key(ip: str) -> str:
+    return f"ocm:fails:{canonical_ip(ip)}"
+
+
+def _node_key(node: str) -> str:
+    return f"ocm:node:{node}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _counter(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def _password_text(password: PasswordHash | None) -> str:
+    """A room password as the store keeps it: scrypt's salt and digest, never the
+    password."""
+    return "" if password is None else f"{password.salt.hex()}:{password.digest.hex()}"
+
+
+def _password(text: bytes) -> PasswordHash | None:
+    if not text:
+        return None
+    salt, digest = text.decode("ascii").split(":")
+    return PasswordHash(bytes.fromhex(salt), bytes.fromhex(digest))
+
+
+def _e2e_text(e2e: E2eParams | None) -> str:
+    if e2e is None:
+        return ""
+    return json.dumps(
+        {
+            "salt": e2e.salt.hex(),
+            "memory_kib": e2e.memory_kib,
+            "iterations": e2e.iterations,
+            "lanes": e2e.lanes,
+            "kdf": e2e.kdf,
+        }
+    )
+
+
+def _e2e(meta: dict[bytes, bytes]) -> E2eParams | None:
+    text = meta.get(b"e2e")
+    if not text:
+        return None
+    fields = json.loads(text)
+    return E2eParams(
+        bytes.fromhex(fields["salt"]),
+        fields["memory_kib"],
+        fields["iterations"],
+        fields["lanes"],
+        fields["kdf"],
+    )
+
+
+def _no_such_room(name: str) -> RoomError:
+    return RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, for the log."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+def _reason(error: BaseException) -> str:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return str(error) or type(error).__name__
