@@ -51,9 +51,25 @@ def runs(job_name: str) -> list[str]:
 
 
 def test_the_test_job_runs_exactly_the_readme_command() -> None:
+    """Its last step; the only other commands install redis-server for tests/cluster/."""
     command = readme_command("test")
     assert command and not command.startswith("```")
-    assert runs("test") == [command]
+    *setup, last = runs("test")
+    assert last == command
+    assert all("redis" in line for line in setup), setup
+
+
+def test_redis_server_is_installed_before_the_tests_where_it_exists() -> None:
+    """Linux and macOS get redis-server; Windows has none (the cluster tests are posix)."""
+    steps = job("test")["steps"]
+    installs = {s.get("if"): s["run"] for s in steps if "redis" in s.get("run", "")}
+    assert "apt-get install -y redis-server" in installs["runner.os == 'Linux'"]
+    assert installs["runner.os == 'macOS'"] == "brew install redis"
+    assert len(installs) == 2
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert script.index("apt-get install -y -qq redis-server") < script.index(
+        'eval "$test_command"'
+    )
 
 
 def test_the_test_job_covers_three_systems_and_three_pythons() -> None:
