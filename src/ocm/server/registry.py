@@ -262,8 +262,11 @@ class Room:
     rid: str = ""
     counter: int = 0
     host_key: str = ""
+    host_name: str = ""
     host_ip: str = ""
     closing: bool = False
+    # The members of the whole cluster room, as of the last join here (for COMPLETE).
+    roster: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -470,6 +473,7 @@ class RoomRegistry:
         if self.bus is not None:
             room.bus, room.rid = self.bus, pending.rid
             room.host_key, room.host_ip = pending.username.casefold(), pending.ip
+            room.host_name = pending.username
             room.history = History(self.history_messages, self.history_bytes)
         self.rooms[name] = room
         host = self._add_member(room, pending.username, pending.ip, now, delivery, sealed)
@@ -756,6 +760,7 @@ class RoomRegistry:
         e2e: E2eParams | None,
         sealed: bool,
         host_key: str,
+        host_name: str,
         host_ip: str,
         counter: int,
         history: list[tuple[int, Entry]],
@@ -766,7 +771,7 @@ class RoomRegistry:
         (each node seals with its own: one Counter space per key)."""
         assert self.bus is not None
         room = Room(name, password, e2e=e2e, bus=self.bus, rid=rid, counter=counter)
-        room.host_key, room.host_ip = host_key, host_ip
+        room.host_key, room.host_name, room.host_ip = host_key, host_name, host_ip
         room.seq = wire_seq(counter) if counter else 0
         room.history = History(self.history_messages, self.history_bytes)
         previous = None

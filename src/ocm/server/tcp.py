@@ -559,8 +559,9 @@ class TcrpHandler:
         self, operation: Operation, member: Member, features: tuple[str, ...]
     ) -> Admission:
         room = member.room
-        assert room.host is not None
-        members = tuple(m.name for m in room.members.values())
+        # A cluster room's host and members may be on other nodes (ocm.server.cluster).
+        host = room.host.name if room.host is not None else room.host_name
+        members = room.roster or tuple(m.name for m in room.members.values())
         registry = self.registry
         idle_timeout = registry.idle_timeout
         admission = Admission(
@@ -568,7 +569,7 @@ class TcrpHandler:
             room.name,
             member.token,
             self._udp_port(),
-            room.host.name,
+            host,
             members,
             # Tell the client how often to heartbeat (an OCM extension); an endless
             # timeout has no JSON number, and needs no heartbeat.

@@ -268,6 +268,7 @@ class RedisBackend:
             e2e=_e2e(meta),
             sealed=bool(meta.get(b"sealed")),
             host_key=_text(meta.get(b"host", b"")),
+            host_name=_text(meta.get(b"host_name", b"")),
             host_ip=_text(meta.get(b"host_ip", b"")),
             counter=int(counter or 0),
             history=[(number, entry) for number, entry in history if number <= int(counter or 0)],
@@ -333,8 +334,9 @@ class RedisBackend:
                 args=[room.rid, name.casefold(), self.node + name, self.registry.max_members],
             )
         )
-        match _text(result):
+        match _text(result[0]):
             case "ok":
+                room.roster = tuple(_text(value)[2 * NODE_ID_SIZE :] for value in result[1:])
                 return
             case "name_taken":
                 raise RoomError(
@@ -468,6 +470,7 @@ class RedisBackend:
                     room.host_key,
                     room.host_ip,
                     room.counter,
+                    room.host_name,
                     *pairs,
                 ],
             )

@@ -9,7 +9,7 @@ entry to its capped stream, PUBLISH it on the bus). The keys (``ocm:`` prefix):
 ``ocm:rooms``              set: the names of the open rooms
 ``ocm:room:NAME``          hash: rid (the room's incarnation), password (scrypt salt and
                            digest, hex; empty: open), e2e, sealed, host (casefolded name),
-                           host_ip
+                           host_name, host_ip
 ``ocm:members:NAME``       hash: casefolded member name -> node id (16 hex) + its name
 ``ocm:seq:NAME``           the room's counter: the number of its last entry
 ``ocm:history:NAME``       stream: the room's last entries (ID ``COUNTER-1``; fields
@@ -57,7 +57,8 @@ if tonumber(redis.call('GET', KEYS[6]) or '0') >= tonumber(ARGV[10]) then
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'rid', ARGV[2], 'password', ARGV[3], 'e2e', ARGV[4],
-           'sealed', ARGV[5], 'host', ARGV[6], 'host_ip', ARGV[8])
+           'sealed', ARGV[5], 'host', ARGV[6], 'host_name', string.sub(ARGV[7], 17),
+           'host_ip', ARGV[8])
 redis.call('HSET', KEYS[2], ARGV[6], ARGV[7])
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('INCR', KEYS[6])
@@ -65,12 +66,15 @@ return 'ok'
 """
 
 # KEYS: room, members.  ARGV: rid, member key, member value, max members
+# Returns 'ok' and the members' values (node and name; the joiner's among them), or why not.
 JOIN = """
-if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return 'no_such_room' end
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 'name_taken' end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 'room_full' end
+if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return {'no_such_room'} end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {'name_taken'} end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {'room_full'} end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return 'ok'
+local members = redis.call('HVALS', KEYS[2])
+table.insert(members, 1, 'ok')
+return members
 """
 
 # KEYS: room, members, seq, history, rooms, published(node)
@@ -157,8 +161,8 @@ return out
 """
 
 # KEYS: room, members, seq, rooms
-# ARGV: name, rid, password, e2e, sealed, host key, host ip, counter, then member key
-#       and value pairs.
+# ARGV: name, rid, password, e2e, sealed, host key, host ip, counter, host name, then
+#       member key and value pairs.
 # A node writes a room it has members in back into a store that lost it (Redis
 # restarted without its data): the room's facts, its counter (the highest any node
 # saw) and the node's members. 'conflict': the name is another room's now.
@@ -167,13 +171,13 @@ local rid = redis.call('HGET', KEYS[1], 'rid')
 if rid and rid ~= ARGV[2] then return 'conflict' end
 if not rid then
   redis.call('HSET', KEYS[1], 'rid', ARGV[2], 'password', ARGV[3], 'e2e', ARGV[4],
-             'sealed', ARGV[5], 'host', ARGV[6], 'host_ip', ARGV[7])
+             'sealed', ARGV[5], 'host', ARGV[6], 'host_ip', ARGV[7], 'host_name', ARGV[9])
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('INCR', 'ocm:hosted:' .. ARGV[7])
 end
 if tonumber(ARGV[8]) > tonumber(redis.call('GET', KEYS[3]) or '0') then
   redis.call('SET', KEYS[3], ARGV[8])
 end
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 'ok'
 """
