@@ -799,9 +799,24 @@ def test_below_the_front_ends_nothing_outside_the_standard_library_is_imported()
         for e in real_edges()
         if not e.target.startswith("ocm.")
         and e.target.split(".")[0] != "cryptography"
+        and not (e.target.split(".")[0] == "redis" and e.source == REDIS_BACKEND)
         and layers.get(e.source, 4) < 4
     ]
     assert third_party == []
+
+
+REDIS_BACKEND = "ocm.server.cluster.redis_backend"
+
+
+def test_redis_is_loaded_only_for_a_cluster_node() -> None:
+    """redis-py is the cluster extra: only the cluster backend imports it, and nothing
+    loads that module but inside a function (``ocm server --redis``), so a server on its
+    own, and every client, runs without it."""
+    importers = sorted(
+        f"{e.source} (lazy: {e.lazy})" for e in real_edges() if e.target == REDIS_BACKEND
+    )
+    assert importers == ["ocm.server.app (lazy: True)"]
+    assert [e.source for e in real_edges() if e.target.split(".")[0] == "redis"] == [REDIS_BACKEND]
 
 
 def test_the_diagram_checks_can_fail() -> None:

@@ -907,7 +907,8 @@ class RoomRegistry:
         self._check_open()
         if pending.room in self.rooms:
             raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{pending.room}" already exists')
-        if len(self.rooms) >= self.max_rooms:
+        # A cluster node counts rooms in the store (its replicas are not all its own).
+        if self.bus is None and len(self.rooms) >= self.max_rooms:
             raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
         if self._rooms_by_ip.get(canonical_ip(pending.ip), 0) >= self.max_rooms_per_ip:
             raise RoomError(
