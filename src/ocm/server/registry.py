@@ -69,6 +69,7 @@ from ocm.wire.texts import (
     Presence,
     format_closed,
     format_notice,
+    parse_notice,
 )
 
 __all__ = [
@@ -265,8 +266,13 @@ class Room:
     host_name: str = ""
     host_ip: str = ""
     closing: bool = False
-    # The members of the whole cluster room, as of the last join here (for COMPLETE).
+    # The names of the whole cluster room's members: from the store at each join here,
+    # then kept by the NOTICEs that come back (COMPLETE lists them; and a room whose
+    # members are all here can go on while the store is out of reach).
     roster: tuple[str, ...] = ()
+    # Numbered here while the store was out of reach (all its members here): its
+    # counter is ahead of the store's, which the node writes back when it returns.
+    detached: bool = False
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -278,6 +284,11 @@ class Room:
     @property
     def protected(self) -> bool:
         return self.password is not None
+
+    @property
+    def all_here(self) -> bool:
+        """A cluster room whose every member is on this node."""
+        return all(name.casefold() in self.members for name in self.roster)
 
     def refresh_addresses(self) -> None:
         every: list[Address] = []
@@ -474,6 +485,7 @@ class RoomRegistry:
             room.bus, room.rid = self.bus, pending.rid
             room.host_key, room.host_ip = pending.username.casefold(), pending.ip
             room.host_name = pending.username
+            room.roster = (pending.username,)
             room.history = History(self.history_messages, self.history_bytes)
         self.rooms[name] = room
         host = self._add_member(room, pending.username, pending.ip, now, delivery, sealed)
@@ -804,6 +816,10 @@ class RoomRegistry:
             text = entry.text.decode("utf-8", "replace")
             return self._teardown(room, Outgoing(closed, room.addresses, room.sealer), text, now)
         outgoing = self._datagrams(room, seq, entry)
+        if entry.kind == Kind.NOTICE:
+            event = parse_notice(entry.text.decode("utf-8", "replace"))
+            if event is not None:
+                self._keep_roster(room, event)
         if entry.kind == DeliveryKind.CHAT:
             sender = room.members.get(entry.sender.decode("utf-8", "replace").casefold())
             if sender is not None and sender.relayed is not None:
@@ -815,6 +831,11 @@ class RoomRegistry:
         its CLOSED no longer to be had: tell this node's members so, and forget it."""
         text = CUT_OFF_CLOSED
         return self._teardown(room, room.announce_here(Kind.CLOSED, text), text, now)
+
+    @staticmethod
+    def _keep_roster(room: Room, event: MemberEvent) -> None:
+        others = tuple(n for n in room.roster if n.casefold() != event.name.casefold())
+        room.roster = (*others, event.name) if event.what is Presence.JOINED else others
 
     def skip_to(self, room: Room, counter: int) -> None:
         """Entries before ``counter`` are lost to this node (the store no longer has

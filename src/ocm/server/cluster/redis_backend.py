@@ -21,12 +21,19 @@ timed out (closing the rooms they hosted). A node that dies is so gone from ever
 within 5/6 of the idle timeout.
 
 When Redis cannot be reached, the node logs it once, refuses creates, joins, lists and
-lookups with ``server_full`` (:data:`UNREACHABLE`), keeps its members, and queues what
-they say (up to :data:`MAX_QUEUED` entries; beyond, a line is refused: a delivery client
-sends it again, a version 1 line is lost and counted); it reconnects with exponential
-backoff. Back, it checks the store's epoch: a store that lost its data (restarted
-without persistence) gets this node's rooms, counters and members written back before
-the queue is sent.
+lookups with ``server_full`` (:data:`UNREACHABLE`), keeps its members, and reconnects
+with exponential backoff. A room whose members are all on this node goes on: the node
+numbers its lines itself meanwhile (it is ``detached``). What is said in a room with
+members on other nodes waits in the queue, in order (up to :data:`MAX_QUEUED` entries;
+beyond, a line is refused: a delivery client sends it again, a version 1 line is lost
+and counted), and is numbered and delivered when Redis is back. Back, the node checks
+the store's epoch: a store that lost its data (restarted without persistence) gets this
+node's rooms, counters and members written back, and a detached room its counter,
+before the queue is sent.
+
+A partition is the one case this cannot make right: if only this node was cut off, a
+member may have joined one of its detached rooms through another node meanwhile; the
+two then numbered the room apart, and each side misses what the other said then.
 """
 
 from __future__ import annotations
@@ -162,6 +169,7 @@ class RedisBackend:
         self.dropped = 0  # entries refused: the queue was full
         self.reaped = 0  # members of dead nodes this node announced timed out
         self._queue: deque[_Publish] = deque()
+        self._queued: dict[str, int] = {}  # entries in the queue, by room
         self._published = 0
         self._wake = asyncio.Event()
         self._epoch: bytes | None = None
@@ -175,7 +183,26 @@ class RedisBackend:
 
     def publish(self, room: Room, op: str, entry: Entry, member: str = "") -> bool:
         value = self.node + member if member else ""
+        if not self.up and room.all_here and not self._queued.get(room.name):
+            return self._say_here(room, op, entry, member, value)
         return self._enqueue(room.name, room.rid, op, encode_entry(entry), member, value)
+
+    def _say_here(self, room: Room, op: str, entry: Entry, member: str, value: str) -> bool:
+        """The store is out of reach and every member of ``room`` is on this node: the
+        room goes on, numbered here (on the next turn of the loop, in order: the
+        registry is in the middle of a call). What the store must learn (a member
+        left, the room closed) waits in the queue; the counter is written back."""
+        room.detached = True
+        if op == "leave":
+            self._enqueue(room.name, room.rid, "unreserve", b"", member, value)
+        elif op == "close":
+            self._enqueue(room.name, room.rid, "drop", b"")
+        asyncio.get_running_loop().call_soon(self._apply_here, room, entry)
+        return True
+
+    def _apply_here(self, room: Room, entry: Entry) -> None:
+        if self.registry.rooms.get(room.name) is room:
+            self._send(self.registry.apply(room, room.counter + 1, entry, self._clock()))
 
     def _enqueue(
         self, room: str, rid: str, op: str, entry: bytes, member: str = "", value: str = ""
@@ -186,6 +213,7 @@ class RedisBackend:
         self._published += 1
         key = member.casefold()
         self._queue.append(_Publish(self._published, room, rid, op, entry, key, value))
+        self._queued[room] = self._queued.get(room, 0) + 1
         self._wake.set()
         return True
 
@@ -404,7 +432,7 @@ class RedisBackend:
             except asyncio.CancelledError:
                 raise
             except BaseException as error:  # ExceptionGroup from the TaskGroup too
-                reason = _reason(error)
+                reason = _reason(error).rstrip(".")
                 if self.up or self._down_since is None:
                     self._down_since = self._clock()
                     log.error(
@@ -432,8 +460,7 @@ class RedisBackend:
             lost = self._epoch is not None and epoch != self._epoch
             self._epoch = epoch
             await self._announce_presence()
-            if lost:
-                await self._write_back()
+            await self._write_back(lost)
         if self._down_since is not None:
             log.warning(
                 "redis is back at %s after %.1f s%s",
@@ -446,11 +473,13 @@ class RedisBackend:
             log.info("cluster node %s on redis at %s", self.node, _safe_url(self.url))
         self.up = True
 
-    async def _write_back(self) -> None:
-        """The store lost its data: write this node's rooms, counters and members back."""
+    async def _write_back(self, lost: bool) -> None:
+        """Write back what the store does not know: all of this node's rooms, counters
+        and members if it ``lost`` its data; else the rooms numbered here meanwhile."""
         for room in list(self.registry.rooms.values()):
-            if room.bus is not self:
+            if room.bus is not self or not (lost or room.detached):
                 continue
+            room.detached = False
             pairs: list[str] = []
             for member in room.members.values():
                 pairs += [member.name.casefold(), self.node + member.name]
@@ -548,6 +577,9 @@ class RedisBackend:
                 results = await pipe.execute(raise_on_error=False)
             for item, result in zip(batch, results, strict=True):
                 queue.popleft()
+                left = self._queued.pop(item.room) - 1
+                if left:
+                    self._queued[item.room] = left
                 if isinstance(result, Exception):
                     log.error('redis refused an entry of room "%s": %s', item.room, result)
 
