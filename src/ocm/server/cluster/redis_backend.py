@@ -474,11 +474,14 @@ class RedisBackend:
         self.up = True
 
     async def _write_back(self, lost: bool) -> None:
-        """Write back what the store does not know: all of this node's rooms, counters
-        and members if it ``lost`` its data; else the rooms numbered here meanwhile."""
+        """After a reconnect, write back what the store may not know: this node's
+        members (the reaper takes those of a node cut off too long), and the rooms and
+        counters if it ``lost`` its data, or if they were numbered here meanwhile. A
+        member the store had let go is announced as joined again."""
         for room in list(self.registry.rooms.values()):
-            if room.bus is not self or not (lost or room.detached):
+            if room.bus is not self:
                 continue
+            create = lost or room.detached
             room.detached = False
             pairs: list[str] = []
             for member in room.members.values():
@@ -500,11 +503,18 @@ class RedisBackend:
                     room.host_ip,
                     room.counter,
                     room.host_name,
+                    "1" if create else "",
                     *pairs,
                 ],
             )
-            if _text(result) == "conflict":
+            if _text(result[0]) == "conflict":
                 log.warning('room "%s" is another room in the store now', room.name)
+            if _text(result[0]) != "ok" or lost:
+                continue  # gone: the catch-up closes it here
+            for value in result[1:]:
+                name = _text(value)[2 * NODE_ID_SIZE :]
+                text = format_notice(MemberEvent(name, Presence.JOINED)).encode("utf-8")
+                self._enqueue(room.name, room.rid, "say", encode_entry(Entry(Kind.NOTICE, text)))
 
     async def _announce_presence(self) -> None:
         pipe = self._client.pipeline(transaction=True)

@@ -161,14 +161,18 @@ return out
 """
 
 # KEYS: room, members, seq, rooms
-# ARGV: name, rid, password, e2e, sealed, host key, host ip, counter, host name, then
-#       member key and value pairs.
-# A node writes a room it has members in back into a store that lost it (Redis
-# restarted without its data): the room's facts, its counter (the highest any node
-# saw) and the node's members. 'conflict': the name is another room's now.
+# ARGV: name, rid, password, e2e, sealed, host key, host ip, counter, host name,
+#       create ('1': the room may be missing), then member key and value pairs.
+# A node writes a room it has members in back after it was cut off: into a store that
+# lost it (Redis restarted without its data), or one that went on without the node.
+# The room's facts (if it is missing and ``create``), its counter (the highest any
+# node saw) and the node's members. Returns 'ok' and the members it had to add again
+# (the reaper took them), 'gone' (closed meanwhile), or 'conflict' (the name is
+# another room's now).
 RESTORE = """
 local rid = redis.call('HGET', KEYS[1], 'rid')
-if rid and rid ~= ARGV[2] then return 'conflict' end
+if rid and rid ~= ARGV[2] then return {'conflict'} end
+if not rid and ARGV[10] ~= '1' then return {'gone'} end
 if not rid then
   redis.call('HSET', KEYS[1], 'rid', ARGV[2], 'password', ARGV[3], 'e2e', ARGV[4],
              'sealed', ARGV[5], 'host', ARGV[6], 'host_ip', ARGV[7], 'host_name', ARGV[9])
@@ -178,6 +182,11 @@ end
 if tonumber(ARGV[8]) > tonumber(redis.call('GET', KEYS[3]) or '0') then
   redis.call('SET', KEYS[3], ARGV[8])
 end
-for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return 'ok'
+local added = {'ok'}
+for i = 11, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    table.insert(added, ARGV[i + 1])
+  end
+end
+return added
 """
