@@ -58,8 +58,9 @@ class RedisServer:
     by ``restart()``, so clients reconnect to the same ``url``.
     """
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, extra: tuple[str, ...] = ()) -> None:
         self.password = password
+        self.extra = extra  # more redis-server options (TLS ones, say)
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -88,6 +89,7 @@ class RedisServer:
         command += ["--loglevel", "warning"]
         if self.password is not None:
             command += ["--requirepass", self.password]
+        command += self.extra
         # Closed by stop(): it lives as long as the process writing to it.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
         self._process = subprocess.Popen(

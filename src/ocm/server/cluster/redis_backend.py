@@ -175,6 +175,7 @@ class RedisBackend:
         self._epoch: bytes | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._tried = asyncio.Event()  # the first try to connect is over
         self._down_since: float | None = None
         self._bus_lines = LogLimiter()
         self._pending_failures: set[asyncio.Task[Any]] = set()
@@ -224,12 +225,11 @@ class RedisBackend:
 
     async def start(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise(), name="ocm-cluster")
-        # A first connection within a moment, so a node started with Redis up serves
-        # at once; without Redis it starts anyway and says so (UNREACHABLE).
+        # The first try to connect, so a node started with Redis up serves at once;
+        # without Redis it starts anyway and says so (UNREACHABLE).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(REQUEST_TIMEOUT):
-                while not self.up and not self._supervisor.done():
-                    await asyncio.sleep(0.01)
+                await self._tried.wait()
 
     async def close(self) -> None:
         """Send what is queued (a moment at most), leave the cluster, disconnect."""
@@ -431,7 +431,7 @@ class RedisBackend:
                     tasks.create_task(self._run_reaper())
             except asyncio.CancelledError:
                 raise
-            except BaseException as error:  # ExceptionGroup from the TaskGroup too
+            except Exception as error:  # an ExceptionGroup from the TaskGroup too
                 reason = _reason(error).rstrip(".")
                 if self.up or self._down_since is None:
                     self._down_since = self._clock()
@@ -444,6 +444,7 @@ class RedisBackend:
                 if not isinstance(error, (RedisError, OSError, TimeoutError, ExceptionGroup)):
                     log.exception("unexpected error in the cluster connection")
                 self.up = False
+                self._tried.set()
                 await asyncio.sleep(delay)
                 delay = min(limit, delay * 2)
 
@@ -472,6 +473,7 @@ class RedisBackend:
         else:
             log.info("cluster node %s on redis at %s", self.node, _safe_url(self.url))
         self.up = True
+        self._tried.set()
 
     async def _write_back(self, lost: bool) -> None:
         """After a reconnect, write back what the store may not know: this node's
