@@ -57,6 +57,7 @@ from redis.exceptions import RedisError
 from ocm.errors import ErrorCode, RoomError
 from ocm.server.cluster import scripts
 from ocm.server.cluster.entries import (
+    BusMessage,
     Entry,
     MalformedEntry,
     decode_bus_message,
@@ -429,10 +430,9 @@ class RedisBackend:
                     tasks.create_task(self._send_queue())
                     tasks.create_task(self._keep_present())
                     tasks.create_task(self._run_reaper())
-            except asyncio.CancelledError:
-                raise
             except Exception as error:  # an ExceptionGroup from the TaskGroup too
-                reason = _reason(error).rstrip(".")
+                cause = _innermost(error)
+                reason = (str(cause) or type(cause).__name__).rstrip(".")
                 if self.up or self._down_since is None:
                     self._down_since = self._clock()
                     log.error(
@@ -441,8 +441,8 @@ class RedisBackend:
                         _safe_url(self.url),
                         reason,
                     )
-                if not isinstance(error, (RedisError, OSError, TimeoutError, ExceptionGroup)):
-                    log.exception("unexpected error in the cluster connection")
+                if not isinstance(cause, (RedisError, OSError, TimeoutError)):
+                    log.error("unexpected error in the cluster connection", exc_info=cause)
                 self.up = False
                 self._tried.set()
                 await asyncio.sleep(delay)
@@ -622,6 +622,15 @@ class RedisBackend:
             if held is not None:
                 log.warning("skipped a malformed message on %s: %s%s", BUS, error, held_back(held))
             return
+        try:
+            await self._deliver(message)
+        except (RedisError, OSError, TimeoutError):
+            raise  # the connection: the supervisor reconnects
+        except Exception:
+            # A bug must cost one entry, not the bus (nor the node).
+            log.exception('could not deliver an entry of room "%s"', message.room)
+
+    async def _deliver(self, message: BusMessage) -> None:
         room = self.registry.rooms.get(message.room)
         if room is None or room.rid != message.rid or room.bus is not self:
             return
@@ -764,7 +773,8 @@ def _safe_url(url: str) -> str:
     return scheme + sep + rest
 
 
-def _reason(error: BaseException) -> str:
+def _innermost(error: BaseException) -> BaseException:
+    """The first error inside an exception group (a TaskGroup's), or ``error``."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
-    return str(error) or type(error).__name__
+    return error
