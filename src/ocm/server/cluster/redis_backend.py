@@ -93,6 +93,10 @@ UNREACHABLE = "the cluster store (Redis) is unreachable; try again shortly"
 # The environment variable that holds Redis's password (not on the command line: ps).
 PASSWORD_VARIABLE = "OCM_REDIS_PASSWORD"
 NODE_ID_SIZE = 8  # bytes: 16 hex characters, the first 16 of a member's value in Redis
+# A member's value in Redis: its node, its place in the room's join order (the host's is
+# 0), its name. Ordered by place, the values give COMPLETE's member list.
+PLACE_DIGITS = 10
+NAME_START = 2 * NODE_ID_SIZE + PLACE_DIGITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +188,7 @@ class RedisBackend:
     # -- the Bus (registry and relay, on the event loop, never waiting) --------------
 
     def publish(self, room: Room, op: str, entry: Entry, member: str = "") -> bool:
-        value = self.node + member if member else ""
+        value = self.node if member else ""
         if not self.up and room.all_here and not self._queued.get(room.name):
             return self._say_here(room, op, entry, member, value)
         return self._enqueue(room.name, room.rid, op, encode_entry(entry), member, value)
@@ -330,7 +334,7 @@ class RedisBackend:
                     _e2e_text(pending.e2e),
                     "1" if sealed else "",
                     host.casefold(),
-                    self.node + host,
+                    _member_value(self.node, 0, host),
                     canonical_ip(pending.ip),
                     registry.max_rooms,
                     registry.max_rooms_per_ip,
@@ -360,12 +364,13 @@ class RedisBackend:
         result = await self._request(
             self._join(
                 keys=[_room_key(room.name), _members_key(room.name)],
-                args=[room.rid, name.casefold(), self.node + name, self.registry.max_members],
+                args=[room.rid, name.casefold(), self.node, self.registry.max_members, name],
             )
         )
         match _text(result[0]):
             case "ok":
-                room.roster = tuple(_text(value)[2 * NODE_ID_SIZE :] for value in result[1:])
+                values = sorted((_text(value) for value in result[1:]), key=_place)
+                room.roster = tuple(value[NAME_START:] for value in values)
                 return
             case "name_taken":
                 raise RoomError(
@@ -379,7 +384,7 @@ class RedisBackend:
         room = self.registry.rooms.get(pending.room)
         if room is not None:
             name = pending.username
-            self._enqueue(room.name, room.rid, "unreserve", b"", name, self.node + name)
+            self._enqueue(room.name, room.rid, "unreserve", b"", name, self.node)
 
     def count_failure(self, ip: str) -> None:
         """A wrong password from ``ip``: count it in the store too (in the background)."""
@@ -485,9 +490,13 @@ class RedisBackend:
                 continue
             create = lost or room.detached
             room.detached = False
+            # Each member back in its place: every node's roster is the same list, in
+            # the order the room's NOTICEs said who joined.
+            places = {name.casefold(): place for place, name in enumerate(room.roster)}
             pairs: list[str] = []
             for member in room.members.values():
-                pairs += [member.name.casefold(), self.node + member.name]
+                place = places.get(member.name.casefold(), len(places))
+                pairs += [member.name.casefold(), _member_value(self.node, place, member.name)]
             result = await self._restore(
                 keys=[
                     _room_key(room.name),
@@ -506,6 +515,7 @@ class RedisBackend:
                     room.counter,
                     room.host_name,
                     "1" if create else "",
+                    len(room.roster),
                     *pairs,
                 ],
             )
@@ -514,7 +524,7 @@ class RedisBackend:
             if _text(result[0]) != "ok" or lost:
                 continue  # gone: the catch-up closes it here
             for value in result[1:]:
-                name = _text(value)[2 * NODE_ID_SIZE :]
+                name = _text(value)[NAME_START:]
                 text = format_notice(MemberEvent(name, Presence.JOINED)).encode("utf-8")
                 self._enqueue(room.name, room.rid, "say", encode_entry(Entry(Kind.NOTICE, text)))
 
@@ -714,6 +724,14 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return "" if value is None else str(value)
+
+
+def _member_value(node: str, place: int, name: str) -> str:
+    return f"{node}{place:0{PLACE_DIGITS}d}{name}"
+
+
+def _place(value: str) -> int:
+    return int(value[2 * NODE_ID_SIZE : NAME_START])
 
 
 def _counter(entry_id: bytes) -> int:

@@ -9,8 +9,9 @@ entry to its capped stream, PUBLISH it on the bus). The keys (``ocm:`` prefix):
 ``ocm:rooms``              set: the names of the open rooms
 ``ocm:room:NAME``          hash: rid (the room's incarnation), password (scrypt salt and
                            digest, hex; empty: open), e2e, sealed, host (casefolded name),
-                           host_name, host_ip
-``ocm:members:NAME``       hash: casefolded member name -> node id (16 hex) + its name
+                           host_name, host_ip, joins (the last place given)
+``ocm:members:NAME``       hash: casefolded member name -> node id (16 hex), its place
+                           in the join order (10 digits: the host's is 0) and its name
 ``ocm:seq:NAME``           the room's counter: the number of its last entry
 ``ocm:history:NAME``       stream: the room's last entries (ID ``COUNTER-1``; fields
                            ``r`` rid, ``e`` entry); kept a minute after the room closes
@@ -57,28 +58,29 @@ if tonumber(redis.call('GET', KEYS[6]) or '0') >= tonumber(ARGV[10]) then
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'rid', ARGV[2], 'password', ARGV[3], 'e2e', ARGV[4],
-           'sealed', ARGV[5], 'host', ARGV[6], 'host_name', string.sub(ARGV[7], 17),
-           'host_ip', ARGV[8])
+           'sealed', ARGV[5], 'host', ARGV[6], 'host_name', string.sub(ARGV[7], 27),
+           'host_ip', ARGV[8], 'joins', 0)
 redis.call('HSET', KEYS[2], ARGV[6], ARGV[7])
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('INCR', KEYS[6])
 return 'ok'
 """
 
-# KEYS: room, members.  ARGV: rid, member key, member value, max members
-# Returns 'ok' and the members' values (node and name; the joiner's among them), or why not.
+# KEYS: room, members.  ARGV: rid, member key, node, max members, member name
+# Returns 'ok' and the members' values (the joiner's among them), or why not.
 JOIN = """
 if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return {'no_such_room'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {'name_taken'} end
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {'room_full'} end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local place = redis.call('HINCRBY', KEYS[1], 'joins', 1)
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. string.format('%010d', place) .. ARGV[5])
 local members = redis.call('HVALS', KEYS[2])
 table.insert(members, 1, 'ok')
 return members
 """
 
 # KEYS: room, members, seq, history, rooms, published(node)
-# ARGV: op, name, rid, entry, member key, member value, maxlen, bus, publish number
+# ARGV: op, name, rid, entry, member key, node, maxlen, bus, publish number
 # op: say (emit), leave (the member leaves, then emit), close (emit, then the room is
 # gone), drop (the room is gone, nothing said: a create its node could not finish),
 # unreserve (the member is gone, nothing said: a join its node could not finish).
@@ -94,7 +96,8 @@ if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[3] then return nil end
 local op = ARGV[1]
 if op == 'leave' or op == 'unreserve' then
   -- a member the reaper took (its node seemed dead) was said to have timed out already
-  if redis.call('HGET', KEYS[2], ARGV[5]) ~= ARGV[6] then return 0 end
+  local value = redis.call('HGET', KEYS[2], ARGV[5])
+  if not value or string.sub(value, 1, 16) ~= ARGV[6] then return 0 end
   redis.call('HDEL', KEYS[2], ARGV[5])
   if op == 'unreserve' then return 0 end
 end
@@ -140,7 +143,7 @@ for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
       redis.call('HDEL', members, flat[i])
       table.insert(out, room)
       table.insert(out, rid)
-      table.insert(out, string.sub(value, 17))
+      table.insert(out, string.sub(value, 27))
       table.insert(out, flat[i] == host and '1' or '')
     end
   end
@@ -162,7 +165,8 @@ return out
 
 # KEYS: room, members, seq, rooms
 # ARGV: name, rid, password, e2e, sealed, host key, host ip, counter, host name,
-#       create ('1': the room may be missing), then member key and value pairs.
+#       create ('1': the room may be missing), the places given (joins), then member
+#       key and value pairs.
 # A node writes a room it has members in back after it was cut off: into a store that
 # lost it (Redis restarted without its data), or one that went on without the node.
 # The room's facts (if it is missing and ``create``), its counter (the highest any
@@ -175,15 +179,19 @@ if rid and rid ~= ARGV[2] then return {'conflict'} end
 if not rid and ARGV[10] ~= '1' then return {'gone'} end
 if not rid then
   redis.call('HSET', KEYS[1], 'rid', ARGV[2], 'password', ARGV[3], 'e2e', ARGV[4],
-             'sealed', ARGV[5], 'host', ARGV[6], 'host_ip', ARGV[7], 'host_name', ARGV[9])
+             'sealed', ARGV[5], 'host', ARGV[6], 'host_ip', ARGV[7], 'host_name', ARGV[9],
+             'joins', 0)
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('INCR', 'ocm:hosted:' .. ARGV[7])
 end
 if tonumber(ARGV[8]) > tonumber(redis.call('GET', KEYS[3]) or '0') then
   redis.call('SET', KEYS[3], ARGV[8])
 end
+if tonumber(ARGV[11]) > tonumber(redis.call('HGET', KEYS[1], 'joins') or '0') then
+  redis.call('HSET', KEYS[1], 'joins', ARGV[11])
+end
 local added = {'ok'}
-for i = 11, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
     table.insert(added, ARGV[i + 1])
   end
