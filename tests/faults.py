@@ -115,6 +115,8 @@ READ_SIZE = 64 * 1024
 # Sealed, inside TLS, the proxy listens on an address of its own with the server's UDP
 # port number (mirror_udp_port). MODES names both; the default product is "sealed".
 PLAINTEXT = Security(insecure=True)
+# Issue 11's bad network: 20% loss, 5% duplication, 10% reordering by 5-60 ms.
+BAD = {"loss": 0.20, "duplicate": 0.05, "reorder": 0.10, "reorder_min": 0.005, "reorder_max": 0.060}
 PROXY_HOST = "127.0.0.9"
 MODES = ("sealed", "plaintext")
 

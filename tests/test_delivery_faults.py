@@ -27,6 +27,7 @@ from ocm.client.delivery import STOPPED_ANSWERING, restarted_reason
 from ocm.server.app import OCMServer
 from ocm.wire.delivery import Ping, Restarted, decode_received, encode_extended
 from tests.faults import (
+    BAD,
     MODES,
     PROXY_HOST,
     FaultProxy,
@@ -52,7 +53,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 # The network, one direction.
-BAD = {"loss": 0.20, "duplicate": 0.05, "reorder": 0.10, "reorder_min": 0.005, "reorder_max": 0.060}
 BEAT = 100 * MS  # heartbeat interval: liveness in 0.3 s, a trailing loss found in 0.1 s
 SEALED = security_for("sealed")
 
