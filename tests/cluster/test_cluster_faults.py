@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ async def test_every_line_once_in_one_order_across_lossy_nodes(redis_server: Red
             )
             for seed, node in enumerate(nodes, start=40)
         ]
-        chat = {"heartbeat_interval": BEAT, "security": security}
+        chat: dict[str, Any] = {"heartbeat_interval": BEAT, "security": security}
         alice = await ChatClient.create(proxies[0].address, "lobby", "alice", **chat)
         bob = await ChatClient.join(proxies[1].address, "lobby", "bob", **chat)
         members = [alice, bob]
