@@ -1,6 +1,6 @@
 """Rooms across server nodes on one Redis (issue 15): what the cluster path costs.
 
-    python -m bench.cluster                                  # about 2-3 minutes on 2 cores
+    python -m bench.cluster                                  # about 90 s on 2 cores
     python -m bench.cluster --nodes 1,2,3 --duration 5 --json out.json --markdown out.md
     python -m bench.cluster --smoke                          # seconds (the test suite's run)
 
@@ -29,19 +29,21 @@ Measured, per set-up:
 * **The most it sustains**: the offered rate stepped up (``--steps``, ``--step-duration``
   seconds each, new rooms each step) until deliveries fall below 98 % of what was sent
   or p99 passes 50 ms; the last step that held is the figure.
-* **Redis's own round trip**: ``--rtt-samples`` PINGs with redis-py, one at a time, with
+* **Redis's own round trip**: 500 PINGs (``Plan.rtt_samples``) with redis-py, one at a time, with
   the nodes up and idle; and, from Redis's INFO commandstats after the fixed-rate run,
   the calls and mean time inside Redis of the Lua script (EVALSHA) each line is.
 
 The CPU of every node, of Redis and of this process (the generator) is reported, in %
-of one core over each run. The caveat, which the report repeats: on a 2-core machine
-the nodes, Redis and the generator all share the same two cores, so more nodes cannot
-add throughput; the figures show what the cluster path costs (a Redis round trip and a
-fan-out through every node per line), not scale-out, which needs a core per node. No
-process is pinned (five processes, two cores). The generator is Python (bench/pygen.py):
-bench/loadgen.c drives one UDP port only. Everything is bounded: every process is
-stopped in ``finally`` (SIGTERM, then SIGKILL), every run has a deadline, and the steps
-stop when a set-up's time budget is spent.
+of one core over each run, and the machine's other load (all CPU time minus theirs:
+other jobs; shown, not measured again, so read a row with much of it with care). The
+caveat, which the report repeats: on a 2-core machine the nodes, Redis and the generator
+all share the same two cores, so more nodes cannot add throughput; the figures show what
+the cluster path costs (a Redis round trip and a fan-out through every node per line),
+not scale-out, which needs a core per node. No process is pinned (five processes, two
+cores). The generator is Python (bench/pygen.py): bench/loadgen.c drives one UDP port
+only. Everything is bounded: every process is stopped in ``finally`` (SIGTERM, then
+SIGKILL), every run has a deadline, and the steps stop when a set-up's time budget is
+spent.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ import argparse
 import asyncio
 import json
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import redis
 from tests.redis_kit import RedisServer
@@ -73,6 +74,7 @@ from bench.run import (
     BenchError,
     Member,
     Population,
+    Relay,
     _admit_all,
     machine,
     server_flags,
@@ -139,8 +141,12 @@ SMOKE = Plan(
 # ---------------------------------------------------------------------------
 
 
-class Node:
-    """One ``ocm server`` process of this checkout, with ``--redis url`` or on its own."""
+class Node(Relay):
+    """One ``ocm server`` process of this checkout, with ``--redis url`` or on its own.
+
+    A :class:`bench.run.Relay` with a command of its own (``stop()`` is Relay's: SIGTERM,
+    then SIGKILL after 10 s), started without waiting, so that the nodes' imports overlap.
+    """
 
     def __init__(self, index: int, redis_url: str | None, logs: Path) -> None:
         self.index = index
@@ -150,7 +156,7 @@ class Node:
         command += ["--max-rooms-per-ip", "10000"]
         if redis_url is not None:
             command += ["--redis", redis_url]
-        self._log: IO[str] = self.log_path.open("w", encoding="utf-8")
+        self._log = self.log_path.open("w", encoding="utf-8")
         self.process = subprocess.Popen(
             command,
             stdout=self._log,
@@ -180,16 +186,6 @@ class Node:
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 @contextmanager
@@ -325,12 +321,14 @@ def run_load(
     pids = {f"node{n.index}": n.pid for n in nodes} | extra_pids
     generator = SpreadGenerator(args, ports)
     cpu0 = {name: procstat.cpu_seconds(pid) for name, pid in pids.items()}
+    busy0, own0 = procstat.busy_seconds(), time.process_time()
     started = time.monotonic()
     try:
         report: dict[str, Any] = generator.run()
     finally:
         generator.close()
     elapsed = time.monotonic() - started
+    busy1, own = procstat.busy_seconds(), time.process_time() - own0
     cpu = {}
     for name, pid in pids.items():
         before, after = cpu0[name], procstat.cpu_seconds(pid)
@@ -338,6 +336,11 @@ def run_load(
     report.pop("server_cpu_pct", None)  # pygen's, of one pid: replaced by the figures below
     report["rate"] = rate
     report["cpu_pct"] = cpu
+    report["other_load_pct"] = None
+    if busy0 is not None and busy1 is not None and None not in cpu.values():
+        # What else ran meanwhile (other jobs on the machine), in % of one CPU.
+        ours = sum(v for v in cpu.values() if v) + own / elapsed * 100
+        report["other_load_pct"] = max(0.0, (busy1 - busy0) / elapsed * 100 - ours)
     report["nodes_cpu_pct"] = sum(v for k, v in cpu.items() if k.startswith("node") and v)
     report["lines_per_s"] = report["delivered_per_s"] / plan.per_room
     report["delivered_pct"] = 100.0 - report["loss_pct"]
@@ -413,6 +416,7 @@ def measure_setup(
         row["max_held_p99_ms"] = None if best is None else best["p99_us"] / 1000
         # Nodes, Redis and the generator together, in % of one core: 200 is the machine.
         row["max_held_cpu_pct"] = None if best is None else total_cpu(best)
+        row["max_held_other_load_pct"] = None if best is None else best["other_load_pct"]
         row["all_held"] = bool(steps) and all(s["held"] for s in steps)
         row["log_problems"] = problems_in(nodes)
     return row
@@ -435,6 +439,15 @@ def _ms(us: Any) -> str:
     return "-" if us is None or us < 0 else f"{us / 1000:.2f}"
 
 
+def redis_added_ms(rows: list[dict[str, Any]]) -> float | None:
+    """p50 at the fixed rate of 1 node with Redis minus that of the embedded node, in ms."""
+    embedded = next((r for r in rows if not r["redis"]), None)
+    one = next((r for r in rows if r["redis"] and r["nodes"] == 1), None)
+    if embedded is None or one is None:
+        return None
+    return float(one["latency"]["p50_us"] - embedded["latency"]["p50_us"]) / 1000
+
+
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     plan = meta["plan"]
     lines = [
@@ -451,8 +464,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| set-up | p50 ms | p99 ms | delivered % | nodes CPU % | Redis CPU % "
         "| generator CPU % | max sustained lines/s | deliveries/s there | p99 ms there "
-        "| all CPU % there | first step that failed |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| all CPU % there | other load % (fixed rate, there) | first step that failed |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
         lat = row["latency"]
@@ -473,6 +486,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {_num(lat['cpu_pct'].get('redis'))} | {_num(lat['generator_cpu_pct'])} "
             f"| {_num(row['max_held_lines_per_s'])} | {_num(row['max_held_delivered_per_s'])} "
             f"| {_num(row['max_held_p99_ms'], 2)} | {_num(row['max_held_cpu_pct'])} "
+            f"| {_num(lat['other_load_pct'])}, {_num(row['max_held_other_load_pct'])} "
             f"| {failure} |"
         )
     clustered = [r for r in rows if r.get("redis_rtt")]
@@ -491,13 +505,11 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {row['setup']} | {rtt['p50_ms']:.3f} | {rtt['p99_ms']:.3f} "
                 f"| {_num(script.get('calls'))} | {_num(script.get('usec_per_call'), 2)} |"
             )
-    embedded = next((r for r in rows if not r["redis"]), None)
-    one = next((r for r in rows if r["redis"] and r["nodes"] == 1), None)
-    if embedded and one:
-        added = one["latency"]["p50_us"] - embedded["latency"]["p50_us"]
+    added = redis_added_ms(rows)
+    if added is not None:
         lines += [
             "",
-            f"Redis adds {added / 1000:.2f} ms to the median line at {plan['rate']:,.0f} "
+            f"Redis adds {added:.2f} ms to the median line at {plan['rate']:,.0f} "
             "lines/s (1 node with --redis against 1 node without).",
         ]
     lines += ["", "Caveat: " + CAVEAT.format(cpus=meta["cpus"])]
@@ -601,24 +613,17 @@ def main(argv: list[str] | None = None) -> int:
         "caveat": CAVEAT.format(cpus=procstat.cpu_count()),
         "generator": "Python (bench/pygen.py), in the bench process",
     }
-    if rows and rows[0]["latency"]["p50_us"] > 0:
-        embedded = next((r for r in rows if not r["redis"]), None)
-        one = next((r for r in rows if r["redis"] and r["nodes"] == 1), None)
-        if embedded and one:
-            meta["redis_added_p50_ms"] = (
-                one["latency"]["p50_us"] - embedded["latency"]["p50_us"]
-            ) / 1000
+    meta["redis_added_p50_ms"] = redis_added_ms(rows)
     report = render(rows, meta)
     print(report)
     print(f"cluster: {meta['seconds']:.0f} s in all", file=sys.stderr)
+    document = {"meta": meta, "rows": rows, "median_rtt_ms": _median_rtt(rows)}
+    outputs = ((args.markdown, report), (args.json, json.dumps(document, indent=1) + "\n"))
     try:
-        if args.markdown:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(report, encoding="utf-8")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            document = {"meta": meta, "rows": rows, "median_rtt": _median_rtt(rows)}
-            args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        for path, text in outputs:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
     except OSError as error:
         print(f"cluster: cannot write the report: {error}", file=sys.stderr)
         return 1

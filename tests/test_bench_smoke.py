@@ -8,8 +8,8 @@ one is run on its own as well, so both stay working. The cost of the delivery
 extension (delivery members, a "before" server from another source tree: here this
 one's own src/, which exercises the mechanism), the relay core's cost per line
 (bench/relay_cost.py), the lossy scenario (bench/lossy.py) and tunnelled members against
-UDP members (bench/tunnel.py) and sealed rooms against plaintext rooms (bench/sealed.py) run
-in miniature too.
+UDP members (bench/tunnel.py), sealed rooms against plaintext rooms (bench/sealed.py) and
+rooms across server nodes on one Redis (bench/cluster.py) run in miniature too.
 """
 
 from __future__ import annotations
