@@ -8,8 +8,8 @@ one is run on its own as well, so both stay working. The cost of the delivery
 extension (delivery members, a "before" server from another source tree: here this
 one's own src/, which exercises the mechanism), the relay core's cost per line
 (bench/relay_cost.py), the lossy scenario (bench/lossy.py) and tunnelled members against
-UDP members (bench/tunnel.py) and sealed rooms against plaintext rooms (bench/sealed.py) run
-in miniature too.
+UDP members (bench/tunnel.py), sealed rooms against plaintext rooms (bench/sealed.py) and
+rooms across server nodes on one Redis (bench/cluster.py) run in miniature too.
 """
 
 from __future__ import annotations
@@ -389,3 +389,25 @@ async def test_the_sealed_benchs_members_go_through_starttls_for_their_keys(
         assert peer.opener.open(room.seal(b"\x06status")) == b"\x06status"
     finally:
         peer.close()
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="no redis-server on Windows")
+@pytest.mark.timeout(60)
+def test_the_cluster_bench_runs(tmp_path: Path) -> None:
+    """bench/cluster.py in miniature: the embedded baseline and 2 nodes on a real
+    redis-server (tests/redis_kit.py), a fixed rate and one step each, nothing lost."""
+    report = bench(tmp_path, module="bench.cluster")
+
+    rows = {row["setup"]: row for row in report["rows"]}
+    assert set(rows) == {"embedded, 1 node", "redis, 2 nodes"}
+    assert rows["redis, 2 nodes"]["redis_rtt"]["p50_ms"] > 0
+    assert "redis_rtt" not in rows["embedded, 1 node"]
+    for setup, row in rows.items():
+        for run in [row["latency"], *row["steps"]]:
+            assert run["unregistered"] == run["errors"] == run["malformed"] == 0, setup
+            assert 0 < run["delivered"] <= run["expected"], setup
+            assert 0 < run["p50_us"] <= run["p99_us"], setup
+        assert row["log_problems"] == [], setup
+    assert report["meta"]["smoke"] is True
+    assert "Caveat:" in report["stdout"] and "| redis, 2 nodes |" in report["stdout"]
