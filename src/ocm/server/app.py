@@ -277,6 +277,9 @@ class OCMServer:
                     "metrics", config.metrics_host, config.metrics_port, error
                 ) from error
         await self._loop.create_datagram_endpoint(lambda: self._endpoint, sock=udp_sock)
+        # A cluster node reaches its Redis (or has tried once) before it takes requests,
+        # so a client that connects as soon as it listens finds it ready.
+        await self.backend.start()
         # start_server listens again with its own backlog: pass ours, or it is 100.
         self._tcp_server = await asyncio.start_server(
             self.tcrp, sock=tcp_sock, limit=config.limits.max_payload + 1024, backlog=TCP_BACKLOG
@@ -299,7 +302,6 @@ class OCMServer:
             )
             log.info("metrics at http://%s:%d/metrics", where, self.metrics_port)
         self.start_time = time.time()
-        await self.backend.start()
         identity = self.identity
         if identity.created:
             log.info("created a new server key in %s", identity.key_file.parent)
