@@ -327,7 +327,12 @@ class ServerProcess:
             [*command, *flags], stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env
         )
         assert process.stderr is not None
-        line = await asyncio.wait_for(asyncio.to_thread(process.stderr.readline), 10)
+        # The "listening" line, after any the server writes before it (a cluster node
+        # logs reaching its Redis first); ten lines at most.
+        for _ in range(10):
+            line = await asyncio.wait_for(asyncio.to_thread(process.stderr.readline), 10)
+            if "listening" in line or not line:
+                break
         if "listening" not in line:
             process.kill()
             raise AssertionError(f"the server did not start: {line}")

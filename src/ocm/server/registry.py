@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ocm.errors import ErrorCode, RoomError
-from ocm.server.cluster.entries import Entry
+from ocm.server.cluster.entries import Entry, Op
 from ocm.server.guards import FailureLimiter, LogLimiter, canonical_ip, held_back
 from ocm.server.history import Budget, History, RelayedLog
 from ocm.server.limits import Limits
@@ -133,10 +133,11 @@ class Bus(Protocol):
     """Where a cluster node's rooms say things (:mod:`ocm.server.cluster`): the cluster
     numbers them and gives them back to every node (:meth:`RoomRegistry.apply`)."""
 
-    def publish(self, room: Room, op: str, entry: Entry, member: str = "") -> bool:
-        """Hand ``entry`` to the cluster; False if it cannot be taken now (its queue
-        is full). ``op``: "say"; "leave" (``member`` leaves, then it is said); "close"
-        (it is said, then the room is gone)."""
+    def publish(self, room: Room, op: Op, entry: Entry, member: str = "") -> bool:
+        """Hand ``entry`` to the cluster; False if a line cannot be taken now (its
+        queue is full: the sender sends it again). ``op``: SAY; LEAVE (``member``
+        leaves, then it is said); CLOSE (it is said, then the room is gone). Only SAY
+        is ever refused: the store must learn who left and what closed."""
         ...
 
 
@@ -178,6 +179,7 @@ class PendingJoin:
     expected: PasswordHash | None
     sealed: bool = False  # section 5: the joiner was granted sealed datagrams
     e2e: bool = False  # section 5: the request listed the "e2e" feature
+    rid: str = ""  # the room's incarnation, in a cluster (what a reservation was for)
 
 
 @dataclass(eq=False, slots=True)
@@ -273,6 +275,8 @@ class Room:
     # Numbered here while the store was out of reach (all its members here): its
     # counter is ahead of the store's, which the node writes back when it returns.
     detached: bool = False
+    # Joins into this replica under way (it is kept while any is).
+    joining: int = 0
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -284,11 +288,6 @@ class Room:
     @property
     def protected(self) -> bool:
         return self.password is not None
-
-    @property
-    def all_here(self) -> bool:
-        """A cluster room whose every member is on this node."""
-        return all(name.casefold() in self.members for name in self.roster)
 
     def refresh_addresses(self) -> None:
         every: list[Address] = []
@@ -310,7 +309,7 @@ class Room:
         self.seq = next_seq(self.seq)
         return self.seq
 
-    def announce(self, kind: Kind, text: str, op: str = "say", member: str = "") -> list[Outgoing]:
+    def announce(self, kind: Kind, text: str, op: Op = Op.SAY, member: str = "") -> list[Outgoing]:
         """Say a NOTICE or CLOSED to the room: numbered now, or, in a cluster, handed
         to the bus (``op`` and ``member`` as for :meth:`Bus.publish`)."""
         if self.bus is not None:
@@ -483,7 +482,7 @@ class RoomRegistry:
             self._seal(room)
         if self.bus is not None:
             room.bus, room.rid = self.bus, pending.rid
-            room.host_key, room.host_ip = pending.username.casefold(), pending.ip
+            room.host_key, room.host_ip = pending.username.casefold(), room.counted_ip
             room.host_name = pending.username
             room.roster = (pending.username,)
             room.history = History(self.history_messages, self.history_bytes)
@@ -523,7 +522,8 @@ class RoomRegistry:
         feature): ``e2e_required``, not counted as a failure.
         """
         self._check_open()
-        pending = PendingJoin(name, username, ip, self._room(name).password, sealed, e2e)
+        room = self._room(name)
+        pending = PendingJoin(name, username, ip, room.password, sealed, e2e, room.rid)
         self._check_join(pending, now)
         return pending
 
@@ -799,7 +799,7 @@ class RoomRegistry:
 
     def forget_if_empty(self, room: Room) -> None:
         """A join into a cluster replica failed: if nobody here is in it, drop it."""
-        if room.bus is not None and not room.members and not room.closing:
+        if room.bus is not None and not room.members and not room.closing and not room.joining:
             self._forget_replica(room)
 
     def apply(self, room: Room, counter: int, entry: Entry, now: float) -> list[Outgoing]:
@@ -1076,7 +1076,7 @@ class RoomRegistry:
             room.name,
         )
         text = format_notice(MemberEvent(member.name, how))
-        outgoing = room.announce(Kind.NOTICE, text, "leave", member.name)
+        outgoing = room.announce(Kind.NOTICE, text, Op.LEAVE, member.name)
         if room.bus is not None and not room.members:
             self._forget_replica(room)  # the room goes on, on other nodes
         return outgoing
@@ -1109,7 +1109,7 @@ class RoomRegistry:
         assert room.bus is not None
         host = room.host
         if host is not None and not room.closing:
-            room.bus.publish(room, "close", Entry(Kind.CLOSED, text.encode("utf-8")))
+            room.bus.publish(room, Op.CLOSE, Entry(Kind.CLOSED, text.encode("utf-8")))
             room.closing = True
             if room.members.get(host.name.casefold()) is host:
                 self._forget_member(host)
@@ -1117,7 +1117,7 @@ class RoomRegistry:
             return []
         for member in list(room.members.values()):
             event = format_notice(MemberEvent(member.name, Presence.LEFT))
-            room.bus.publish(room, "leave", Entry(Kind.NOTICE, event.encode()), member.name)
+            room.bus.publish(room, Op.LEAVE, Entry(Kind.NOTICE, event.encode()), member.name)
         return self._teardown(room, room.announce_here(Kind.CLOSED, text), text, now)
 
     def _forget_replica(self, room: Room) -> None:

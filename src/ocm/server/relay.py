@@ -41,7 +41,7 @@ import struct
 from enum import StrEnum
 
 from ocm.errors import ErrorCode, ProtocolError
-from ocm.server.cluster.entries import Entry
+from ocm.server.cluster.entries import Entry, Op
 from ocm.server.guards import ErrorReplyLimiter, LogLimiter, held_back
 from ocm.server.history import PENDING, REFUSED
 from ocm.server.registry import MAX_HELD_TOTAL, Address, Member, Outgoing, RoomRegistry
@@ -198,7 +198,7 @@ class RelayCore:
                     except UnicodeDecodeError:
                         return self._refuse(address, now, None, Refused.NOT_UTF8, _NOT_UTF8)
                 if room.bus is not None:  # a cluster's room: numbered by the cluster
-                    if room.bus.publish(room, "say", Entry(_MESSAGE, text, member.name_bytes)):
+                    if room.bus.publish(room, Op.SAY, Entry(_MESSAGE, text, member.name_bytes)):
                         self.relayed += 1
                     else:
                         self.not_held += 1
@@ -425,7 +425,7 @@ class RelayCore:
         room = member.room
         if room.bus is not None:
             entry = Entry(_CHAT, text, member.name_bytes, msg_no)
-            if not room.bus.publish(room, "say", entry):
+            if not room.bus.publish(room, Op.SAY, entry):
                 self.not_held += 1
                 return False
             self.relayed += 1

@@ -428,10 +428,16 @@ class TcrpHandler:
             case JoinRoom(room, username, password, features):
                 sealed = self._sealed(features, secure)
                 await backend.load_room(room)
+                # A cluster node's replica, loaded for this join and maybe others at
+                # once: forgotten when the last of them ends with nobody in it.
+                loaded = registry.rooms.get(room)
+                if loaded is not None:
+                    loaded.joining += 1
                 try:
                     return await self._join(request, ip, sealed)
-                finally:  # a replica loaded for a join that failed
-                    if (loaded := registry.rooms.get(room)) is not None:
+                finally:
+                    if loaded is not None:
+                        loaded.joining -= 1
                         registry.forget_if_empty(loaded)
             case ListRooms():
                 return RoomList(tuple(await backend.list_rooms()))
@@ -471,15 +477,19 @@ class TcrpHandler:
             await backend.check_blocked(ip)
             checking = functools.partial(joining.expected.verify, password)
             password_ok = await self._hash(joining, checking)
+        finish = functools.partial(
+            registry.finish_join,
+            joining,
+            password_ok,
+            delivery=DELIVERY in features,
+            password_given=bool(password),
+        )
+        if joining.expected is not None and not password_ok:
+            finish(self._clock())  # refused (and counted): nothing told about the room
+            raise AssertionError("finish_join let a wrong password in")  # pragma: no cover
         await backend.reserve_member(joining)
         try:
-            member, outgoing = registry.finish_join(
-                joining,
-                password_ok,
-                self._clock(),
-                delivery=DELIVERY in features,
-                password_given=bool(password),
-            )
+            member, outgoing = finish(self._clock())
         except RoomError:
             await backend.release_member(joining)
             raise

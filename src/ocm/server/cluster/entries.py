@@ -15,6 +15,7 @@ A malformed message (a bug, or something else writing on the channel) raises
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from ocm.wire.datagrams import Kind
 from ocm.wire.delivery import DeliveryKind
@@ -23,6 +24,7 @@ __all__ = [
     "BusMessage",
     "Entry",
     "MalformedEntry",
+    "Op",
     "decode_bus_message",
     "decode_entry",
     "encode_bus_message",
@@ -32,6 +34,18 @@ __all__ = [
 
 # Kinds an entry can have: what the relay sends to a room.
 ENTRY_KINDS = frozenset({Kind.MESSAGE, Kind.NOTICE, Kind.CLOSED, DeliveryKind.CHAT})
+
+
+class Op(StrEnum):
+    """What a publish does to a room besides saying its entry (the publish script's
+    ``op``, word for word)."""
+
+    SAY = "say"  # say the entry
+    LEAVE = "leave"  # a member leaves, then the entry (its NOTICE) is said
+    CLOSE = "close"  # the entry (its CLOSED) is said, then the room is gone
+    DROP = "drop"  # the room is gone, nothing said (a create its node could not finish)
+    UNRESERVE = "unreserve"  # a member is gone, nothing said (a join not finished, or
+    # one that left while its node numbered the room itself)
 
 
 class MalformedEntry(ValueError):

@@ -60,6 +60,7 @@ from ocm.server.cluster.entries import (
     BusMessage,
     Entry,
     MalformedEntry,
+    Op,
     decode_bus_message,
     decode_entry,
     encode_entry,
@@ -106,7 +107,7 @@ class _Publish:
     number: int
     room: str
     rid: str
-    op: str
+    op: Op
     entry: bytes
     member_key: str = ""
     member_value: str = ""
@@ -178,6 +179,7 @@ class RedisBackend:
         self._published = 0
         self._wake = asyncio.Event()
         self._epoch: bytes | None = None
+        self._lost = False  # the store lost its data; not all written back yet
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         self._tried = asyncio.Event()  # the first try to connect is over
@@ -187,22 +189,22 @@ class RedisBackend:
 
     # -- the Bus (registry and relay, on the event loop, never waiting) --------------
 
-    def publish(self, room: Room, op: str, entry: Entry, member: str = "") -> bool:
+    def publish(self, room: Room, op: Op, entry: Entry, member: str = "") -> bool:
         value = self.node if member else ""
-        if not self.up and room.all_here and not self._queued.get(room.name):
+        if not self.up and not self._queued.get(room.name) and _all_here(room, member):
             return self._say_here(room, op, entry, member, value)
         return self._enqueue(room.name, room.rid, op, encode_entry(entry), member, value)
 
-    def _say_here(self, room: Room, op: str, entry: Entry, member: str, value: str) -> bool:
+    def _say_here(self, room: Room, op: Op, entry: Entry, member: str, value: str) -> bool:
         """The store is out of reach and every member of ``room`` is on this node: the
         room goes on, numbered here (on the next turn of the loop, in order: the
         registry is in the middle of a call). What the store must learn (a member
         left, the room closed) waits in the queue; the counter is written back."""
         room.detached = True
-        if op == "leave":
-            self._enqueue(room.name, room.rid, "unreserve", b"", member, value)
-        elif op == "close":
-            self._enqueue(room.name, room.rid, "drop", b"")
+        if op is Op.LEAVE:
+            self._enqueue(room.name, room.rid, Op.UNRESERVE, b"", member, value)
+        elif op is Op.CLOSE:
+            self._enqueue(room.name, room.rid, Op.DROP, b"")
         asyncio.get_running_loop().call_soon(self._apply_here, room, entry)
         return True
 
@@ -211,15 +213,27 @@ class RedisBackend:
             self._send(self.registry.apply(room, room.counter + 1, entry, self._clock()))
 
     def _enqueue(
-        self, room: str, rid: str, op: str, entry: bytes, member: str = "", value: str = ""
+        self,
+        room: str,
+        rid: str,
+        op: Op,
+        entry: bytes,
+        member: str = "",
+        value: str = "",
+        *,
+        refusable: bool = True,
     ) -> bool:
-        if len(self._queue) >= self.max_queued:
+        """Queue a publish. Only a line (SAY) is refused when the queue is full: who
+        left and what closed must reach the store, or their names stay taken there
+        (and a NOTICE the reaper owes, ``refusable`` False)."""
+        if refusable and op is Op.SAY and len(self._queue) >= self.max_queued:
             self.dropped += 1
             return False
         self._published += 1
         key = member.casefold()
         self._queue.append(_Publish(self._published, room, rid, op, entry, key, value))
-        self._queued[room] = self._queued.get(room, 0) + 1
+        if op not in (Op.DROP, Op.UNRESERVE):  # says nothing: later lines need not wait
+            self._queued[room] = self._queued.get(room, 0) + 1
         self._wake.set()
         return True
 
@@ -247,7 +261,11 @@ class RedisBackend:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     await self._client.delete(_node_key(self.node))
-                    await self._client.srem("ocm:nodes", self.node)
+                    if not self._queue:
+                        # Else the reaper takes the rest of its members, once the
+                        # presence key is gone: this node stays in ocm:nodes for it.
+                        await self._client.srem("ocm:nodes", self.node)
+                        await self._client.delete(_published_key(self.node))
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -288,17 +306,22 @@ class RedisBackend:
             raise _no_such_room(name)
         if registry.rooms.get(name) is not None:
             return  # another join loaded it meanwhile
-        rid = _text(meta[b"rid"])
-        history = [
-            (_counter(entry_id), decode_entry(fields[b"e"]))
-            for entry_id, fields in reversed(newest)
-            if fields.get(b"r") == meta[b"rid"]
-        ]
+        try:
+            rid = _text(meta[b"rid"])
+            password, e2e = _password(meta.get(b"password", b"")), _e2e(meta)
+        except (KeyError, ValueError) as error:  # json's errors are ValueErrors
+            log.error('room "%s" is damaged in the store (%r): it cannot be joined', name, error)
+            raise _no_such_room(name) from None
+        history: list[tuple[int, Entry]] = []
+        for entry_id, fields in reversed(newest):
+            if fields.get(b"r") == meta[b"rid"]:
+                with contextlib.suppress(MalformedEntry, KeyError, ValueError):
+                    history.append((_counter(entry_id), decode_entry(fields[b"e"])))
         registry.add_replica(
             name,
             rid,
-            _password(meta.get(b"password", b"")),
-            e2e=_e2e(meta),
+            password,
+            e2e=e2e,
             sealed=bool(meta.get(b"sealed")),
             host_key=_text(meta.get(b"host", b"")),
             host_name=_text(meta.get(b"host_name", b"")),
@@ -354,7 +377,7 @@ class RedisBackend:
         raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
 
     async def release_room(self, pending: PendingCreate) -> None:
-        self._enqueue(pending.room, pending.rid, "drop", b"")
+        self._enqueue(pending.room, pending.rid, Op.DROP, b"")
 
     async def reserve_member(self, pending: PendingJoin) -> None:
         room = self.registry.rooms.get(pending.room)
@@ -381,10 +404,9 @@ class RedisBackend:
         raise _no_such_room(room.name)
 
     async def release_member(self, pending: PendingJoin) -> None:
-        room = self.registry.rooms.get(pending.room)
-        if room is not None:
-            name = pending.username
-            self._enqueue(room.name, room.rid, "unreserve", b"", name, self.node)
+        # The room reserved in (not whatever has its name in the registry now).
+        name = pending.username
+        self._enqueue(pending.room, pending.rid, Op.UNRESERVE, b"", name, self.node)
 
     def count_failure(self, ip: str) -> None:
         """A wrong password from ``ip``: count it in the store too (in the background)."""
@@ -463,10 +485,13 @@ class RedisBackend:
             if epoch is None:
                 await client.set("ocm:epoch", secrets.token_hex(8), nx=True)
                 epoch = await client.get("ocm:epoch")
-            lost = self._epoch is not None and epoch != self._epoch
+            if self._epoch is not None and epoch != self._epoch:
+                self._lost = True  # until every room is written back, whatever fails
             self._epoch = epoch
             await self._announce_presence()
-            await self._write_back(lost)
+        lost = self._lost
+        await self._write_back(lost)
+        self._lost = False
         if self._down_since is not None:
             log.warning(
                 "redis is back at %s after %.1f s%s",
@@ -484,49 +509,76 @@ class RedisBackend:
         """After a reconnect, write back what the store may not know: this node's
         members (the reaper takes those of a node cut off too long), and the rooms and
         counters if it ``lost`` its data, or if they were numbered here meanwhile. A
-        member the store had let go is announced as joined again."""
-        for room in list(self.registry.rooms.values()):
-            if room.bus is not self:
-                continue
-            create = lost or room.detached
-            room.detached = False
-            # Each member back in its place: every node's roster is the same list, in
-            # the order the room's NOTICEs said who joined.
-            places = {name.casefold(): place for place, name in enumerate(room.roster)}
-            pairs: list[str] = []
-            for member in room.members.values():
-                place = places.get(member.name.casefold(), len(places))
-                pairs += [member.name.casefold(), _member_value(self.node, place, member.name)]
-            result = await self._restore(
-                keys=[
-                    _room_key(room.name),
-                    _members_key(room.name),
-                    _seq_key(room.name),
-                    "ocm:rooms",
-                ],
-                args=[
-                    room.name,
-                    room.rid,
-                    _password_text(room.password),
-                    _e2e_text(room.e2e),
-                    "1" if room.sealed else "",
-                    room.host_key,
-                    room.host_ip,
-                    room.counter,
-                    room.host_name,
-                    "1" if create else "",
-                    len(room.roster),
-                    *pairs,
-                ],
-            )
-            if _text(result[0]) == "conflict":
-                log.warning('room "%s" is another room in the store now', room.name)
-            if _text(result[0]) != "ok" or lost:
-                continue  # gone: the catch-up closes it here
-            for value in result[1:]:
-                name = _text(value)[NAME_START:]
-                text = format_notice(MemberEvent(name, Presence.JOINED)).encode("utf-8")
-                self._enqueue(room.name, room.rid, "say", encode_entry(Entry(Kind.NOTICE, text)))
+        member the store had let go is announced as joined again.
+
+        Pipelined, :data:`BATCH` rooms a round trip, each batch in its own time limit;
+        a room is written back whole or not at all (one script), and what failed is
+        written back on the next reconnect (a detached room stays so until then)."""
+        rooms = [room for room in self.registry.rooms.values() if room.bus is self]
+        # Members whose LEAVE waits in the queue: written back too when the store lost
+        # them, so that their LEAVE finds them and is said.
+        leaving: dict[str, set[str]] = {}
+        for waiting in self._queue if lost else ():
+            if waiting.op is Op.LEAVE:
+                leaving.setdefault(waiting.room, set()).add(waiting.member_key)
+        for start in range(0, len(rooms), BATCH):
+            batch = rooms[start : start + BATCH]
+            pipe = self._client.pipeline(transaction=False)
+            for room in batch:
+                await self._restore_room(room, lost, leaving.get(room.name, set()), pipe)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                results = await pipe.execute()
+            for room, result in zip(batch, results, strict=True):
+                self._restored(room, result, lost)
+
+    async def _restore_room(self, room: Room, lost: bool, leaving: set[str], pipe: Any) -> None:
+        # Each member back in its place: every node's roster is the same list, in the
+        # order the room's NOTICEs said who joined.
+        places = {name.casefold(): place for place, name in enumerate(room.roster)}
+        names = [member.name for member in room.members.values()]
+        names += [name for name in room.roster if name.casefold() in leaving]
+        pairs: list[str] = []
+        for name in names:
+            place = places.get(name.casefold(), len(places))
+            pairs += [name.casefold(), _member_value(self.node, place, name)]
+        await self._restore(
+            keys=[
+                _room_key(room.name),
+                _members_key(room.name),
+                _seq_key(room.name),
+                "ocm:rooms",
+                _history_key(room.name),
+            ],
+            args=[
+                room.name,
+                room.rid,
+                _password_text(room.password),
+                _e2e_text(room.e2e),
+                "1" if room.sealed else "",
+                room.host_key,
+                room.host_ip,
+                room.counter,
+                room.host_name,
+                "1" if lost or room.detached else "",
+                len(room.roster),
+                *pairs,
+            ],
+            client=pipe,
+        )
+
+    def _restored(self, room: Room, result: Any, lost: bool) -> None:
+        outcome = _text(result[0])
+        if outcome == "conflict":
+            log.warning('room "%s" is another room in the store now', room.name)
+        if outcome != "ok":
+            return  # gone: the catch-up closes it here
+        room.detached = False
+        if lost:
+            return  # nobody saw its members leave
+        for value in result[1:]:
+            name = _text(value)[NAME_START:]
+            text = format_notice(MemberEvent(name, Presence.JOINED)).encode("utf-8")
+            self._enqueue(room.name, room.rid, Op.SAY, encode_entry(Entry(Kind.NOTICE, text)))
 
     async def _announce_presence(self) -> None:
         pipe = self._client.pipeline(transaction=True)
@@ -554,12 +606,12 @@ class RedisBackend:
                 log.info('%s in room "%s" timed out: its node left the cluster', name, room)
                 if host:
                     text = format_closed(HostGone(name, Presence.TIMED_OUT))
-                    self._enqueue(
-                        room, rid, "close", encode_entry(Entry(Kind.CLOSED, text.encode()))
-                    )
+                    entry = Entry(Kind.CLOSED, text.encode("utf-8"))
                 else:
                     text = format_notice(MemberEvent(name, Presence.TIMED_OUT))
-                    self._enqueue(room, rid, "say", encode_entry(Entry(Kind.NOTICE, text.encode())))
+                    entry = Entry(Kind.NOTICE, text.encode("utf-8"))
+                op = Op.CLOSE if host else Op.SAY
+                self._enqueue(room, rid, op, encode_entry(entry), refusable=False)
 
     async def _send_queue(self) -> None:
         """Send queued entries in order, a pipeline of up to :data:`BATCH` at a time.
@@ -580,7 +632,7 @@ class RedisBackend:
                         _seq_key(item.room),
                         _history_key(item.room),
                         "ocm:rooms",
-                        f"ocm:published:{self.node}",
+                        _published_key(self.node),
                     ],
                     args=[
                         item.op,
@@ -599,9 +651,10 @@ class RedisBackend:
                 results = await pipe.execute(raise_on_error=False)
             for item, result in zip(batch, results, strict=True):
                 queue.popleft()
-                left = self._queued.pop(item.room) - 1
-                if left:
-                    self._queued[item.room] = left
+                if item.op not in (Op.DROP, Op.UNRESERVE):
+                    left = self._queued.pop(item.room) - 1
+                    if left:
+                        self._queued[item.room] = left
                 if isinstance(result, Exception):
                     log.error('redis refused an entry of room "%s": %s', item.room, result)
 
@@ -687,8 +740,8 @@ class RedisBackend:
                 self.registry.skip_to(room, counter)
             try:
                 entry = decode_entry(fields[b"e"])
-            except MalformedEntry:
-                continue
+            except (MalformedEntry, KeyError):
+                continue  # not a node's: skipped, as a bad bus message is
             self._send(self.registry.apply(room, counter, entry, self._clock()))
 
 
@@ -718,6 +771,17 @@ def _fails_key(ip: str) -> str:
 
 def _node_key(node: str) -> str:
     return f"ocm:node:{node}"
+
+
+def _published_key(node: str) -> str:
+    return f"ocm:published:{node}"
+
+
+def _all_here(room: Room, leaving: str = "") -> bool:
+    """Whether every member of ``room`` is on this node (``leaving``, on its way out,
+    counted as here: its NOTICE has yet to take it off the roster)."""
+    leaver = leaving.casefold()
+    return all(n.casefold() in room.members or n.casefold() == leaver for n in room.roster)
 
 
 def _text(value: Any) -> str:

@@ -128,6 +128,7 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     dead[node] = true
     any = true
     redis.call('SREM', KEYS[1], node)
+    redis.call('DEL', 'ocm:published:' .. node)
   end
 end
 if not any then return {} end
@@ -163,7 +164,7 @@ end
 return out
 """
 
-# KEYS: room, members, seq, rooms
+# KEYS: room, members, seq, rooms, history
 # ARGV: name, rid, password, e2e, sealed, host key, host ip, counter, host name,
 #       create ('1': the room may be missing), the places given (joins), then member
 #       key and value pairs.
@@ -178,6 +179,8 @@ local rid = redis.call('HGET', KEYS[1], 'rid')
 if rid and rid ~= ARGV[2] then return {'conflict'} end
 if not rid and ARGV[10] ~= '1' then return {'gone'} end
 if not rid then
+  -- a closed room's stream (kept a minute) is not this one's: its IDs would clash
+  redis.call('DEL', KEYS[5])
   redis.call('HSET', KEYS[1], 'rid', ARGV[2], 'password', ARGV[3], 'e2e', ARGV[4],
              'sealed', ARGV[5], 'host', ARGV[6], 'host_ip', ARGV[7], 'host_name', ARGV[9],
              'joins', 0)

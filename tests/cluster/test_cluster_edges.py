@@ -1,0 +1,140 @@
+"""The cluster's edges, each a defect a review found: a protected room tells nothing
+before its password, joins at once share a replica, a room all on one node goes on
+through an outage (a leave included), and a write-back that fails half way loses
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import pytest
+import redis
+
+from ocm.client import ChatClient, Message, Notice
+from ocm.server.cluster.redis_backend import RedisBackend
+from ocm.server.registry import PendingJoin
+from ocm.wire import CreateRoom, JoinRoom
+from tests.kit import MS, admit, call, collect, next_event, ready, running_server, server_of, until
+from tests.redis_kit import RedisServer
+
+pytestmark = [
+    pytest.mark.posix,
+    pytest.mark.skipif(sys.platform == "win32", reason="no redis-server on Windows"),
+]
+
+NODE: dict[str, Any] = {"idle_timeout": 5.0, "redis_backoff": (0.05, 0.2)}
+
+
+def backend(node: Any) -> RedisBackend:
+    assert isinstance(node.backend, RedisBackend)
+    return node.backend
+
+
+async def test_a_protected_room_tells_nothing_before_its_password(
+    redis_server: RedisServer,
+) -> None:
+    """As on a server alone: a wrong password with a taken name is a wrong password."""
+    async with (
+        running_server(redis_url=redis_server.url, **NODE) as a,
+        running_server(redis_url=redis_server.url, **NODE) as b,
+    ):
+        await admit(a.tcp_port, CreateRoom("vault", "alice", "s3cret"))
+        for node in (a, b):
+            ack, _ = await call(node.tcp_port, JoinRoom("vault", "alice", "guess"))
+            assert ack.error == "wrong_password"
+            ack, _ = await call(node.tcp_port, JoinRoom("vault", "alice"))
+            assert ack.error == "wrong_password"
+        store = redis.Redis.from_url(redis_server.url)
+        assert store.hkeys("ocm:members:vault") == [b"alice"]  # nothing reserved
+        store.close()
+
+
+async def test_a_failed_join_does_not_pull_the_replica_from_under_another(
+    redis_server: RedisServer,
+) -> None:
+    async with (
+        running_server(redis_url=redis_server.url, **NODE) as a,
+        running_server(redis_url=redis_server.url, **NODE) as b,
+    ):
+        await admit(a.tcp_port, CreateRoom("vault", "alice", "s3cret"))
+        reserve = backend(b).reserve_member
+        held = asyncio.Event()
+
+        async def slow_reserve(pending: PendingJoin) -> None:
+            await reserve(pending)
+            if pending.username == "bob":
+                held.set()
+                await asyncio.sleep(300 * MS)  # a slow round trip, while zed fails
+
+        backend(b).reserve_member = slow_reserve  # type: ignore[method-assign]
+        bob = asyncio.create_task(call(b.tcp_port, JoinRoom("vault", "bob", "s3cret")))
+        await asyncio.wait_for(held.wait(), 2000 * MS)
+        ack, _ = await call(b.tcp_port, JoinRoom("vault", "zed"))  # no password: refused
+        assert ack.error == "wrong_password"
+        ack, _ = await bob
+        assert ack.ok, ack
+        assert [*b.registry.rooms["vault"].members] == ["bob"]
+
+
+async def test_a_room_all_on_one_node_goes_on_through_an_outage_and_a_leave(
+    redis_server: RedisServer,
+) -> None:
+    async with running_server(redis_url=redis_server.url, **NODE) as a:
+        where = server_of(a)
+        alice = await ready(a, await ChatClient.create(where, "lobby", "alice"))
+        bob = await ready(a, await ChatClient.join(where, "lobby", "bob"))
+        carol = await ready(a, await ChatClient.join(where, "lobby", "carol"))
+        await until(lambda: a.registry.rooms["lobby"].roster == ("alice", "bob", "carol"))
+        redis_server.stop()
+        await until(lambda: not backend(a).up)
+        await alice.send("one")
+        await carol.close()
+        await alice.send("two")
+        events = await collect(bob, 2)
+        said = [e.text for e in events if isinstance(e, (Message, Notice))]
+        assert said[-3:] == ["one", "carol left", "two"], events
+        redis_server.start()  # empty: the node writes the room back
+        await until(lambda: backend(a).up, 5000 * MS)
+        store = redis.Redis.from_url(redis_server.url)
+        await until(lambda: sorted(store.hkeys("ocm:members:lobby")) == [b"alice", b"bob"])
+        store.close()
+        await bob.send("three")
+        heard = [e.text for e in await collect(alice, 3) if isinstance(e, Message)]
+        assert heard == ["one", "two", "three"]
+        await bob.close()
+        await alice.close()
+
+
+async def test_a_write_back_that_fails_half_way_is_done_again_whole(
+    redis_server: RedisServer,
+) -> None:
+    async with running_server(redis_url=redis_server.url, **NODE) as a:
+        chats = [
+            await ready(a, await ChatClient.create(server_of(a), f"r{n}", "alice"))
+            for n in range(3)
+        ]
+        link = backend(a)
+        restore = link._restore
+        calls = 0
+
+        async def failing_once(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise redis.ConnectionError("reset, on purpose")
+            return await restore(*args, **kwargs)
+
+        link._restore = failing_once  # type: ignore[assignment]
+        redis_server.restart()  # empty
+        await until(lambda: link.up and calls > 3, 5000 * MS)
+        store = redis.Redis.from_url(redis_server.url)
+        await until(lambda: sorted(store.smembers("ocm:rooms")) == [b"r0", b"r1", b"r2"])
+        store.close()
+        assert sorted(a.registry.rooms) == ["r0", "r1", "r2"]
+        for chat in chats:
+            with pytest.raises(TimeoutError):
+                await next_event(chat, 100 * MS)  # no CLOSED
+            await chat.close()
