@@ -138,3 +138,22 @@ async def test_a_write_back_that_fails_half_way_is_done_again_whole(
             with pytest.raises(TimeoutError):
                 await next_event(chat, 100 * MS)  # no CLOSED
             await chat.close()
+
+
+async def test_a_joiner_hears_what_follows_its_join_not_its_own_notice(
+    redis_server: RedisServer,
+) -> None:
+    """As on a server alone: COMPLETE's Seq is the joiner's own NOTICE's (a cluster node
+    waits for the store to number it), so the joiner hears everything after it."""
+    async with (
+        running_server(redis_url=redis_server.url, **NODE) as a,
+        running_server(redis_url=redis_server.url, **NODE) as b,
+    ):
+        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
+        bob = await ChatClient.join(server_of(b), "lobby", "bob")
+        await alice.send("welcome")  # before bob's first datagram, maybe: repaired
+        events = await collect(bob, 1)
+        assert [type(e).__name__ for e in events] == ["Message"], events
+        assert isinstance(events[0], Message) and events[0].text == "welcome"
+        await bob.close()
+        await alice.close()

@@ -494,7 +494,10 @@ class TcrpHandler:
             await backend.release_member(joining)
             raise
         self._send(outgoing)
-        return self._admission(Operation.JOIN_ROOM, member, features)
+        # In a cluster the join NOTICE is numbered in the store: COMPLETE waits for its
+        # Seq, so that the member gets everything after its own NOTICE, as alone.
+        seq = await backend.settle(member.room)
+        return self._admission(Operation.JOIN_ROOM, member, features, seq)
 
     async def _tunnel(
         self,
@@ -566,7 +569,11 @@ class TcrpHandler:
             return await loop.run_in_executor(self._hash_executor, work)
 
     def _admission(
-        self, operation: Operation, member: Member, features: tuple[str, ...]
+        self,
+        operation: Operation,
+        member: Member,
+        features: tuple[str, ...],
+        seq: int | None = None,
     ) -> Admission:
         room = member.room
         # A cluster room's host and members may be on other nodes (ocm.server.cluster).
@@ -604,7 +611,7 @@ class TcrpHandler:
         return replace(
             admission,
             features=(*granted, *e2e),
-            seq=room.seq,
+            seq=room.seq if seq is None else seq,
             boot=registry.boot.hex(),
             history=registry.history_messages,
             resume=registry.issue_secret(member) if RESUME in features else None,

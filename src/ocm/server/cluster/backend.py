@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ocm.server.exposition import ClusterState
 from ocm.server.passwords import PasswordHash
-from ocm.server.registry import PendingCreate, PendingJoin, RoomRegistry
+from ocm.server.registry import PendingCreate, PendingJoin, Room, RoomRegistry
 from ocm.wire.tcrp import RoomDetails, RoomInfo
 
 __all__ = ["Backend", "LocalBackend"]
@@ -64,6 +64,12 @@ class Backend(Protocol):
         """The registry refused a join that :meth:`reserve_member` reserved."""
         ...
 
+    async def settle(self, room: Room) -> int | None:
+        """The Seq of the last thing this node said in ``room``, once it is numbered
+        and applied here (a join's NOTICE, before COMPLETE); None: it was numbered at
+        once, as on a server alone (or not in time: the room's latest Seq will do)."""
+        ...
+
 
 class LocalBackend:
     """A server on its own: the registry is the whole state, so nothing is asked twice."""
@@ -105,3 +111,6 @@ class LocalBackend:
 
     async def release_member(self, pending: PendingJoin) -> None:
         pass
+
+    async def settle(self, room: Room) -> int | None:
+        return None

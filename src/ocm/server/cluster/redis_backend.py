@@ -74,6 +74,7 @@ from ocm.server.registry import (
     PendingJoin,
     Room,
     RoomRegistry,
+    wire_seq,
 )
 from ocm.wire.datagrams import Kind
 from ocm.wire.tcrp import E2eParams, RoomDetails, RoomInfo
@@ -104,6 +105,7 @@ NAME_START = 2 * NODE_ID_SIZE + PLACE_DIGITS
 class _Publish:
     """One entry this node hands to the cluster, waiting its turn in the queue."""
 
+    said: asyncio.Future[int | None]  # its counter once the store numbered it
     number: int
     room: str
     rid: str
@@ -176,6 +178,8 @@ class RedisBackend:
         self.reaped = 0  # members of dead nodes this node announced timed out
         self._queue: deque[_Publish] = deque()
         self._queued: dict[str, int] = {}  # entries in the queue, by room
+        # The last thing this node said in each room (for settle), until numbered.
+        self._said: dict[str, asyncio.Future[int | None]] = {}
         self._published = 0
         self._wake = asyncio.Event()
         self._epoch: bytes | None = None
@@ -201,16 +205,41 @@ class RedisBackend:
         registry is in the middle of a call). What the store must learn (a member
         left, the room closed) waits in the queue; the counter is written back."""
         room.detached = True
+        said: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._said[room.name] = said
         if op is Op.LEAVE:
             self._enqueue(room.name, room.rid, Op.UNRESERVE, b"", member, value)
         elif op is Op.CLOSE:
             self._enqueue(room.name, room.rid, Op.DROP, b"")
-        asyncio.get_running_loop().call_soon(self._apply_here, room, entry)
+        asyncio.get_running_loop().call_soon(self._apply_here, room, entry, said)
         return True
 
-    def _apply_here(self, room: Room, entry: Entry) -> None:
+    def _apply_here(self, room: Room, entry: Entry, said: asyncio.Future[int | None]) -> None:
+        counter = None
         if self.registry.rooms.get(room.name) is room:
-            self._send(self.registry.apply(room, room.counter + 1, entry, self._clock()))
+            counter = room.counter + 1
+            self._send(self.registry.apply(room, counter, entry, self._clock()))
+        self._settled(room.name, said, counter)
+
+    def _settled(self, room: str, said: asyncio.Future[int | None], counter: int | None) -> None:
+        if not said.done():
+            said.set_result(counter)
+        if self._said.get(room) is said:
+            del self._said[room]
+
+    async def settle(self, room: Room) -> int | None:
+        said = self._said.get(room.name)
+        if said is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                counter = await asyncio.shield(said)
+                while counter is not None and room.counter < counter:
+                    if self.registry.rooms.get(room.name) is not room:
+                        return None  # closed meanwhile
+                    await asyncio.sleep(0.001)  # the bus brings it back: a round trip
+                return None if counter is None else wire_seq(counter)
+        return None
 
     def _enqueue(
         self,
@@ -231,7 +260,9 @@ class RedisBackend:
             return False
         self._published += 1
         key = member.casefold()
-        self._queue.append(_Publish(self._published, room, rid, op, entry, key, value))
+        said: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._said[room] = said
+        self._queue.append(_Publish(said, self._published, room, rid, op, entry, key, value))
         if op not in (Op.DROP, Op.UNRESERVE):  # says nothing: later lines need not wait
             self._queued[room] = self._queued.get(room, 0) + 1
         self._wake.set()
@@ -651,6 +682,8 @@ class RedisBackend:
                 results = await pipe.execute(raise_on_error=False)
             for item, result in zip(batch, results, strict=True):
                 queue.popleft()
+                counter = result if isinstance(result, int) and result > 0 else None
+                self._settled(item.room, item.said, counter)
                 if item.op not in (Op.DROP, Op.UNRESERVE):
                     left = self._queued.pop(item.room) - 1
                     if left:
