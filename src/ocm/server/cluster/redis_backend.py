@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -55,7 +54,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ocm.errors import ErrorCode, RoomError
-from ocm.server.cluster import scripts
+from ocm.server.cluster import layout, scripts
 from ocm.server.cluster.entries import (
     BusMessage,
     Entry,
@@ -77,14 +76,13 @@ from ocm.server.registry import (
     wire_seq,
 )
 from ocm.wire.datagrams import Kind
-from ocm.wire.tcrp import E2eParams, RoomDetails, RoomInfo
+from ocm.wire.tcrp import RoomDetails, RoomInfo
 from ocm.wire.texts import HostGone, MemberEvent, Presence, format_closed, format_notice
 
 __all__ = ["MAX_QUEUED", "UNREACHABLE", "RedisBackend"]
 
 log = logging.getLogger("ocm.cluster")
 
-BUS = "ocm:bus"
 # Entries a node holds while Redis cannot be reached: about 4 MiB of chat at most.
 MAX_QUEUED = 10_000
 # Publishes sent in one pipeline (one round trip).
@@ -94,11 +92,6 @@ REQUEST_TIMEOUT = 2.0
 UNREACHABLE = "the cluster store (Redis) is unreachable; try again shortly"
 # The environment variable that holds Redis's password (not on the command line: ps).
 PASSWORD_VARIABLE = "OCM_REDIS_PASSWORD"
-NODE_ID_SIZE = 8  # bytes: 16 hex characters, the first 16 of a member's value in Redis
-# A member's value in Redis: its node, its place in the room's join order (the host's is
-# 0), its name. Ordered by place, the values give COMPLETE's member list.
-PLACE_DIGITS = 10
-NAME_START = 2 * NODE_ID_SIZE + PLACE_DIGITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +137,7 @@ class RedisBackend:
     ) -> None:
         self.url = url
         self.registry = registry
-        self.node = secrets.token_hex(NODE_ID_SIZE)
+        self.node = secrets.token_hex(layout.NODE_ID_SIZE)
         registry.bus = self
         registry.failures = _SharedFailures(registry.failures, self)
         self._send = send
@@ -291,12 +284,12 @@ class RedisBackend:
                         await asyncio.sleep(0.01)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(REQUEST_TIMEOUT):
-                    await self._client.delete(_node_key(self.node))
+                    await self._client.delete(layout.node_key(self.node))
                     if not self._queue:
                         # Else the reaper takes the rest of its members, once the
                         # presence key is gone: this node stays in ocm:nodes for it.
-                        await self._client.srem("ocm:nodes", self.node)
-                        await self._client.delete(_published_key(self.node))
+                        await self._client.srem(layout.NODES, self.node)
+                        await self._client.delete(layout.published_key(self.node))
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -307,7 +300,7 @@ class RedisBackend:
             await self._client.aclose()
 
     async def list_rooms(self) -> list[RoomInfo]:
-        flat = await self._request(self._list(keys=["ocm:rooms"]))
+        flat = await self._request(self._list(keys=[layout.ROOMS]))
         rooms = [
             RoomInfo(_text(flat[i]), int(flat[i + 1]), bool(flat[i + 2]))
             for i in range(0, len(flat), 3)
@@ -316,12 +309,14 @@ class RedisBackend:
 
     async def lookup(self, name: str) -> RoomDetails:
         pipe = self._client.pipeline(transaction=True)
-        pipe.hgetall(_room_key(name))
-        pipe.hlen(_members_key(name))
+        pipe.hgetall(layout.room_key(name))
+        pipe.hlen(layout.members_key(name))
         meta, count = await self._request(pipe.execute())
         if not meta:
             raise _no_such_room(name)
-        return RoomDetails(name, int(count), bool(meta.get(b"password")), _e2e(meta))
+        return RoomDetails(
+            name, int(count), bool(meta.get(b"password")), layout.parse_e2e(meta.get(b"e2e"))
+        )
 
     async def load_room(self, name: str) -> None:
         registry = self.registry
@@ -329,9 +324,9 @@ class RedisBackend:
         if room is not None and not room.closing:
             return
         pipe = self._client.pipeline(transaction=True)
-        pipe.hgetall(_room_key(name))
-        pipe.get(_seq_key(name))
-        pipe.xrevrange(_history_key(name), count=registry.history_messages)
+        pipe.hgetall(layout.room_key(name))
+        pipe.get(layout.seq_key(name))
+        pipe.xrevrange(layout.history_key(name), count=registry.history_messages)
         meta, counter, newest = await self._request(pipe.execute())
         if not meta:
             raise _no_such_room(name)
@@ -339,7 +334,10 @@ class RedisBackend:
             return  # another join loaded it meanwhile
         try:
             rid = _text(meta[b"rid"])
-            password, e2e = _password(meta.get(b"password", b"")), _e2e(meta)
+            password, e2e = (
+                layout.parse_password(meta.get(b"password", b"")),
+                layout.parse_e2e(meta.get(b"e2e")),
+            )
         except (KeyError, ValueError) as error:  # json's errors are ValueErrors
             log.error('room "%s" is damaged in the store (%r): it cannot be joined', name, error)
             raise _no_such_room(name) from None
@@ -347,7 +345,7 @@ class RedisBackend:
         for entry_id, fields in reversed(newest):
             if fields.get(b"r") == meta[b"rid"]:
                 with contextlib.suppress(MalformedEntry, KeyError, ValueError):
-                    history.append((_counter(entry_id), decode_entry(fields[b"e"])))
+                    history.append((layout.counter_of(entry_id), decode_entry(fields[b"e"])))
         registry.add_replica(
             name,
             rid,
@@ -362,7 +360,7 @@ class RedisBackend:
         )
 
     async def check_blocked(self, ip: str) -> None:
-        failures = await self._request(self._client.get(_fails_key(ip)))
+        failures = await self._request(self._client.get(layout.fails_key(ip)))
         if failures is not None and int(failures) >= self.registry.failures.max_failures:
             raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
 
@@ -374,21 +372,21 @@ class RedisBackend:
         result = await self._request(
             self._create(
                 keys=[
-                    _room_key(name),
-                    _members_key(name),
-                    _seq_key(name),
-                    _history_key(name),
-                    "ocm:rooms",
-                    _hosted_key(pending.ip),
+                    layout.room_key(name),
+                    layout.members_key(name),
+                    layout.seq_key(name),
+                    layout.history_key(name),
+                    layout.ROOMS,
+                    layout.hosted_key(pending.ip),
                 ],
                 args=[
                     name,
                     pending.rid,
-                    _password_text(password),
-                    _e2e_text(pending.e2e),
+                    layout.password_text(password),
+                    layout.e2e_text(pending.e2e),
                     "1" if sealed else "",
                     host.casefold(),
-                    _member_value(self.node, 0, host),
+                    layout.member_value(self.node, 0, host),
                     canonical_ip(pending.ip),
                     registry.max_rooms,
                     registry.max_rooms_per_ip,
@@ -417,14 +415,14 @@ class RedisBackend:
         name = pending.username
         result = await self._request(
             self._join(
-                keys=[_room_key(room.name), _members_key(room.name)],
+                keys=[layout.room_key(room.name), layout.members_key(room.name)],
                 args=[room.rid, name.casefold(), self.node, self.registry.max_members, name],
             )
         )
         match _text(result[0]):
             case "ok":
-                values = sorted((_text(value) for value in result[1:]), key=_place)
-                room.roster = tuple(value[NAME_START:] for value in values)
+                values = sorted((_text(value) for value in result[1:]), key=layout.member_place)
+                room.roster = tuple(layout.member_name(value) for value in values)
                 return
             case "name_taken":
                 raise RoomError(
@@ -445,7 +443,7 @@ class RedisBackend:
             return
 
         async def count() -> None:
-            key = _fails_key(ip)
+            key = layout.fails_key(ip)
             window_ms = int(self.registry.failures.window * 1000)
             pipe = self._client.pipeline(transaction=True)
             pipe.incr(key)
@@ -496,7 +494,7 @@ class RedisBackend:
                     log.error(
                         "redis unreachable at %s: %s; creates and joins are refused, "
                         "members stay, lines wait; reconnecting",
-                        _safe_url(self.url),
+                        layout.safe_url(self.url),
                         reason,
                     )
                 if not isinstance(cause, (RedisError, OSError, TimeoutError)):
@@ -512,10 +510,10 @@ class RedisBackend:
             started = self._clock()
             await client.ping()
             self.rtt = self._clock() - started
-            epoch: Any = await client.get("ocm:epoch")
+            epoch: Any = await client.get(layout.EPOCH)
             if epoch is None:
-                await client.set("ocm:epoch", secrets.token_hex(8), nx=True)
-                epoch = await client.get("ocm:epoch")
+                await client.set(layout.EPOCH, secrets.token_hex(8), nx=True)
+                epoch = await client.get(layout.EPOCH)
             if self._epoch is not None and epoch != self._epoch:
                 self._lost = True  # until every room is written back, whatever fails
             self._epoch = epoch
@@ -526,13 +524,13 @@ class RedisBackend:
         if self._down_since is not None:
             log.warning(
                 "redis is back at %s after %.1f s%s",
-                _safe_url(self.url),
+                layout.safe_url(self.url),
                 self._clock() - self._down_since,
                 "; it had lost its data: this node's rooms are written back" if lost else "",
             )
             self._down_since = None
         else:
-            log.info("cluster node %s on redis at %s", self.node, _safe_url(self.url))
+            log.info("cluster node %s on redis at %s", self.node, layout.safe_url(self.url))
         self.up = True
         self._tried.set()
 
@@ -571,20 +569,20 @@ class RedisBackend:
         pairs: list[str] = []
         for name in names:
             place = places.get(name.casefold(), len(places))
-            pairs += [name.casefold(), _member_value(self.node, place, name)]
+            pairs += [name.casefold(), layout.member_value(self.node, place, name)]
         await self._restore(
             keys=[
-                _room_key(room.name),
-                _members_key(room.name),
-                _seq_key(room.name),
-                "ocm:rooms",
-                _history_key(room.name),
+                layout.room_key(room.name),
+                layout.members_key(room.name),
+                layout.seq_key(room.name),
+                layout.ROOMS,
+                layout.history_key(room.name),
             ],
             args=[
                 room.name,
                 room.rid,
-                _password_text(room.password),
-                _e2e_text(room.e2e),
+                layout.password_text(room.password),
+                layout.e2e_text(room.e2e),
                 "1" if room.sealed else "",
                 room.host_key,
                 room.host_ip,
@@ -607,14 +605,14 @@ class RedisBackend:
         if lost:
             return  # nobody saw its members leave
         for value in result[1:]:
-            name = _text(value)[NAME_START:]
+            name = layout.member_name(_text(value))
             text = format_notice(MemberEvent(name, Presence.JOINED)).encode("utf-8")
             self._enqueue(room.name, room.rid, Op.SAY, encode_entry(Entry(Kind.NOTICE, text)))
 
     async def _announce_presence(self) -> None:
         pipe = self._client.pipeline(transaction=True)
-        pipe.set(_node_key(self.node), b"1", px=self.presence_ttl_ms)
-        pipe.sadd("ocm:nodes", self.node)
+        pipe.set(layout.node_key(self.node), b"1", px=self.presence_ttl_ms)
+        pipe.sadd(layout.NODES, self.node)
         await pipe.execute()
 
     async def _keep_present(self) -> None:
@@ -630,7 +628,9 @@ class RedisBackend:
         while True:
             await asyncio.sleep(self.presence_interval)
             async with asyncio.timeout(REQUEST_TIMEOUT):
-                flat = await self._reap(keys=["ocm:nodes", "ocm:rooms"], args=["ocm:node:"])
+                flat = await self._reap(
+                    keys=[layout.NODES, layout.ROOMS], args=[layout.NODE_PREFIX]
+                )
             for i in range(0, len(flat), 4):
                 room, rid, name, host = (_text(value) for value in flat[i : i + 4])
                 self.reaped += 1
@@ -658,12 +658,12 @@ class RedisBackend:
             for item in batch:
                 await self._publish(  # queued in the pipeline, not sent yet
                     keys=[
-                        _room_key(item.room),
-                        _members_key(item.room),
-                        _seq_key(item.room),
-                        _history_key(item.room),
-                        "ocm:rooms",
-                        _published_key(self.node),
+                        layout.room_key(item.room),
+                        layout.members_key(item.room),
+                        layout.seq_key(item.room),
+                        layout.history_key(item.room),
+                        layout.ROOMS,
+                        layout.published_key(self.node),
                     ],
                     args=[
                         item.op,
@@ -673,7 +673,7 @@ class RedisBackend:
                         item.member_key,
                         item.member_value,
                         self.registry.history_messages,
-                        BUS,
+                        layout.BUS,
                         item.number,
                     ],
                     client=pipe,
@@ -696,7 +696,7 @@ class RedisBackend:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
-                await pubsub.subscribe(BUS)
+                await pubsub.subscribe(layout.BUS)
             # Subscribed: from here on nothing is missed. What was said before (while
             # this node was cut off) is read from each room's stream.
             for room in list(self.registry.rooms.values()):
@@ -716,7 +716,9 @@ class RedisBackend:
         except MalformedEntry as error:
             held = self._bus_lines.allow(self._clock())
             if held is not None:
-                log.warning("skipped a malformed message on %s: %s%s", BUS, error, held_back(held))
+                log.warning(
+                    "skipped a malformed message on %s: %s%s", layout.BUS, error, held_back(held)
+                )
             return
         try:
             await self._deliver(message)
@@ -744,8 +746,8 @@ class RedisBackend:
         """After a reconnect: read what ``room`` missed; a room closed meanwhile (its
         stream gone too) is closed here."""
         pipe = self._client.pipeline(transaction=True)
-        pipe.hget(_room_key(room.name), "rid")
-        pipe.get(_seq_key(room.name))
+        pipe.hget(layout.room_key(room.name), "rid")
+        pipe.get(layout.seq_key(room.name))
         rid, counter = await pipe.execute()
         latest = int(counter) if counter is not None else room.counter
         if latest > room.counter:
@@ -758,7 +760,7 @@ class RedisBackend:
     async def _fill(self, room: Room, last: int) -> None:
         """Apply ``room``'s entries after its counter up to ``last``, from its stream."""
         entries: Any = await self._client.xrange(
-            _history_key(room.name), min=f"{room.counter + 1}-0", max=f"{last}-1"
+            layout.history_key(room.name), min=f"{room.counter + 1}-0", max=f"{last}-1"
         )
         for entry_id, fields in entries:
             if (
@@ -766,7 +768,7 @@ class RedisBackend:
                 or self.registry.rooms.get(room.name) is not room
             ):
                 continue
-            counter = _counter(entry_id)
+            counter = layout.counter_of(entry_id)
             if counter <= room.counter:
                 continue
             if counter > room.counter + 1:
@@ -776,38 +778,6 @@ class RedisBackend:
             except (MalformedEntry, KeyError):
                 continue  # not a node's: skipped, as a bad bus message is
             self._send(self.registry.apply(room, counter, entry, self._clock()))
-
-
-def _room_key(name: str) -> str:
-    return f"ocm:room:{name}"
-
-
-def _members_key(name: str) -> str:
-    return f"ocm:members:{name}"
-
-
-def _seq_key(name: str) -> str:
-    return f"ocm:seq:{name}"
-
-
-def _history_key(name: str) -> str:
-    return f"ocm:history:{name}"
-
-
-def _hosted_key(ip: str) -> str:
-    return f"ocm:hosted:{canonical_ip(ip)}"
-
-
-def _fails_key(ip: str) -> str:
-    return f"ocm:fails:{canonical_ip(ip)}"
-
-
-def _node_key(node: str) -> str:
-    return f"ocm:node:{node}"
-
-
-def _published_key(node: str) -> str:
-    return f"ocm:published:{node}"
 
 
 def _all_here(room: Room, leaving: str = "") -> bool:
@@ -823,69 +793,8 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _member_value(node: str, place: int, name: str) -> str:
-    return f"{node}{place:0{PLACE_DIGITS}d}{name}"
-
-
-def _place(value: str) -> int:
-    return int(value[2 * NODE_ID_SIZE : NAME_START])
-
-
-def _counter(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
-
-
-def _password_text(password: PasswordHash | None) -> str:
-    """A room password as the store keeps it: scrypt's salt and digest, never the
-    password."""
-    return "" if password is None else f"{password.salt.hex()}:{password.digest.hex()}"
-
-
-def _password(text: bytes) -> PasswordHash | None:
-    if not text:
-        return None
-    salt, digest = text.decode("ascii").split(":")
-    return PasswordHash(bytes.fromhex(salt), bytes.fromhex(digest))
-
-
-def _e2e_text(e2e: E2eParams | None) -> str:
-    if e2e is None:
-        return ""
-    return json.dumps(
-        {
-            "salt": e2e.salt.hex(),
-            "memory_kib": e2e.memory_kib,
-            "iterations": e2e.iterations,
-            "lanes": e2e.lanes,
-            "kdf": e2e.kdf,
-        }
-    )
-
-
-def _e2e(meta: dict[bytes, bytes]) -> E2eParams | None:
-    text = meta.get(b"e2e")
-    if not text:
-        return None
-    fields = json.loads(text)
-    return E2eParams(
-        bytes.fromhex(fields["salt"]),
-        fields["memory_kib"],
-        fields["iterations"],
-        fields["lanes"],
-        fields["kdf"],
-    )
-
-
 def _no_such_room(name: str) -> RoomError:
     return RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without its password, for the log."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
 
 
 def _innermost(error: BaseException) -> BaseException:
