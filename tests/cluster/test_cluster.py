@@ -119,18 +119,25 @@ def rooms_everywhere(nodes: Iterable[OCMServer], name: str) -> list[bool]:
     return [name in node.registry.rooms for node in nodes]
 
 
+async def one_on_each(a: OCMServer, b: OCMServer, c: OCMServer) -> list[ChatClient]:
+    """alice hosts "lobby" on node a; bob joins it on b, carol on c; all ready, and the
+    first two have heard carol join."""
+    alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
+    bob = await ready(b, await ChatClient.join(server_of(b), "lobby", "bob"))
+    carol = await ready(c, await ChatClient.join(server_of(c), "lobby", "carol"))
+    await until_notice(alice, "carol joined")
+    await until_notice(bob, "carol joined")
+    return [alice, bob, carol]
+
+
 async def test_three_nodes_deliver_every_line_once_in_one_order(
     redis_server: RedisServer,
 ) -> None:
     async with cluster(redis_server) as (a, b, c):
-        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
-        bob = await ready(b, await ChatClient.join(server_of(b), "lobby", "bob"))
-        carol = await ready(c, await ChatClient.join(server_of(c), "lobby", "carol"))
+        alice, bob, carol = await one_on_each(a, b, c)
         async with closing(alice, bob, carol):
             assert a.registry.rooms["lobby"].sealed and c.registry.rooms["lobby"].sealed
             assert carol.members == ("alice", "bob", "carol")  # the whole room's, from Redis
-            await until_notice(alice, "carol joined")
-            await until_notice(bob, "carol joined")
             for i in range(4):
                 for chat in (alice, bob, carol):
                     await chat.send(f"{chat.name} {i}")
@@ -199,13 +206,8 @@ async def test_a_member_leaving_on_one_node_is_announced_and_the_room_goes_on(
     redis_server: RedisServer,
 ) -> None:
     async with cluster(redis_server) as (a, b, c):
-        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
-        bob = await ready(b, await ChatClient.join(server_of(b), "lobby", "bob"))
-        carol = await ready(c, await ChatClient.join(server_of(c), "lobby", "carol"))
+        alice, bob, carol = await one_on_each(a, b, c)
         async with closing(alice, bob, carol):
-            await until_notice(alice, "carol joined")
-            await until_notice(bob, "carol joined")
-
             assert await bob.close()
 
             await until_notice(alice, "bob left")
@@ -219,12 +221,8 @@ async def test_a_member_leaving_on_one_node_is_announced_and_the_room_goes_on(
 
 async def test_the_host_leaving_closes_the_room_on_every_node(redis_server: RedisServer) -> None:
     async with cluster(redis_server) as (a, b, c):
-        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
-        bob = await ready(b, await ChatClient.join(server_of(b), "lobby", "bob"))
-        carol = await ready(c, await ChatClient.join(server_of(c), "lobby", "carol"))
+        alice, bob, carol = await one_on_each(a, b, c)
         async with closing(alice, bob, carol):
-            await until_notice(bob, "carol joined")
-
             assert await alice.close()
 
             for chat in (bob, carol):
@@ -302,12 +300,8 @@ async def test_redis_lost_and_back_keeps_members_and_writes_the_room_back(
     redis_server: RedisServer,
 ) -> None:
     async with cluster(redis_server) as (a, b, c):
-        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
-        bob = await ready(b, await ChatClient.join(server_of(b), "lobby", "bob"))
-        carol = await ready(c, await ChatClient.join(server_of(c), "lobby", "carol"))
+        alice, bob, carol = await one_on_each(a, b, c)
         async with closing(alice, bob, carol):
-            await until_notice(alice, "carol joined")
-            await until_notice(bob, "carol joined")
             await alice.send("one")
             for chat in (alice, bob, carol):
                 ((before, *said),) = lines(await collect(chat, 1))

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import redis
 
 from ocm.client import ChatClient, Message, Notice
+from ocm.server.app import OCMServer
 from ocm.server.cluster.redis_backend import RedisBackend
 from ocm.server.registry import PendingJoin
 from ocm.wire import CreateRoom, JoinRoom
@@ -28,6 +31,15 @@ pytestmark = [
 NODE: dict[str, Any] = {"idle_timeout": 5.0, "redis_backoff": (0.05, 0.2)}
 
 
+@asynccontextmanager
+async def two_nodes(redis_server: RedisServer) -> AsyncIterator[tuple[OCMServer, OCMServer]]:
+    async with (
+        running_server(redis_url=redis_server.url, **NODE) as a,
+        running_server(redis_url=redis_server.url, **NODE) as b,
+    ):
+        yield a, b
+
+
 def backend(node: Any) -> RedisBackend:
     assert isinstance(node.backend, RedisBackend)
     return node.backend
@@ -37,10 +49,7 @@ async def test_a_protected_room_tells_nothing_before_its_password(
     redis_server: RedisServer,
 ) -> None:
     """As on a server alone: a wrong password with a taken name is a wrong password."""
-    async with (
-        running_server(redis_url=redis_server.url, **NODE) as a,
-        running_server(redis_url=redis_server.url, **NODE) as b,
-    ):
+    async with two_nodes(redis_server) as (a, b):
         await admit(a.tcp_port, CreateRoom("vault", "alice", "s3cret"))
         for node in (a, b):
             ack, _ = await call(node.tcp_port, JoinRoom("vault", "alice", "guess"))
@@ -55,10 +64,7 @@ async def test_a_protected_room_tells_nothing_before_its_password(
 async def test_a_failed_join_does_not_pull_the_replica_from_under_another(
     redis_server: RedisServer,
 ) -> None:
-    async with (
-        running_server(redis_url=redis_server.url, **NODE) as a,
-        running_server(redis_url=redis_server.url, **NODE) as b,
-    ):
+    async with two_nodes(redis_server) as (a, b):
         await admit(a.tcp_port, CreateRoom("vault", "alice", "s3cret"))
         reserve = backend(b).reserve_member
         held = asyncio.Event()
@@ -145,10 +151,7 @@ async def test_a_joiner_hears_what_follows_its_join_not_its_own_notice(
 ) -> None:
     """As on a server alone: COMPLETE's Seq is the joiner's own NOTICE's (a cluster node
     waits for the store to number it), so the joiner hears everything after it."""
-    async with (
-        running_server(redis_url=redis_server.url, **NODE) as a,
-        running_server(redis_url=redis_server.url, **NODE) as b,
-    ):
+    async with two_nodes(redis_server) as (a, b):
         alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
         bob = await ChatClient.join(server_of(b), "lobby", "bob")
         await alice.send("welcome")  # before bob's first datagram, maybe: repaired
