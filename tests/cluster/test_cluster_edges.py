@@ -160,3 +160,75 @@ async def test_a_joiner_hears_what_follows_its_join_not_its_own_notice(
         assert isinstance(events[0], Message) and events[0].text == "welcome"
         await bob.close()
         await alice.close()
+
+
+class RedisLink:
+    """A TCP relay between one node and Redis, which the test cuts and mends: the node
+    alone is cut off, the others still reach Redis (a partition)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.pipes: set[asyncio.Task[None]] = set()
+
+    async def mend(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for pipe in self.pipes:
+            pipe.cancel()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        pipes = [
+            asyncio.create_task(pump(reader, upstream)),
+            asyncio.create_task(pump(upstream_reader, writer)),
+        ]
+        self.pipes.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self.pipes.difference_update(pipes)
+
+
+async def test_a_partition_is_survived_and_said_in_the_log(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node A alone is cut off: its room (everyone on A) goes on there, while carol
+    joins it through B and talks. A's return is logged as a room numbered apart."""
+    link = RedisLink(redis_server.port)
+    await link.mend()
+    url = f"redis://127.0.0.1:{link.port}/0"
+    async with (
+        running_server(redis_url=url, **NODE) as a,
+        running_server(redis_url=redis_server.url, **NODE) as b,
+    ):
+        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
+        await link.cut()
+        await until(lambda: not backend(a).up)
+        await alice.send("alone on a")
+        assert [e.text for e in await collect(alice, 1) if isinstance(e, Message)] == [
+            "alone on a"
+        ]  # the room goes on, numbered on A
+        carol = await ChatClient.join(server_of(b), "lobby", "carol")  # B still sees it
+        await carol.send("carol on b")
+        await collect(carol, 1)
+        await link.mend()
+        await until(lambda: backend(a).up, 5000 * MS)
+        await until(lambda: "went on apart" in caplog.text)
+        await carol.close()
+        await alice.close()
+    await link.cut()

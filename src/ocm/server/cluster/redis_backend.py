@@ -33,7 +33,8 @@ before the queue is sent.
 
 A partition is the one case this cannot make right: if only this node was cut off, a
 member may have joined one of its detached rooms through another node meanwhile; the
-two then numbered the room apart, and each side misses what the other said then.
+two then numbered the room apart, and each side misses what the other said then. The
+node logs it (WARNING) when it writes the room back.
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ class RedisBackend:
         self.reaped = 0  # members of dead nodes this node announced timed out
         self._queue: deque[_Publish] = deque()
         self._queued: dict[str, int] = {}  # entries in the queue, by room
+        # A detached room's counter when it began to be numbered here, by incarnation.
+        self._detached_from: dict[str, int] = {}
         # The last thing this node said in each room (for settle), until numbered.
         self._said: dict[str, asyncio.Future[int | None]] = {}
         self._published = 0
@@ -198,6 +201,7 @@ class RedisBackend:
         registry is in the middle of a call). What the store must learn (a member
         left, the room closed) waits in the queue; the counter is written back."""
         room.detached = True
+        self._detached_from.setdefault(room.rid, room.counter)
         said: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._said[room.name] = said
         if op is Op.LEAVE:
@@ -603,9 +607,18 @@ class RedisBackend:
         if outcome != "ok":
             return  # gone: the catch-up closes it here
         room.detached = False
+        detached_from = self._detached_from.pop(room.rid, None)
+        if not lost and detached_from is not None and int(result[1]) > detached_from:
+            # The partition case (module docstring): say so, where an operator looks.
+            log.warning(
+                'room "%s" went on apart on this node and in the cluster while this node'
+                " was cut off (entries after %d): each side missed what the other said",
+                room.name,
+                detached_from,
+            )
         if lost:
             return  # nobody saw its members leave
-        for value in result[1:]:
+        for value in result[2:]:
             name = layout.member_name(_text(value))
             text = format_notice(MemberEvent(name, Presence.JOINED)).encode("utf-8")
             self._enqueue(room.name, room.rid, Op.SAY, encode_entry(Entry(Kind.NOTICE, text)))

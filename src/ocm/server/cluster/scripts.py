@@ -171,9 +171,9 @@ return out
 # A node writes a room it has members in back after it was cut off: into a store that
 # lost it (Redis restarted without its data), or one that went on without the node.
 # The room's facts (if it is missing and ``create``), its counter (the highest any
-# node saw) and the node's members. Returns 'ok' and the members it had to add again
-# (the reaper took them), 'gone' (closed meanwhile), or 'conflict' (the name is
-# another room's now).
+# node saw) and the node's members. Returns 'ok', the store's counter before, and the
+# members it had to add again (the reaper took them); 'gone' (closed meanwhile), or
+# 'conflict' (the name is another room's now).
 RESTORE = """
 local rid = redis.call('HGET', KEYS[1], 'rid')
 if rid and rid ~= ARGV[2] then return {'conflict'} end
@@ -187,13 +187,14 @@ if not rid then
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('INCR', 'ocm:hosted:' .. ARGV[7])
 end
-if tonumber(ARGV[8]) > tonumber(redis.call('GET', KEYS[3]) or '0') then
+local before = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[8]) > before then
   redis.call('SET', KEYS[3], ARGV[8])
 end
 if tonumber(ARGV[11]) > tonumber(redis.call('HGET', KEYS[1], 'joins') or '0') then
   redis.call('HSET', KEYS[1], 'joins', ARGV[11])
 end
-local added = {'ok'}
+local added = {'ok', tostring(before)}
 for i = 12, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
     table.insert(added, ARGV[i + 1])
