@@ -19,7 +19,7 @@ from ocm.client import ChatClient, Message, Notice
 from ocm.server.app import OCMServer
 from ocm.server.cluster.redis_backend import RedisBackend
 from ocm.server.registry import PendingJoin
-from ocm.wire import CreateRoom, JoinRoom
+from ocm.wire import CreateRoom, JoinRoom, LeaveRoom
 from tests.kit import MS, admit, call, collect, next_event, ready, running_server, server_of, until
 from tests.redis_kit import RedisServer
 
@@ -232,3 +232,82 @@ async def test_a_partition_is_survived_and_said_in_the_log(
         await carol.close()
         await alice.close()
     await link.cut()
+
+
+async def test_the_last_member_leaving_does_not_pull_the_replica_from_a_join(
+    redis_server: RedisServer,
+) -> None:
+    async with two_nodes(redis_server) as (a, b):
+        await admit(a.tcp_port, CreateRoom("lobby", "alice"))
+        bob = await admit(b.tcp_port, JoinRoom("lobby", "bob"))
+        reserve = backend(b).reserve_member
+        held = asyncio.Event()
+
+        async def slow_reserve(pending: PendingJoin) -> None:
+            await reserve(pending)
+            if pending.username == "carol":
+                held.set()
+                await asyncio.sleep(300 * MS)  # a slow round trip, while bob leaves
+
+        backend(b).reserve_member = slow_reserve  # type: ignore[method-assign]
+        carol = asyncio.create_task(call(b.tcp_port, JoinRoom("lobby", "carol")))
+        await asyncio.wait_for(held.wait(), 2000 * MS)
+        ack, _ = await call(b.tcp_port, LeaveRoom("lobby", bob.token))  # b's only member
+        assert ack.ok
+        ack, _ = await carol
+        assert ack.ok, ack
+        assert [*b.registry.rooms["lobby"].members] == ["carol"]
+
+
+async def test_a_line_redis_refuses_for_a_while_waits_and_is_delivered(
+    redis_server: RedisServer,
+) -> None:
+    """Out of memory (or read-only after a failover, or loading): the queue keeps the
+    line and sends it again once Redis takes writes (a review found it dropped)."""
+    async with two_nodes(redis_server) as (a, b):
+        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
+        bob = await ready(b, await ChatClient.join(server_of(b), "lobby", "bob"))
+        store = redis.Redis.from_url(redis_server.url)
+        store.config_set("maxmemory-policy", "noeviction")
+        store.config_set("maxmemory", 1)
+        await bob.send("kept")
+        await until(lambda: not backend(b).up)  # OOM: the node backs off and says so
+        store.config_set("maxmemory", 0)
+        heard = [e.text for e in await collect(alice, 1) if isinstance(e, Message)]
+        assert heard == ["kept"]
+        await until(lambda: bob.unconfirmed == 0)
+        store.close()
+        await bob.close()
+        await alice.close()
+
+
+async def test_no_line_is_numbered_here_while_the_room_is_written_back(
+    redis_server: RedisServer,
+) -> None:
+    """A line said during the write-back's round trip waits for the store: numbered
+    here, it took a counter the store then gave again, and the next line was lost."""
+    async with running_server(redis_url=redis_server.url, **NODE) as a:
+        link = backend(a)
+        alice = await ready(a, await ChatClient.create(server_of(a), "lobby", "alice"))
+        bob = await ready(a, await ChatClient.join(server_of(a), "lobby", "bob"))
+        await until(lambda: a.registry.rooms["lobby"].roster == ("alice", "bob"))
+        redis_server.stop()
+        await until(lambda: not link.up)
+        await alice.send("one")  # numbered here: every member is here
+        restore = link._restore
+
+        async def slow_restore(*args: Any, **kwargs: Any) -> Any:
+            result = await restore(*args, **kwargs)
+            await alice.send("during")  # said while the write-back is in flight
+            await asyncio.sleep(100 * MS)
+            return result
+
+        link._restore = slow_restore  # type: ignore[assignment]
+        redis_server.start()
+        await until(lambda: link.up, 5000 * MS)
+        await bob.send("after")
+        heard = [e.text for e in await collect(alice, 3) if isinstance(e, Message)]
+        assert heard == ["one", "during", "after"]
+        await until(lambda: bob.unconfirmed == 0)
+        await bob.close()
+        await alice.close()

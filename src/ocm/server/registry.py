@@ -1077,8 +1077,7 @@ class RoomRegistry:
         )
         text = format_notice(MemberEvent(member.name, how))
         outgoing = room.announce(Kind.NOTICE, text, Op.LEAVE, member.name)
-        if room.bus is not None and not room.members:
-            self._forget_replica(room)  # the room goes on, on other nodes
+        self.forget_if_empty(room)  # a replica nobody here is in: it goes on elsewhere
         return outgoing
 
     def _forget_member(self, member: Member) -> None:

@@ -52,7 +52,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 
 from ocm.errors import ErrorCode, RoomError
 from ocm.server.cluster import layout, scripts
@@ -77,6 +85,7 @@ from ocm.server.registry import (
     wire_seq,
 )
 from ocm.wire.datagrams import Kind
+from ocm.wire.delivery import DeliveryKind
 from ocm.wire.tcrp import RoomDetails, RoomInfo
 from ocm.wire.texts import HostGone, MemberEvent, Presence, format_closed, format_notice
 
@@ -180,20 +189,31 @@ class RedisBackend:
         self._wake = asyncio.Event()
         self._epoch: bytes | None = None
         self._lost = False  # the store lost its data; not all written back yet
+        self._writing_back = False
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         self._tried = asyncio.Event()  # the first try to connect is over
         self._down_since: float | None = None
         self._bus_lines = LogLimiter()
+        self._refusal_lines = LogLimiter()
         self._pending_failures: set[asyncio.Task[Any]] = set()
 
     # -- the Bus (registry and relay, on the event loop, never waiting) --------------
 
     def publish(self, room: Room, op: Op, entry: Entry, member: str = "") -> bool:
         value = self.node if member else ""
-        if not self.up and not self._queued.get(room.name) and _all_here(room, member):
+        if (
+            not self.up
+            and not self._writing_back
+            and not self._queued.get(room.name)
+            and _all_here(room, member)
+        ):
             return self._say_here(room, op, entry, member, value)
-        return self._enqueue(room.name, room.rid, op, encode_entry(entry), member, value)
+        # Only a chat line is ever refused (the sender sends it again): a NOTICE or a
+        # CLOSED must reach the store, or the rosters and names there go wrong.
+        refusable = entry.kind in (Kind.MESSAGE, DeliveryKind.CHAT)
+        data = encode_entry(entry)
+        return self._enqueue(room.name, room.rid, op, data, member, value, refusable=refusable)
 
     def _say_here(self, room: Room, op: Op, entry: Entry, member: str, value: str) -> bool:
         """The store is out of reach and every member of ``room`` is on this node: the
@@ -524,7 +544,13 @@ class RedisBackend:
             await self._announce_presence()
             await client.script_load(scripts.PUBLISH)  # _send_queue's EVALSHA needs it
         lost = self._lost
-        await self._write_back(lost)
+        # Numbered in the store from here on (queued until the connection is up), not
+        # here: a line numbered here meanwhile would take a counter the store gives again.
+        self._writing_back = True
+        try:
+            await self._write_back(lost)
+        finally:
+            self._writing_back = False
         self._lost = False
         if self._down_since is not None:
             log.warning(
@@ -555,25 +581,42 @@ class RedisBackend:
         for waiting in self._queue if lost else ():
             if waiting.op is Op.LEAVE:
                 leaving.setdefault(waiting.room, set()).add(waiting.member_key)
-        for start in range(0, len(rooms), BATCH):
-            batch = rooms[start : start + BATCH]
-            pipe = self._client.pipeline(transaction=False)
-            for room in batch:
-                await self._restore_room(room, lost, leaving.get(room.name, set()), pipe)
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                results = await pipe.execute()
-            for room, result in zip(batch, results, strict=True):
-                self._restored(room, result, lost)
+        live = {room.rid for room in rooms}
+        self._detached_from = {r: n for r, n in self._detached_from.items() if r in live}
+        # A line numbered here just before the write-back (its turn of the loop came
+        # during a round trip) moves a counter after it was read: such a room is
+        # written back again, until none moved (no new one is numbered here meanwhile).
+        for _ in range(3):
+            written: dict[str, int] = {}
+            for start in range(0, len(rooms), BATCH):
+                batch = rooms[start : start + BATCH]
+                pipe = self._client.pipeline(transaction=False)
+                for room in batch:
+                    written[room.rid] = room.counter
+                    await self._restore_room(room, lost, leaving.get(room.name, set()), pipe)
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    results = await pipe.execute()
+                for room, result in zip(batch, results, strict=True):
+                    self._restored(room, result, lost)
+            rooms = [room for room in rooms if room.counter > written[room.rid]]
+            if not rooms:
+                break
 
     async def _restore_room(self, room: Room, lost: bool, leaving: set[str], pipe: Any) -> None:
         # Each member back in its place: every node's roster is the same list, in the
         # order the room's NOTICEs said who joined.
+        # A member the store still has keeps its place there; one it lost (or the
+        # reaper took) is written back: in its roster place if the store lost
+        # everything (every node writes the same places), else last, as a new joiner.
         places = {name.casefold(): place for place, name in enumerate(room.roster)}
         names = [member.name for member in room.members.values()]
         names += [name for name in room.roster if name.casefold() in leaving]
         pairs: list[str] = []
+        unplaced = len(places)
         for name in names:
-            place = places.get(name.casefold(), len(places))
+            place = places.get(name.casefold())
+            if place is None:
+                place, unplaced = unplaced, unplaced + 1
             pairs += [name.casefold(), layout.member_value(self.node, place, name)]
         await self._restore(
             keys=[
@@ -595,6 +638,7 @@ class RedisBackend:
                 room.host_name,
                 "1" if lost or room.detached else "",
                 len(room.roster),
+                "" if lost else "1",
                 *pairs,
             ],
             client=pipe,
@@ -602,12 +646,12 @@ class RedisBackend:
 
     def _restored(self, room: Room, result: Any, lost: bool) -> None:
         outcome = _text(result[0])
+        detached_from = self._detached_from.pop(room.rid, None)
         if outcome == "conflict":
             log.warning('room "%s" is another room in the store now', room.name)
         if outcome != "ok":
             return  # gone: the catch-up closes it here
         room.detached = False
-        detached_from = self._detached_from.pop(room.rid, None)
         if not lost and detached_from is not None and int(result[1]) > detached_from:
             # The partition case (module docstring): say so, where an operator looks.
             log.warning(
@@ -696,10 +740,12 @@ class RedisBackend:
                 )
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(result, NoScriptError) for result in results):
-                # Redis restarted between the connect and now: load it, send again (a
-                # publish that did run is skipped by its number).
-                raise NoScriptError("the publish script is not loaded")
+            for result in results:
+                if isinstance(result, RedisError) and _transient(result):
+                    # Redis restarted (NOSCRIPT), is full, read-only, busy or loading:
+                    # keep the batch and retry after a backoff (a publish that did run
+                    # is skipped by its number); the supervisor says so in the log.
+                    raise result
             for item, result in zip(batch, results, strict=True):
                 queue.popleft()
                 counter = result if isinstance(result, int) and result > 0 else None
@@ -708,8 +754,11 @@ class RedisBackend:
                     left = self._queued.pop(item.room) - 1
                     if left:
                         self._queued[item.room] = left
-                if isinstance(result, Exception):
-                    log.error('redis refused an entry of room "%s": %s', item.room, result)
+                if isinstance(result, Exception):  # a bug: the entry is lost, not the queue
+                    held = self._refusal_lines.allow(self._clock())
+                    if held is not None:
+                        why = f"{result}{held_back(held)}"
+                        log.error('redis refused an entry of room "%s": %s', item.room, why)
 
     async def _listen(self) -> None:
         """Read the bus: every room's entries, in order; apply those of rooms here."""
@@ -798,6 +847,23 @@ class RedisBackend:
             except (MalformedEntry, KeyError):
                 continue  # not a node's: skipped, as a bad bus message is
             self._send(self.registry.apply(room, counter, entry, self._clock()))
+
+
+# Errors a Redis gives for a while, not for good: the queue waits them out. redis-py
+# makes most of them a class of their own (and drops the prefix); BUSY (a long script
+# running) stays a ResponseError with its prefix.
+_TRANSIENT = (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    BusyLoadingError,
+    MasterDownError,
+    TryAgainError,
+)
+
+
+def _transient(error: RedisError) -> bool:
+    return isinstance(error, _TRANSIENT) or str(error).startswith("BUSY")
 
 
 def _all_here(room: Room, leaving: str = "") -> bool:

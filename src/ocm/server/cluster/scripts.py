@@ -166,8 +166,9 @@ return out
 
 # KEYS: room, members, seq, rooms, history
 # ARGV: name, rid, password, e2e, sealed, host key, host ip, counter, host name,
-#       create ('1': the room may be missing), the places given (joins), then member
-#       key and value pairs.
+#       create ('1': the room may be missing), the places given (joins), renumber
+#       ('1': a member added again takes the next place, as a joiner), then member key
+#       and value pairs.
 # A node writes a room it has members in back after it was cut off: into a store that
 # lost it (Redis restarted without its data), or one that went on without the node.
 # The room's facts (if it is missing and ``create``), its counter (the highest any
@@ -195,9 +196,15 @@ if tonumber(ARGV[11]) > tonumber(redis.call('HGET', KEYS[1], 'joins') or '0') th
   redis.call('HSET', KEYS[1], 'joins', ARGV[11])
 end
 local added = {'ok', tostring(before)}
-for i = 12, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    table.insert(added, ARGV[i + 1])
+for i = 13, #ARGV, 2 do
+  local value = ARGV[i + 1]
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    if ARGV[12] == '1' then
+      local place = redis.call('HINCRBY', KEYS[1], 'joins', 1)
+      value = string.sub(value, 1, 16) .. string.format('%010d', place) .. string.sub(value, 27)
+    end
+    redis.call('HSET', KEYS[2], ARGV[i], value)
+    table.insert(added, value)
   end
 end
 return added
