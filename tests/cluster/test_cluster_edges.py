@@ -260,7 +260,7 @@ async def test_the_last_member_leaving_does_not_pull_the_replica_from_a_join(
 
 
 async def test_a_line_redis_refuses_for_a_while_waits_and_is_delivered(
-    redis_server: RedisServer,
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Out of memory (or read-only after a failover, or loading): the queue keeps the
     line and sends it again once Redis takes writes (a review found it dropped)."""
@@ -276,6 +276,7 @@ async def test_a_line_redis_refuses_for_a_while_waits_and_is_delivered(
         heard = [e.text for e in await collect(alice, 1) if isinstance(e, Message)]
         assert heard == ["kept"]
         await until(lambda: bob.unconfirmed == 0)
+        assert "redis refuses writes at redis://127.0.0.1" in caplog.text  # not "unreachable"
         store.close()
         await bob.close()
         await alice.close()

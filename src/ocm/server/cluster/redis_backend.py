@@ -515,9 +515,14 @@ class RedisBackend:
                 reason = (str(cause) or type(cause).__name__).rstrip(".")
                 if self.up or self._down_since is None:
                     self._down_since = self._clock()
+                    # Out of reach, or there but refusing writes (out of memory, a
+                    # replica after a failover): the same for the node, not for whoever
+                    # reads the log.
+                    what = "refuses writes" if _transient_cause(cause) else "unreachable"
                     log.error(
-                        "redis unreachable at %s: %s; creates and joins are refused, "
+                        "redis %s at %s: %s; creates and joins are refused, "
                         "members stay, lines wait; reconnecting",
+                        what,
                         layout.safe_url(self.url),
                         reason,
                     )
@@ -860,6 +865,10 @@ _TRANSIENT = (
     MasterDownError,
     TryAgainError,
 )
+
+
+def _transient_cause(error: BaseException) -> bool:
+    return isinstance(error, RedisError) and _transient(error)
 
 
 def _transient(error: RedisError) -> bool:
