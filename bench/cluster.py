@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import statistics
 import subprocess
@@ -80,6 +79,7 @@ from bench.run import (
     server_flags,
     source_env,
     write_members,
+    write_reports,
 )
 from bench.tunnel import _num, _source
 from ocm.wire import CreateRoom, JoinRoom, encode_request
@@ -618,16 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     print(f"cluster: {meta['seconds']:.0f} s in all", file=sys.stderr)
     document = {"meta": meta, "rows": rows, "median_rtt_ms": _median_rtt(rows)}
-    outputs = ((args.markdown, report), (args.json, json.dumps(document, indent=1) + "\n"))
-    try:
-        for path, text in outputs:
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
-    except OSError as error:
-        print(f"cluster: cannot write the report: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return write_reports("cluster", report, document, args.markdown, args.json)
 
 
 def _median_rtt(rows: list[dict[str, Any]]) -> float | None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench.run import BenchError, Generator, Target, machine, running
+from bench.run import BenchError, Generator, Target, machine, running, write_reports
 from ocm.client import ChatClient, Closed, ErrorReply, Gap, Message, Overflow, Undelivered
 from ocm.errors import ConnectionLost
 
@@ -524,18 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = render(rows, meta)
     print(report)
-    try:
-        if args.markdown:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(report, encoding="utf-8")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n"
-            args.json.write_text(text, encoding="utf-8")
-    except OSError as error:
-        print(f"lossy: cannot write the report: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return write_reports("lossy", report, {"meta": meta, "rows": rows}, args.markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -1075,6 +1075,24 @@ def median_run(scenario: Scenario, runs: list[dict[str, Any]]) -> dict[str, Any]
     return row
 
 
+def write_reports(
+    bench: str, report: str, document: dict[str, Any], markdown: Path | None, json_path: Path | None
+) -> int:
+    """Write a bench's report (Markdown) and its figures (``document``, as JSON) where
+    ``--markdown`` and ``--json`` say, making their folders; 0, or 1 with one line on
+    stderr naming ``bench`` when a file cannot be written."""
+    outputs = ((markdown, report), (json_path, json.dumps(document, indent=1) + "\n"))
+    try:
+        for path, text in outputs:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        print(f"{bench}: cannot write the report: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.repeat is None:
@@ -1091,18 +1109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     report = render(rows, meta)
     print(report)
-    try:
-        if args.markdown:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(report, encoding="utf-8")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            report_json = {"meta": meta, "rows": rows, "cost": cost(rows)}
-            args.json.write_text(json.dumps(report_json, indent=1) + "\n", encoding="utf-8")
-    except OSError as error:
-        print(f"bench: cannot write the report: {error}", file=sys.stderr)
-        return 1
-    return 0
+    document = {"meta": meta, "rows": rows, "cost": cost(rows)}
+    return write_reports("bench", report, document, args.markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ on its stop.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import selectors
 import socket
@@ -74,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.run import BenchError, machine, running
+from bench.run import BenchError, machine, running, write_reports
 from bench.tunnel import NO_GENERATOR, SERVER, _call, _num, _quantiles, _range, _reply, _source
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
@@ -975,24 +974,14 @@ def main(argv: list[str] | None = None) -> int:
     meta["verdict"] = verdict(latency, throughput)
     report = render(latency, throughput, meta)
     print(report)
-    try:
-        if args.markdown:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(report, encoding="utf-8")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            document = {
-                "meta": meta,
-                "latency": latency,
-                "latency_rounds": latency_rounds,
-                "throughput": throughput,
-                "throughput_runs": runs,
-            }
-            args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    except OSError as error:
-        print(f"sealed: cannot write the report: {error}", file=sys.stderr)
-        return 1
-    return 0
+    document = {
+        "meta": meta,
+        "latency": latency,
+        "latency_rounds": latency_rounds,
+        "throughput": throughput,
+        "throughput_runs": runs,
+    }
+    return write_reports("sealed", report, document, args.markdown, args.json)
 
 
 if __name__ == "__main__":

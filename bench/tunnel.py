@@ -46,7 +46,6 @@ socket call a timeout, the server a timeout on its stop.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import selectors
 import socket
@@ -63,7 +62,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.run import BenchError, Generator, Target, describe_source, machine, running
+from bench.run import (
+    BenchError,
+    Generator,
+    Target,
+    describe_source,
+    machine,
+    running,
+    write_reports,
+)
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
     Ack,
@@ -961,25 +968,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = render(latency, throughput, meta)
     print(report)
-    try:
-        if args.markdown:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(report, encoding="utf-8")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            document = {
-                "meta": meta,
-                "latency": latency,
-                "latency_rounds": latency_rounds,
-                "throughput": throughput,
-                "throughput_runs": runs,
-                "extra_us_per_tunnelled_copy": extra_cost(throughput),
-            }
-            args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    except OSError as error:
-        print(f"tunnel: cannot write the report: {error}", file=sys.stderr)
-        return 1
-    return 0
+    document = {
+        "meta": meta,
+        "latency": latency,
+        "latency_rounds": latency_rounds,
+        "throughput": throughput,
+        "throughput_runs": runs,
+        "extra_us_per_tunnelled_copy": extra_cost(throughput),
+    }
+    return write_reports("tunnel", report, document, args.markdown, args.json)
 
 
 if __name__ == "__main__":
