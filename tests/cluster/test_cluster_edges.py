@@ -40,6 +40,25 @@ async def two_nodes(redis_server: RedisServer) -> AsyncIterator[tuple[OCMServer,
         yield a, b
 
 
+async def join_held_after_reserving(node: OCMServer, join: JoinRoom) -> asyncio.Task[Any]:
+    """``join`` through ``node``, held 300 ms once its name is reserved (a slow round
+    trip to Redis): returns, as a task, once the join is there, for the test to do
+    something meanwhile."""
+    reserve = backend(node).reserve_member
+    held = asyncio.Event()
+
+    async def slow_reserve(pending: PendingJoin) -> None:
+        await reserve(pending)
+        if pending.username == join.username:
+            held.set()
+            await asyncio.sleep(300 * MS)
+
+    backend(node).reserve_member = slow_reserve  # type: ignore[method-assign]
+    joining = asyncio.create_task(call(node.tcp_port, join))
+    await asyncio.wait_for(held.wait(), 2000 * MS)
+    return joining
+
+
 def backend(node: Any) -> RedisBackend:
     assert isinstance(node.backend, RedisBackend)
     return node.backend
@@ -66,18 +85,7 @@ async def test_a_failed_join_does_not_pull_the_replica_from_under_another(
 ) -> None:
     async with two_nodes(redis_server) as (a, b):
         await admit(a.tcp_port, CreateRoom("vault", "alice", "s3cret"))
-        reserve = backend(b).reserve_member
-        held = asyncio.Event()
-
-        async def slow_reserve(pending: PendingJoin) -> None:
-            await reserve(pending)
-            if pending.username == "bob":
-                held.set()
-                await asyncio.sleep(300 * MS)  # a slow round trip, while zed fails
-
-        backend(b).reserve_member = slow_reserve  # type: ignore[method-assign]
-        bob = asyncio.create_task(call(b.tcp_port, JoinRoom("vault", "bob", "s3cret")))
-        await asyncio.wait_for(held.wait(), 2000 * MS)
+        bob = await join_held_after_reserving(b, JoinRoom("vault", "bob", "s3cret"))
         ack, _ = await call(b.tcp_port, JoinRoom("vault", "zed"))  # no password: refused
         assert ack.error == "wrong_password"
         ack, _ = await bob
@@ -240,18 +248,7 @@ async def test_the_last_member_leaving_does_not_pull_the_replica_from_a_join(
     async with two_nodes(redis_server) as (a, b):
         await admit(a.tcp_port, CreateRoom("lobby", "alice"))
         bob = await admit(b.tcp_port, JoinRoom("lobby", "bob"))
-        reserve = backend(b).reserve_member
-        held = asyncio.Event()
-
-        async def slow_reserve(pending: PendingJoin) -> None:
-            await reserve(pending)
-            if pending.username == "carol":
-                held.set()
-                await asyncio.sleep(300 * MS)  # a slow round trip, while bob leaves
-
-        backend(b).reserve_member = slow_reserve  # type: ignore[method-assign]
-        carol = asyncio.create_task(call(b.tcp_port, JoinRoom("lobby", "carol")))
-        await asyncio.wait_for(held.wait(), 2000 * MS)
+        carol = await join_held_after_reserving(b, JoinRoom("lobby", "carol"))
         ack, _ = await call(b.tcp_port, LeaveRoom("lobby", bob.token))  # b's only member
         assert ack.ok
         ack, _ = await carol
