@@ -798,7 +798,8 @@ class RoomRegistry:
         return room
 
     def forget_if_empty(self, room: Room) -> None:
-        """A join into a cluster replica failed: if nobody here is in it, drop it."""
+        """Drop a cluster replica nobody here is in (the last member left, or a join
+        failed), unless its CLOSED is on its way or a join into it is under way."""
         if room.bus is not None and not room.members and not room.closing and not room.joining:
             self._forget_replica(room)
 
@@ -842,7 +843,6 @@ class RoomRegistry:
         them): its history starts again there; REPAIR answers LOST for older ones."""
         room.counter = counter - 1
         room.history = History(self.history_messages, self.history_bytes)
-        room.history.first_seq = wire_seq(counter)
 
     def _datagrams(self, room: Room, seq: int, entry: Entry) -> list[Outgoing]:
         """What ``entry`` numbered ``seq`` is on the wire, kept in the room's history:
@@ -1083,22 +1083,25 @@ class RoomRegistry:
     def _forget_member(self, member: Member) -> None:
         room = member.room
         del room.members[member.name.casefold()]
+        self._unregister(member)
+        room.refresh_addresses()
+
+    def _unregister(self, member: Member) -> None:
+        """Take ``member`` out of the server's indexes (its room's list aside): its
+        token, Session and idle timer are no longer anyone's."""
         del self.by_token[member.token_bytes]
         if member.session is not None:
             del self.by_session[member.session]
         del self._activity[member]
         self._release_held(member)
-        room.refresh_addresses()
 
     def _close(self, room: Room, reason: ClosedReason, now: float) -> list[Outgoing]:
         text = format_closed(reason)
         if room.bus is not None:
-            return self._close_replica(room, reason, text, now)
+            return self._close_replica(room, text, now)
         return self._teardown(room, room.announce_here(Kind.CLOSED, text), text, now)
 
-    def _close_replica(
-        self, room: Room, reason: ClosedReason, text: str, now: float
-    ) -> list[Outgoing]:
+    def _close_replica(self, room: Room, text: str, now: float) -> list[Outgoing]:
         """Close a cluster room: its CLOSED goes to the bus, and every node (this one
         too) closes the room when it comes back. A host that leaves is gone at once.
 
@@ -1138,11 +1141,7 @@ class RoomRegistry:
         for member in room.members.values():
             if member.delivery:
                 self._remember_gone(member, closed.datagram, now)
-            del self.by_token[member.token_bytes]
-            if member.session is not None:
-                del self.by_session[member.session]
-            del self._activity[member]
-            self._release_held(member)
+            self._unregister(member)
         room.members.clear()
         room.refresh_addresses()
         if self.rooms.get(room.name) is room:
