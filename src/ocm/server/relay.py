@@ -231,24 +231,16 @@ class RelayCore:
             if len(session) == SESSION_SIZE and not session.startswith(registry.session_prefix):
                 # Given out by an earlier incarnation: say RESTARTED, in clear (the key
                 # died with it); the client believes it only once RESUME is refused.
-                self.rejected += 1
-                self.refused[Refused.RESTARTED] += 1
-                if len(_RESTARTED) > len(data) or not self.restarts.allow(address[0], now):
-                    return None
-                return _RESTARTED, (address,)
+                return self._restarted(address, now, len(data))
             return self._refuse(address, now, len(data), Refused.UNKNOWN_SESSION, _UNKNOWN_TOKEN)
         opener = member.opener
         assert opener is not None
         inner = opener.open(data)
         if isinstance(inner, Refusal):
-            self.sealed_refused[inner] += 1
-            self.rejected += 1
-            self.refused[_SEALED_REFUSED[inner]] += 1
+            self._drop_sealed(inner)
             return None
         if not inner or inner[0]:  # a sealed member speaks extended datagrams only
-            self.sealed_refused[Refusal.MALFORMED] += 1
-            self.rejected += 1
-            self.refused[Refused.SEALED_MALFORMED] += 1
+            self._drop_sealed(Refusal.MALFORMED)
             return None
         answer = self._extended(inner, address, now, opener)
         sealer = member.room.sealer
@@ -343,11 +335,7 @@ class RelayCore:
         restarted = kind == ClientType.PING and len(body) == 4 + BOOT_SIZE
         if restarted and body[4:] != self.registry.boot:
             # Joined an earlier incarnation: every room of that one is gone.
-            self.rejected += 1
-            self.refused[Refused.RESTARTED] += 1
-            if len(_RESTARTED) > size or not self.restarts.allow(address[0], now):
-                return None
-            return _RESTARTED, (address,)
+            return self._restarted(address, now, size)
         reply = self.registry.gone_reply(token, address[0], now, opener)
         if reply is not None:  # its room closed, or it left: say so again
             return reply, (address,)
@@ -493,6 +481,23 @@ class RelayCore:
         assert reply is not None  # leave_member just remembered it
         return [(reply, (address,)), *((out.datagram, out.addresses) for out in outgoing)]
 
+    def _count(self, reason: Refused) -> None:
+        self.rejected += 1
+        self.refused[reason] += 1
+
+    def _drop_sealed(self, refusal: Refusal) -> None:
+        """A sealed datagram dropped without an answer, counted under ``refusal``."""
+        self.sealed_refused[refusal] += 1
+        self._count(_SEALED_REFUSED[refusal])
+
+    def _restarted(self, address: Address, now: float, size: int) -> Answer | None:
+        """RESTARTED to a member of an earlier incarnation: counted, a few a second to
+        one address, and never longer than the ``size`` bytes that came."""
+        self._count(Refused.RESTARTED)
+        if len(_RESTARTED) > size or not self.restarts.allow(address[0], now):
+            return None
+        return _RESTARTED, (address,)
+
     def _refuse(
         self,
         address: Address,
@@ -504,8 +509,7 @@ class RelayCore:
     ) -> Answer | None:
         """An ERROR saying ``why`` to ``address``, counted under ``reason``; ``cap``
         bounds its size for unauthenticated senders."""
-        self.rejected += 1
-        self.refused[reason] += 1
+        self._count(reason)
         allowed = self.errors.allow(address[0], now)
         if logger.isEnabledFor(logging.DEBUG):
             held = self._refusal_lines.allow(now)
