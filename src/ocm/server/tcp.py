@@ -477,21 +477,22 @@ class TcrpHandler:
             await backend.check_blocked(ip)
             checking = functools.partial(joining.expected.verify, password)
             password_ok = await self._hash(joining, checking)
-        finish = functools.partial(
-            registry.finish_join,
-            joining,
-            password_ok,
-            delivery=DELIVERY in features,
-            password_given=bool(password),
-        )
-        if joining.expected is not None and not password_ok:
-            finish(self._clock())  # refused (and counted): nothing told about the room
-            raise AssertionError("finish_join let a wrong password in")  # pragma: no cover
-        await backend.reserve_member(joining)
+        # The name is taken only with the right password (or none needed): a wrong one
+        # is refused by finish_join, and counted, with nothing told about the room.
+        reserved = joining.expected is None or password_ok
+        if reserved:
+            await backend.reserve_member(joining)
         try:
-            member, outgoing = finish(self._clock())
+            member, outgoing = registry.finish_join(
+                joining,
+                password_ok,
+                self._clock(),
+                delivery=DELIVERY in features,
+                password_given=bool(password),
+            )
         except RoomError:
-            await backend.release_member(joining)
+            if reserved:
+                await backend.release_member(joining)
             raise
         self._send(outgoing)
         # In a cluster the join NOTICE is numbered in the store: COMPLETE waits for its
