@@ -65,9 +65,10 @@ class Backend(Protocol):
         ...
 
     async def settle(self, room: Room) -> int | None:
-        """The Seq of the last thing this node said in ``room``, once it is numbered
-        and applied here (a join's NOTICE, before COMPLETE); None: it was numbered at
-        once, as on a server alone (or not in time: the room's latest Seq will do)."""
+        """The Seq of the last NOTICE or CLOSED this node said in ``room`` (a join's
+        NOTICE, before COMPLETE), once it is numbered and applied here; None: it was
+        numbered at once, as on a server alone (or not in time: the room's latest Seq
+        will do)."""
         ...
 
 

@@ -108,14 +108,15 @@ PASSWORD_VARIABLE = "OCM_REDIS_PASSWORD"
 class _Publish:
     """One entry this node hands to the cluster, waiting its turn in the queue."""
 
-    said: asyncio.Future[int | None]  # its counter once the store numbered it
+    # Its counter once the store numbered it: for a NOTICE or CLOSED, which a join's
+    # COMPLETE may wait for (settle); None for a chat line (nothing waits for one).
+    said: asyncio.Future[int | None] | None
     number: int
     room: str
     rid: str
     op: Op
     entry: bytes
     member_key: str = ""
-    member_value: str = ""
 
 
 class _SharedFailures(FailureLimiter):
@@ -183,7 +184,7 @@ class RedisBackend:
         self._queued: dict[str, int] = {}  # entries in the queue, by room
         # A detached room's counter when it began to be numbered here, by incarnation.
         self._detached_from: dict[str, int] = {}
-        # The last thing this node said in each room (for settle), until numbered.
+        # The last NOTICE or CLOSED this node said in each room (for settle), until numbered.
         self._said: dict[str, asyncio.Future[int | None]] = {}
         self._published = 0
         self._wake = asyncio.Event()
@@ -201,44 +202,52 @@ class RedisBackend:
     # -- the Bus (registry and relay, on the event loop, never waiting) --------------
 
     def publish(self, room: Room, op: Op, entry: Entry, member: str = "") -> bool:
-        value = self.node if member else ""
+        line = entry.kind in (Kind.MESSAGE, DeliveryKind.CHAT)
         if (
             not self.up
             and not self._writing_back
             and not self._queued.get(room.name)
             and _all_here(room, member)
         ):
-            return self._say_here(room, op, entry, member, value)
-        # Only a chat line is ever refused (the sender sends it again): a NOTICE or a
-        # CLOSED must reach the store, or the rosters and names there go wrong.
-        refusable = entry.kind in (Kind.MESSAGE, DeliveryKind.CHAT)
-        data = encode_entry(entry)
-        return self._enqueue(room.name, room.rid, op, data, member, value, refusable=refusable)
+            return self._say_here(room, op, entry, member, line)
+        return self._enqueue(room.name, room.rid, op, encode_entry(entry), member, line=line)
 
-    def _say_here(self, room: Room, op: Op, entry: Entry, member: str, value: str) -> bool:
+    def _say_here(self, room: Room, op: Op, entry: Entry, member: str, line: bool) -> bool:
         """The store is out of reach and every member of ``room`` is on this node: the
         room goes on, numbered here (on the next turn of the loop, in order: the
         registry is in the middle of a call). What the store must learn (a member
         left, the room closed) waits in the queue; the counter is written back."""
         room.detached = True
         self._detached_from.setdefault(room.rid, room.counter)
-        said: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._said[room.name] = said
+        said = None if line else self._expect(room.name)
         if op is Op.LEAVE:
-            self._enqueue(room.name, room.rid, Op.UNRESERVE, b"", member, value)
+            self._enqueue(room.name, room.rid, Op.UNRESERVE, b"", member)
         elif op is Op.CLOSE:
             self._enqueue(room.name, room.rid, Op.DROP, b"")
         asyncio.get_running_loop().call_soon(self._apply_here, room, entry, said)
         return True
 
-    def _apply_here(self, room: Room, entry: Entry, said: asyncio.Future[int | None]) -> None:
+    def _expect(self, room: str) -> asyncio.Future[int | None]:
+        """A future for the counter of what this node says next in ``room``, for
+        :meth:`settle` (which waits for the last one)."""
+        said: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._said[room] = said
+        return said
+
+    def _apply_here(
+        self, room: Room, entry: Entry, said: asyncio.Future[int | None] | None
+    ) -> None:
         counter = None
         if self.registry.rooms.get(room.name) is room:
             counter = room.counter + 1
             self._send(self.registry.apply(room, counter, entry, self._clock()))
         self._settled(room.name, said, counter)
 
-    def _settled(self, room: str, said: asyncio.Future[int | None], counter: int | None) -> None:
+    def _settled(
+        self, room: str, said: asyncio.Future[int | None] | None, counter: int | None
+    ) -> None:
+        if said is None:
+            return
         if not said.done():
             said.set_result(counter)
         if self._said.get(room) is said:
@@ -265,21 +274,19 @@ class RedisBackend:
         op: Op,
         entry: bytes,
         member: str = "",
-        value: str = "",
         *,
-        refusable: bool = True,
+        line: bool = False,
     ) -> bool:
-        """Queue a publish. Only a line (SAY) is refused when the queue is full: who
-        left and what closed must reach the store, or their names stay taken there
-        (and a NOTICE the reaper owes, ``refusable`` False)."""
-        if refusable and op is Op.SAY and len(self._queue) >= self.max_queued:
+        """Queue a publish. Only a chat ``line`` is refused when the queue is full (its
+        sender sends it again): who joined, who left and what closed must reach the
+        store, or the rosters and names there go wrong."""
+        if line and len(self._queue) >= self.max_queued:
             self.dropped += 1
             return False
         self._published += 1
+        said = None if line else self._expect(room)
         key = member.casefold()
-        said: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._said[room] = said
-        self._queue.append(_Publish(said, self._published, room, rid, op, entry, key, value))
+        self._queue.append(_Publish(said, self._published, room, rid, op, entry, key))
         if op not in (Op.DROP, Op.UNRESERVE):  # says nothing: later lines need not wait
             self._queued[room] = self._queued.get(room, 0) + 1
         self._wake.set()
@@ -459,7 +466,7 @@ class RedisBackend:
     async def release_member(self, pending: PendingJoin) -> None:
         # The room reserved in (not whatever has its name in the registry now).
         name = pending.username
-        self._enqueue(pending.room, pending.rid, Op.UNRESERVE, b"", name, self.node)
+        self._enqueue(pending.room, pending.rid, Op.UNRESERVE, b"", name)
 
     def count_failure(self, ip: str) -> None:
         """A wrong password from ``ip``: count it in the store too (in the background)."""
@@ -705,7 +712,7 @@ class RedisBackend:
                     text = format_notice(MemberEvent(name, Presence.TIMED_OUT))
                     entry = Entry(Kind.NOTICE, text.encode("utf-8"))
                 op = Op.CLOSE if host else Op.SAY
-                self._enqueue(room, rid, op, encode_entry(entry), refusable=False)
+                self._enqueue(room, rid, op, encode_entry(entry))
 
     async def _send_queue(self) -> None:
         """Send queued entries in order, a pipeline of up to :data:`BATCH` at a time.
@@ -738,7 +745,7 @@ class RedisBackend:
                     item.rid,
                     item.entry,
                     item.member_key,
-                    item.member_value,
+                    self.node,  # a member's value starts with its node: the owner
                     self.registry.history_messages,
                     layout.BUS,
                     item.number,
