@@ -81,7 +81,15 @@ __all__ = [
     "PendingJoin",
     "Room",
     "RoomRegistry",
+    "hosts_enough",
+    "name_taken",
     "new_token",
+    "no_room_for_rooms",
+    "no_such_room",
+    "rate_limited",
+    "room_exists",
+    "room_full",
+    "wire_seq",
 ]
 
 log = logging.getLogger("ocm.rooms")
@@ -121,6 +129,36 @@ MAX_LOGGED_ADDRESSES = 10_000
 
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+# The refusals a registry makes, worded once: a cluster's store (ocm.server.cluster)
+# makes the same ones for the whole cluster, and a client must not tell them apart.
+def no_such_room(name: str) -> RoomError:
+    return RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
+
+
+def room_exists(name: str) -> RoomError:
+    return RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
+
+
+def no_room_for_rooms() -> RoomError:
+    return RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+
+
+def hosts_enough(limit: int) -> RoomError:
+    return RoomError(ErrorCode.SERVER_FULL, f"your address hosts {limit} rooms already")
+
+
+def name_taken(username: str, room: str) -> RoomError:
+    return RoomError(ErrorCode.NAME_TAKEN, f'the name "{username}" is taken in "{room}"')
+
+
+def room_full(room: str) -> RoomError:
+    return RoomError(ErrorCode.ROOM_FULL, f'room "{room}" is full')
+
+
+def rate_limited() -> RoomError:
+    return RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
 
 
 def wire_seq(counter: int) -> int:
@@ -660,7 +698,7 @@ class RoomRegistry:
         rooms by trying to resume.
         """
         if self.failures.blocked(ip, now):
-            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+            raise rate_limited()
         refused = RoomError(
             ErrorCode.INVALID_TOKEN, f'no member of room "{name}" with that token and secret'
         )
@@ -917,7 +955,7 @@ class RoomRegistry:
     def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None or room.closing:
-            raise RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
+            raise no_such_room(name)
         return room
 
     def _check_open(self) -> None:
@@ -927,14 +965,12 @@ class RoomRegistry:
     def _check_create(self, pending: PendingCreate) -> None:
         self._check_open()
         if pending.room in self.rooms:
-            raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{pending.room}" already exists')
+            raise room_exists(pending.room)
         # A cluster node counts rooms in the store (its replicas are not all its own).
         if self.bus is None and len(self.rooms) >= self.max_rooms:
-            raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+            raise no_room_for_rooms()
         if self._rooms_by_ip.get(canonical_ip(pending.ip), 0) >= self.max_rooms_per_ip:
-            raise RoomError(
-                ErrorCode.SERVER_FULL, f"your address hosts {self.max_rooms_per_ip} rooms already"
-            )
+            raise hosts_enough(self.max_rooms_per_ip)
 
     def _check_join(self, pending: PendingJoin, now: float) -> Room:
         """Every check of a join but the password's; the room it would join."""
@@ -962,7 +998,7 @@ class RoomRegistry:
             self._check_vacancy(room, pending.username)
             return room
         if self.failures.blocked(pending.ip, now):
-            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+            raise rate_limited()
         if room.password is not pending.expected:
             # Created anew with another password since begin_join: the password was not
             # checked against this one, so it is refused, but not counted as a guess.
@@ -971,11 +1007,9 @@ class RoomRegistry:
 
     def _check_vacancy(self, room: Room, username: str) -> None:
         if username.casefold() in room.members:
-            raise RoomError(
-                ErrorCode.NAME_TAKEN, f'the name "{username}" is taken in "{room.name}"'
-            )
+            raise name_taken(username, room.name)
         if len(room.members) >= self.max_members:
-            raise RoomError(ErrorCode.ROOM_FULL, f'room "{room.name}" is full')
+            raise room_full(room.name)
 
     def _add_member(
         self, room: Room, username: str, ip: str, now: float, delivery: bool, sealed: bool = False

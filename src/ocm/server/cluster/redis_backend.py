@@ -82,6 +82,13 @@ from ocm.server.registry import (
     PendingJoin,
     Room,
     RoomRegistry,
+    hosts_enough,
+    name_taken,
+    no_room_for_rooms,
+    no_such_room,
+    rate_limited,
+    room_exists,
+    room_full,
     wire_seq,
 )
 from ocm.wire.datagrams import Kind
@@ -344,7 +351,7 @@ class RedisBackend:
         pipe.hlen(layout.members_key(name))
         meta, count = await self._request(pipe.execute())
         if not meta:
-            raise _no_such_room(name)
+            raise no_such_room(name)
         return RoomDetails(
             name, int(count), bool(meta.get(b"password")), layout.parse_e2e(meta.get(b"e2e"))
         )
@@ -360,7 +367,7 @@ class RedisBackend:
         pipe.xrevrange(layout.history_key(name), count=registry.history_messages)
         meta, counter, newest = await self._request(pipe.execute())
         if not meta:
-            raise _no_such_room(name)
+            raise no_such_room(name)
         if registry.rooms.get(name) is not None:
             return  # another join loaded it meanwhile
         try:
@@ -371,7 +378,7 @@ class RedisBackend:
             )
         except (KeyError, ValueError) as error:  # json's errors are ValueErrors
             log.error('room "%s" is damaged in the store (%r): it cannot be joined', name, error)
-            raise _no_such_room(name) from None
+            raise no_such_room(name) from None
         history: list[tuple[int, Entry]] = []
         for entry_id, fields in reversed(newest):
             if fields.get(b"r") == meta[b"rid"]:
@@ -393,7 +400,7 @@ class RedisBackend:
     async def check_blocked(self, ip: str) -> None:
         failures = await self._request(self._client.get(layout.fails_key(ip)))
         if failures is not None and int(failures) >= self.registry.failures.max_failures:
-            raise RoomError(ErrorCode.RATE_LIMITED, "too many failed attempts; try again later")
+            raise rate_limited()
 
     async def claim_room(
         self, pending: PendingCreate, password: PasswordHash | None, sealed: bool
@@ -428,13 +435,10 @@ class RedisBackend:
             case "ok":
                 return
             case "room_exists":
-                raise RoomError(ErrorCode.ROOM_EXISTS, f'room "{name}" already exists')
+                raise room_exists(name)
             case "hosts_enough":
-                raise RoomError(
-                    ErrorCode.SERVER_FULL,
-                    f"your address hosts {registry.max_rooms_per_ip} rooms already",
-                )
-        raise RoomError(ErrorCode.SERVER_FULL, "the server has no room for another room")
+                raise hosts_enough(registry.max_rooms_per_ip)
+        raise no_room_for_rooms()
 
     async def release_room(self, pending: PendingCreate) -> None:
         self._enqueue(pending.room, pending.rid, Op.DROP, b"")
@@ -442,7 +446,7 @@ class RedisBackend:
     async def reserve_member(self, pending: PendingJoin) -> None:
         room = self.registry.rooms.get(pending.room)
         if room is None or room.bus is not self:
-            raise _no_such_room(pending.room)
+            raise no_such_room(pending.room)
         name = pending.username
         result = await self._request(
             self._join(
@@ -456,12 +460,10 @@ class RedisBackend:
                 room.roster = tuple(layout.member_name(value) for value in values)
                 return
             case "name_taken":
-                raise RoomError(
-                    ErrorCode.NAME_TAKEN, f'the name "{name}" is taken in "{room.name}"'
-                )
+                raise name_taken(name, room.name)
             case "room_full":
-                raise RoomError(ErrorCode.ROOM_FULL, f'room "{room.name}" is full')
-        raise _no_such_room(room.name)
+                raise room_full(room.name)
+        raise no_such_room(room.name)
 
     async def release_member(self, pending: PendingJoin) -> None:
         # The room reserved in (not whatever has its name in the registry now).
@@ -893,10 +895,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return "" if value is None else str(value)
-
-
-def _no_such_room(name: str) -> RoomError:
-    return RoomError(ErrorCode.NO_SUCH_ROOM, f'no room named "{name}"')
 
 
 def _innermost(error: BaseException) -> BaseException:
