@@ -545,9 +545,7 @@ class RedisBackend:
     async def _connect(self) -> None:
         client = self._client
         async with asyncio.timeout(REQUEST_TIMEOUT):
-            started = self._clock()
-            await client.ping()
-            self.rtt = self._clock() - started
+            await self._ping()
             epoch: Any = await client.get(layout.EPOCH)
             if epoch is None:
                 await client.set(layout.EPOCH, secrets.token_hex(8), nx=True)
@@ -617,11 +615,10 @@ class RedisBackend:
                 break
 
     async def _restore_room(self, room: Room, lost: bool, leaving: set[str], pipe: Any) -> None:
-        # Each member back in its place: every node's roster is the same list, in the
-        # order the room's NOTICEs said who joined.
         # A member the store still has keeps its place there; one it lost (or the
         # reaper took) is written back: in its roster place if the store lost
-        # everything (every node writes the same places), else last, as a new joiner.
+        # everything (every node's roster is the same list, in the order the room's
+        # NOTICEs said who joined), else last, as a new joiner.
         places = {name.casefold(): place for place, name in enumerate(room.roster)}
         names = [member.name for member in room.members.values()]
         names += [name for name in room.roster if name.casefold() in leaving]
@@ -690,11 +687,15 @@ class RedisBackend:
     async def _keep_present(self) -> None:
         while True:
             await asyncio.sleep(self.presence_interval)
-            started = self._clock()
             async with asyncio.timeout(REQUEST_TIMEOUT):
-                await self._client.ping()
-                self.rtt = self._clock() - started
+                await self._ping()
                 await self._announce_presence()
+
+    async def _ping(self) -> None:
+        """PING, and keep its round trip (``ocm_redis_rtt_seconds``)."""
+        started = self._clock()
+        await self._client.ping()
+        self.rtt = self._clock() - started
 
     async def _run_reaper(self) -> None:
         while True:
