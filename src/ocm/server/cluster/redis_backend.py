@@ -837,14 +837,16 @@ class RedisBackend:
         if latest > room.counter:
             await self._fill(room, latest)
         if rid is None or _text(rid) != room.rid:
-            await self._fill(room, room.counter + 1_000_000)  # its CLOSED, if still kept
+            await self._fill(room)  # its CLOSED, if the stream is still kept
             if self.registry.rooms.get(room.name) is room:
                 self._send(self.registry.close_here(room, self._clock()))
 
-    async def _fill(self, room: Room, last: int) -> None:
-        """Apply ``room``'s entries after its counter up to ``last``, from its stream."""
+    async def _fill(self, room: Room, last: int | None = None) -> None:
+        """Apply ``room``'s entries after its counter up to ``last`` (None: all there
+        are), from its stream."""
+        newest = "+" if last is None else f"{last}-1"
         entries: Any = await self._client.xrange(
-            layout.history_key(room.name), min=f"{room.counter + 1}-0", max=f"{last}-1"
+            layout.history_key(room.name), min=f"{room.counter + 1}-0", max=newest
         )
         for entry_id, fields in entries:
             if (
