@@ -774,6 +774,57 @@ def test_every_module_is_found() -> None:
     assert "ocm.cli" in drawn_modules()  # the parser and the dispatch: a module of its own
 
 
+def contributing_tree(text: str) -> set[str]:
+    """The files under ``src/ocm/`` in CONTRIBUTING.md's tree, as paths relative to it.
+
+    A line names a file or a folder at two spaces a level; a deeper-indented line goes on
+    the description above it, and the tree ends at the first line that is not indented
+    (``tools/``).
+    """
+    block = text.split("```text\nsrc/ocm/\n", 1)[1].split("```", 1)[0]
+    folders: list[str] = []
+    files: set[str] = set()
+    for line in block.splitlines():
+        if not line.startswith(" "):
+            break
+        stripped = line.lstrip(" ")
+        depth = (len(line) - len(stripped)) // 2 - 1
+        name = stripped.split()[0]
+        if depth > len(folders) or not re.fullmatch(r"[\w.]+/?", name):
+            continue  # a description's second line
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name)
+        else:
+            files.add("".join(folders) + name)
+    return files
+
+
+def test_contributing_tree_names_every_module() -> None:
+    """CONTRIBUTING.md's tree has one line per module, and no module that is gone."""
+    listed = contributing_tree((ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8"))
+    files = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*") if p.is_file()}
+    modules = {p for p in files if p.endswith(".py") and not p.endswith("__init__.py")}
+    assert sorted(modules - listed) == [], "modules missing from CONTRIBUTING.md's tree"
+    assert sorted(listed - files) == [], "CONTRIBUTING.md's tree names files that are gone"
+
+
+def test_contributing_tree_can_fail() -> None:
+    text = (
+        "```text\nsrc/ocm/\n  a.py  x\n  wire/  y\n    b.py   z\n                 more\ntools/\n```"
+    )
+    assert contributing_tree(text) == {"a.py", "wire/b.py"}
+
+
+def test_the_package_ships_its_types() -> None:
+    """PEP 561: ``py.typed`` is in the package, and pyproject.toml says to install it."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["ocm"]
+    assert (SRC / "py.typed").is_file()
+
+
 def test_module_diagram_shows_every_module() -> None:
     shown = {m for m in module_diagram().modules.values() if m.startswith("ocm.")}
     assert sorted(shown ^ drawn_modules()) == [], "modules missing from the diagram, or gone"
