@@ -58,11 +58,17 @@ class OCMError(Exception):
 
 
 class ProtocolError(OCMError):
-    """The protocol was broken, by the peer or by us (the two subclasses say which)."""
+    """The protocol was broken, by the peer or by us (the two subclasses say which).
+
+    Abstract, as h11's: catch it, but raise one of the two, so that whoever catches it
+    can always tell whose fault it was.
+    """
 
     code: ErrorCode
 
     def __init__(self, code: ErrorCode, message: str) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("raise RemoteProtocolError or LocalProtocolError, not ProtocolError")
         super().__init__(code, message)
 
 

@@ -773,6 +773,13 @@ def test_decoders_blame_the_peer_and_encoders_blame_us() -> None:
         assert isinstance(info.value, ProtocolError) and info.value.code is not None
 
 
+def test_protocol_error_is_abstract_so_every_one_says_whose_fault_it_was() -> None:
+    with pytest.raises(TypeError, match="RemoteProtocolError or LocalProtocolError"):
+        ProtocolError(ErrorCode.BAD_REQUEST, "whose?")
+    assert RemoteProtocolError(ErrorCode.BAD_REQUEST, "theirs").code is ErrorCode.BAD_REQUEST
+    assert LocalProtocolError(ErrorCode.TOO_LARGE, "ours").code is ErrorCode.TOO_LARGE
+
+
 def test_protocol_error_is_an_ocm_error_with_its_code() -> None:
     with pytest.raises(OCMError) as info:
         decode_header(b"")

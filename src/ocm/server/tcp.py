@@ -458,8 +458,10 @@ class TcrpHandler:
             case StartTls():
                 # On a TLS connection already (or a server without TLS): section 5.
                 why = "the connection is encrypted already" if secure else "no TLS here"
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"STARTTLS refused: {why}")
-        raise ProtocolError(ErrorCode.UNKNOWN_OPERATION, "unknown request")  # pragma: no cover
+                raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"STARTTLS refused: {why}")
+        raise RemoteProtocolError(  # pragma: no cover
+            ErrorCode.UNKNOWN_OPERATION, "unknown request"
+        )
 
     async def _join(self, request: JoinRoom, ip: str, sealed: bool) -> Reply:
         registry, backend = self.registry, self.backend
