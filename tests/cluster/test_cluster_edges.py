@@ -1,7 +1,7 @@
 """The cluster's edges, each a defect a review found: a protected room tells nothing
 before its password, joins at once share a replica, a room all on one node goes on
 through an outage (a leave included), and a write-back that fails half way loses
-nothing.
+nothing; a room closed over the bus has its CLOSED copies sent on time.
 """
 
 from __future__ import annotations
@@ -19,8 +19,20 @@ from ocm.client import ChatClient, Message, Notice
 from ocm.server.app import OCMServer
 from ocm.server.cluster.redis_backend import RedisBackend
 from ocm.server.registry import PendingJoin
-from ocm.wire import CreateRoom, JoinRoom, LeaveRoom
-from tests.kit import MS, admit, call, collect, next_event, ready, running_server, server_of, until
+from ocm.wire import CreateRoom, JoinRoom, Kind, LeaveRoom, ServerDatagram
+from ocm.wire.delivery import Ping, Status, decode_received, encode_extended
+from tests.kit import (
+    MS,
+    UdpPeer,
+    admit,
+    call,
+    collect,
+    next_event,
+    ready,
+    running_server,
+    server_of,
+    until,
+)
 from tests.redis_kit import RedisServer
 
 pytestmark = [
@@ -309,3 +321,28 @@ async def test_no_line_is_numbered_here_while_the_room_is_written_back(
         await until(lambda: bob.unconfirmed == 0)
         await bob.close()
         await alice.close()
+
+
+async def test_a_room_closed_over_the_bus_sends_its_closed_copies_on_time(
+    redis_server: RedisServer,
+) -> None:
+    """The host leaves on node A; on node B the bus closes the room, and the CLOSED
+    copies due again for B's delivery member brought B's deadline closer: B re-arms its
+    timer, so the copies do not wait for the next idle deadline (5 s here)."""
+    settings = {**NODE, "closed_resend_interval": 20 * MS}
+    async with (
+        running_server(redis_url=redis_server.url, **settings) as a,
+        running_server(redis_url=redis_server.url, **settings) as b,
+    ):
+        alice = await admit(a.tcp_port, CreateRoom("lobby", "alice", None, ("delivery",)))
+        bob = await admit(b.tcp_port, JoinRoom("lobby", "bob", None, ("delivery",)))
+        member = await UdpPeer.open(bob.udp_port)
+        try:
+            member.send_raw(encode_extended(Ping(bob.token, 1, bytes.fromhex(bob.boot or ""))))
+            assert isinstance(decode_received(await member.recv_raw()), Status)
+            await call(a.tcp_port, LeaveRoom("lobby", alice.token))
+            copies = [decode_received(await member.recv_raw(500 * MS)) for _ in range(4)]
+            assert {c.kind for c in copies if isinstance(c, ServerDatagram)} == {Kind.CLOSED}
+            assert len(copies) == 4
+        finally:
+            member.close()
