@@ -47,7 +47,7 @@ from ocm.wire.constants import (
     SERVER_HEADER_SIZE,
 )
 from ocm.wire.datagrams import Kind, decode_server_datagram, next_seq
-from ocm.wire.delivery import EXTENDED_HEADER_SIZE
+from ocm.wire.delivery import EXTENDED_HEADER_SIZE, MSG_NO_SIZE
 from ocm.wire.texts import (
     Presence,
     TooLong,
@@ -320,15 +320,12 @@ def text_limit(room: str, token: str, name: str, *, delivery: bool = False) -> i
     6 + sender name + MsgNo (4) + text.
     """
     if delivery:
-        ours = MAX_DATAGRAM - EXTENDED_HEADER_SIZE - len(token.encode()) - _MSG_NO_SIZE
-        relayed = MAX_DATAGRAM - SERVER_HEADER_SIZE - len(name.encode()) - _MSG_NO_SIZE
+        ours = MAX_DATAGRAM - EXTENDED_HEADER_SIZE - len(token.encode()) - MSG_NO_SIZE
+        relayed = MAX_DATAGRAM - SERVER_HEADER_SIZE - len(name.encode()) - MSG_NO_SIZE
         return min(ours, relayed)
     ours = MAX_DATAGRAM - CLIENT_HEADER_SIZE - len(room.encode()) - len(token.encode())
     relayed = MAX_DATAGRAM - SERVER_HEADER_SIZE - len(name.encode())
     return min(ours, relayed)
-
-
-_MSG_NO_SIZE = 4  # the MsgNo (uint32) of a DATA and of a CHAT
 
 
 def fit_text(text: str, limit: int) -> str:

@@ -37,7 +37,6 @@ datagrams must not flood the log. Never its token, nor its text.
 from __future__ import annotations
 
 import logging
-import struct
 from enum import StrEnum
 
 from ocm.errors import ErrorCode, ProtocolError
@@ -49,7 +48,9 @@ from ocm.wire.constants import CLIENT_HEADER_SIZE, MAX_DATAGRAM, SEQ_CYCLE, SERV
 from ocm.wire.datagrams import Kind, server_datagram_prefix, split_client_datagram
 from ocm.wire.delivery import (
     BOOT_SIZE,
+    CHAT_OVERHEAD,
     EXTENDED_HEADER_SIZE,
+    SERVER_HEADER,
     Accepted,
     ClientType,
     DeliveryKind,
@@ -91,11 +92,9 @@ _ERROR_PREFIX = server_datagram_prefix(Kind.ERROR, 0)
 _UNKNOWN_TOKEN = format_refusal(UnknownToken())
 _NOT_UTF8 = format_refusal(NotUtf8())
 _MALFORMED = format_refusal(Malformed())
-_CHAT_OVERHEAD = SERVER_HEADER_SIZE + 4  # header and MsgNo: a CHAT is this + sender + text
 _DATA = int(ClientType.DATA)  # plain ints: the fast path compares and packs them
 _CHAT = int(DeliveryKind.CHAT)
 _EXTENDED_HEADER = EXTENDED_HEADER_SIZE
-_HEAD = struct.Struct("!BIB")  # Kind, Seq, SenderSize
 _RESTARTED = encode_received(Restarted(RESTARTED_TEXT))
 
 
@@ -276,7 +275,7 @@ class RelayCore:
                 assert member is not None
                 text = data[number_end:]
                 name = member.name_bytes
-                if _CHAT_OVERHEAD + len(name) + len(text) <= MAX_DATAGRAM and (
+                if CHAT_OVERHEAD + len(name) + len(text) <= MAX_DATAGRAM and (
                     text.isascii() or _is_utf8(text)
                 ):
                     self.registry.touch(member, address, now)
@@ -284,7 +283,7 @@ class RelayCore:
                     room = member.room
                     seq = room.next_seq()
                     log.dealt_with(seq)
-                    chat = _HEAD.pack(_CHAT, seq, len(name)) + name + data[token_end:]
+                    chat = SERVER_HEADER.pack(_CHAT, seq, len(name)) + name + data[token_end:]
                     history = room.history
                     assert history is not None  # a delivery member is in the room
                     history.append(seq, chat)
@@ -394,8 +393,8 @@ class RelayCore:
     def _check_text(self, member: Member, text: bytes) -> tuple[Refused, str] | None:
         """Why ``text`` cannot be relayed as a CHAT of ``member``'s (the reason and the
         ERROR's text), or None."""
-        if _CHAT_OVERHEAD + len(member.name_bytes) + len(text) > MAX_DATAGRAM:
-            limit = MAX_DATAGRAM - _CHAT_OVERHEAD - len(member.name_bytes)
+        if CHAT_OVERHEAD + len(member.name_bytes) + len(text) > MAX_DATAGRAM:
+            limit = MAX_DATAGRAM - CHAT_OVERHEAD - len(member.name_bytes)
             return Refused.TOO_LONG, format_refusal(TooLong(limit))
         if not text.isascii():
             try:

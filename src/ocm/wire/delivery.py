@@ -46,10 +46,13 @@ from ocm.wire.datagrams import ServerDatagram, decode_server_datagram, encode_se
 
 __all__ = [
     "BOOT_SIZE",
+    "CHAT_OVERHEAD",
     "DELIVERY",
     "EXTENDED_HEADER_SIZE",
     "MAX_REPAIR_COUNT",
     "MAX_REPAIR_RANGES",
+    "MSG_NO_SIZE",
+    "SERVER_HEADER",
     "Accepted",
     "Chat",
     "ClientType",
@@ -81,6 +84,10 @@ __all__ = [
 DELIVERY = "delivery"
 # Marker (1) + Type (1) + TokenSize (1), then the token.
 EXTENDED_HEADER_SIZE = 3
+# The MsgNo (uint32) of a DATA and of a CHAT.
+MSG_NO_SIZE = 4
+# A CHAT is this many bytes, plus the sender's name and the text.
+CHAT_OVERHEAD = SERVER_HEADER_SIZE + MSG_NO_SIZE
 # The server's incarnation id, sent in the COMPLETE as 16 hex digits, in a Ping as bytes.
 BOOT_SIZE = 8
 # A Repair asks for at most this many ranges, each of at most MAX_REPAIR_COUNT Seqs: one
@@ -90,7 +97,7 @@ MAX_REPAIR_COUNT = 0xFFFF
 
 _U32 = struct.Struct("!I")
 _RANGE = struct.Struct("!IH")
-_SERVER_HEADER = struct.Struct("!BIB")
+SERVER_HEADER = struct.Struct("!BIB")  # Kind, Seq, SenderSize: section 2's header
 
 
 class ClientType(IntEnum):
@@ -328,7 +335,7 @@ Received = ServerDatagram | Chat | Status | Accepted | Lost | Departed | Restart
 
 def chat_prefix(seq: int, sender: bytes, msg_no: int) -> bytes:
     """Everything of a :class:`Chat` before its text: the relay's per-message part."""
-    return _SERVER_HEADER.pack(DeliveryKind.CHAT, seq, len(sender)) + sender + _U32.pack(msg_no)
+    return SERVER_HEADER.pack(DeliveryKind.CHAT, seq, len(sender)) + sender + _U32.pack(msg_no)
 
 
 def encode_received(datagram: Received) -> bytes:
@@ -341,15 +348,15 @@ def encode_received(datagram: Received) -> bytes:
                 raise refuse(f"sender must be 1-{MAX_NAME_BYTES} bytes")
             data = chat_prefix(seq, name, msg_no) + text.encode("utf-8")
         case Status(seq, nonce):
-            data = _SERVER_HEADER.pack(DeliveryKind.STATUS, seq, 0) + _U32.pack(nonce)
+            data = SERVER_HEADER.pack(DeliveryKind.STATUS, seq, 0) + _U32.pack(nonce)
         case Accepted(seq, msg_no):
-            data = _SERVER_HEADER.pack(DeliveryKind.ACCEPTED, seq, 0) + _U32.pack(msg_no)
+            data = SERVER_HEADER.pack(DeliveryKind.ACCEPTED, seq, 0) + _U32.pack(msg_no)
         case Lost(first, count):
-            data = _SERVER_HEADER.pack(DeliveryKind.LOST, first, 0) + _U32.pack(count)
+            data = SERVER_HEADER.pack(DeliveryKind.LOST, first, 0) + _U32.pack(count)
         case Departed():
-            data = _SERVER_HEADER.pack(DeliveryKind.DEPARTED, 0, 0)
+            data = SERVER_HEADER.pack(DeliveryKind.DEPARTED, 0, 0)
         case Restarted(text):
-            data = _SERVER_HEADER.pack(DeliveryKind.RESTARTED, 0, 0) + text.encode("utf-8")
+            data = SERVER_HEADER.pack(DeliveryKind.RESTARTED, 0, 0) + text.encode("utf-8")
     if len(data) > MAX_DATAGRAM:
         raise refuse(f"datagram would be {len(data)} bytes", ErrorCode.TOO_LARGE)
     return data
@@ -364,7 +371,7 @@ def decode_received(data: bytes) -> Received:
         raise RemoteProtocolError(
             ErrorCode.TOO_LARGE, f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}"
         )
-    raw_kind, seq, sender_size = _SERVER_HEADER.unpack_from(data)
+    raw_kind, seq, sender_size = SERVER_HEADER.unpack_from(data)
     if raw_kind not in DeliveryKind._value2member_map_:
         raise bad(f"unknown datagram kind {raw_kind}")
     kind = DeliveryKind(raw_kind)
