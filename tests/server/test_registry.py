@@ -440,17 +440,29 @@ def test_wrong_passwords_are_rate_limited_per_ip() -> None:
     assert guesser.ip == OTHER_IP
 
 
-def test_no_password_for_a_protected_room_is_refused_but_not_counted() -> None:
+def test_no_password_for_a_protected_room_is_refused_but_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Someone who forgot --password is told the room needs one, as often as it takes:
-    it is not a guess, and must not lock out their address."""
+    it is not a guess, must not lock out their address, and costs no hash (as in the
+    server's sequence)."""
     registry = RoomRegistry(failures=FailureLimiter(max_failures=5, window=60.0))
     registry.create_room("vault", "alice", PasswordHash.create("pw"), IP, 0.0)
+    hashed: list[str | None] = []
+    verify = PasswordHash.verify
+
+    def counting(self: PasswordHash, given: str | None) -> bool:
+        hashed.append(given)
+        return verify(self, given)
+
+    monkeypatch.setattr(PasswordHash, "verify", counting)
     for attempt in range(10):
         for password in (None, ""):
             with pytest.raises(RoomError) as info:
                 registry.join_room("vault", "bob", password, OTHER_IP, float(attempt))
             check_code(info, ErrorCode.WRONG_PASSWORD)
             assert "needs a password" in str(info.value)
+    assert hashed == []
     assert not registry.failures.blocked(OTHER_IP, 10.0)
     bob, _ = registry.join_room("vault", "bob", "pw", OTHER_IP, 10.0)
     assert bob.name == "bob"
