@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ocm.client import ChatClient, Closed, Gap, Message, Notice
+from ocm.client import ChatClient, Closed, Gap, Message, Notice, Undelivered
 from ocm.client.delivery import STOPPED_ANSWERING, restarted_reason
 from ocm.server.app import OCMServer
 from ocm.wire.delivery import Ping, Restarted, decode_received, encode_extended
@@ -261,6 +261,42 @@ async def test_leaving_over_a_lossy_network_is_confirmed_and_quick() -> None:
         assert await alice.close()  # the host: the room ends within a second
         assert server.registry.rooms == {}
         assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_undelivered_means_nobody_saw_it_and_nothing_else_is_lost() -> None:
+    """Bob says five lines and leaves at once, over the issue's network with half his
+    datagrams lost on the way up, eight times. Each line alice did not get, bob reports
+    Undelivered; each he reports certain (the server's DEPARTED or LEAVE_ROOM said how
+    far it relayed his lines), alice never got."""
+    async with running_server() as server, lossy(server, 10) as proxy:
+        alice = await ChatClient.create(server_of(server), "lobby", "alice")
+        certain: set[str] = set()
+        for round_ in range(8):
+            bob = await ChatClient.join(
+                proxy.address, "lobby", f"bob{round_}", linger=1 * MS, security=SEALED
+            )
+            joined = bob.name
+            await until(lambda: joined in alice.members)  # noqa: B023 (awaited here)
+            proxy.up.loss = 0.5
+            said = [f"line {round_}.{n}" for n in range(5)]
+            for text in said:
+                await bob.send(text)
+            assert await bob.close()
+            proxy.up.loss = BAD["loss"]
+            async with asyncio.timeout(1000 * MS):  # what bob was told: the stream has ended
+                reported = {e.text: e.certain async for e in bob if isinstance(e, Undelivered)}
+            heard: list[str] = []
+            async with asyncio.timeout(5000 * MS):
+                async for event in alice:  # Seq order: bob's lines come before his leave
+                    if isinstance(event, Message):
+                        heard.append(event.text)
+                    elif isinstance(event, Notice) and event.text == f"bob{round_} left":
+                        break
+            assert set(said) - set(heard) <= set(reported)  # nothing vanishes unsaid
+            assert not {t for t, sure in reported.items() if sure} & set(heard)
+            certain |= {t for t, sure in reported.items() if sure}
+        assert certain  # the case the test is about did happen
+        await alice.close()
 
 
 async def test_a_leave_gets_through_when_the_tcp_slots_are_full() -> None:

@@ -39,6 +39,7 @@ from ocm.wire.delivery import (
     DELIVERY,
     MAX_REPAIR_COUNT,
     MAX_REPAIR_RANGES,
+    RELAYED,
     Accepted,
     Chat,
     Data,
@@ -73,6 +74,7 @@ def make(
     interval: float = INTERVAL,
     jitter: Iterable[float] | None = None,
     max_held: int = 4096,
+    relayed: bool = False,
 ) -> DeliveryState:
     """bob in alice's lobby, entered after ``seq``. The first datagrams (the PING, and
     the history REPAIR) are taken and checked, so each test starts from a clean outbox."""
@@ -90,6 +92,7 @@ def make(
         history=history,
         random=(lambda: next(values)) if values is not None else (lambda: 0.0),
         max_held=max_held,
+        relayed=relayed,
     )
     first = sent(state)
     assert first[0] == Ping(TOKEN, 1, BOOT)
@@ -149,7 +152,7 @@ def feed(state: DeliveryState, now: float, *datagrams: bytes) -> list[Event]:
 
 
 def test_the_client_asks_for_delivery_and_needs_seq_and_boot_to_use_it() -> None:
-    assert FEATURES == (DELIVERY, TUNNEL, RESUME, SEALED)  # sections 4 and 5 build on delivery
+    assert FEATURES == (DELIVERY, RELAYED, TUNNEL, RESUME, SEALED)  # all build on delivery
 
     def admission(**fields: object) -> Admission:
         return Admission(Operation.JOIN_ROOM, "lobby", TOKEN, 9001, "alice", ("alice",), **fields)  # type: ignore[arg-type]
@@ -777,7 +780,7 @@ def test_leave_is_resent_until_departed() -> None:
     state = make(seq=10)
     state.send("unconfirmed", 0.0)
     sent(state)
-    assert state.leave(1.0) == [Undelivered("unconfirmed")]
+    assert state.leave(1.0) == [Undelivered("unconfirmed", certain=False)]  # no relayed
     assert sent(state) == [Leave(TOKEN)]
     assert state.leave(1.0) == []  # once
     assert state.next_deadline() == pytest.approx(1.0 + INITIAL_RTO)
@@ -787,6 +790,47 @@ def test_leave_is_resent_until_departed() -> None:
     assert feed(state, 1.6, received(Departed())) == []  # no Closed: we left
     assert state.ended == Closed("left the room") and state.out
     assert state.next_deadline() is None
+
+
+def test_departed_settles_what_was_in_flight_for_certain() -> None:
+    """With ``relayed``: leaving stops the resends, and DEPARTED's Relayed says which of
+    the messages in flight the server relayed (no event) and which nobody saw."""
+    state = make(seq=10, relayed=True)
+    for text in ("one", "two", "three"):
+        state.send(text, 0.0)
+    sent(state)
+    assert state.leave(1.0) == []  # not yet: the server will say
+    assert sent(state) == [Leave(TOKEN)]
+    state.handle_timer(1.0 + INITIAL_RTO)
+    assert sent(state) == [Leave(TOKEN)]  # no DATA resent while leaving
+    assert feed(state, 1.6, received(Departed(1))) == [
+        Undelivered("two", certain=True),
+        Undelivered("three", certain=True),
+    ]
+    assert state.ended == Closed("left the room") and state.unconfirmed == 0
+    assert state.undelivered == 2
+
+
+def test_a_leave_the_server_never_answered_leaves_the_messages_uncertain() -> None:
+    state = make(seq=10, relayed=True)
+    state.send("one", 0.0)
+    state.leave(1.0)
+    assert state.give_up_outgoing() == [Undelivered("one", certain=False)]
+    assert state.give_up_outgoing() == []  # once
+
+
+def test_leave_room_s_answer_settles_as_departed_does() -> None:
+    """The adapter's fallback, LEAVE_ROOM over TCP, brings the same number (or, from a
+    server without the feature, none: then nobody can tell)."""
+    state = make(seq=10, relayed=True)
+    state.send("one", 0.0)
+    state.send("two", 0.0)
+    state.leave(1.0)
+    assert state.departed(2) == []
+    state = make(seq=10, relayed=True)
+    state.send("one", 0.0)
+    state.leave(1.0)
+    assert state.departed(None) == [Undelivered("one", certain=False)]
 
 
 def test_an_unasked_departed_ends_the_room_for_us() -> None:

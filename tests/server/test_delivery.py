@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ocm.client.exchange import read_message
 from ocm.server.guards import ErrorReplyLimiter
 from ocm.server.history import HELD_BYTES, HELD_MESSAGES
@@ -260,6 +262,36 @@ def test_a_member_can_fetch_what_came_before_it_entered() -> None:
     out = room.send(Repair(dave.token, ((1, 3),)), ("127.0.0.1", 40009), now=3.0)
     texts = [r.text for r in replies(out)]  # type: ignore[union-attr]
     assert texts == ["bob joined", "before dave", "dave joined"]
+
+
+def test_departed_says_how_far_a_relayed_members_messages_went() -> None:
+    """With ``relayed``: bob's 1 and 2 were relayed, 4 waits for the lost 3. DEPARTED
+    says 2, every time it is asked; 4 is dropped with bob, never relayed; a resend of 3
+    after the leave finds no member."""
+    room = Room()
+    room.registry.grant_relayed(room.bob)
+    room.say(room.bob, BOB, 1, "one")
+    room.say(room.bob, BOB, 2, "two")
+    assert room.say(room.bob, BOB, 4, "four") == []  # waits for 3
+    seq = room.registry.rooms["lobby"].seq
+    out = room.send(Leave(room.bob.token), BOB)
+    assert replies(out) == [Departed(2), ServerDatagram(Kind.NOTICE, seq + 1, "", "bob left")]
+    assert replies(room.send(Leave(room.bob.token), BOB)) == [Departed(2)]
+    assert replies(room.say(room.bob, BOB, 3, "three")) == [Departed(2)]
+    assert room.registry.rooms["lobby"].seq == seq + 1  # nothing of bob's after "two"
+
+
+def test_a_relayed_member_that_said_nothing_departs_with_zero() -> None:
+    room = Room()
+    room.registry.grant_relayed(room.bob)
+    assert replies(room.send(Leave(room.bob.token), BOB))[0] == Departed(0)
+
+
+def test_relayed_is_granted_only_with_delivery() -> None:
+    room = Room(carol=True)
+    assert room.carol is not None
+    with pytest.raises(ValueError, match="only with delivery"):
+        room.registry.grant_relayed(room.carol)
 
 
 def test_leave_is_confirmed_every_time_it_arrives() -> None:

@@ -206,7 +206,7 @@ async def test_lines_the_server_never_confirmed_make_the_exit_status_1() -> None
         out, err = io.StringIO(), io.StringIO()
         async with asyncio.timeout(2000 * MS):
             assert await run_pipe(bob, stdin(), out, err) == 1
-        assert out.getvalue() == ("bob: two\n! not delivered: one\n! not delivered: three\n")
+        assert out.getvalue() == ("bob: two\n! not confirmed: one\n! not confirmed: three\n")
         assert err.getvalue() == "ocm: 2 messages not confirmed by the server\n"
 
 
@@ -286,7 +286,7 @@ async def test_a_silent_server_ends_pipe_mode_with_status_4() -> None:
         async with asyncio.timeout(2000 * MS):
             assert await run_pipe(bob, stdin(), out, err) == EXIT_SERVER_LOST == 4
         assert out.getvalue() == (
-            "! not delivered: hello\n! the server stopped answering — the chat is over\n"
+            "! not confirmed: hello\n! the server stopped answering — the chat is over\n"
         )
         # The lost line is said too; the room had ended, so no word about the leave.
         assert err.getvalue() == "ocm: 1 message not confirmed by the server\n"

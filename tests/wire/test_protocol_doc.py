@@ -27,6 +27,7 @@ from ocm.wire import (
 from ocm.wire.delivery import (
     ClientType,
     DeliveryKind,
+    Departed,
     decode_extended,
     decode_received,
     encode_extended,
@@ -43,7 +44,7 @@ from ocm.wire.sealed import (
     member_opener,
     room_opener,
 )
-from ocm.wire.tcrp import RoomDetails
+from ocm.wire.tcrp import Left, RoomDetails
 from ocm.wire.tunnel import FrameReader, encode_frame
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -104,6 +105,15 @@ def test_every_delivery_datagram_has_an_example() -> None:
     kinds = {("received", k.name.lower()) for k in DeliveryKind}
     negotiation = {("tcrp", "join-delivery-request"), ("tcrp", "join-delivery-complete")}
     assert types | kinds | negotiation <= examples
+
+
+def test_the_relayed_examples_say_how_far_the_messages_went() -> None:
+    examples = {(kind, name): h for kind, name, h in EXAMPLES}
+    departed = decode_received(bytes.fromhex(examples["received", "departed-relayed"]))
+    assert departed == Departed(12)
+    left = parse_reply(decode_tcrp(bytes.fromhex(examples["tcrp", "leave-relayed-complete"])))
+    assert left == Left("lobby", 12)
+    assert decode_received(bytes.fromhex(examples["received", "departed"])) == Departed(None)
 
 
 def test_the_delivery_complete_example_grants_delivery() -> None:

@@ -103,7 +103,7 @@ from ocm.errors import (
     ServerKeyChanged,
 )
 from ocm.wire.datagrams import ClientDatagram, Kind, encode_client_datagram, server_datagram_prefix
-from ocm.wire.delivery import DeliveryKind
+from ocm.wire.delivery import RELAYED, DeliveryKind
 from ocm.wire.e2e import (
     E2E,
     NONCE_SIZE,
@@ -128,6 +128,7 @@ from ocm.wire.tcrp import (
     E2eParams,
     JoinRoom,
     LeaveRoom,
+    Left,
     LookupRoom,
     Reply,
     Resume,
@@ -462,6 +463,7 @@ class ChatClient:
                 now=self._loop.time(),
                 history=history,
                 random=random.random,
+                relayed=RELAYED in admission.features,
             )
         else:
             self._state = RoomState(
@@ -1198,8 +1200,16 @@ class ChatClient:
         return self._left
 
     async def _leave_by_datagram(self, state: DeliveryState) -> bool:
-        """LEAVE until DEPARTED (the core resends it), then LEAVE_ROOM as a fallback."""
-        self._feed(state.leave(self._loop.time()))  # Undelivered for what is in flight
+        """LEAVE until DEPARTED (the core resends it), then LEAVE_ROOM as a fallback.
+        Either answer says which of our messages in flight the server relayed (the
+        ``relayed`` feature); with neither, nobody can tell."""
+        try:
+            return await self._leave_and_settle(state)
+        finally:
+            self._feed(state.give_up_outgoing())  # still unsettled: not certain
+
+    async def _leave_and_settle(self, state: DeliveryState) -> bool:
+        self._feed(state.leave(self._loop.time()))  # without relayed: Undelivered now
         self._transmit()
         self._arm_timer()
         with contextlib.suppress(TimeoutError):
@@ -1210,7 +1220,7 @@ class ChatClient:
         # No DEPARTED: the LEAVEs or their answers were lost, or the UDP path is closed.
         # The core keeps resending LEAVE meanwhile; whichever is answered first counts.
         try:
-            await self._leave()
+            self._feed(state.departed(await self._leave()))
         except ServerError as error:
             if error.code is ErrorCode.INVALID_TOKEN:
                 # The server no longer knows the token: most likely a LEAVE arrived and
@@ -1231,23 +1241,25 @@ class ChatClient:
             return False
         return True
 
-    async def _leave(self) -> None:
+    async def _leave(self) -> int | None:
         """LEAVE_ROOM over TCP. With a resume secret, from wherever we are now, with a
         RESUME first (section 4): our address may have changed since the token was
         bound. A RESUME refused with ``invalid_token`` means the server no longer knows
-        the token, which a caller takes as a LEAVE_ROOM refused the same way."""
+        the token, which a caller takes as a LEAVE_ROOM refused the same way. Returns
+        the COMPLETE's ``relayed`` (the feature; else None)."""
+        leave = LeaveRoom(self.room, self.token)
         if self._secret is None:
-            leave = LeaveRoom(self.room, self.token)
-            await call(
+            reply, _ = await call(
                 self.server, leave, timeout=self.timeout, link=self._link, security=self.security
             )
-            return
-        channel = await Channel.open(self.server, timeout=self.timeout, security=self.security)
-        try:
-            await self._resume(channel, self._secret)
-            await channel.request(LeaveRoom(self.room, self.token))
-        finally:
-            await channel.close()
+        else:
+            channel = await Channel.open(self.server, timeout=self.timeout, security=self.security)
+            try:
+                await self._resume(channel, self._secret)
+                reply = await channel.request(leave)
+            finally:
+                await channel.close()
+        return reply.relayed if isinstance(reply, Left) else None
 
     def _stop_timers(self) -> None:
         if self._timer is not None:

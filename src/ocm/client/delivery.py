@@ -31,6 +31,7 @@ from ocm.wire.delivery import (
     DELIVERY,
     MAX_REPAIR_COUNT,
     MAX_REPAIR_RANGES,
+    RELAYED,
     Accepted,
     Chat,
     Data,
@@ -78,7 +79,7 @@ __all__ = [
 # The features OCM's client asks for in CREATE_ROOM / JOIN_ROOM: section 4's tunnel and
 # resume build on delivery.
 # Section 5's sealed datagrams too: the server grants them only over TLS.
-FEATURES = (DELIVERY, TUNNEL, RESUME, SEALED)
+FEATURES = (DELIVERY, RELAYED, TUNNEL, RESUME, SEALED)
 # Section 4: a path that heard nothing from the server this long after it was taken
 # (or three heartbeat intervals, if shorter) is taken for blocked: many networks drop
 # UDP and pass TCP. Seconds, so a person waits little; several round trips of a bad
@@ -209,6 +210,7 @@ class DeliveryState:
         history: int = 0,
         random: Callable[[], float] = lambda: 0.0,
         max_held: int = MAX_HELD,
+        relayed: bool = False,
     ) -> None:
         self.name = name
         self.host = host
@@ -220,6 +222,9 @@ class DeliveryState:
         self.max_held = max_held
         self.ended: Closed | None = None
         self.leaving = False  # we sent LEAVE
+        # Granted ``relayed``: the server's word that we are out says how far it relayed
+        # our messages, so those in flight at the leave wait for it.
+        self.tells_relayed = relayed
         # The server said we are out: DEPARTED, the room's CLOSED, RESTARTED or an
         # unknown-token ERROR (the leave needs no fallback then).
         self.out = False
@@ -333,8 +338,11 @@ class DeliveryState:
     def leave(self, now: float) -> list[Event]:
         """Leave the room: LEAVE is queued, and resent every RTO (not doubling: the
         adapter waits about a second, and a lossy path needs every try) until DEPARTED;
-        giving up is the adapter's call. Messages still in flight are reported
-        Undelivered. No Closed: the application ended it."""
+        giving up is the adapter's call. Messages still in flight are no longer resent.
+        With ``relayed`` they wait for :meth:`departed` (DEPARTED, or the COMPLETE of the
+        adapter's LEAVE_ROOM), which says which of them the server relayed; else, or
+        when the adapter gives up (:meth:`give_up_outgoing`), they are reported
+        Undelivered, not certain. No Closed: the application ended it."""
         if self.ended is not None or self.leaving:
             return []
         if self._closed_at is not None:
@@ -344,7 +352,7 @@ class DeliveryState:
             self._give_up_through(self._closed_at - 1)
             return self._release()
         self.leaving = True
-        events = self._give_up_outgoing()
+        events = [] if self.tells_relayed else self.give_up_outgoing()
         self._leave_rto = self.rto()
         self._leave_due = now + self._leave_rto
         self._outbox.append(encode_extended(Leave(self.token)))
@@ -358,7 +366,7 @@ class DeliveryState:
         if self.leaving:
             self.ended = Closed("left the room")
             return []
-        events = self._give_up_outgoing()
+        events = self.give_up_outgoing()
         self.ended = Closed(reason)
         events.append(self.ended)
         return events
@@ -526,14 +534,15 @@ class DeliveryState:
                 for run in self._take_missing(start, start + count - 1):
                     bisect.insort(self._lost, run)
                 return self._release()
-            case Departed():
+            case Departed(relayed):
                 self.out = True
                 if self.leaving:
                     self.ended = Closed("left the room")
-                    return []
+                    return self.departed(relayed)
                 # Out of the room without asking (another client with our token left
                 # for us): over for us, as an unknown token is.
-                return self.end(f"{DROPPED} (the server says: departed)")
+                events = self.departed(relayed)
+                return events + self.end(f"{DROPPED} (the server says: departed)")
             case Restarted():
                 self.out = True
                 return self.end(restarted_reason(self.room))
@@ -566,8 +575,20 @@ class DeliveryState:
         rtt = max(0.0, rtt)
         self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
 
-    def _give_up_outgoing(self) -> list[Event]:
-        events: list[Event] = [Undelivered(out.text) for out in self._outgoing.values()]
+    def departed(self, relayed: int | None) -> list[Event]:
+        """The server's word that we left (DEPARTED, or LEAVE_ROOM's COMPLETE): with
+        ``relayed`` (the feature), our messages up to that number were relayed, and
+        those after it are Undelivered for certain; without it nobody can tell."""
+        if relayed is None:
+            return self.give_up_outgoing()
+        for msg_no in [n for n in self._outgoing if n <= relayed]:
+            self._confirmed(msg_no)
+        return self.give_up_outgoing(certain=True)
+
+    def give_up_outgoing(self, *, certain: bool = False) -> list[Event]:
+        """Undelivered for each message still in flight (``certain``: the server said
+        it never relayed them), which are then forgotten."""
+        events: list[Event] = [Undelivered(out.text, certain) for out in self._outgoing.values()]
         self.undelivered += len(events)
         self._outgoing.clear()
         return events

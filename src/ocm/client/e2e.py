@@ -79,10 +79,10 @@ class RoomCipher:
                     if folded not in self._reported and len(self._reported) < MAX_REPORTED_SENDERS:
                         self._reported.add(folded)
                         opened.append(Notice(undecryptable_text(sender), seq, history))
-                case Undelivered(text):
+                case Undelivered(text, certain):
                     # Ours, so it opens; anything else is shown as it was.
                     plain = self._open(self.name, text)
-                    opened.append(event if plain is None else Undelivered(plain))
+                    opened.append(event if plain is None else Undelivered(plain, certain))
                 case _:
                     opened.append(event)
         return opened

@@ -100,13 +100,21 @@ class Gap:
 @dataclass(frozen=True, slots=True)
 class Undelivered:
     """Our message ``text`` (as sent: an action in its wire form,
-    :func:`~ocm.wire.texts.format_action`) was not confirmed. Version 1: its copy did not come back
-    within the confirm timeout, most likely lost on the way (UDP does not retransmit).
-    With the delivery extension the client resends a message until the server confirms
-    it, so this is reported only for messages still unconfirmed when the room ends for
-    us (the server may or may not have relayed them)."""
+    :func:`~ocm.wire.texts.format_action`) was not confirmed.
+
+    ``certain``: the server said it never relayed it, and never will: nobody in the
+    room saw it. That is known when we leave a room with the delivery extension (the
+    server's DEPARTED says how far it relayed our messages, section 3).
+
+    Otherwise nobody can tell whether it reached the room. Version 1: its copy did not
+    come back within the confirm timeout, most likely lost on the way (UDP does not
+    retransmit). With the delivery extension the client resends a message until the
+    server confirms it, so this is reported only for messages still unconfirmed when
+    the room ends for us without the server's word on them (it stopped answering, it
+    restarted, the room closed)."""
 
     text: str
+    certain: bool = False
 
 
 @dataclass(frozen=True, slots=True)

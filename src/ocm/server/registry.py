@@ -238,6 +238,9 @@ class Member:
     secret_digest: bytes | None = None
     # Section 4: granted the ``tunnel`` feature (only with delivery), so TUNNEL is for it.
     tunnel: bool = False
+    # Section 3: granted the ``relayed`` feature (only with delivery), so its DEPARTED and
+    # its LEAVE_ROOM's COMPLETE say how far its messages were relayed.
+    tells_relayed: bool = False
     # Section 5, a sealed member: its Session id and key, and the opener of its
     # datagrams (which holds their replay window). Its token then travels only sealed.
     session: bytes | None = None
@@ -251,6 +254,16 @@ class Member:
     @property
     def delivery(self) -> bool:
         return self.relayed is not None
+
+    @property
+    def relayed_through(self) -> int | None:
+        """For a member granted ``relayed``: its highest message number the server dealt
+        with (relayed, or refused with an ERROR), 0 for none; None otherwise. Those
+        after it wait for one before them (or never came): once the member is gone,
+        they never will be relayed."""
+        if not self.tells_relayed or self.relayed is None:
+            return None
+        return self.relayed.next - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,10 +688,15 @@ class RoomRegistry:
         and a member whose room closed a moment ago must not be rate-limited for
         saying goodbye late.
         """
+        return self.leave_member(self.leaving(name, token, ip), now)
+
+    def leaving(self, name: str, token: str, ip: str) -> Member:
+        """The member of room ``name`` that LEAVE_ROOM from ``ip`` with ``token`` names,
+        or ``invalid_token``."""
         member = self.by_token.get(token.encode("ascii", "replace"))
         if member is None or member.room.name != name or not self._same_ip(member, ip):
             raise RoomError(ErrorCode.INVALID_TOKEN, f'no such member token in room "{name}"')
-        return self.leave_member(member, now)
+        return member
 
     def issue_secret(self, member: Member) -> str:
         """A new resume secret for ``member`` (section 4), replacing any earlier one."""
@@ -725,6 +743,12 @@ class RoomRegistry:
         self._activity.move_to_end(member)
         return member, self.issue_secret(member)
 
+    def grant_relayed(self, member: Member) -> None:
+        """Section 3: ``member`` was granted ``relayed`` (only with delivery)."""
+        if not member.delivery:
+            raise ValueError("relayed is granted only with delivery")
+        member.tells_relayed = True
+
     def grant_tunnel(self, member: Member) -> None:
         """Section 4: ``member`` was granted ``tunnel`` (only with delivery), and may
         open tunnels from now on."""
@@ -751,10 +775,13 @@ class RoomRegistry:
     def leave_member(self, member: Member, now: float) -> list[Outgoing]:
         """``member`` leaves (LEAVE_ROOM, or a delivery member's LEAVE): the others get
         NOTICE, or CLOSED if it was the host. A delivery member's token is answered
-        DEPARTED from then on (for ``idle_timeout``), so a repeated LEAVE is confirmed."""
+        DEPARTED from then on (for ``idle_timeout``), so a repeated LEAVE is confirmed; with
+        ``relayed``, the DEPARTED says how far its messages were relayed."""
         outgoing = self._remove(member, Presence.LEFT, now)
         if member.delivery:
-            self._remember_gone(member, _DEPARTED, now)
+            relayed = member.relayed_through
+            departed = _DEPARTED if relayed is None else encode_received(Departed(relayed))
+            self._remember_gone(member, departed, now)
         return outgoing
 
     def expire(self, now: float) -> list[Outgoing]:

@@ -50,7 +50,7 @@ from ocm.server.registry import (
     RoomRegistry,
 )
 from ocm.server.tunnel import TunnelLink, tunnel_address
-from ocm.wire.delivery import DELIVERY
+from ocm.wire.delivery import DELIVERY, RELAYED
 from ocm.wire.e2e import E2E
 from ocm.wire.framer import TcrpReader
 from ocm.wire.sealed import SEALED
@@ -445,8 +445,9 @@ class TcrpHandler:
                 return await backend.lookup(room)
             case LeaveRoom(room, token):
                 self._check_sealed_token(token, secure)
-                self._send(registry.leave(room, token, ip, self._clock()))
-                return Left(room)
+                member = registry.leaving(room, token, ip)
+                self._send(registry.leave_member(member, self._clock()))
+                return Left(room, member.relayed_through)
             case Tunnel(room, token):
                 self._check_sealed_token(token, secure)
                 registry.tunnel_member(room, token, ip)
@@ -602,7 +603,9 @@ class TcrpHandler:
             return replace(admission, features=e2e) if e2e else admission
         # Section 4 builds on section 3: a tunnel carries extended datagrams, and a
         # resumed member repairs what it missed.
-        granted = (DELIVERY, *(f for f in (TUNNEL, RESUME) if f in features))
+        granted = (DELIVERY, *(f for f in (RELAYED, TUNNEL, RESUME) if f in features))
+        if RELAYED in granted:
+            registry.grant_relayed(member)
         sealed = None
         if member.session is not None:
             granted += (SEALED,)

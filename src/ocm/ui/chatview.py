@@ -340,7 +340,8 @@ def pipe_line(
     * bob joined            a notice from the server
     ! error: TEXT           the server rejected one of our datagrams
     ! missed 3 messages     messages we will never get (see Gap)
-    ! not delivered: TEXT   the server never confirmed our message
+    ! not delivered: TEXT   the server says it never relayed our message
+    ! not confirmed: TEXT   the server never confirmed it: it may or may not have been
     ! skipped 5 events      they came faster than they were read
     ! UDP blocked here; ... the client changed its way to the server (PathChanged)
     ! room closed: ...      the last line, one sentence: how the chat ended (ending())
@@ -368,8 +369,9 @@ def _pipe_line(event: Event) -> str:
             return f"! error: {one_line(text)}"
         case Gap():
             return f"! missed {_count(event.missed, 'message')}"
-        case Undelivered(text):
-            return f"! not delivered: {one_line(_typed(text))}"
+        case Undelivered(text, certain):
+            verdict = "not delivered" if certain else "not confirmed"
+            return f"! {verdict}: {one_line(_typed(text))}"
         case Overflow(dropped):
             return f"! skipped {_count(dropped, 'event')}"
         case PathChanged(text):
@@ -606,10 +608,9 @@ def _event_lines(
             else:
                 why = f"{lost} lost on the way (UDP); the chat goes on"
             return _marked(stamp, "class:error", "!! ", why, width)
-        case Undelivered(text):
-            return _marked(
-                stamp, "class:error", "!! ", "not delivered: " + one_line(_typed(text)), width
-            )
+        case Undelivered(text, certain):
+            verdict = "not delivered: " if certain else "not confirmed (it may have been): "
+            return _marked(stamp, "class:error", "!! ", verdict + one_line(_typed(text)), width)
         case Overflow(dropped):
             skipped = _count(dropped, "event")
             return _marked(

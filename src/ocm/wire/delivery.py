@@ -22,7 +22,9 @@ Server to client, new Kinds after version 1's four, with version 1's 6-byte head
 * :class:`Status` (6) -- the answer to a Ping: Seq is the room's latest;
 * :class:`Accepted` (7) -- the answer to a Data already relayed: under which Seq;
 * :class:`Lost` (8) -- the answer to a Repair of Seqs the server no longer keeps;
-* :class:`Departed` (9) -- the answer to a Leave;
+* :class:`Departed` (9) -- the answer to a Leave; with the ``relayed`` feature it says
+  how far the server relayed the member's messages, so that those it never relayed are
+  known for sure;
 * :class:`Restarted` (10) -- the answer to a Ping that names an earlier incarnation of
   the server (its ``boot`` id): every room of that one is gone.
 
@@ -52,6 +54,7 @@ __all__ = [
     "MAX_REPAIR_COUNT",
     "MAX_REPAIR_RANGES",
     "MSG_NO_SIZE",
+    "RELAYED",
     "SERVER_HEADER",
     "Accepted",
     "Chat",
@@ -82,6 +85,9 @@ __all__ = [
 
 # The feature name in the CREATE_ROOM / JOIN_ROOM "features" list and its COMPLETE.
 DELIVERY = "delivery"
+# Granted with DELIVERY only: DEPARTED, and LEAVE_ROOM's COMPLETE, say up to which of the
+# member's message numbers the server relayed.
+RELAYED = "relayed"
 # Marker (1) + Type (1) + TokenSize (1), then the token.
 EXTENDED_HEADER_SIZE = 3
 # The MsgNo (uint32) of a DATA and of a CHAT.
@@ -320,7 +326,14 @@ class Lost:
 
 @dataclass(frozen=True, slots=True)
 class Departed:
-    """The member is out of the room (the answer to a Leave)."""
+    """The member is out of the room (the answer to a Leave).
+
+    ``relayed`` (the ``relayed`` feature; None without it) is the member's highest
+    message number the server dealt with: every message up to it was relayed (or
+    refused with an ERROR), none after it was or ever will be, as the member is gone.
+    """
+
+    relayed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,8 +366,10 @@ def encode_received(datagram: Received) -> bytes:
             data = SERVER_HEADER.pack(DeliveryKind.ACCEPTED, seq, 0) + _U32.pack(msg_no)
         case Lost(first, count):
             data = SERVER_HEADER.pack(DeliveryKind.LOST, first, 0) + _U32.pack(count)
-        case Departed():
+        case Departed(relayed):
             data = SERVER_HEADER.pack(DeliveryKind.DEPARTED, 0, 0)
+            if relayed is not None:
+                data += _U32.pack(relayed)
         case Restarted(text):
             data = SERVER_HEADER.pack(DeliveryKind.RESTARTED, 0, 0) + text.encode("utf-8")
     if len(data) > MAX_DATAGRAM:
@@ -397,9 +412,11 @@ def decode_received(data: bytes) -> Received:
                 raise bad("LOST names a non-empty range from Seq 1")
             return Lost(seq, count)
         case DeliveryKind.DEPARTED:
-            if body or seq:
-                raise bad("DEPARTED is a bare header")
-            return Departed()
+            if seq:
+                raise bad("DEPARTED has Seq 0")
+            if not body:
+                return Departed()
+            return Departed(_exactly_u32(body, "DEPARTED"))
         case DeliveryKind.RESTARTED:
             return Restarted(utf8(body, "text"))
     raise AssertionError("unreachable")  # pragma: no cover

@@ -36,6 +36,7 @@ from ocm.wire.constants import (
     MAX_TCRP_PAYLOAD,
     MAX_TOKEN_BYTES,
     PAYLOAD_SIZE_BYTES,
+    SEQ_CYCLE,
     TCRP_HEADER_SIZE,
 )
 from ocm.wire.names import validate_name
@@ -346,9 +347,11 @@ class RoomList:
 
 @dataclass(frozen=True, slots=True)
 class Left:
-    """COMPLETE of LEAVE_ROOM."""
+    """COMPLETE of LEAVE_ROOM. ``relayed``: as in DEPARTED (section 3), for a member
+    granted the ``relayed`` feature; None otherwise (version 1: an empty payload)."""
 
     room: str
+    relayed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,8 +524,9 @@ def reply_message(reply: Reply) -> TcrpMessage:
                 {"name": r.name, "members": r.members, "protected": r.protected} for r in rooms
             ]
             return TcrpMessage(Operation.LIST_ROOMS, State.COMPLETE, "", {"rooms": listed})
-        case Left(room):
-            return TcrpMessage(Operation.LEAVE_ROOM, State.COMPLETE, room, {})
+        case Left(room, relayed):
+            payload = {} if relayed is None else {"relayed": relayed}
+            return TcrpMessage(Operation.LEAVE_ROOM, State.COMPLETE, room, payload)
         case Tunnelled(room):
             return TcrpMessage(Operation.TUNNEL, State.COMPLETE, room, {})
         case Resumed(room, secret, seq):
@@ -711,7 +715,7 @@ def parse_reply(message: TcrpMessage) -> Reply:
             rooms = _field(payload, "rooms", list)
             return RoomList(tuple(_room_info(r) for r in rooms))
         case Operation.LEAVE_ROOM:
-            return Left(message.room)
+            return Left(message.room, _optional_count(payload, "relayed", SEQ_CYCLE))
         case Operation.TUNNEL:
             return Tunnelled(message.room)
         case Operation.RESUME:
