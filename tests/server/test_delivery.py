@@ -21,6 +21,8 @@ from ocm.wire import (
     CreateRoom,
     JoinRoom,
     Kind,
+    LeaveRoom,
+    Left,
     ServerDatagram,
     decode_server_datagram,
     encode_client_datagram,
@@ -43,7 +45,7 @@ from ocm.wire.delivery import (
     encode_extended,
 )
 from ocm.wire.texts import ServerShutdown
-from tests.kit import LOOPBACK, MS, TcrpConnection, UdpPeer, admit, running_server
+from tests.kit import LOOPBACK, MS, TcrpConnection, UdpPeer, admit, call, running_server
 
 IP = "127.0.0.1"
 OTHER_IP = "127.0.0.2"
@@ -481,3 +483,24 @@ async def test_a_host_leaving_over_udp_gets_its_closed_copies_on_time() -> None:
         finally:
             host.close()
             member.close()
+
+
+async def test_leave_room_says_how_far_a_relayed_members_messages_went() -> None:
+    """The real server: ``relayed`` is granted to whoever asks with delivery, and its
+    LEAVE_ROOM's COMPLETE carries the number; anyone else's is as in version 1."""
+    async with running_server() as server:
+        features = ("delivery", "relayed")
+        alice = await admit(server.tcp_port, CreateRoom("lobby", "alice", None, features))
+        assert alice.features == features
+        bob = await admit(server.tcp_port, JoinRoom("lobby", "bob", None, ("delivery",)))
+        assert bob.features == ("delivery",)
+        peer = await UdpPeer.open(alice.udp_port)
+        try:
+            peer.send_raw(encode_extended(Data(alice.token, 1, "hi")))
+            assert isinstance(decode_received(await peer.recv_raw()), Chat)
+        finally:
+            peer.close()
+        _, left = await call(server.tcp_port, LeaveRoom("lobby", bob.token))
+        assert left == Left("lobby", None)
+        _, left = await call(server.tcp_port, LeaveRoom("lobby", alice.token))
+        assert left == Left("lobby", 1)
