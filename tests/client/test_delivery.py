@@ -852,6 +852,18 @@ def test_leaving_while_a_closed_waits_for_its_gap_ends_at_once() -> None:
     assert not state.leaving
 
 
+def test_a_server_lost_while_its_closed_waits_for_a_gap_ends_with_that_closed() -> None:
+    """The CLOSED came, the Seqs before it did not (the server shut down, its history
+    with it): whatever ends the wait, the room ended as the CLOSED says."""
+    state = make(seq=10)
+    state.send("hi", 0.0)
+    feed(state, 0.1, closed(13, "server shutting down"))  # 11, 12 missing
+    assert state.ended is None
+    events = state.end("the server stopped answering")
+    assert isinstance(events[0], Gap) and events[-1] == Closed("server shutting down")
+    assert Undelivered("hi") in events
+
+
 def test_the_closed_a_host_leave_causes_is_not_news() -> None:
     state = DeliveryState("alice", "alice", ["alice"], room="lobby", token=TOKEN, seq=0, boot=BOOT)
     state.leave(1.0)

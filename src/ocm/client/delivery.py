@@ -366,6 +366,15 @@ class DeliveryState:
         if self.leaving:
             self.ended = Closed("left the room")
             return []
+        if self._closed_at is not None:
+            # The room's CLOSED is in, waiting for the gap before it: that is how the
+            # room ended, whatever ends our wait (the server, gone after its shutdown,
+            # stopped answering; its tunnel closed).
+            closed_at, self._closed_at, self._close_by = self._closed_at, None, None
+            self._give_up_through(closed_at - 1)
+            events = self._release()  # ends with the CLOSED, which ends the room
+            if self.ended is not None:
+                return events
         events = self.give_up_outgoing()
         self.ended = Closed(reason)
         events.append(self.ended)

@@ -125,9 +125,9 @@ class Limits:
     # that missed a whole flood gets it back in about a second, and a member cannot make
     # the server send more than this however it asks.
     repair_rate: int = count(1000, "datagrams", "repair datagrams per member per second")
-    # Delivery members get a room's CLOSED four times: at once and after 1, 3 and 7
-    # intervals, so that at 10% loss one member in 10,000 misses all four. A server
-    # shutting down lingers this long times seven (1.4 s) before it stops answering.
+    # Delivery members get a room's CLOSED eight times: at once and after each of 7
+    # intervals, so that at 20% loss one member in 390,000 misses all eight. A server
+    # shutting down lingers that long (1.4 s), and a second more, before it stops.
     closed_resend_interval: float = seconds(
         0.2, "seconds between the copies of a CLOSED (delivery members)"
     )
