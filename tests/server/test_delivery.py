@@ -325,7 +325,7 @@ def test_a_closed_rooms_members_are_told_closed_again_and_again() -> None:
     assert decode_received(first.datagram) == closed and set(first.addresses) == {ALICE, BOB}
     for n in range(2, 8):
         due = registry.next_deadline()
-        assert due == pytest.approx(5.0 + 0.2 * n)
+        assert due is not None and due == pytest.approx(5.0 + 0.2 * n)
         assert len(registry.expire(due)) == 1
     assert registry.next_deadline() is None
 
