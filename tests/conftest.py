@@ -6,7 +6,7 @@ and everything derived from the home directory (macOS, Windows), point into a te
 directory, for this process and every ``ocm`` process a test starts.
 
 Set in ``pytest_configure``, before any test module is imported, rather than in a
-session fixture: some modules copy ``os.environ`` when they load (tests/cli/test_cli.py's
+session fixture: some modules copy ``os.environ`` when they load (tests/cli/kit.py's
 ``ENV``), and a fixture would come too late for those copies. The session fixture below
 only hands the directory to the tests that want it.
 

@@ -64,10 +64,10 @@ from ocm.errors import ProtocolError
 from ocm.server.app import keep_receiving_after_unreachable
 from ocm.wire import (
     MAX_REPLY_PAYLOAD,
-    TCRP_HEADER_SIZE,
     Operation,
     State,
     TcrpMessage,
+    TcrpReader,
     decode_tcrp,
     encode_tcrp,
 )
@@ -266,51 +266,49 @@ class ReplyRewriter:
     except that admissions get the proxy's ``udp_port`` (re-encoded with
     :func:`~ocm.wire.encode_tcrp`). A partial message is held until it is whole.
 
-    Messages are cut by their header's sizes alone and only admissions are decoded, so
+    Messages are cut by their header's sizes alone (the wire's framer in raw mode,
+    :meth:`~ocm.wire.framer.TcrpReader.next_raw`) and only admissions are decoded, so
     operations the wire may not know (RESUME, TUNNEL) pass as they came. From the byte
     after a COMPLETE of TUNNEL the stream is relay datagrams, not TCRP: it passes
-    untouched (``tunnelled`` is then True). So does the rest of a stream whose header
-    cannot be cut (an unknown state, a size over ``MAX_REPLY_PAYLOAD``): the proxy relays
-    a server's bugs, it does not fix them.
+    untouched (``tunnelled`` is then True). So does the rest of a stream out of step: a
+    message of an unknown state (itself passed once its sizes say it is whole) and all
+    after it, or everything from a header whose size is over ``MAX_REPLY_PAYLOAD``: the
+    proxy relays a server's bugs, it does not fix them.
     """
 
     def __init__(self, udp_port: int) -> None:
         self.udp_port = udp_port
         self.rewritten = 0
         self.tunnelled = False
-        self._raw = bytearray()  # the bytes of the message not yet whole
+        # Cut by the sizes alone (next_raw): whatever the operation, nothing decoded.
+        self._framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
         self._transparent = False
 
     def feed(self, data: bytes) -> bytes:
         if self._transparent:
             return data
-        self._raw += data
+        self._framer.feed(data)
         out = bytearray()
-        while not self._transparent and (size := self._whole_size()) is not None:
-            raw = bytes(self._raw[:size])
-            del self._raw[:size]
+        while not self._transparent and (raw := self._next()) is not None:
             out += self._passed(raw)
         if self._transparent:  # the rest of this read too: tunnel bytes, or out of step
             out += self.flush()
         return bytes(out)
 
-    def _whole_size(self) -> int | None:
-        """The size of the message at the head, once it is all in; None before."""
-        if len(self._raw) < TCRP_HEADER_SIZE:
+    def _next(self) -> bytes | None:
+        """The message at the head, once it is all in; None before."""
+        try:
+            raw = self._framer.next_raw()
+        except ProtocolError:  # a size over MAX_REPLY_PAYLOAD: never held, memory bounded
+            self._transparent = True  # and nothing after it can be cut either
             return None
-        payload_size = int.from_bytes(self._raw[3:TCRP_HEADER_SIZE], "big")
-        if self._raw[2] not in _STATES:
-            self._transparent = True  # not TCRP: nothing after it can be cut either
-            return None
-        if payload_size > MAX_REPLY_PAYLOAD:
-            self._transparent = True  # never held: memory stays bounded
-            return None
-        size = TCRP_HEADER_SIZE + self._raw[0] + payload_size
-        return size if len(self._raw) >= size else None
+        if raw is not None and raw[2] not in _STATES:
+            self._transparent = True  # not TCRP: passed, and nothing after it is cut
+        return raw
 
     def _passed(self, raw: bytes) -> bytes:
         operation, state = raw[1], raw[2]
-        if state != State.COMPLETE:
+        if self._transparent or state != State.COMPLETE:
             return raw
         if operation == TUNNEL:
             self.tunnelled = self._transparent = True
@@ -336,9 +334,7 @@ class ReplyRewriter:
 
     def flush(self) -> bytes:
         """The bytes of a message cut short (at the end of the stream), as they came."""
-        held = bytes(self._raw)
-        self._raw.clear()
-        return held
+        return self._framer.take_rest()
 
 
 # ---------------------------------------------------------------------------

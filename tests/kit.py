@@ -99,6 +99,56 @@ class ReplyReader:
         return parse_reply(await read_message(self.reader, self.framer))
 
 
+class RawStream:
+    """TCRP messages off one TCP connection as the raw bytes they came in, cut by the
+    wire's framer (:meth:`~ocm.wire.framer.TcrpReader.next_raw`: the sizes alone, so an
+    operation or state the decoder would refuse is still read), then, once the tool
+    stops reading TCRP (after a TUNNEL, or to see the stream end), bytes as they come.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, *, max_payload: int = MAX_REPLY_PAYLOAD
+    ) -> None:
+        self.reader = reader
+        self.framer = TcrpReader(max_payload=max_payload)
+        self._rest: bytearray | None = None  # past the TCRP messages, once taken
+
+    async def message(self) -> bytes:
+        """The next whole message, header and body; IncompleteReadError at the end."""
+        assert self._rest is None, "the stream is past its TCRP messages"
+        while (raw := self.framer.next_raw()) is None:
+            data = await self.reader.read(4096)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)
+            self.framer.feed(data)
+        return raw
+
+    def _taken(self) -> bytearray:
+        if self._rest is None:
+            self._rest = bytearray(self.framer.take_rest())
+        return self._rest
+
+    async def exactly(self, size: int) -> bytes:
+        """The next ``size`` bytes after the messages read (the framer's leftover first)."""
+        rest = self._taken()
+        if len(rest) < size:
+            rest += await self.reader.readexactly(size - len(rest))
+        data = bytes(rest[:size])
+        del rest[:size]
+        return data
+
+    def take_rest(self) -> bytes:
+        """What was read beyond the messages, taken out (the stream goes on from there)."""
+        rest = self._taken()
+        data = bytes(rest)
+        rest.clear()
+        return data
+
+    async def to_the_end(self) -> bytes:
+        """Everything after the messages read, until the peer closes."""
+        return self.take_rest() + await self.reader.read()
+
+
 class TcrpConnection:
     """One TCP connection speaking raw TCRP."""
 

@@ -1124,3 +1124,69 @@ def test_packages_import_only_downwards_can_fail() -> None:
         "ocm.ui.pipe imports ocm.cli.client",
     ]
     assert not under("ocm.client", "ocm.cli") and under("ocm.cli.args", "ocm.cli")
+
+
+# ---------------------------------------------------------------------------
+# Tests: the tests mirror the source
+# ---------------------------------------------------------------------------
+
+TESTS = ROOT / "tests"
+
+
+@cache
+def suite_sources() -> dict[str, Source]:
+    """Every module under tests/ by its dotted name (``tests.server.test_tls``)."""
+    found: dict[str, Source] = {}
+    for path in sorted(TESTS.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found[".".join(parts)] = Source(tree, path.name == "__init__.py")
+    return found
+
+
+def imports_of_test_modules(modules: Mapping[str, Source]) -> list[str]:
+    """Each import of a module whose last dotted part starts with ``test_``, however it
+    is made (``from tests.x.test_y import h``, ``import tests.x.test_y``, ``from tests.x
+    import test_y``, relative, inside a function)."""
+    known = set(modules) | set(suite_sources())
+    return [
+        str(i)
+        for name, source in modules.items()
+        for i in read_imports(name, source, known)
+        if i.target.rsplit(".", 1)[-1].startswith("test_")
+    ]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Issue 10: a helper that more than one test module needs lives in a kit
+    (tests/kit.py, or the folder's own kit.py, conftest.py), never in a test module that
+    others import: that would run its tests' module-level code for the importer, and
+    tie one test file's helpers to another's tests."""
+    modules = suite_sources()
+    assert {"tests.kit", "tests.server.test_tls", "tests.cli.kit"} <= set(modules)
+    assert imports_of_test_modules(modules) == []
+
+
+def test_no_test_module_imports_another_can_fail() -> None:
+    snippets = {
+        "tests.server.test_tls": "from tests.server.test_tunnel import boot, on_udp\n",
+        "tests.cli.test_e2e_cli": "import tests.cli.test_cli\n",
+        "tests.cluster.test_cluster": "from tests.server import test_metrics\n",
+        "tests.ui.test_e2e_ui": "def f():\n    from .test_terminal import screen_for\n",
+        # Allowed: the kits, and modules whose names merely contain "test".
+        "tests.ui.test_pipe": """
+            from tests.kit import running_server
+            from tests.ui.kit import NOON
+            from tests import strategies
+            import pytest
+        """,
+    }
+    found = imports_of_test_modules(parse_sources(snippets))
+    assert [line.split(" (line")[0] for line in found] == [
+        "tests.server.test_tls imports tests.server.test_tunnel",
+        "tests.cli.test_e2e_cli imports tests.cli.test_cli",
+        "tests.cluster.test_cluster imports tests.server.test_metrics",
+        "tests.ui.test_e2e_ui imports tests.ui.test_terminal inside a function",
+    ]

@@ -10,7 +10,7 @@ import pytest
 from ocm.cli import build_parser
 from ocm.client import ChatClient, Message
 from ocm.wire.e2e import derive_keys
-from tests.cli.test_cli import Piped, ocm, wait_for_room
+from tests.cli.kit import Piped, ocm, wait_for_room
 from tests.kit import registered, running_server, settle, until
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ocm.cli import build_parser
 from ocm.server.identity import load_identity
-from tests.cli.test_cli import ocm, server_process, spawn
+from tests.cli.kit import ocm, server_process, spawn
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -28,7 +28,7 @@ from ocm.errors import (
 )
 from ocm.server.identity import load_identity
 from ocm.wire.tcrp import encode_error_ack
-from tests.kit import LOOPBACK, running_server, server_of
+from tests.kit import LOOPBACK, RawStream, running_server, server_of
 
 
 class FirstContacts:
@@ -189,9 +189,9 @@ async def test_a_server_without_starttls_is_a_clear_error() -> None:
     """A version 1 server answers operation 7 with unknown_operation, and closes."""
 
     async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        header = await reader.readexactly(32)
+        request = await RawStream(reader).message()  # cut raw: as if 7 were unknown
         writer.write(
-            encode_error_ack(header[1], "", ErrorCode.UNKNOWN_OPERATION, "unknown operation 7")
+            encode_error_ack(request[1], "", ErrorCode.UNKNOWN_OPERATION, "unknown operation 7")
         )
         await writer.drain()
         writer.close()

@@ -38,7 +38,7 @@ from tests.kit import (
     until,
 )
 from tests.redis_kit import RedisServer
-from tests.server.test_metrics import scrape, value
+from tests.server.kit import scrape, value
 
 pytestmark = [
     pytest.mark.posix,

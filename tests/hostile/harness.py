@@ -24,6 +24,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -401,19 +402,17 @@ class Exchange:
 
 
 def split_replies(data: bytes) -> tuple[list[tuple[int, int, dict[str, Any]]], int]:
-    """Parse a byte stream of server replies by hand (the operation byte may be unknown)."""
+    """A byte stream of server replies as (operation, state, payload), cut by the wire's
+    framer in raw mode (the operation byte may be unknown: an error ACK echoes it), and
+    the count of trailing bytes that were no whole reply."""
     replies: list[tuple[int, int, dict[str, Any]]] = []
-    offset = 0
-    while len(data) - offset >= TCRP_HEADER_SIZE:
-        header = data[offset : offset + TCRP_HEADER_SIZE]
-        end = offset + TCRP_HEADER_SIZE + header[0] + int.from_bytes(header[3:], "big")
-        if end > len(data):
-            break
-        body = data[offset + TCRP_HEADER_SIZE + header[0] : end]
-        payload = json.loads(body) if body else {}
-        replies.append((header[1], header[2], payload))
-        offset = end
-    return replies, len(data) - offset
+    framer = TcrpReader(max_payload=MAX_REPLY_PAYLOAD)
+    framer.feed(data)
+    with suppress(ProtocolError):  # a size over the cap: the rest is left over
+        while (raw := framer.next_raw()) is not None:
+            body = raw[TCRP_HEADER_SIZE + raw[0] :]
+            replies.append((raw[1], raw[2], json.loads(body) if body else {}))
+    return replies, len(framer.take_rest())
 
 
 async def exchange(

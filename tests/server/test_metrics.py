@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping
 from contextlib import suppress
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ocm.client import Message
-from ocm.server.app import OCMServer
-from ocm.server.exposition import CONTENT_TYPE
 from ocm.server.metrics import MAX_CONNECTIONS, MAX_HEAD, parse_request_line
 from ocm.server.udp import MAX_QUEUED_BYTES
 from ocm.wire import CreateRoom, JoinRoom, ListRooms, encode_request
@@ -38,52 +34,7 @@ from tests.kit import (
     running_server,
     until,
 )
-
-Samples = Mapping[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def http(port: int, request: bytes, timeout: float = 2000 * MS) -> bytes:
-    """Send ``request`` on a new connection; everything the server sends until it closes."""
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            return await reader.read(-1)
-    finally:
-        writer.close()
-        with suppress(ConnectionError):
-            await writer.wait_closed()
-
-
-def split(response: bytes) -> tuple[str, dict[str, str], bytes]:
-    """(status line, headers by lower-case name, body) of a whole HTTP response."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    status, *lines = head.decode("ascii").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in lines)}
-    return status, headers, body
-
-
-async def scrape(server: OCMServer) -> Samples:
-    """Every sample of ``GET /metrics``, parsed by prometheus_client: (name, labels) -> value."""
-    assert server.metrics_port is not None
-    status, headers, body = split(await http(server.metrics_port, get("/metrics")))
-    assert status == "HTTP/1.1 200 OK"
-    assert headers["content-type"] == CONTENT_TYPE
-    assert int(headers["content-length"]) == len(body)
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body.decode("utf-8"))
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
-
-
-def get(path: str, method: str = "GET") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n".encode()
+from tests.server.kit import Samples, get, http, scrape, split, value
 
 
 def dropped(samples: Samples, reason: str) -> float:

@@ -28,6 +28,7 @@ from ocm.wire import (
 from tests.kit import (
     MS,
     OTHER_HOST,
+    RawStream,
     ServerProcess,
     TcrpConnection,
     UdpPeer,
@@ -320,13 +321,13 @@ async def test_malformed_request_gets_error_ack_then_close(raw: bytes, code: Err
     async with running_server() as server:
         connection = await TcrpConnection.open(server.tcp_port)
         connection.writer.write(raw)
-        # Read the ACK by hand: it echoes the operation byte, even an unknown one.
-        header = await connection.reader.readexactly(TCRP_HEADER_SIZE)
-        assert (header[1], header[2]) == (raw[1], State.ACK)
-        body = await connection.reader.readexactly(int.from_bytes(header[3:], "big") + header[0])
-        assert json.loads(body[header[0] :])["code"] == code
+        # Read the ACK raw: it echoes the operation byte, even one the decoder refuses.
+        stream = RawStream(connection.reader)
+        ack = await stream.message()
+        assert (ack[1], ack[2]) == (raw[1], State.ACK)
+        assert json.loads(ack[TCRP_HEADER_SIZE + ack[0] :])["code"] == code
         async with asyncio.timeout(1000 * MS):
-            assert await connection.reader.read() == b""  # the server closed it
+            assert await stream.to_the_end() == b""  # the server closed it
         await connection.close()
 
 

@@ -36,6 +36,7 @@ from tests.kit import (
     running_server,
     server_of,
 )
+from tests.server.kit import boot, on_udp, received, tunnelled
 
 DELIVERY = ("delivery",)
 
@@ -181,8 +182,6 @@ async def test_a_starttls_of_32_bytes_is_the_same_request() -> None:
 async def test_a_tls_tunnel_that_is_not_read_is_cut_and_the_room_goes_on() -> None:
     """--tunnel-buffer bounds a tunnel inside TLS as well: the SSL transport counts what
     waits (section 4), and the cut happens, with the sender's CHATs still coming back."""
-    from tests.server.test_tunnel import boot, on_udp, received, tunnelled
-
     limit = 16 * 1024
     # The members ask for no sealed datagrams (the cut is TLS's transport's to make, not
     # the seal's): a server that allows plaintext members admits them.

@@ -42,10 +42,8 @@ from ocm.wire.delivery import (
     Departed,
     Leave,
     Ping,
-    Received,
     Repair,
     Status,
-    decode_received,
     encode_extended,
     encode_received,
 )
@@ -65,6 +63,7 @@ from tests.kit import (
     running_server,
     until,
 )
+from tests.server.kit import boot, on_udp, received, tunnelled
 
 needs_alias = pytest.mark.skipif(
     not has_loopback_alias(), reason=f"{OTHER_HOST} is not a loopback address here"
@@ -76,26 +75,6 @@ TUNNEL = ("delivery", "tunnel")
 
 def member(server: OCMServer, admission: Admission) -> Member:
     return server.registry.by_token[admission.token.encode()]
-
-
-def boot(admission: Admission) -> bytes:
-    return bytes.fromhex(admission.boot or "")
-
-
-async def received(peer: UdpPeer, timeout: float = 1000 * MS) -> Received:
-    return decode_received(await peer.recv_raw(timeout))
-
-
-async def tunnelled(peer: TunnelPeer, timeout: float = 1000 * MS) -> Received:
-    return decode_received(await peer.recv(timeout))
-
-
-async def on_udp(admission: Admission, *, local_host: str = LOOPBACK) -> UdpPeer:
-    """A delivery member's UDP peer, registered by a PING (its STATUS taken)."""
-    peer = await UdpPeer.open(admission.udp_port, local_host=local_host)
-    peer.send_raw(encode_extended(Ping(admission.token, 1, boot(admission))))
-    assert isinstance(await received(peer), Status)
-    return peer
 
 
 async def through_tunnel(

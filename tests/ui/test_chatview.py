@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import colorsys
 import re
-from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
@@ -73,12 +72,7 @@ from ocm.wire.texts import (
     format_refusal,
 )
 from tests.strategies import names
-
-NOON = datetime(2025, 6, 3, 12, 5)
-
-
-def plain(fragments: list[tuple[str, str]]) -> str:
-    return "".join(text for _, text in fragments)
+from tests.ui.kit import NOON, plain
 
 
 def test_djb2_is_the_classic_hash() -> None:

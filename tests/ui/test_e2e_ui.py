@@ -9,8 +9,7 @@ from ocm.ui.chatview import event_lines, pipe_line, toolbar
 from ocm.wire.e2e import FLOOR_ITERATIONS, FLOOR_MEMORY_KIB
 from ocm.wire.tcrp import E2eParams
 from tests.kit import ready, running_server, server_of
-from tests.ui.test_chatview import NOON, plain
-from tests.ui.test_terminal import screen_for
+from tests.ui.kit import NOON, plain, screen_for
 
 FLOOR = E2eParams(bytes(16), FLOOR_MEMORY_KIB, FLOOR_ITERATIONS, 1)
 

@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +69,7 @@ from tests.kit import (
     settle,
     until,
 )
+from tests.ui.kit import NOON, screen_for
 
 if sys.platform != "win32":  # a pseudo-terminal is POSIX only
     import fcntl
@@ -78,7 +78,6 @@ if sys.platform != "win32":  # a pseudo-terminal is POSIX only
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OCM_")}
-NOON = datetime(2025, 6, 3, 12, 5)
 
 
 def where(server: OCMServer) -> str:
@@ -110,43 +109,6 @@ def test_tab_completes_member_names() -> None:
 # ---------------------------------------------------------------------------
 # In-process: keys through a pipe, plain text out
 # ---------------------------------------------------------------------------
-
-
-class Screen:
-    """A TerminalChat running on a pipe input and a plain-text output."""
-
-    def __init__(self, chat: ChatClient, keys: PipeInput) -> None:
-        self.keys = keys
-        self.out = io.StringIO()
-        self.output = PlainTextOutput(self.out)
-        self.ui = TerminalChat(chat, input=keys, output=self.output, clock=lambda: NOON)
-        self.task = asyncio.create_task(self.ui.run())
-
-    def type(self, text: str) -> None:
-        self.keys.send_text(text)
-
-    async def shows(self, text: str, times: int = 1, timeout: float = 1000 * MS) -> None:
-        async with asyncio.timeout(timeout):
-            while self.out.getvalue().count(text) < times:
-                self.output.flush()
-                await asyncio.sleep(5 * MS)
-
-    async def exit_status(self, timeout: float = 2000 * MS) -> int:
-        async with asyncio.timeout(timeout):
-            return await self.task
-
-
-@asynccontextmanager
-async def screen_for(chat: ChatClient) -> AsyncIterator[Screen]:
-    with create_pipe_input() as keys:
-        screen = Screen(chat, keys)
-        try:
-            yield screen
-        finally:
-            if not screen.task.done():
-                screen.task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await screen.task
 
 
 async def test_typing_sends_commands_answer_and_exit_leaves() -> None:

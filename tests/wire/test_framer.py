@@ -101,3 +101,64 @@ def test_a_malformed_body_is_a_remote_protocol_error() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         reader.next_message()
     assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+# ---------------------------------------------------------------------------
+# Raw mode: whole messages as bytes, only the sizes checked
+# ---------------------------------------------------------------------------
+
+
+def read_all_raw(reader: TcrpReader, chunks: list[bytes]) -> list[bytes]:
+    messages: list[bytes] = []
+    for chunk in chunks:
+        reader.feed(chunk)
+        while (raw := reader.next_raw()) is not None:
+            messages.append(raw)
+    return messages
+
+
+def test_raw_one_byte_at_a_time() -> None:
+    reader = TcrpReader()
+    chunks = [STREAM[i : i + 1] for i in range(len(STREAM))]
+    assert read_all_raw(reader, chunks) == REQUESTS
+    assert not reader.started
+
+
+def test_raw_two_pipelined_messages_in_one_feed() -> None:
+    reader = TcrpReader()
+    reader.feed(REQUESTS[0] + REQUESTS[1] + REQUESTS[2][:5])
+    assert reader.next_raw() == REQUESTS[0]
+    assert reader.next_raw() == REQUESTS[1]
+    assert reader.next_raw() is None and reader.started
+    assert reader.take_rest() == REQUESTS[2][:5]  # what follows is kept, not lost
+
+
+def test_raw_cuts_an_unknown_operation_the_decoder_refuses() -> None:
+    """An error ACK echoing operation 9: next_message refuses it, next_raw hands it on
+    whole (and the message after it), so a tool can still read the stream."""
+    echoed = encode_header(5, 9, State.ACK, 2) + b"lobby{}"
+    refusing = TcrpReader()
+    refusing.feed(echoed)
+    with pytest.raises(RemoteProtocolError) as info:
+        refusing.next_message()
+    assert info.value.code is ErrorCode.UNKNOWN_OPERATION
+    reader = TcrpReader()
+    reader.feed(echoed + REQUESTS[1])
+    assert reader.next_raw() == echoed and reader.operation == 9
+    assert reader.next_raw() == REQUESTS[1]
+
+
+def test_raw_refuses_an_oversized_size_field_as_next_message_does() -> None:
+    header = encode_header(5, Operation.JOIN_ROOM, State.REQUEST, 101)
+    codes = []
+    for read in (TcrpReader.next_message, TcrpReader.next_raw):
+        reader = TcrpReader(max_payload=100)
+        reader.feed(header)  # the header alone: refused before any body is waited for
+        with pytest.raises(RemoteProtocolError) as info:
+            read(reader)
+        codes.append(info.value.code)
+    assert codes == [ErrorCode.TOO_LARGE, ErrorCode.TOO_LARGE]
+    assert reader.take_rest() == header  # raw mode took nothing: the stream can pass on
+    at_the_cap = TcrpReader(max_payload=100)
+    at_the_cap.feed(encode_header(0, 9, 7, 100) + bytes(100))  # nothing else is checked
+    assert at_the_cap.next_raw() == encode_header(0, 9, 7, 100) + bytes(100)

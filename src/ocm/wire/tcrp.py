@@ -6,7 +6,8 @@ Two levels:
 * frames: :class:`TcrpHeader` and :class:`TcrpMessage` (operation, state, room, JSON
   payload), read and written by :func:`decode_header`, :func:`decode_tcrp_body`,
   :func:`decode_tcrp` and :func:`encode_tcrp` (and fed from a byte stream by
-  :class:`ocm.wire.framer.TcrpReader`);
+  :class:`ocm.wire.framer.TcrpReader`); :func:`body_size` is the cut alone, the sizes
+  of a header whose operation and state are not read;
 * typed messages: the requests (:class:`CreateRoom`, :class:`JoinRoom`,
   :class:`ListRooms`, :class:`LeaveRoom`, section 4's :class:`Tunnel` and
   :class:`Resume`, section 5's :class:`StartTls` and :class:`LookupRoom`) and replies
@@ -67,6 +68,7 @@ __all__ = [
     "TlsReady",
     "Tunnel",
     "Tunnelled",
+    "body_size",
     "decode_header",
     "decode_tcrp",
     "decode_tcrp_body",
@@ -130,13 +132,31 @@ class TcrpMessage:
     payload: dict[str, Any]
 
 
+def body_size(header: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> int:
+    """The size of the body (room name and payload) a raw 32-byte TCRP header announces.
+
+    Only the size fields are read, not the operation or the state: this is the cut of
+    :func:`decode_header` and of :meth:`ocm.wire.framer.TcrpReader.next_raw` alike.
+    Raises ProtocolError: ``bad_request`` for a short header, ``too_large`` for a
+    payload size over ``max_payload``.
+    """
+    if len(header) != TCRP_HEADER_SIZE:
+        raise bad(f"TCRP header must be {TCRP_HEADER_SIZE} bytes, got {len(header)}")
+    payload_size = int.from_bytes(header[3:TCRP_HEADER_SIZE], "big")
+    if payload_size > max_payload:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_LARGE, f"payload of {payload_size} bytes exceeds {max_payload}"
+        )
+    return header[0] + payload_size
+
+
 def decode_header(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpHeader:
     """Decode a 32-byte TCRP header.
 
     Raises ProtocolError: ``bad_request`` for a short header or unknown state,
     ``unknown_operation`` for an operation outside 1-8, ``too_large`` for a payload
-    size over ``max_payload``. The checks run in that order so that a server can
-    still answer an unknown operation (it knows the state was a request).
+    size over ``max_payload`` (:func:`body_size`). The checks run in that order so that
+    a server can still answer an unknown operation (it knows the state was a request).
     """
     if len(data) != TCRP_HEADER_SIZE:
         raise bad(f"TCRP header must be {TCRP_HEADER_SIZE} bytes, got {len(data)}")
@@ -145,11 +165,7 @@ def decode_header(data: bytes, *, max_payload: int = MAX_TCRP_PAYLOAD) -> TcrpHe
         raise bad(f"unknown state {raw_state}")
     if raw_operation not in Operation._value2member_map_:
         raise RemoteProtocolError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {raw_operation}")
-    payload_size = int.from_bytes(data[3:TCRP_HEADER_SIZE], "big")
-    if payload_size > max_payload:
-        raise RemoteProtocolError(
-            ErrorCode.TOO_LARGE, f"payload of {payload_size} bytes exceeds {max_payload}"
-        )
+    payload_size = body_size(data, max_payload=max_payload) - room_name_size
     return TcrpHeader(room_name_size, Operation(raw_operation), State(raw_state), payload_size)
 
 
