@@ -17,11 +17,12 @@ session at its first answer, and :meth:`ChatClient.close` leaves with a LEAVE da
 The adapter sends whatever datagrams the core makes and feeds it what arrives.
 
 It also asks for section 4's ``tunnel`` and ``resume``. When the core doubts the path
-(``DeliveryState.path_trouble``: no answer since it was taken, three silent heartbeat
+(``DeliveryState.path_trouble``: no answer since it was taken, two silent heartbeat
 intervals, our token refused from this address, a send that says our network is gone,
 a tunnel that closed), the adapter looks into it over TCP (:meth:`ChatClient._recover`):
 a new connection from wherever we are now, RESUME, then UDP again or a tunnel on that
-connection. If TCP fails too, within one more heartbeat interval, the server is gone.
+connection. If TCP fails too, within one more heartbeat interval, the server is gone:
+three intervals after its last word.
 
 Otherwise (a version 1 server, or ``delivery=False``) the core is a
 :class:`RoomState` and everything is version 1: the adapter sends heartbeats and chat
@@ -64,6 +65,7 @@ from typing import Any, TypedDict, Unpack
 
 from ocm.client.address import format_server_address, parse_server_address
 from ocm.client.delivery import (
+    CHECK_INTERVALS,
     FEATURES,
     LIVENESS_INTERVALS,
     MAX_RECOVERIES,
@@ -217,7 +219,7 @@ class _Endpoint(asyncio.DatagramProtocol):
             self.client._udp_refused()
         elif isinstance(exc, OSError) and exc.errno in _NETWORK_GONE:
             # Our address or route went away (another network): ask TCP at once
-            # rather than after three silent heartbeat intervals.
+            # rather than after two silent heartbeat intervals.
             self.client._network_gone()
 
 
@@ -734,10 +736,11 @@ class ChatClient:
         try:
             if state.recoveries >= MAX_RECOVERIES:
                 raise ConnectionLost("paths restored in a row, and nothing but refusals")
-            # One heartbeat interval in all: the server has been silent for three
-            # already, and the person waits for the verdict. A network that went away
-            # gets the three intervals it had before: the next one may still be coming up.
-            intervals = LIVENESS_INTERVALS if trouble == NETWORK_GONE else 1
+            # One heartbeat interval in all (CHECK_INTERVALS): the server has been silent
+            # for two already, and the verdict is due within three (the person waits for
+            # it). A network that went away gets the three intervals it had before: the
+            # next one may still be coming up.
+            intervals = LIVENESS_INTERVALS if trouble == NETWORK_GONE else CHECK_INTERVALS
             async with asyncio.timeout(intervals * self.heartbeat_interval):
                 channel = await self._connect_anywhere()
                 moved = channel.link.local_ip != self._link.local_ip
@@ -925,7 +928,7 @@ class ChatClient:
         confirmed, or (version 1) the oldest is given up as :class:`Undelivered`
         (``confirm_timeout`` after it was sent). With delivery a message is resent until
         confirmed; the wait ends at the latest when the room ends for us (a server that
-        stops answering does so within four heartbeat intervals). Raises ProtocolError
+        stops answering does so within three heartbeat intervals). Raises ProtocolError
         (``too_large``, ``bad_request``) for text that cannot be sent, and ConnectionLost
         once the room is over for us.
         """

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ocm.wire.tcrp import Admission
 
 __all__ = [
+    "CHECK_INTERVALS",
     "CLOSE_GRACE",
     "FEATURES",
     "HEAD_RTO",
@@ -65,6 +66,7 @@ __all__ = [
     "MIN_RTO",
     "NO_ANSWER",
     "PATH_GRACE",
+    "PING_FAST_RETRIES",
     "PING_JITTER",
     "REFUSED_HERE",
     "REORDER_HOLD",
@@ -81,9 +83,9 @@ __all__ = [
 # Section 5's sealed datagrams too: the server grants them only over TLS.
 FEATURES = (DELIVERY, RELAYED, TUNNEL, RESUME, SEALED)
 # Section 4: a path that heard nothing from the server this long after it was taken
-# (or three heartbeat intervals, if shorter) is taken for blocked: many networks drop
-# UDP and pass TCP. Seconds, so a person waits little; several round trips of a bad
-# mobile link, and several PINGs (a quarter interval apart until answered).
+# (or two heartbeat intervals, if shorter: the TCP check's interval follows) is taken
+# for blocked: many networks drop UDP and pass TCP. Seconds, so a person waits little;
+# several round trips of a bad mobile link, and eleven PINGs (PING_FAST_RETRIES below).
 PATH_GRACE = 3.0
 # Recoveries in a row after which nothing but refusals came back: the adapter stops
 # trying (a path that only seems restored must not cycle for ever).
@@ -107,8 +109,25 @@ INITIAL_RTO = 0.5
 # joined together do not beat in step; an unanswered one again every quarter interval.
 PING_JITTER = 0.2
 PING_RETRIES_PER_INTERVAL = 4
+# But first, PING_FAST_RETRIES times a tenth of the interval or of PATH_GRACE apart,
+# whichever is shorter: a quarter of the default 15 s interval (3.75 s) is longer than
+# PATH_GRACE, and one lost PING or STATUS would take UDP for blocked. Each PING comes
+# back with probability 0.8 * 0.8 at 20% loss each way, so a new path hears nothing
+# within PATH_GRACE with probability (1 - 0.8 * 0.8)^10 ≈ 3.7e-5 (a PING and ten
+# retries, the last of which may come too late for its answer), and so does a quiet
+# member in the two silent intervals before its doubt (CHECK_INTERVALS), in which a
+# PING and ten retries go out (then quarter intervals, if any are left). Bounded: ten extra
+# PINGs per unanswered PING, in one interval or 3 s, then four an interval. Only with
+# section 4 (recoverable), whose doubts these are: without, nothing happens before
+# LIVENESS_INTERVALS, in which the quarter intervals send plenty; and over a tunnel
+# (reliable) TCP resends.
+PING_FAST_RETRIES = 10
 # Nothing at all from the server for this many heartbeat intervals: it is gone.
 LIVENESS_INTERVALS = 3
+# With section 4 (recoverable) the adapter first asks over TCP whether only the path is
+# gone, which takes this many intervals at most: the doubt comes that much sooner, so
+# the verdict still comes within LIVENESS_INTERVALS of the server's last word.
+CHECK_INTERVALS = 1
 # Datagrams held after a gap at most. A gap that holds up more than this is given up
 # (reported as a Gap): memory stays bounded however long a repair takes.
 MAX_HELD = 4096
@@ -189,7 +208,9 @@ class DeliveryState:
 
     The server is taken for gone after ``LIVENESS_INTERVALS`` heartbeat intervals
     without a datagram from it, not counting the time :meth:`handle_timer` was late for
-    (the process was suspended or blocked, and could not hear anything either).
+    (the process was suspended or blocked, and could not hear anything either). With
+    ``recoverable`` the path is in doubt ``CHECK_INTERVALS`` sooner, so that the
+    adapter's look over TCP ends within those intervals too.
 
     ``random`` (returning a float in [0, 1)) jitters the PING schedule; the default, no
     jitter, keeps tests deterministic.
@@ -267,7 +288,8 @@ class DeliveryState:
         self._nonce = 0
         self._pings: dict[int, float] = {}  # unanswered nonce -> when sent
         self._next_ping = now
-        self._ping_retry: float | None = None
+        self._unanswered_at: float | None = None  # the last PING, while unanswered
+        self._retries = 0  # of the unanswered PING, so far
         self._send_ping(now)
         if start < seq:  # the history: asked at once, no reorder to wait for
             self._gaps.append(_Missing(start + 1, seq, now))
@@ -306,9 +328,9 @@ class DeliveryState:
             return None
         if self.leaving:
             return self._leave_due
-        deadlines = [self._next_ping if self._ping_retry is None else self._ping_retry]
+        deadlines = [self._ping_due()]
         if self.path_trouble is None:  # (while the adapter looks into it: nothing due)
-            deadlines.append(self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval)
+            deadlines.append(self._last_heard + self._silence_limit())
             if self.recoverable and not self._path_heard:
                 deadlines.append(self._path_since + self.path_grace)
         if self._gaps:
@@ -405,7 +427,7 @@ class DeliveryState:
                 and now >= self._path_since + self.path_grace
             ):
                 self.path_trouble = NO_ANSWER  # blocked here? the adapter tries TCP
-            elif now >= self._last_heard + LIVENESS_INTERVALS * self.heartbeat_interval:
+            elif now >= self._last_heard + self._silence_limit():
                 if not self.recoverable:
                     return self.end(STOPPED_ANSWERING)
                 self.path_trouble = STOPPED_ANSWERING  # the path, or the server?
@@ -431,15 +453,21 @@ class DeliveryState:
         if self._probe_at is not None and now >= self._probe_at:
             self._probe_at = None
             self._send_ping(now)  # the burst is over: was its last datagram lost?
-        due = self._next_ping if self._ping_retry is None else self._ping_retry
-        if now >= due:
+        if now >= self._ping_due():
             self._send_ping(now)
         return events
 
     @property
     def path_grace(self) -> float:
         """How long a new path may stay silent before it is taken for blocked."""
-        return min(PATH_GRACE, LIVENESS_INTERVALS * self.heartbeat_interval)
+        return min(PATH_GRACE, self._silence_limit())
+
+    def _silence_limit(self) -> float:
+        """How long the server may be silent: then it is gone, or (``recoverable``) the
+        path is in doubt, early enough for the adapter's look over TCP to end within
+        LIVENESS_INTERVALS too."""
+        intervals = LIVENESS_INTERVALS - CHECK_INTERVALS if self.recoverable else LIVENESS_INTERVALS
+        return intervals * self.heartbeat_interval
 
     def path_lost(self, why: str) -> None:
         """The adapter's path broke (a tunnel's connection closed): ``path_trouble``,
@@ -456,6 +484,7 @@ class DeliveryState:
         self.recoveries += 1
         self._path_heard = False
         self._path_since = self._last_heard = now
+        self._unanswered_at = None  # a new path: its own fast retries
         self._send_ping(now)
         for out in self._outgoing.values():
             self._outbox.append(out.data)
@@ -473,7 +502,20 @@ class DeliveryState:
             del self._pings[next(iter(self._pings))]
         self._outbox.append(encode_extended(Ping(self.token, self._nonce, self.boot)))
         self._next_ping = now + self.heartbeat_interval * (1 - PING_JITTER * self._random())
-        self._ping_retry = now + self.heartbeat_interval / PING_RETRIES_PER_INTERVAL
+        self._retries = 0 if self._unanswered_at is None else self._retries + 1
+        self._unanswered_at = now
+
+    def _ping_due(self) -> float:
+        """When the next PING goes out: the heartbeat, or the unanswered one's retry.
+        (Worked out when asked: the adapter sets ``recoverable`` and ``reliable``
+        after the first PING.)"""
+        if self._unanswered_at is None:
+            return self._next_ping
+        if self._retries < PING_FAST_RETRIES and self.recoverable and not self.reliable:
+            retry = min(self.heartbeat_interval, PATH_GRACE) / PING_FAST_RETRIES
+        else:
+            retry = self.heartbeat_interval / PING_RETRIES_PER_INTERVAL
+        return self._unanswered_at + retry
 
     def _send_repairs(self, now: float) -> None:
         """Ask for every missing range that is due (up to MAX_REPAIRS_PER_ROUND
@@ -529,7 +571,7 @@ class DeliveryState:
                 if sent is not None:
                     self._rtt_sample(now - sent)
                     self._pings.clear()
-                    self._ping_retry = None
+                    self._unanswered_at = None
                 if not self.leaving:
                     self._reveal(self._position(seq), now)
                 return []
