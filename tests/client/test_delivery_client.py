@@ -12,7 +12,10 @@ the heartbeat matters.
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -386,9 +389,39 @@ async def test_leave_room_keeps_our_ip_and_a_bind_failure_is_connection_lost() -
         assert used == Link(LOOPBACK, LOOPBACK)
 
 
-async def test_many_leave_room_calls_from_one_ip_do_not_run_out_of_ports() -> None:
-    """Each exchange leaves a connection in TIME_WAIT on one side; binding to our IP
-    must not make the next ones fail (Linux: the port is chosen at connect time)."""
+@pytest.mark.skipif(sys.platform != "linux", reason="IP_BIND_ADDRESS_NO_PORT is Linux's")
+async def test_the_leave_room_socket_binds_our_ip_without_a_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What keeps many bound LEAVE_ROOMs from running out of ports (the test below cannot
+    exhaust them): the socket bound to our IP has IP_BIND_ADDRESS_NO_PORT, so connect()
+    picks a port free for this destination only."""
+    opened: list[tuple[str, int]] = []
+    original = asyncio.open_connection
+
+    async def spy(*args: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = kwargs.get("sock")
+        if sock is not None:
+            opened.append((sock.getsockname()[0], sock.getsockopt(socket.IPPROTO_IP, 24)))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", spy)
+    async with delivery_server() as (fake, _):
+        await call(
+            (LOOPBACK, fake.tcp_port),
+            LeaveRoom("lobby", "x"),
+            timeout=1000 * MS,
+            link=Link(LOOPBACK, LOOPBACK),
+        )
+    # Every connection of the exchange (TLS on first contact takes two), bound to our IP
+    # with option 24: IP_BIND_ADDRESS_NO_PORT (Python names it from 3.12 on).
+    assert opened and set(opened) == {(LOOPBACK, 1)}
+
+
+async def test_many_leave_room_calls_from_one_bound_ip_all_get_through() -> None:
+    """Each exchange leaves a connection in TIME_WAIT on one side, and the next binds
+    the same IP again: every one gets through. (200 cannot exhaust the ports, with or
+    without IP_BIND_ADDRESS_NO_PORT: the test above checks that option.)"""
     async with delivery_server() as (fake, _):
         for _ in range(200):
             fake.gone = False  # each call leaves anew
