@@ -466,7 +466,7 @@ async def test_clients_that_join_together_do_not_heartbeat_in_lockstep() -> None
                     _times.append(loop.time())
                 _send(data, *args)
 
-            transport.sendto = spy  # type: ignore[method-assign]
+            transport.sendto = spy  # type: ignore[method-assign, assignment]
         await asyncio.sleep(22 * beat)
         intervals = [[b - a for a, b in pairwise(times)] for times in pings]
         assert all(len(each) >= 15 for each in intervals), intervals
