@@ -3,6 +3,8 @@
     python -m bench.lossy                    # the full grid: about 4 minutes
     python -m bench.lossy --smoke            # seconds (the test suite's run)
     python -m bench.lossy --loss 0.2 --modes delivery --messages 400 --json out.json
+    python -m bench.lossy --quiet            # quiet members: 60 s at 20% loss, idle 3 s
+    python -m bench.lossy --quiet --smoke    # the same in seconds
 
 One real ``ocm server`` process on 127.0.0.1 (started as bench/run.py starts it), and for
 each point of the grid a seeded :class:`~tests.faults.FaultProxy` in front of it (loss
@@ -30,6 +32,17 @@ last send until every member has every message, or at most ``--drain`` seconds (
 until nothing has arrived for a second, since it repairs nothing). Everything is bounded:
 every wait has a deadline and the server has a timeout.
 
+``--quiet`` is issue 11's point 6 instead: does loss evict members that say nothing? The
+server runs with ``--idle-timeout 3`` (``--idle-timeout``; otherwise its defaults), an
+observer creates the room directly (not through the proxy, so that its own fate does not
+close the room and it hears every NOTICE), and ``--members`` (15) delivery members join
+through the proxy at 20% loss, 5% duplication and 10% reordering both ways, then say
+nothing for ``--duration`` seconds (60). It reports the members dropped (a Closed to the
+member, or a "timed out" NOTICE to anyone), those that moved to TCP (PathChanged) and the
+datagrams each member sent up (PINGs: it sends nothing else) per minute, from the proxy's
+counters. docs/protocol.md, section 3 ("Why 20% loss does not evict a quiet member") has
+the arithmetic it checks.
+
 The proxy is the test kit's (tests/faults.py): run this from the repository root, where
 ``tests`` is importable (bench is development tooling, like the test kit).
 """
@@ -42,22 +55,33 @@ import contextlib
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench.run import BenchError, Generator, Target, machine, running, write_reports
-from ocm.client import ChatClient, Closed, ErrorReply, Gap, Message, Overflow, Undelivered
+from bench.run import HOST, BenchError, Generator, Target, machine, running, write_reports
+from ocm.client import (
+    ChatClient,
+    Closed,
+    ErrorReply,
+    Gap,
+    Message,
+    Notice,
+    Overflow,
+    PathChanged,
+    Undelivered,
+)
 from ocm.errors import ConnectionLost
+from ocm.wire.texts import Presence, parse_notice
 
 try:
     from tests.faults import PLAINTEXT, FaultProxy
 except ImportError as error:  # pragma: no cover - run from elsewhere than the repository root
     raise SystemExit(f"lossy: {error}: run this from the repository root") from None
 
-__all__ = ["Plan", "Point", "main", "run_point"]
+__all__ = ["Plan", "Point", "QuietPlan", "main", "run_point", "run_quiet"]
 
 SERVER = Target("ocm", "ocm", "OCM")
 NO_GENERATOR = Generator("none", ())  # the server needs no load generator
@@ -355,6 +379,184 @@ def summarise(
 
 
 # ---------------------------------------------------------------------------
+# Quiet members (--quiet): does loss evict members that say nothing?
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuietPlan:
+    members: int = 15  # quiet members, through the proxy (the observer is one more)
+    duration: float = 60.0  # seconds of silence, measured
+    idle_timeout: float = 3.0  # the server's --idle-timeout
+    loss: float = 0.20  # each way
+    duplicate: float = 0.05
+    reorder: float = 0.10
+    seed: int = 11
+    reorder_min: float = 0.005
+    reorder_max: float = 0.060
+    settle: float = 1.0  # seconds after the last join before the silence is counted
+    linger: float = 1.0
+
+
+QUIET = QuietPlan()
+QUIET_SMOKE = QuietPlan(members=4, duration=2.0, idle_timeout=0.6, settle=0.2, linger=0.2)
+
+
+@dataclass
+class Fate:
+    """What one quiet member's application was told."""
+
+    closed: str | None = None  # a Closed before we left
+    paths: list[str] = field(default_factory=list)  # PathChanged texts
+    timed_out: set[str] = field(default_factory=set)  # names in "timed out" NOTICEs it got
+
+
+async def watch(chat: ChatClient, fate: Fate) -> None:
+    async for event in chat:
+        match event:
+            case Notice(text=text):
+                said = parse_notice(text)
+                if said is not None and said.what is Presence.TIMED_OUT:
+                    fate.timed_out.add(said.name)
+            case PathChanged(text=text):
+                fate.paths.append(text)
+            case Closed(reason=reason):
+                fate.closed = reason
+
+
+async def run_quiet(
+    plan: QuietPlan, tcp_port: int, udp_port: int, room: str = "quiet"
+) -> dict[str, Any]:
+    """An observer (the host, direct) and ``plan.members`` members through the proxy,
+    all silent for ``plan.duration`` seconds; the server's idle timeout is the caller's."""
+    started = time.monotonic()
+    asyncio.get_running_loop().set_exception_handler(_ignore_cancelled)
+    names = [f"q{index}" for index in range(plan.members)]
+    fates = [Fate() for _ in names]
+    seen = Fate()  # the observer's
+    async with FaultProxy.start(
+        tcp_port,
+        udp_port,
+        seed=plan.seed,
+        loss=plan.loss,
+        duplicate=plan.duplicate,
+        reorder=plan.reorder,
+        reorder_min=plan.reorder_min,
+        reorder_max=plan.reorder_max,
+    ) as proxy:
+        chats: list[ChatClient] = []
+        readers: list[asyncio.Task[None]] = []
+        try:
+            async with asyncio.timeout(30):
+                observer = await ChatClient.create(
+                    (HOST, tcp_port), room, "observer", linger=plan.linger, security=PLAINTEXT
+                )
+                chats.append(observer)
+                readers.append(asyncio.ensure_future(watch(observer, seen)))
+                for name, fate in zip(names, fates, strict=True):
+                    chat = await ChatClient.join(
+                        proxy.address,
+                        room,
+                        name,
+                        linger=plan.linger,
+                        # The proxy rewrites the admission, which it can do in clear only.
+                        security=PLAINTEXT,
+                    )
+                    chats.append(chat)
+                    readers.append(asyncio.ensure_future(watch(chat, fate)))
+            granted = sum(chat.delivery for chat in chats[1:])
+            heartbeat = chats[-1].heartbeat_interval
+            await asyncio.sleep(plan.settle)
+            before = proxy.counters.as_dict()
+            quiet_from = time.monotonic()
+            await asyncio.sleep(plan.duration)
+            quiet_for = time.monotonic() - quiet_from
+            after = proxy.counters.as_dict()
+            left_alone = [fate.closed for fate in fates]  # before anyone leaves
+        finally:
+            # Leave: members first, the observer (the host) last.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.gather(*(chat.close() for chat in chats[1:]))
+                    if chats:
+                        await chats[0].close()
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+    told = seen.timed_out.union(*(fate.timed_out for fate in fates))
+    closed = {name for name, reason in zip(names, left_alone, strict=True) if reason}
+    moved = {name for name, fate in zip(names, fates, strict=True) if fate.paths}
+    minutes = quiet_for / 60
+    up = after["up"]["received"] - before["up"]["received"]
+    down = after["down"]["received"] - before["down"]["received"]
+    return {
+        "scenario": "quiet",
+        "members": plan.members,
+        "granted": granted,
+        "idle_timeout": plan.idle_timeout,
+        "heartbeat": heartbeat,
+        "loss": plan.loss,
+        "duplicate": plan.duplicate,
+        "reorder": plan.reorder,
+        "seed": plan.seed,
+        "quiet_s": quiet_for,
+        "dropped": len(closed | told),
+        "closed": sorted(closed),
+        "closed_reasons": sorted({r for r in left_alone if r}),
+        "timed_out": sorted(told),
+        "observer_saw_timed_out": sorted(seen.timed_out),
+        "moved_to_tcp": len(moved),
+        "path_changes": sorted({text for fate in fates for text in fate.paths}),
+        "up_per_member_per_min": up / plan.members / minutes if minutes else 0.0,
+        "down_per_member_per_min": down / plan.members / minutes if minutes else 0.0,
+        "up_dropped": after["up"]["dropped"] - before["up"]["dropped"],
+        "traffic": after,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def measure_quiet(plan: QuietPlan, logs: Path) -> dict[str, Any]:
+    extra = ("--idle-timeout", f"{plan.idle_timeout:g}")
+    with running(SERVER, NO_GENERATOR, logs, None, extra=extra) as server:
+        print(f"lossy: {plan.members} quiet members, {plan.duration:g} s ...", file=sys.stderr)
+        row = asyncio.run(run_quiet(plan, server.tcp_port, server.udp_port))
+        row["loop"] = server.loop
+    return row
+
+
+def render_quiet(row: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        f"OCM quiet members on a lossy network, {meta['date']}: {meta['machine']}",
+        f"Command: `{meta['command']}`; the server with --idle-timeout {row['idle_timeout']:g} "
+        f"(clients heartbeat every {row['heartbeat']:g} s minus 0-20 %) on {meta['loop']}; "
+        f"reordered datagrams held {meta['plan']['reorder_min'] * 1000:g}-"
+        f"{meta['plan']['reorder_max'] * 1000:g} ms.",
+        "",
+        "| quiet members | idle timeout s | loss each way | dup | reorder | seed | quiet s "
+        "| dropped | moved to TCP | datagrams up per member per minute "
+        "| down per member per minute |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"| {row['members']} | {row['idle_timeout']:g} | {row['loss']:.0%} "
+        f"| {row['duplicate']:.0%} | {row['reorder']:.0%} | {row['seed']} "
+        f"| {row['quiet_s']:.1f} | {row['dropped']} of {row['members']} "
+        f"| {row['moved_to_tcp']} of {row['members']} | {row['up_per_member_per_min']:.1f} "
+        f"| {row['down_per_member_per_min']:.1f} |",
+    ]
+    notes = []
+    if row["closed"]:
+        notes.append(f"closed: {', '.join(row['closed'])} ({'; '.join(row['closed_reasons'])})")
+    if row["timed_out"]:
+        notes.append(f"announced timed out: {', '.join(row['timed_out'])}")
+    if row["path_changes"]:
+        notes.append(f"path changes: {'; '.join(row['path_changes'])}")
+    if row["granted"] != row["members"]:
+        notes.append(f"delivery granted to {row['granted']} of {row['members']}")
+    if notes:
+        lines += ["", "Problems: " + "; ".join(notes)]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
 # The grid, the report
 # ---------------------------------------------------------------------------
 
@@ -453,9 +655,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny room, seconds in all")
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="quiet members instead: does loss evict members that say nothing? (issue 11, 6)",
+    )
+    parser.add_argument(
+        "--duration", type=float, help="--quiet: seconds of silence (default 60; smoke: 2)"
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="--quiet: the server's --idle-timeout (default 3; smoke: 0.6)",
+    )
+    parser.add_argument(
         "--loss",
         type=_fractions,
-        help="loss each way, comma-separated (default: 0,0.05,0.2; smoke: 0.1)",
+        help="loss each way, comma-separated (default: 0,0.05,0.2; smoke: 0.1; --quiet: one "
+        "value, 0.2)",
     )
     parser.add_argument(
         "--modes", type=_modes, default=list(MODES), help="delivery, v1 or both (default)"
@@ -467,7 +683,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         help="also a point with no fault at all, the proxy alone (default: yes; smoke: no)",
     )
-    parser.add_argument("--members", type=int, help="members in the room (default 4)")
+    parser.add_argument(
+        "--members", type=int, help="members in the room (default 4; --quiet: 15 quiet ones)"
+    )
     parser.add_argument("--messages", type=int, help="messages each member sends (200)")
     parser.add_argument("--rate", type=float, help="messages a second, per member (10)")
     parser.add_argument("--drain", type=float, help="seconds to wait after the last send (10)")
@@ -477,6 +695,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (0 <= args.duplicate <= 1 and 0 <= args.reorder <= 1):
         parser.error("--duplicate and --reorder are fractions from 0 to 1")
+    if args.quiet:
+        if args.loss is not None and len(args.loss) != 1:
+            parser.error("--quiet takes one --loss")
+        if args.loss is None:
+            args.loss = [QUIET.loss]
     if args.loss is None:
         args.loss = [SMOKE_LOSS] if args.smoke else [0.0, 0.05, 0.20]
     if args.clean is None:
@@ -502,8 +725,46 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def make_quiet_plan(args: argparse.Namespace) -> QuietPlan:
+    plan = QUIET_SMOKE if args.smoke else QUIET
+    given = {
+        key: getattr(args, key)
+        for key in ("members", "duration", "idle_timeout", "seed")
+        if getattr(args, key) is not None
+    }
+    plan = replace(plan, loss=args.loss[0], duplicate=args.duplicate, reorder=args.reorder, **given)
+    if not (1 <= plan.members <= 200 and 0 < plan.duration <= 3600 and plan.idle_timeout > 0):
+        raise BenchError("--members 1-200, --duration 0-3600, --idle-timeout above 0")
+    return plan
+
+
+def main_quiet(args: argparse.Namespace) -> int:
+    try:
+        plan = make_quiet_plan(args)
+        with tempfile.TemporaryDirectory(prefix="ocm-lossy-") as tmp:
+            row = measure_quiet(plan, Path(tmp))
+    except BenchError as error:
+        print(f"lossy: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    meta = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "command": "python -m bench.lossy " + " ".join(sys.argv[1:]),
+        "plan": plan.__dict__,
+        "loop": row["loop"],
+        "smoke": args.smoke,
+    }
+    report = render_quiet(row, meta)
+    print(report)
+    return write_reports("lossy", report, {"meta": meta, "rows": [row]}, args.markdown, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.quiet:
+        return main_quiet(args)
     try:
         plan = make_plan(args)
         with tempfile.TemporaryDirectory(prefix="ocm-lossy-") as tmp:

@@ -258,6 +258,7 @@ class Relay:
         logs: Path,
         cpu: int | None,
         before: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.target = target
         self.tcp_port = 0
@@ -271,6 +272,7 @@ class Relay:
             command = [*(python or [sys.executable, "-m", "ocm"]), "server"]
             command += ["--host", HOST, "--port", "0"]
             self.flags = server_flags(before if target.before else None, logs / "data")
+            self.flags += extra  # a bench's own server flags (bench/lossy.py: --idle-timeout)
             command += self.flags
         elif target.kind == "bare":
             command = [sys.executable, "-m", "bench.bare_relay", "--port", "0"]
@@ -327,9 +329,14 @@ class Relay:
 
 @contextmanager
 def running(
-    target: Target, generator: Generator, logs: Path, cpu: int | None, before: Path | None = None
+    target: Target,
+    generator: Generator,
+    logs: Path,
+    cpu: int | None,
+    before: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[Relay]:
-    relay = Relay(target, generator, logs, cpu, before)
+    relay = Relay(target, generator, logs, cpu, before, extra)
     try:
         yield relay
     finally:

@@ -7,9 +7,10 @@ are noise at this size. The C load generator is used where it compiles; the Pyth
 one is run on its own as well, so both stay working. The cost of the delivery
 extension (delivery members, a "before" server from another source tree: here this
 one's own src/, which exercises the mechanism), the relay core's cost per line
-(bench/relay_cost.py), the lossy scenario (bench/lossy.py) and tunnelled members against
-UDP members (bench/tunnel.py), sealed rooms against plaintext rooms (bench/sealed.py) and
-rooms across server nodes on one Redis (bench/cluster.py) run in miniature too.
+(bench/relay_cost.py), the lossy scenario (bench/lossy.py, and its quiet members),
+tunnelled members against UDP members (bench/tunnel.py), sealed rooms against plaintext
+rooms (bench/sealed.py) and rooms across server nodes on one Redis (bench/cluster.py) run
+in miniature too.
 """
 
 from __future__ import annotations
@@ -232,6 +233,23 @@ def test_the_lossy_bench_runs(tmp_path: Path) -> None:
     assert rows["delivery"]["duplicates"] == 0
     assert rows["delivery"]["same_order"] and rows["delivery"]["seq_increasing"]
     assert "| delivery | 10% |" in report["stdout"]
+
+
+@pytest.mark.timeout(60)
+def test_the_lossy_bench_runs_quiet_members(tmp_path: Path) -> None:
+    """bench/lossy.py --quiet in miniature: 4 silent members at 20 % loss for 2 s, the
+    server's idle timeout 0.6 s (3 idle timeouts): none is dropped, and they ping."""
+    report = bench(tmp_path, "--quiet", module="bench.lossy")
+
+    (row,) = report["rows"]
+    assert row["scenario"] == "quiet" and row["members"] == row["granted"] == 4
+    assert row["idle_timeout"] == 0.6 and row["loss"] == 0.2 and row["quiet_s"] >= 2.0
+    assert row["dropped"] == 0, (row["closed"], row["timed_out"])
+    assert row["moved_to_tcp"] == 0, row["path_changes"]
+    # A PING every 0.2 s minus up to 20 %: at least 300 a minute, more with the resends.
+    assert 300 <= row["up_per_member_per_min"] < 1200
+    assert row["up_dropped"] > 0  # it was lossy
+    assert "| 4 | 0.6 | 20% | 5% | 10% | 11 |" in report["stdout"]
 
 
 @pytest.mark.timeout(60)

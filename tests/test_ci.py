@@ -51,12 +51,39 @@ def runs(job_name: str) -> list[str]:
 
 
 def test_the_test_job_runs_exactly_the_readme_command() -> None:
-    """Its last step; the only other commands install redis-server for tests/cluster/."""
+    """Its last step; the only other commands install redis-server for tests/cluster/
+    and alias macOS's loopback addresses."""
     command = readme_command("test")
     assert command and not command.startswith("```")
     *setup, last = runs("test")
     assert last == command
-    assert all("redis" in line for line in setup), setup
+    assert all("redis" in line or "ifconfig lo0 alias" in line for line in setup), setup
+
+
+def loopback_addresses_in_tests() -> set[str]:
+    """Every 127.0.0.N but 127.0.0.1 that a test file names."""
+    found: set[str] = set()
+    for path in (ROOT / "tests").rglob("*.py"):
+        found.update(re.findall(r"\b127\.0\.0\.\d+\b", path.read_text(encoding="utf-8")))
+    return found - {"127.0.0.1"}
+
+
+def test_macos_gets_every_loopback_address_the_tests_use() -> None:
+    """macOS has only 127.0.0.1; without an alias for each other address, the suites
+    that need it skip there (tests/test_delivery_faults.py, tests/test_paths.py, ...)."""
+    steps = [s for s in job("test")["steps"] if "ifconfig" in s.get("run", "")]
+    assert [s.get("if") for s in steps] == ["runner.os == 'macOS'"]
+    script = steps[0]["run"]
+    assert 'sudo ifconfig lo0 alias "127.0.0.$n" up' in script
+    loop = re.search(r"for n in ([\d ]+); do", script)
+    assert loop is not None, script
+    aliased = {f"127.0.0.{n}" for n in loop[1].split()}
+    used = loopback_addresses_in_tests()
+    assert {"127.0.0.2", "127.0.0.9"} <= used  # the search finds them
+    assert used <= aliased, sorted(used - aliased)
+    # The README's command comes after the aliases.
+    names = [s.get("name") for s in job("test")["steps"]]
+    assert names.index(steps[0]["name"]) < len(names) - 1
 
 
 def test_redis_server_is_installed_before_the_tests_where_it_exists() -> None:

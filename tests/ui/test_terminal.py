@@ -997,6 +997,34 @@ async def test_the_terminal_shows_the_last_20_messages_dimmed_by_default() -> No
         await alice.close()
 
 
+@pytest.mark.posix
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
+async def test_the_terminal_shows_no_history_with_history_0() -> None:
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
+        for n in range(25):
+            await alice.send(f"m{n}")
+        assert await alice.flush(1000 * MS)
+        args = ["join", "lobby", "--name", "bob", "--server", where(server), "--history", "0"]
+        term = Terminal(args, {}, rows=40)
+        try:
+            await term.shows("bob>")
+            await until(lambda: registered(server, "lobby", "bob"))
+            await alice.send("live")
+            await term.shows("<alice> live")
+            shown = ANSI.sub(b"", bytes(term.raw)).decode()
+            # Nothing from before we entered: no message, no dimmed "--:--" line at all.
+            assert "> m" not in shown and "--:--" not in shown, shown
+            live = term.row_of("<alice> live")
+            assert term.lines[live][2] == ":" and cell(term, live, "live").fg == "default"
+            term.type("\x04\x04")
+            assert await term.exit_status() == 0
+        finally:
+            term.close()
+        await alice.close()
+
+
 def bells(term: Terminal) -> int:
     """How many times the program rang the terminal's bell (BEL outside a sequence)."""
     return ANSI.sub(b"", bytes(term.raw)).count(b"\x07")
