@@ -20,7 +20,7 @@ from ocm.errors import ErrorCode, RoomError
 from ocm.server.guards import ErrorReplyLimiter
 from ocm.server.limits import Limits
 from ocm.server.passwords import PasswordHash
-from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
+from ocm.server.registry import CLOSED_RESENDS, Address, Member, Outgoing, RoomRegistry
 from ocm.server.relay import Refused, RelayCore
 from ocm.server.tcp import TcrpHandler
 from ocm.server.udp import RelayEndpoint
@@ -364,14 +364,14 @@ def test_the_hosts_leave_closes_the_room_sealed_and_every_copy_is_sealed_anew(
     assert isinstance(first, ServerDatagram) and first.kind is Kind.CLOSED
     # The later copies come from the registry's schedule, unsealed, with the sealer.
     copies: list[bytes] = []
-    for now in (11.0, 13.0, 17.0):
-        (again,) = room.registry.expire(now)
+    for intervals in CLOSED_RESENDS:
+        (again,) = room.registry.expire(10.0 + intervals * RESEND)
         assert again.sealer is room.room.sealer
         assert set(again.addresses) == room.addresses
         sealer = again.sealer
         assert sealer is not None
         copies.append(sealer.seal(again.datagram))
-    assert len({copy[DOWN_HEADER_SIZE - 8 : DOWN_HEADER_SIZE] for copy in copies}) == 3
+    assert len({copy[DOWN_HEADER_SIZE - 8 : DOWN_HEADER_SIZE] for copy in copies}) == 7
     for copy in copies:  # each copy opens (once) for every member, to the same CLOSED
         assert all(client.open(copy) == first for client in room.clients)
     # A member that missed it all asks: its token is answered with the CLOSED, sealed.
