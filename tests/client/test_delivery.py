@@ -834,6 +834,18 @@ def test_leave_room_s_answer_settles_as_departed_does() -> None:
     assert state.departed(None) == [Undelivered("one", certain=False)]
 
 
+def test_the_hosts_own_closed_does_not_end_its_wait_for_departed() -> None:
+    """The host leaves with a line in flight; the room's CLOSED overtakes the DEPARTED
+    that says whether the line was relayed: the host waits for the DEPARTED."""
+    state = make(seq=10, relayed=True)
+    state.send("bye all", 0.0)
+    state.leave(1.0)
+    assert feed(state, 1.1, closed(11)) == []
+    assert state.ended is None and state.out
+    assert feed(state, 1.2, received(Departed(0))) == [Undelivered("bye all", certain=True)]
+    assert state.ended == Closed("left the room")
+
+
 def test_an_unasked_departed_ends_the_room_for_us() -> None:
     """The server says we are out (another client with our token left for us): we are,
     and waiting for an unknown-token ERROR would leave us a ghost for a minute."""
@@ -1106,6 +1118,18 @@ def test_with_the_default_heartbeat_an_unanswered_first_ping_is_resent_within_th
     run_until(state, 10.0)
     later = [d for d in sent(state) if isinstance(d, Ping)]
     assert len(later) == 1 + 1  # the tenth retry at 3.0, then 3.0 + 3.75 = 6.75
+
+
+def test_on_a_slow_path_the_fast_retries_wait_for_the_round_trip() -> None:
+    """With a 1 s round trip measured, a retry every 0.3 s would only add PINGs whose
+    answers are already on their way: a retry waits 1.5 round trips (at most a
+    quarter interval)."""
+    state = default_recoverable()
+    sent(state)
+    state.srtt = 0.1  # a fast path: a tenth of the grace, as before
+    assert state.next_deadline() == pytest.approx(PATH_GRACE / 10)
+    state.srtt = 1.0
+    assert state.next_deadline() == pytest.approx(1.5)
 
 
 def test_one_lost_ping_or_status_of_several_does_not_take_udp_for_blocked() -> None:

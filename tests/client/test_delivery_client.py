@@ -24,6 +24,7 @@ from ocm.client import (
     ChatClient,
     Closed,
     ErrorReply,
+    Event,
     Gap,
     Message,
     Notice,
@@ -613,3 +614,39 @@ async def test_real_server_through_a_lossy_network_every_message_once_in_order()
         assert proxy.counters.down.dropped and proxy.counters.up.dropped
         for member in members[::-1]:
             assert await member.close()
+
+
+async def test_what_a_leave_could_not_settle_is_read_before_the_stream_ends() -> None:
+    """Bob's DATA and LEAVE are lost; while close() falls back to LEAVE_ROOM the room
+    closes (the host left). The line still in flight is reported to the reader, as
+    not certain, before the stream ends: not queued after its end, unread."""
+    async with running_server() as server:
+        alice = await ChatClient.create(server_of(server), "lobby", "alice", security=PLAINTEXT)
+        bob = await ChatClient.join(
+            server_of(server), "lobby", "bob", security=PLAINTEXT, linger=1 * MS
+        )
+        transport: Any = bob._transport
+        sendto = transport.sendto
+
+        def lose_data_and_leave(data: bytes, *address: Any) -> None:
+            if not isinstance(decode_extended(bytes(data)), Data | Leave):
+                sendto(data, *address)
+
+        transport.sendto = lose_data_and_leave
+        leave_room = bob._leave
+
+        async def the_host_leaves_first() -> int | None:
+            await alice.close()
+            await asyncio.sleep(200 * MS)  # its CLOSED reaches bob meanwhile
+            return await leave_room()
+
+        bob._leave = the_host_leaves_first  # type: ignore[method-assign]
+        reading = asyncio.create_task(collect_all(bob))
+        await bob.send("in flight")
+        assert await bob.close()
+        events = await asyncio.wait_for(reading, 2000 * MS)
+        assert Undelivered("in flight", certain=False) in events
+
+
+async def collect_all(chat: ChatClient) -> list[Event]:
+    return [event async for event in chat]

@@ -13,7 +13,7 @@ import pytest
 
 from ocm.client.exchange import read_message
 from ocm.server.guards import ErrorReplyLimiter
-from ocm.server.history import HELD_BYTES, HELD_MESSAGES
+from ocm.server.history import HELD_BYTES, HELD_MESSAGES, PENDING
 from ocm.server.registry import Address, Member, Outgoing, RoomRegistry
 from ocm.server.relay import RESTARTED_RATE, Refused, RelayCore
 from ocm.wire import (
@@ -281,6 +281,16 @@ def test_departed_says_how_far_a_relayed_members_messages_went() -> None:
     assert replies(room.send(Leave(room.bob.token), BOB)) == [Departed(2)]
     assert replies(room.say(room.bob, BOB, 3, "three")) == [Departed(2)]
     assert room.registry.rooms["lobby"].seq == seq + 1  # nothing of bob's after "two"
+
+
+def test_a_message_still_in_a_clusters_queue_makes_relayed_unknown() -> None:
+    """A cluster node hands a message to its store before it is numbered, and the
+    store may still refuse it: until then DEPARTED cannot say it was relayed."""
+    room = Room()
+    room.registry.grant_relayed(room.bob)
+    assert room.bob.relayed is not None
+    room.bob.relayed.dealt_with(PENDING)  # message 1, queued for Redis
+    assert replies(room.send(Leave(room.bob.token), BOB))[0] == Departed(None)
 
 
 def test_a_relayed_member_that_said_nothing_departs_with_zero() -> None:

@@ -1113,7 +1113,8 @@ class ChatClient:
         self._events.extend(events)
         if self._state.ended is not None:
             self._stop_timers()
-            self._stream_ended = True
+            # close() ends the stream itself, after what its leave has to say.
+            self._stream_ended = self._stream_ended or not self._closing
         self._notify()
 
     def _notify(self) -> None:

@@ -513,6 +513,8 @@ class DeliveryState:
             return self._next_ping
         if self._retries < PING_FAST_RETRIES and self.recoverable and not self.reliable:
             retry = min(self.heartbeat_interval, PATH_GRACE) / PING_FAST_RETRIES
+            if self.srtt is not None:  # a slow path: its answers are late, not lost
+                retry = min(self.heartbeat_interval / 4, max(retry, 1.5 * self.srtt))
         else:
             retry = self.heartbeat_interval / PING_RETRIES_PER_INTERVAL
         return self._unanswered_at + retry
@@ -777,9 +779,11 @@ class DeliveryState:
                 return [Notice(text, seq, history)]
             case ServerDatagram(kind=Kind.CLOSED, text=text) if not history:
                 self.out = True
-                self._close_by = None
+                self._closed_at = self._close_by = None
                 if self.leaving:  # the CLOSED our own (host's) leave caused: not news
-                    self.ended = Closed(text)
+                    if not (self.tells_relayed and self._outgoing):
+                        self.ended = Closed(text)
+                    # else our DEPARTED, which says what of ours was relayed, is due
                     return []
                 return self.end(text)
         return []  # a CLOSED from the history (of a room of the same name): skipped

@@ -184,7 +184,7 @@ class OCMServer:
         self.relay = RelayCore(self.registry, ErrorReplyLimiter(limits.error_replies_per_second))
         self._loop = asyncio.get_running_loop()
         # A closed tunnel's address stays routed to nowhere while a CLOSED's copies
-        # (made before it closed) may still go to it: 1, 3 and 7 resend intervals.
+        # (made before it closed) may still go to it: up to 7 resend intervals.
         linger = 8 * limits.closed_resend_interval + 1.0
         self._endpoint = RelayEndpoint(
             self.relay, self._loop.time, self._arm_expiry, tunnel_linger=linger
@@ -400,9 +400,15 @@ class OCMServer:
                 self._expiry_timer.cancel()
                 self._expiry_timer = None
             self._send(self.registry.close_all(ServerShutdown(), self._loop.time()))
-            await self.tcrp.close(timeout=2.0)
-            await self.backend.close()
-            await self._resend_closed()
+            # The copies keep their schedule while connections and the store close
+            # (a hash or Redis may hold those up): bunched together, they would be lost
+            # together.
+            resending = asyncio.create_task(self._resend_closed())
+            try:
+                await self.tcrp.close(timeout=2.0)
+                await self.backend.close()
+            finally:
+                await resending
             if self._tcp_server is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2.0):

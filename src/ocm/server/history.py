@@ -144,6 +144,11 @@ class RelayedLog:
             if self._seqs[slot] == PENDING:
                 self._seqs[slot] = seq
 
+    def pending(self) -> bool:
+        """Whether a message is handed to the cluster's store and not numbered yet
+        (the store may still refuse it: the room closed elsewhere, Redis said no)."""
+        return PENDING in self._seqs
+
     def take_held(self) -> tuple[bool, bytes | None]:
         """Whether message ``next`` is waiting, and its text (None: it was refused)."""
         if self.next not in self.held:

@@ -127,7 +127,7 @@ class Limits:
     repair_rate: int = count(1000, "datagrams", "repair datagrams per member per second")
     # Delivery members get a room's CLOSED eight times: at once and after each of 7
     # intervals, so that at 20% loss one member in 390,000 misses all eight. A server
-    # shutting down lingers that long (1.4 s), and a second more, before it stops.
+    # shutting down lingers that long (1.4 s) before it stops.
     closed_resend_interval: float = seconds(
         0.2, "seconds between the copies of a CLOSED (delivery members)"
     )

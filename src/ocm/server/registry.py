@@ -260,12 +260,14 @@ class Member:
     @property
     def relayed_through(self) -> int | None:
         """For a member granted ``relayed``: its highest message number the server dealt
-        with (relayed, or refused with an ERROR), 0 for none; None otherwise. Those
-        after it wait for one before them (or never came): once the member is gone,
-        they never will be relayed."""
-        if not self.tells_relayed or self.relayed is None:
+        with (relayed, or refused with an ERROR), 0 for none; None otherwise, and while
+        one of its messages waits in a cluster's queue (not relayed yet, and it may
+        never be). Those after it wait for one before them (or never came): once the
+        member is gone, they never will be relayed."""
+        log = self.relayed
+        if not self.tells_relayed or log is None or log.pending():
             return None
-        return self.relayed.next - 1
+        return log.next - 1
 
 
 @dataclass(frozen=True, slots=True)
