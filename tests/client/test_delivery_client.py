@@ -469,7 +469,10 @@ async def test_clients_that_join_together_do_not_heartbeat_in_lockstep() -> None
 
             transport.sendto = spy  # type: ignore[method-assign, assignment]
         await asyncio.sleep(22 * beat)
-        intervals = [[b - a for a, b in pairwise(times)] for times in pings]
+        # A PING whose STATUS is late is resent within a tenth of the interval: those
+        # retries are not heartbeats. (Each PING, retry or not, schedules the next
+        # heartbeat from itself.)
+        intervals = [[b - a for a, b in pairwise(times) if b - a > 0.5 * beat] for times in pings]
         assert all(len(each) >= 15 for each in intervals), intervals
         # Each draws its own: without jitter no interval is shorter than the heartbeat
         # (a timer fires late, never early); with it, about 3 in 4 are 5 % shorter or more.

@@ -462,7 +462,7 @@ async def test_a_delivery_member_over_udp() -> None:
         assert server.registry.rooms == {}
 
 
-async def test_shutdown_tells_delivery_members_four_times() -> None:
+async def test_shutdown_tells_delivery_members_eight_times() -> None:
     async with running_server(closed_resend_interval=20 * MS) as server:
         bob = await admit(server.tcp_port, CreateRoom("lobby", "bob", None, ("delivery",)))
         peer = await UdpPeer.open(bob.udp_port)
