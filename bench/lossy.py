@@ -55,6 +55,7 @@ import contextlib
 import sys
 import tempfile
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -219,6 +220,28 @@ async def send_messages(chat: ChatClient, index: int, plan: Plan, start: float) 
 # ---------------------------------------------------------------------------
 
 
+def lossy_proxy(
+    plan: Plan | QuietPlan,
+    tcp_port: int,
+    udp_port: int,
+    loss: float,
+    duplicate: float,
+    reorder: float,
+) -> AbstractAsyncContextManager[FaultProxy]:
+    """The fault proxy in front of the server, both ways alike, with the plan's seed and
+    reordering delays."""
+    return FaultProxy.start(
+        tcp_port,
+        udp_port,
+        seed=plan.seed,
+        loss=loss,
+        duplicate=duplicate,
+        reorder=reorder,
+        reorder_min=plan.reorder_min,
+        reorder_max=plan.reorder_max,
+    )
+
+
 async def run_point(
     point: Point, plan: Plan, tcp_port: int, udp_port: int, room: str = "lossy"
 ) -> dict[str, Any]:
@@ -228,15 +251,8 @@ async def run_point(
     done = [asyncio.Event() for _ in range(plan.members)]
     started = time.monotonic()
     asyncio.get_running_loop().set_exception_handler(_ignore_cancelled)
-    async with FaultProxy.start(
-        tcp_port,
-        udp_port,
-        seed=plan.seed,
-        loss=point.loss,
-        duplicate=point.duplicate,
-        reorder=point.reorder,
-        reorder_min=plan.reorder_min,
-        reorder_max=plan.reorder_max,
+    async with lossy_proxy(
+        plan, tcp_port, udp_port, point.loss, point.duplicate, point.reorder
     ) as proxy:
         chats: list[ChatClient] = []
         readers: list[asyncio.Task[None]] = []
@@ -434,15 +450,8 @@ async def run_quiet(
     names = [f"q{index}" for index in range(plan.members)]
     fates = [Fate() for _ in names]
     seen = Fate()  # the observer's
-    async with FaultProxy.start(
-        tcp_port,
-        udp_port,
-        seed=plan.seed,
-        loss=plan.loss,
-        duplicate=plan.duplicate,
-        reorder=plan.reorder,
-        reorder_min=plan.reorder_min,
-        reorder_max=plan.reorder_max,
+    async with lossy_proxy(
+        plan, tcp_port, udp_port, plan.loss, plan.duplicate, plan.reorder
     ) as proxy:
         chats: list[ChatClient] = []
         readers: list[asyncio.Task[None]] = []
