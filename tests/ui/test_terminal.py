@@ -311,6 +311,24 @@ async def test_tab_cycles_the_names_inline_and_up_is_always_history() -> None:
             await member.close()
 
 
+async def test_up_right_after_ctrl_c_is_the_history() -> None:
+    """Ctrl-C clears the line and keeps the history where it was: an Up in the same
+    keystrokes brings the last line back (a reset would reload the history in a task of
+    its own, which the Up would come before)."""
+    async with running_server() as server:
+        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
+        async with screen_for(alice) as screen:
+            line = screen.ui.session.default_buffer
+            screen.type("earlier\r")
+            await screen.shows("<alice> earlier")
+            screen.type("draft")
+            await until(lambda: line.text == "draft")
+            screen.keys.send_bytes(b"\x03\x1b[A")
+            await until(lambda: line.text == "earlier")
+            screen.type("\x15/exit\r")
+            assert await screen.exit_status() == 0
+
+
 async def test_focus_reports_and_the_bell_in_process() -> None:
     """The unread marker goes above the first line that came while the window was in
     the background; the bell rings for a message that names us while we are not

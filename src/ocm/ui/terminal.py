@@ -498,7 +498,9 @@ class TerminalChat:
             # when pressed twice on an empty one.
             buffer = event.current_buffer
             if buffer.text:
-                buffer.reset()
+                # Cleared, not reset: reset() reloads the history in a task of its own,
+                # and an Up pressed before that task ran would find none.
+                buffer.document = Document()
                 self._leave_until = 0.0
             else:
                 leave_when_pressed_twice(event, "Ctrl-C")
