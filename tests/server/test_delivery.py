@@ -476,6 +476,37 @@ async def test_shutdown_tells_delivery_members_eight_times() -> None:
             peer.close()
 
 
+async def test_shutdown_copies_keep_their_schedule_while_the_store_closes() -> None:
+    """A slow close of what the server holds (a cluster's store, a hash under way) must
+    not bunch the CLOSED copies together: bunched, they are lost together."""
+    async with running_server(closed_resend_interval=50 * MS) as server:
+        bob = await admit(server.tcp_port, CreateRoom("lobby", "bob", None, ("delivery",)))
+        peer = await UdpPeer.open(bob.udp_port)
+        close_store = server.backend.close
+
+        async def slow_close() -> None:
+            await asyncio.sleep(600 * MS)
+            await close_store()
+
+        server.backend.close = slow_close  # type: ignore[method-assign]
+        try:
+            peer.send_raw(encode_extended(Ping(bob.token, 1, bytes.fromhex(bob.boot or ""))))
+            await peer.recv_raw()  # STATUS
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            closing = asyncio.create_task(server.close())
+            arrivals = []
+            for _ in range(8):
+                await peer.recv_raw(2000 * MS)
+                arrivals.append(loop.time() - started)
+            await closing
+            # On schedule, 50 ms apart: the fourth copy is due at 150 ms, long before the
+            # store is closed (600 ms).
+            assert arrivals[3] < 450 * MS, arrivals
+        finally:
+            peer.close()
+
+
 async def test_a_host_leaving_over_udp_gets_its_closed_copies_on_time() -> None:
     """The datagram that closed the room brought the registry's deadline closer: the
     server re-arms its timer, so the copies do not wait for the next idle deadline."""
