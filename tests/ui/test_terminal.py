@@ -983,15 +983,21 @@ async def test_interactive_mode_in_a_terminal() -> None:
         await carol.close()
 
 
+async def alice_said_25_lines(server: OCMServer) -> ChatClient:
+    """alice in "lobby", once the server has relayed her m0 .. m24: history to enter."""
+    alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
+    for n in range(25):
+        await alice.send(f"m{n}")
+    assert await alice.flush(1000 * MS)
+    return alice
+
+
 @pytest.mark.posix
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 @pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
 async def test_the_terminal_shows_the_last_20_messages_dimmed_by_default() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
-        for n in range(25):
-            await alice.send(f"m{n}")
-        assert await alice.flush(1000 * MS)
+        alice = await alice_said_25_lines(server)
         args = ["join", "lobby", "--name", "bob", "--server", where(server)]
         term = Terminal(args, {}, rows=40)
         try:
@@ -1020,10 +1026,7 @@ async def test_the_terminal_shows_the_last_20_messages_dimmed_by_default() -> No
 @pytest.mark.filterwarnings("error::DeprecationWarning")  # a fork here would warn (3.12+)
 async def test_the_terminal_shows_no_history_with_history_0() -> None:
     async with running_server() as server:
-        alice = await ready(server, await ChatClient.create(where(server), "lobby", "alice"))
-        for n in range(25):
-            await alice.send(f"m{n}")
-        assert await alice.flush(1000 * MS)
+        alice = await alice_said_25_lines(server)
         args = ["join", "lobby", "--name", "bob", "--server", where(server), "--history", "0"]
         term = Terminal(args, {}, rows=40)
         try:
