@@ -220,6 +220,19 @@ async def send_messages(chat: ChatClient, index: int, plan: Plan, start: float) 
 # ---------------------------------------------------------------------------
 
 
+async def leave(chats: list[ChatClient], readers: list[asyncio.Task[None]]) -> None:
+    """Everyone leaves, members first and the host (``chats[0]``) last, since its leave
+    closes the room; then the readers stop."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await asyncio.gather(*(chat.close() for chat in chats[1:]))
+            if chats:
+                await chats[0].close()
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+
+
 def lossy_proxy(
     plan: Plan | QuietPlan,
     tcp_port: int,
@@ -285,15 +298,7 @@ async def run_point(
             await _drain(point, plan, inboxes, done)
             drained = time.monotonic() - last_send
         finally:
-            # Leave: members first, the host last (its leave closes the room).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.gather(*(chat.close() for chat in chats[1:]))
-                    if chats:
-                        await chats[0].close()
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await leave(chats, readers)
         traffic = proxy.counters.as_dict()
     return summarise(point, plan, inboxes, granted, traffic, drained, time.monotonic() - started)
 
@@ -483,15 +488,7 @@ async def run_quiet(
             after = proxy.counters.as_dict()
             left_alone = [fate.closed for fate in fates]  # before anyone leaves
         finally:
-            # Leave: members first, the observer (the host) last.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.gather(*(chat.close() for chat in chats[1:]))
-                    if chats:
-                        await chats[0].close()
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await leave(chats, readers)
     told = seen.timed_out.union(*(fate.timed_out for fate in fates))
     closed = {name for name, reason in zip(names, left_alone, strict=True) if reason}
     moved = {name for name, fate in zip(names, fates, strict=True) if fate.paths}
