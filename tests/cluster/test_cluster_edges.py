@@ -44,10 +44,14 @@ NODE: dict[str, Any] = {"idle_timeout": 5.0, "redis_backoff": (0.05, 0.2)}
 
 
 @asynccontextmanager
-async def two_nodes(redis_server: RedisServer) -> AsyncIterator[tuple[OCMServer, OCMServer]]:
+async def two_nodes(
+    redis_server: RedisServer, **settings: Any
+) -> AsyncIterator[tuple[OCMServer, OCMServer]]:
+    """Two nodes on ``redis_server``, with NODE's settings and ``settings`` over them."""
+    settings = {**NODE, **settings}
     async with (
-        running_server(redis_url=redis_server.url, **NODE) as a,
-        running_server(redis_url=redis_server.url, **NODE) as b,
+        running_server(redis_url=redis_server.url, **settings) as a,
+        running_server(redis_url=redis_server.url, **settings) as b,
     ):
         yield a, b
 
@@ -329,11 +333,7 @@ async def test_a_room_closed_over_the_bus_sends_its_closed_copies_on_time(
     """The host leaves on node A; on node B the bus closes the room, and the CLOSED
     copies due again for B's delivery member brought B's deadline closer: B re-arms its
     timer, so the copies do not wait for the next idle deadline (5 s here)."""
-    settings = {**NODE, "closed_resend_interval": 20 * MS}
-    async with (
-        running_server(redis_url=redis_server.url, **settings) as a,
-        running_server(redis_url=redis_server.url, **settings) as b,
-    ):
+    async with two_nodes(redis_server, closed_resend_interval=20 * MS) as (a, b):
         alice = await admit(a.tcp_port, CreateRoom("lobby", "alice", None, ("delivery",)))
         bob = await admit(b.tcp_port, JoinRoom("lobby", "bob", None, ("delivery",)))
         member = await UdpPeer.open(bob.udp_port)
