@@ -370,9 +370,7 @@ class DeliveryState:
         if self._closed_at is not None:
             # A CLOSED is in, waiting for the gap before it: the room is over already, and
             # a LEAVE would only be answered with that CLOSED. Give up the gap and end.
-            self._close_by = None
-            self._give_up_through(self._closed_at - 1)
-            return self._release()
+            return self._release_the_closed()
         self.leaving = True
         events = [] if self.tells_relayed else self.give_up_outgoing()
         self._leave_rto = self.rto()
@@ -392,9 +390,7 @@ class DeliveryState:
             # The room's CLOSED is in, waiting for the gap before it: that is how the
             # room ended, whatever ends our wait (the server, gone after its shutdown,
             # stopped answering; its tunnel closed).
-            closed_at, self._closed_at, self._close_by = self._closed_at, None, None
-            self._give_up_through(closed_at - 1)
-            events = self._release()  # ends with the CLOSED, which ends the room
+            events = self._release_the_closed()
             if self.ended is not None:
                 return events
         events = self.give_up_outgoing()
@@ -434,9 +430,7 @@ class DeliveryState:
         events: list[Event] = []
         if self._close_by is not None and now >= self._close_by and self._closed_at is not None:
             # The CLOSED waited long enough: what is still missing before it is lost.
-            self._close_by = None
-            self._give_up_through(self._closed_at - 1)
-            events += self._release()
+            events += self._release_the_closed()
             if self.ended is not None:
                 return events
         self._send_repairs(now)
@@ -728,6 +722,14 @@ class DeliveryState:
         """Everything missing up to ``position`` is lost to us."""
         for lost in self._take_missing(self.delivered + 1, position):
             bisect.insort(self._lost, lost)
+
+    def _release_the_closed(self) -> list[Event]:
+        """Give up what is still missing before the held CLOSED, and hand out everything
+        up to it; the CLOSED ends the room (and is held no longer)."""
+        assert self._closed_at is not None
+        self._close_by = None
+        self._give_up_through(self._closed_at - 1)
+        return self._release()
 
     def _release(self) -> list[Event]:
         """Hand out what is next in order: held datagrams, and lost runs as Gaps; then,
